@@ -1,0 +1,32 @@
+# Two commands matter: `make demo` and `make test` (see README.md).
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install check bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null 2>&1 || { echo "error: $(PY) not found; install Python 3.11 or run 'make PY=python3 ...'"; exit 2; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dissect-study run studies/demo.study
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+check: $(STAMP)
+	$(BIN)/dissect-study check studies/*.study
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_similarity.py
+	$(BIN)/python benchmarks/bench_activations.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,145 @@
+"""The two model roles of a dissection, as small abstract interfaces.
+
+A *dissector* is a vision-language model: it embeds probe images and concept
+strings into one space (P = cos(image, text), METHOD.md section 1).  A *target* is
+the network whose neurons are labelled: the engine hooks its layers and pools
+their outputs (section 2).  Both own their preprocessing, because the same probe
+image reaches each model through that model's own pipeline (row i of P and row i
+of the activation matrix always refer to the same probe image).
+
+Adapters in this package (Mammo-CLIP, classifiers, timm, CLIP, the demo models)
+implement these interfaces; the engine never needs to know which one it holds.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a raw probe image becomes a model input tensor.
+
+    `describe` is a stable, JSON-able description used in cache keys, so two
+    pipelines that differ in any step never share a cache entry.
+    `fn` maps a decoded image -- a numpy array (H, W) or (H, W, 3), uint8,
+    uint16 or float -- to a float32 tensor (3, H', W').
+    """
+
+    describe: dict[str, Any]
+    fn: Callable[[np.ndarray], torch.Tensor]
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        return self.fn(image)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A hookable layer: its canonical name, output channels, depth index."""
+
+    name: str
+    channels: int
+    index: int
+    aliases: tuple[str, ...] = ()  # other accepted spellings (e.g. timm's `blocks.6.2`)
+
+
+class Dissector(abc.ABC):
+    """A vision-language model used to score probe images against concepts."""
+
+    name: str = "dissector"
+    #: default images per forward pass on CPU / GPU
+    batch_size: int = 8
+
+    @property
+    @abc.abstractmethod
+    def preprocess(self) -> Preprocess: ...
+
+    @abc.abstractmethod
+    def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) preprocessed -> (B, d) projected embeddings, *not* normalised."""
+
+    @abc.abstractmethod
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """M raw concept strings -> (M, d) projected embeddings, *not* normalised."""
+
+    @abc.abstractmethod
+    def fingerprint(self) -> str:
+        """Content hash of weights + configuration (cache keys, `models.sha256`)."""
+
+    def to(self, device: torch.device | str) -> "Dissector":
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        """Human-readable facts for the report's methods section."""
+        return {"name": self.name}
+
+
+class Target(abc.ABC):
+    """A network whose neurons are dissected."""
+
+    name: str = "target"
+    batch_size: int = 8
+
+    @property
+    @abc.abstractmethod
+    def module(self) -> nn.Module:
+        """The nn.Module hooks are registered on (layer names are relative to it)."""
+
+    @property
+    @abc.abstractmethod
+    def preprocess(self) -> Preprocess: ...
+
+    @abc.abstractmethod
+    def forward(self, batch: torch.Tensor) -> Any:
+        """Run the model on a preprocessed batch (hooks capture what is needed)."""
+
+    @abc.abstractmethod
+    def layers(self) -> list[LayerInfo]:
+        """Hookable layers in depth order."""
+
+    @abc.abstractmethod
+    def fingerprint(self) -> str: ...
+
+    def aliases(self) -> dict[str, str]:
+        """Built-in layer aliases (`early`, `middle`, `last`) -> canonical layer names."""
+        names = [l.name for l in self.layers()]
+        if not names:
+            return {}
+        return {"early": names[0], "middle": names[len(names) // 2], "last": names[-1]}
+
+    def resolve_layer(self, name: str) -> str:
+        """Canonical layer name for a canonical name or an accepted alias spelling."""
+        for info in self.layers():
+            if name == info.name or name in info.aliases:
+                return info.name
+        raise KeyError(name)
+
+    def to(self, device: torch.device | str) -> "Target":
+        self.module.to(device)
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+@dataclass
+class BuildContext:
+    """What factories need besides their validated parameters.
+
+    `base_dir` is the study file's folder (relative paths resolve against it);
+    `cache_dir` is where built assets (e.g. the demo models) are cached;
+    `dissectors` holds already-built dissectors by study name (targets such as
+    `image_tower(mammo)` refer to them).
+    """
+
+    base_dir: str
+    cache_dir: str
+    device: str = "cpu"
+    dissectors: dict[str, Dissector] = field(default_factory=dict)
+    log: Callable[[str], None] = print
