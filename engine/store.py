@@ -152,6 +152,17 @@ TABLES: dict[str, str] = {
             image_idx INTEGER,
             activation DOUBLE
         )""",
+    "neuron_images": """
+        CREATE TABLE IF NOT EXISTS neuron_images (
+            run_id VARCHAR,
+            model VARCHAR,
+            layer VARCHAR,
+            unit INTEGER,
+            rank INTEGER,
+            image_idx INTEGER,
+            activation DOUBLE,
+            png BLOB                 -- thumbnail with the unit's activation map overlaid
+        )""",
     "sanity": """
         CREATE TABLE IF NOT EXISTS sanity (
             run_id VARCHAR,
