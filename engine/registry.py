@@ -373,7 +373,9 @@ SIMILARITIES: dict[str, Function] = {
                 _p("template", "str", "", "Prompt template prefix; its embedding is subtracted (adaptive cosine)."),
             ),
             "MAMMI/WWW adaptive selection and adaptive cosine.",
-            family="topk",
+            # the adaptive representative set can exceed any fixed top-k, so the
+            # dissector must see every probe image
+            family="full",
             aliases=("mammi_adaptive",),
         ),
     ]
