@@ -1,0 +1,285 @@
+"""The `dissect-study` command line.
+
+Commands are thin: each parses options, calls one library function and turns
+its outcome into output and an exit status (0 ok, 1 the input has errors, 2
+usage).  Heavy imports (torch, transformers, weasyprint) happen inside the
+commands so `check`, `fmt` and `--help` stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from dissect_study import __version__
+
+EXAMPLES = """
+\b
+Examples:
+  dissect-study check studies/*.study          validate studies (no models loaded)
+  dissect-study run studies/demo.study         run the embedded demo end to end
+  dissect-study run rq1.study --db rq1.duckdb --device cuda --batch-size 8
+  dissect-study query "SELECT model, layer, tau FROM layer_thresholds ORDER BY model, layer_index"
+  dissect-study report --out out/rq1 --format html,pdf
+  dissect-study inspect b5-model-best-epoch-7.tar
+"""
+
+
+@click.group(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dissect-study")
+def cli() -> None:
+    """Concept-based dissection of mammography vision models, declared in .study files."""
+
+
+# ------------------------------------------------------------------------- check / fmt
+
+def _check_paths(paths: tuple[str, ...], quiet_ok: bool = False) -> tuple[int, list]:
+    from dissect_study.dsl import check_file, render
+
+    n_errors = 0
+    checked = []
+    for p in paths:
+        study, diags = check_file(p)
+        source = _read_quietly(p)
+        if diags:
+            click.echo(render(diags, source), err=True)
+        errs = [d for d in diags if d.severity == "error"]
+        n_errors += len(errs)
+        if not errs and not quiet_ok:
+            warns = len(diags) - len(errs)
+            click.echo(f"{p}: ok" + (f" ({warns} warning{'s' * (warns != 1)})" if warns else ""))
+        checked.append(study)
+    return n_errors, checked
+
+
+def _read_quietly(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except (OSError, ValueError):
+        return ""
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True)
+def check(files: tuple[str, ...]) -> None:
+    """Validate study FILES without loading any model or data.
+
+    Exit status: 0 clean (warnings allowed), 1 errors found, 2 usage error.
+    """
+    n_errors, _ = _check_paths(files)
+    if n_errors:
+        click.echo(f"{n_errors} error{'s' * (n_errors != 1)} found", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--check", "check_only", is_flag=True, help="Exit 1 if a file is not canonically formatted; write nothing.")
+@click.option("--stdout", is_flag=True, help="Print the formatted study instead of rewriting the file.")
+def fmt(files: tuple[str, ...], check_only: bool, stdout: bool) -> None:
+    """Rewrite study FILES in canonical formatting (idempotent)."""
+    from dissect_study.dsl import StudyError, format_study, parse_file, render
+
+    status = 0
+    for p in files:
+        try:
+            study = parse_file(p)
+        except StudyError as e:
+            click.echo(render(e.diagnostics, _read_quietly(p)), err=True)
+            status = 1
+            continue
+        text = format_study(study)
+        original = _read_quietly(p)
+        if stdout:
+            click.echo(text, nl=False)
+        elif check_only:
+            if text != original:
+                click.echo(f"{p}: would reformat")
+                status = 1
+        elif text != original:
+            Path(p).write_text(text, encoding="utf-8")
+            click.echo(f"{p}: reformatted")
+    sys.exit(status)
+
+
+# ------------------------------------------------------------------------- run
+
+@cli.command()
+@click.argument("file")
+@click.option("--db", type=click.Path(dir_okay=False), help="Results database (default: results.duckdb beside the study).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache for embeddings, activations and built demo models (default: $DISSECT_STUDY_CACHE or ~/.cache/dissect-study).")
+@click.option("--no-cache", is_flag=True, help="Recompute everything; read and write no cache.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Override the study's device.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Override images per forward pass.")
+@click.option("--strict", is_flag=True, help="Fail on an unreadable probe image instead of skipping it.")
+@click.option("--no-report", is_flag=True, help="Skip the study's report statements.")
+@click.option("--dry-run", is_flag=True, help="Check the study and print the plan; compute nothing.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or step summaries; warnings and errors only.")
+def run(file: str, db: str | None, cache_dir: str | None, no_cache: bool, device: str | None,
+        batch_size: int | None, strict: bool, no_report: bool, dry_run: bool, quiet: bool) -> None:
+    """Execute the study FILE: dissect, analyse, store in DuckDB, render reports."""
+    n_errors, studies = _check_paths((file,), quiet_ok=True)
+    if n_errors or studies[0] is None:
+        sys.exit(1)
+    study = studies[0]
+    from dissect_study.engine.plan import build_plan
+
+    if dry_run:
+        click.echo(build_plan(study).describe())
+        return
+    from dissect_study.engine.run import RunError, RunOptions, run_study
+
+    opts = RunOptions(db=Path(db) if db else None, cache_dir=Path(cache_dir) if cache_dir else None,
+                      use_cache=not no_cache, device=device, batch_size=batch_size, quiet=quiet,
+                      strict=strict, reports=not no_report)
+    try:
+        result = run_study(study, opts)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: nothing was written; earlier runs are intact (cached work is kept)", err=True)
+        sys.exit(130)
+    except RunError as e:
+        click.echo(f"error: {e}", err=True)
+        click.echo("nothing was written; earlier runs are intact", err=True)
+        sys.exit(1)
+    except _user_errors() as e:
+        click.echo(f"error: {e}", err=True)
+        click.echo("nothing was written; earlier runs are intact", err=True)
+        sys.exit(1)
+    click.echo(f"run {result.run_id} finished in {result.seconds:.1f}s -> {result.db}")
+    for p in result.reports:
+        click.echo(f"report: {p}")
+    if result.warnings:
+        click.echo(f"{len(result.warnings)} warning(s); see: dissect-study query \"SELECT * FROM warnings WHERE run_id = '{result.run_id}'\" --db {result.db}")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that carry a user-facing message (bad files, bad checkpoints)."""
+    types: list[type[BaseException]] = [FileNotFoundError, PermissionError, IsADirectoryError]
+    for mod, name in (("dissect_study.engine.models.checkpoint", "CheckpointError"),
+                      ("dissect_study.engine.probes", "ProbeError"),
+                      ("dissect_study.engine.concepts", "ConceptSetError"),
+                      ("dissect_study.engine.store", "StoreError")):
+        try:
+            module = __import__(mod, fromlist=[name])
+            types.append(getattr(module, name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
+
+
+# ------------------------------------------------------------------------- query
+
+@cli.command()
+@click.argument("sql")
+@click.option("--db", default="results.duckdb", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--format", "fmt_", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+def query(sql: str, db: str, fmt_: str) -> None:
+    """Run read-only SQL against a results database.
+
+    \b
+    Tables: runs, models, probes, images, concepts, dissections, layers,
+    similarities, neurons, neuron_labels, top_images, sanity, analyses,
+    captured_concepts, category_counts, top_categories, concept_changes,
+    missed_concepts, keyword_neurons, calibration, warnings (see README).
+    """
+    import duckdb
+
+    from dissect_study.engine.store import StoreError, connect
+
+    try:
+        con = connect(db, read_only=True)
+    except StoreError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    try:
+        # no file access from a query: `query` must not write (COPY ... TO) or read outside the database
+        con.execute("SET enable_external_access = false")
+        rel = con.execute(sql)
+        if rel.description is None:
+            return
+        df = rel.df()
+    except duckdb.Error as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    finally:
+        con.close()
+    if fmt_ == "csv":
+        click.echo(df.to_csv(index=False), nl=False)
+    elif fmt_ == "json":
+        click.echo(df.to_json(orient="records", date_format="iso", default_handler=str))
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 200):
+            click.echo(df.to_string(index=False) if len(df) else "(no rows)")
+
+
+# ------------------------------------------------------------------------- report
+
+@cli.command()
+@click.option("--db", default="results.duckdb", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--run", "run_id", help="Run id (default: the latest run).")
+@click.option("--out", default="report", show_default=True, type=click.Path(file_okay=False))
+@click.option("--format", "formats", default="html,pdf", show_default=True, help="Comma-separated: html, pdf.")
+@click.option("--sections", help="Comma-separated sections (default: every section with data).")
+def report(db: str, run_id: str | None, out: str, formats: str, sections: str | None) -> None:
+    """Render the report of a stored run to HTML and/or PDF."""
+    from dissect_study.engine.registry import REPORT_FORMATS, REPORT_SECTIONS
+    from dissect_study.engine.store import StoreError
+
+    fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
+    bad = [f for f in fmts if f not in REPORT_FORMATS]
+    if bad:
+        raise click.UsageError(f"unknown format(s) {', '.join(bad)}; choose from {', '.join(REPORT_FORMATS)}")
+    secs = [s.strip() for s in sections.split(",")] if sections else None
+    if secs:
+        bad = [s for s in secs if s not in REPORT_SECTIONS]
+        if bad:
+            raise click.UsageError(f"unknown section(s) {', '.join(bad)}; choose from {', '.join(REPORT_SECTIONS)}")
+    from dissect_study.engine.report import write_report
+
+    try:
+        paths = write_report(db, out, run_id=run_id, formats=fmts, sections=secs)
+    except (StoreError, LookupError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    for p in paths:
+        click.echo(f"report: {p}")
+
+
+# ------------------------------------------------------------------------- inspect
+
+@cli.command()
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow unpickling beyond tensors and allow-listed config classes.")
+def inspect(path: str, as_json: bool, trust_checkpoint: bool) -> None:
+    """Recognise a checkpoint or model folder and list its hookable layers."""
+    from dissect_study.engine.models.inspect import format_inspect, inspect_path
+
+    try:
+        info = inspect_path(path, trust_checkpoint=trust_checkpoint)
+    except _user_errors() as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+    else:
+        click.echo(format_inspect(info))
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        cli.main(prog_name="dissect-study", standalone_mode=True)
+    except BrokenPipeError:  # `dissect-study query ... | head`
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""From a checked study to a plan: the shape of the work, fixed before any data is touched.
+
+dbt-style: the checker has validated everything it can without files; the plan
+decides *what* to compute and deduplicates shared work -- one text-embedding
+pass per (dissector, concept set), one image-embedding pass per (dissector,
+probe), one activation pass per (target, probe) covering every layer asked of
+that target.  `dissect-study run --dry-run` prints it.
+
+Layer selectors stay symbolic here (`last`, `all`, `_blocks.0-38`): they are
+resolved against the built model in `engine/run.py`, because only the model
+knows its layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dissect_study.engine.registry import SIMILARITIES
+
+
+@dataclass(frozen=True)
+class DeclStep:
+    """Build one declared object (concept set, probe, dissector or target)."""
+
+    kind: str
+    name: str
+    func: str
+    params: dict[str, Any]
+    sample: Any = None
+    line: int = 0
+
+
+@dataclass
+class DissectionStep:
+    """Label the neurons of one target: its layers, by a dissector, on a probe."""
+
+    target: str
+    layers: tuple  # symbolic layer items from the DSL
+    dissector: str
+    probe: str
+    concepts: str
+    similarity: str
+    similarity_params: dict[str, Any]
+    options: dict[str, Any]
+    line: int = 0
+
+    @property
+    def family(self) -> str:
+        return SIMILARITIES[self.similarity].family or "full"
+
+
+@dataclass
+class Plan:
+    title: str
+    study_path: str
+    study_sha256: str
+    concept_sets: list[DeclStep] = field(default_factory=list)
+    probes: list[DeclStep] = field(default_factory=list)
+    dissectors: list[DeclStep] = field(default_factory=list)
+    targets: list[DeclStep] = field(default_factory=list)
+    dissections: list[DissectionStep] = field(default_factory=list)
+    #: (dissector, concept set) pairs: one text pass each
+    text_passes: list[tuple[str, str]] = field(default_factory=list)
+    #: (dissector, probe) pairs: one image pass each
+    image_passes: list[tuple[str, str]] = field(default_factory=list)
+    #: (target, probe) pairs: one hooked pass each, all layers at once
+    target_passes: list[tuple[str, str]] = field(default_factory=list)
+    analyses: list[Any] = field(default_factory=list)
+    reports: list[Any] = field(default_factory=list)
+    layer_aliases: dict[str, tuple] = field(default_factory=dict)
+
+    def needed(self) -> tuple[set[str], set[str], set[str], set[str]]:
+        """Names of the concept sets, probes, dissectors and targets the dissections use."""
+        cs = {d.concepts for d in self.dissections}
+        pr = {d.probe for d in self.dissections}
+        di = {d.dissector for d in self.dissections}
+        ta = {d.target for d in self.dissections}
+        return cs, pr, di, ta
+
+    def describe(self) -> str:
+        lines = [f"plan for {self.study_path!s}: {self.title!r}"]
+        lines.append(f"  build: {len(self.concept_sets)} concept set(s), {len(self.probes)} probe(s), "
+                     f"{len(self.dissectors)} dissector(s), {len(self.targets)} target(s)")
+        for d, c in self.text_passes:
+            lines.append(f"  text pass   : dissector {d} x concepts {c}")
+        for d, p in self.image_passes:
+            lines.append(f"  image pass  : dissector {d} x probe {p}")
+        for t, p in self.target_passes:
+            layers = next(_layer_text(x.layers) for x in self.dissections if x.target == t)
+            lines.append(f"  target pass : {t} on {p}, layers {layers} (one pass, all layers hooked)")
+        for x in self.dissections:
+            params = ", ".join(f"{k}={v}" for k, v in x.similarity_params.items())
+            lines.append(f"  dissect     : {x.target} by {x.dissector} on {x.probe} with {x.concepts} using {x.similarity}({params})")
+        for a in self.analyses:
+            lines.append(f"  analysis    : {getattr(a, 'text', a)}")
+        for r in self.reports:
+            lines.append(f"  report      : {getattr(r, 'out', r)} as {', '.join(getattr(r, 'formats', ()))}")
+        return "\n".join(lines)
+
+
+def _layer_text(items: tuple) -> Any:
+    yield ", ".join(layer_item_text(i) for i in items)
+
+
+def layer_item_text(item: Any) -> str:
+    """Source-like text of a DSL layer item (LayerName / LayerRange / LayerAll)."""
+    cls = type(item).__name__
+    if cls == "LayerAll":
+        return "all"
+    if cls == "LayerRange":
+        return f"{item.prefix}{item.start}-{item.end}"
+    return str(getattr(item, "text", item))
+
+
+def _decl(kind: str, rd: Any) -> DeclStep:
+    return DeclStep(kind=kind, name=rd.name, func=rd.func, params=dict(rd.params),
+                    sample=getattr(rd, "sample", None), line=getattr(getattr(rd, "span", None), "line", 0))
+
+
+def build_plan(study: Any) -> Plan:
+    """Turn a CheckedStudy (dsl/checker.py) into a Plan with shared work deduplicated."""
+    plan = Plan(title=study.title or "", study_path=str(study.path), study_sha256=study.sha256,
+                layer_aliases=dict(getattr(study, "layer_aliases", {}) or {}))
+    for d in study.dissections:
+        for t in d.targets:
+            plan.dissections.append(
+                DissectionStep(
+                    target=t, layers=tuple(d.layers), dissector=d.dissector, probe=d.probe,
+                    concepts=d.concepts, similarity=d.similarity,
+                    similarity_params=dict(d.similarity_params), options=dict(d.options),
+                    line=getattr(d.span, "line", 0),
+                )
+            )
+    cs, pr, di, ta = plan.needed()
+    # dissectors referenced by targets (image_tower(mammo), classifier(base=mammo)) are needed too
+    for rd in study.targets.values():
+        if rd.name in ta:
+            for key in ("dissector", "base"):
+                if isinstance(rd.params.get(key), str):
+                    di.add(rd.params[key])
+    # probes referenced by unions are needed before the union
+    needed_probes = _probe_closure(study.probes, pr)
+
+    plan.concept_sets = [_decl("concepts", rd) for n, rd in study.concepts.items() if n in cs]
+    plan.probes = [_decl("probe", rd) for n, rd in study.probes.items() if n in needed_probes]
+    plan.dissectors = [_decl("dissector", rd) for n, rd in study.dissectors.items() if n in di]
+    plan.targets = [_decl("target", rd) for n, rd in study.targets.items() if n in ta]
+
+    seen: set = set()
+    for x in plan.dissections:
+        for key, bucket in (((x.dissector, x.concepts), plan.text_passes),
+                            ((x.dissector, x.probe), plan.image_passes),
+                            ((x.target, x.probe), plan.target_passes)):
+            tagged = (id(bucket), key)
+            if tagged not in seen:
+                seen.add(tagged)
+                bucket.append(key)
+    plan.analyses = list(study.analyses)
+    plan.reports = list(study.reports)
+    return plan
+
+
+def _probe_closure(probes: dict[str, Any], wanted: set[str]) -> set[str]:
+    out: set[str] = set()
+    stack = list(wanted)
+    while stack:
+        n = stack.pop()
+        if n in out or n not in probes:
+            continue
+        out.add(n)
+        stack.extend(probes[n].params.get("refs", []) or [])
+    return out
