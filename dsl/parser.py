@@ -1,0 +1,531 @@
+"""Text -> typed AST.
+
+One LALR parser is built from `grammar.lark` the first time it is needed and
+cached for the life of the process.  A `Transformer` turns Lark's parse tree
+into the dataclasses of `dsl/ast.py`, attaching a `Span` to every node.  Syntax
+errors become `Diagnostic`s: the expected tokens in plain words, plus a
+sentence a person understands for the most common mistakes (found the lark way,
+by matching the parser state against small examples of each mistake).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Any
+
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
+
+from dissect_study.dsl import ast
+from dissect_study.dsl.diagnostics import ERROR, Diagnostic, StudyError
+
+GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
+
+#: Words that start statements or clauses; they cannot name declarations.
+RESERVED = frozenset(
+    """study let concepts probe dissector target layer layers dissect at by on with using
+    threshold count compare vs learned missed gained lost over thresholds keywords analyze of
+    top show neuron report as sections sample balanced seed all env true false""".split()
+)
+
+STATEMENT_KEYWORDS = (
+    "study", "let", "concepts", "probe", "dissector", "target", "layer", "dissect", "threshold",
+    "compare", "learned", "missed", "gained", "lost", "thresholds", "keywords", "analyze", "show", "report",
+)
+
+
+@functools.lru_cache(maxsize=1)
+def lark_parser() -> Lark:
+    """The one cached LALR parser (building it takes ~50 ms; parsing is then cheap)."""
+    return Lark(
+        GRAMMAR_PATH.read_text(encoding="utf-8"),
+        parser="lalr",
+        lexer="basic",
+        propagate_positions=True,
+        maybe_placeholders=True,
+    )
+
+
+# --------------------------------------------------------------------------- transformer
+def _tok_span(path: str, tok: Token) -> ast.Span:
+    return ast.Span(path, tok.line or 1, tok.column or 1, tok.end_line or tok.line or 1, tok.end_column or (tok.column or 1) + 1)
+
+
+def _unescape(raw: str) -> str:
+    body = raw[1:-1]
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), body)
+
+
+def _number(text: str) -> int | float:
+    if re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
+    return float(text)
+
+
+class _Missing:
+    """Sentinel for an omitted optional part."""
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        #: mistakes the grammar accepts but the tree cannot hold (a clause given twice)
+        self.problems: list[Diagnostic] = []
+
+    # -- helpers
+    def _span(self, meta: Any) -> ast.Span:
+        if getattr(meta, "empty", True):
+            return ast.Span(self.path, 1, 1, 1, 2)
+        return ast.Span(self.path, meta.line, meta.column, meta.end_line, meta.end_column)
+
+    def _ts(self, tok: Token) -> ast.Span:
+        return _tok_span(self.path, tok)
+
+    def _int(self, tok: Token, what: str, minimum: int = 0) -> int:
+        value = _number(str(tok))
+        if not isinstance(value, int) or value < minimum:
+            self.problems.append(Diagnostic(ERROR, "not-whole-number", f"{what} must be a whole number >= {minimum}, not {tok}",
+                                            self._ts(tok), f"write for example {max(minimum, 1)}"))
+            return minimum
+        return value
+
+    def _ident(self, tok: Token) -> ast.Ident:
+        return ast.Ident(str(tok), self._ts(tok))
+
+    # -- values
+    def string(self, meta, children):
+        (tok,) = children
+        return ast.Str(_unescape(str(tok)), self._ts(tok))
+
+    def number(self, meta, children):
+        (tok,) = children
+        return ast.Num(_number(str(tok)), self._ts(tok))
+
+    def true(self, meta, children):
+        return ast.Bool(True, self._span(meta))
+
+    def false(self, meta, children):
+        return ast.Bool(False, self._span(meta))
+
+    def ident(self, meta, children):
+        return self._ident(children[0])
+
+    def env_call(self, meta, children):
+        var, default = children
+        return ast.Env(var.value, default, self._span(meta), var.span)
+
+    def arg_name(self, meta, children):
+        return children[0]
+
+    def section_name(self, meta, children):
+        return self._ident(children[0])
+
+    def kwarg(self, meta, children):
+        name, value = children
+        return ast.Arg(str(name), value, self._span(meta), self._ts(name))
+
+    def posarg(self, meta, children):
+        (value,) = children
+        return ast.Arg(None, value, self._span(meta), None)
+
+    def call(self, meta, children):
+        name, *args = children
+        return ast.Call(str(name), tuple(a for a in args if a is not None), self._span(meta), self._ts(name))
+
+    def option(self, meta, children):
+        name, value = children
+        return ast.Arg(str(name), value, self._span(meta), self._ts(name))
+
+    # -- small pieces
+    def name_list(self, meta, children):
+        return tuple(self._ident(t) for t in children)
+
+    def layer_name(self, meta, children):
+        return ast.LayerName(str(children[0]), self._ts(children[0]))
+
+    def layer_range(self, meta, children):
+        tok = children[0]
+        m = re.fullmatch(r"(.*?)(\d+)-(\d+)", str(tok))
+        assert m is not None  # guaranteed by the RANGE terminal
+        return ast.LayerRange(m.group(1), int(m.group(2)), int(m.group(3)), self._ts(tok))
+
+    def layer_all(self, meta, children):
+        return ast.LayerAll(self._span(meta))
+
+    def layer_list(self, meta, children):
+        return tuple(children)
+
+    def layer_kw(self, meta, children):
+        return _Missing
+
+    def decl_kind(self, meta, children):
+        return str(children[0])
+
+    def learned_verb(self, meta, children):
+        return str(children[0])
+
+    gained_verb = learned_verb
+
+    def op(self, meta, children):
+        return str(children[0])
+
+    def count_unit(self, meta, children):
+        return (str(children[0]), self._ts(children[0]))
+
+    def count_clause(self, meta, children):
+        return ("count", children[0])
+
+    def filter_name(self, meta, children):
+        c = children[0]
+        if isinstance(c, ast.Str):
+            return (c.value, c.span)
+        return (str(c), self._ts(c))
+
+    def sample_clause(self, meta, children):
+        n, by, seed = children
+        return ast.Sample(self._int(n, "the sample size", 1), str(by) if by is not None else None,
+                          self._int(seed, "the seed") if seed is not None else None,
+                          self._span(meta), self._ts(by) if by is not None else None)
+
+    def using_clause(self, meta, children):
+        return children[0]
+
+    # -- threshold rules
+    def named_rule(self, meta, children):
+        first, second = children
+        if second is not None:
+            return dict(combine=str(first), statistic=str(second), value=None,
+                        combine_span=self._ts(first), statistic_span=self._ts(second))
+        if str(first) in ("max", "own"):
+            return dict(combine=str(first), statistic="mean_top1", value=None,
+                        combine_span=self._ts(first), statistic_span=None)
+        return dict(combine="max", statistic=str(first), value=None, combine_span=None, statistic_span=self._ts(first))
+
+    def fixed_rule(self, meta, children):
+        (tok,) = children
+        return dict(combine="fixed", statistic="mean_top1", value=float(tok), combine_span=self._ts(tok), statistic_span=None)
+
+    def threshold_clause(self, meta, children):
+        head, op = children
+        return ("threshold", ast.ThresholdRule(op=op or ">=", span=self._span(meta), **head))
+
+    def at_clause(self, meta, children):
+        return ("at", children[-1])
+
+    def on_clause(self, meta, children):
+        level, (name, name_span) = children
+        return ("on", ast.Filter(str(level), name, self._span(meta), self._ts(level), name_span))
+
+    def top_clause(self, meta, children):
+        return ("top", (self._int(children[0], "top", 1), self._span(meta)))
+
+    # -- statements
+    def start(self, meta, children):
+        return tuple(children)
+
+    def study_stmt(self, meta, children):
+        return ast.StudyTitle(children[0].value, self._span(meta))
+
+    def let_stmt(self, meta, children):
+        name, value = children
+        return ast.Let(str(name), value, self._span(meta), self._ts(name))
+
+    def decl_stmt(self, meta, children):
+        kind, name, call, sample = children
+        return ast.Decl(kind, str(name), call, sample, self._span(meta), self._ts(name))
+
+    def layer_alias_stmt(self, meta, children):
+        name, layers = children
+        return ast.LayerAliasDef(str(name), layers, self._span(meta), self._ts(name))
+
+    def dissect_stmt(self, meta, children):
+        targets, _kw, layers, dissector, probe, concepts, similarity, *options = children
+        return ast.Dissect(targets, layers, self._ident(dissector), self._ident(probe), self._ident(concepts),
+                           similarity, tuple(options), self._span(meta))
+
+    def threshold_stmt(self, meta, children):
+        (_, rule), count = children
+        unit, unit_span = count[1] if count else (None, None)
+        return ast.DefaultThreshold(rule, unit, self._span(meta), unit_span)
+
+    def _analysis(self, meta, kind: str, verb: str, models, tails, name=None, name_span=None):
+        layers = filt = rule = count = count_span = None
+        options: list[ast.Arg] = []
+        seen: dict[str, ast.Span] = {}
+        for t in tails:
+            if isinstance(t, ast.Arg):
+                options.append(t)
+                continue
+            tag, val = t
+            span = val[1] if tag in ("count", "top") else (val[0].span if tag == "at" else val.span)
+            if tag in seen:
+                word = {"at": "at layer(s)", "on": "on"}.get(tag, tag)
+                self.problems.append(Diagnostic(ERROR, "repeated-clause", f"'{word}' is given twice in this statement", span,
+                                                "keep one of them", [("first given", seen[tag])]))
+            seen[tag] = span
+            if tag == "at":
+                layers = val
+            elif tag == "on":
+                filt = val
+            elif tag == "threshold":
+                rule = val
+            elif tag == "count":
+                count, count_span = val
+            elif tag == "top":
+                n, span = val
+                options.append(ast.Arg("top", ast.Num(n, span), span, span))
+        return ast.Analysis(kind, tuple(models), layers, filt, rule, count, tuple(options), name,
+                            self._span(meta), verb, name_span, count_span)
+
+    def compare_stmt(self, meta, children):
+        models = [c for c in children if isinstance(c, Token)]
+        tails = [c for c in children if not isinstance(c, Token)]
+        return self._analysis(meta, "compare", "compare", [self._ident(m) for m in models], tails)
+
+    def learned_stmt(self, meta, children):
+        verb, models, *tails = children
+        return self._analysis(meta, "learned", verb, models, tails)
+
+    def gained_stmt(self, meta, children):
+        verb, a, b, *tails = children
+        return self._analysis(meta, "gained", verb, [self._ident(a), self._ident(b)], tails)
+
+    def thresholds_stmt(self, meta, children):
+        models, *tails = children
+        return self._analysis(meta, "thresholds", "thresholds", models, tails)
+
+    def keywords_stmt(self, meta, children):
+        models, *tails = children
+        return self._analysis(meta, "keywords", "keywords", models, tails)
+
+    def analyze_stmt(self, meta, children):
+        name, models, *tails = children
+        return self._analysis(meta, "analyze", "analyze", models, tails, str(name), self._ts(name))
+
+    def show_stmt(self, meta, children):
+        ref, unit, top = children
+        model, _, layer = str(ref).partition(".")
+        s = self._ts(ref)
+        mspan = ast.Span(s.path, s.line, s.col, s.line, s.col + len(model))
+        lspan = ast.Span(s.path, s.line, s.col + len(model) + 1, s.end_line, s.end_col)
+        m = re.fullmatch(r"(.*?)(\d+)-(\d+)", layer)
+        item: ast.LayerItem
+        if m:
+            item = ast.LayerRange(m.group(1), int(m.group(2)), int(m.group(3)), lspan)
+        else:
+            item = ast.LayerName(layer, lspan)
+        return ast.ShowNeuron(ast.Ident(model, mspan), item, self._int(unit, "the unit index"), top[1][0] if top else 5, self._span(meta))
+
+    def report_stmt(self, meta, children):
+        out, formats, sections = children
+        return ast.Report(
+            out,
+            tuple(f.name for f in formats) if formats else ("html", "pdf"),
+            tuple(s.name for s in sections) if sections else None,
+            self._span(meta),
+            tuple(f.span for f in formats) if formats else (),
+            tuple(s.span for s in sections) if sections else (),
+        )
+
+    def format_clause(self, meta, children):
+        return children[0]
+
+    def sections_clause(self, meta, children):
+        return tuple(children)
+
+
+# --------------------------------------------------------------------------- syntax errors
+_TERMINAL_WORDS = {
+    "NAME": "a name",
+    "STRING": "a string in double quotes",
+    "NUMBER": "a number",
+        "DOTTED": "a dotted layer name such as M.last or _blocks.38",
+    "RANGE": "a layer range such as _blocks.0-38",
+    "$END": "the end of the file",
+}
+
+#: Common mistakes: label -> (message, hint, examples that fail in the same parser state).
+_FRIENDLY: dict[str, tuple[str, str | None, list[str]]] = {
+    "missing_equals": (
+        "missing '=' after the declared name",
+        "a declaration reads `probe NAME = source(...)`",
+        ['probe p vindr(root="a", csv="b")', 'concepts c shipped("x")', 'target t image_tower(d)', 'let x 5', 'layer a _blocks.1'],
+    ),
+    "missing_vs": (
+        "models in a compare are separated by 'vs'",
+        "write `compare M vs C4 ...`",
+        ["compare M C4", "compare M, C4", "compare M at layer last"],
+    ),
+    "missing_comma_args": (
+        "missing ',' between arguments",
+        "arguments are separated by commas: `vindr(root=\"a\", csv=\"b\")`",
+        ['probe p = vindr(root="a" csv="b")', 'probe p = vindr(root=a csv="b")', 'probe p = vindr(root=env("X") csv="b")', 'probe p = vindr(root=1 csv="b")'],
+    ),
+    "missing_paren": (
+        "missing ')' to close the argument list",
+        None,
+        ['probe p = vindr(root="a" dissect', 'probe p = vindr(root="a", csv="b" probe'],
+    ),
+    "not_a_call": (
+        "a source is written as a call: `name(arguments)`",
+        "for example `concepts c = shipped(\"mammo_v1\")`",
+        ['concepts c = "x"', 'probe p = vindr root', 'probe p = 5', 'dissector d = demo dissect'],
+    ),
+    "dissect_at": (
+        "a dissect statement names its layers with `at layer(s) ...` after the targets",
+        "write `dissect M at layers early, middle, last by DISSECTOR on PROBE with concepts SET`",
+        ["dissect M layers all", "dissect M, C4 by d"],
+    ),
+    "dissect_by": (
+        "after the layers, a dissect statement needs `by DISSECTOR on PROBE with concepts SET`",
+        None,
+        ["dissect M at layer last on p", "dissect M at layer last with concepts c", "dissect M at layers a, b on p"],
+    ),
+    "dissect_with": (
+        "after the probe, a dissect statement needs `with concepts SET`",
+        None,
+        ["dissect M at layer last by d on p concepts c", "dissect M at layer last by d on p using soft_wpmi()"],
+    ),
+    "trailing_comma": (
+        "a ',' must be followed by another item",
+        "remove the trailing comma",
+        ["dissect M, at", "compare M vs C at layers early, on", "report \"x\" as html, sections", "dissect M at layers a, by"],
+    ),
+    "show_neuron": (
+        "a neuron is written MODEL.LAYER[UNIT]",
+        "for example `show neuron M.last[242] top 5`",
+        ["show neuron M[3]", "show neuron M", "show neuron M.last 3", "show M.last[3]"],
+    ),
+    "layers_kw": (
+        "expected `layer` or `layers` after `at`",
+        "write `at layer last` or `at layers early, middle, last`",
+        ["compare M vs C at last", "dissect M at all", "keywords M at _blocks.1"],
+    ),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _terminal_words() -> dict[str, str]:
+    words = dict(_TERMINAL_WORDS)
+    for term in lark_parser().terminals:
+        if term.name not in words and term.pattern.type == "str":
+            words[term.name] = f"'{term.pattern.value}'"
+    return words
+
+
+def _expected_words(expected: set[str] | frozenset[str]) -> str:
+    words = _terminal_words()
+    kw = {n for n in expected if n.upper() in {k.upper() for k in STATEMENT_KEYWORDS}}
+    rest = [words.get(n, n.lower()) for n in sorted(expected - kw)]
+    if len(kw) >= 8:
+        return "the start of a statement (study, let, concepts, probe, dissector, target, layer, dissect, threshold, compare, ...)" + (
+            (", or " + ", ".join(sorted(set(rest)))) if rest else "")
+    items = sorted({words.get(n, n.lower()) for n in kw}) + sorted(set(rest))
+    if len(items) == 1:
+        return items[0]
+    return "one of: " + ", ".join(items)
+
+
+def _describe_token(tok: Token) -> str:
+    if tok.type == "$END":
+        return "end of file"
+    text = str(tok)
+    if tok.type == "NAME":
+        if text in RESERVED:
+            return f"keyword '{text}'"
+        return f"name '{text}'"
+    if tok.type == "STRING":
+        return f"string {text}"
+    if tok.type in ("NUMBER", "INT"):
+        return f"number {text}"
+    if text.isidentifier():
+        return f"keyword '{text}'"
+    return f"'{text}'"
+
+
+def _end_span(path: str, text: str) -> ast.Span:
+    lines = text.splitlines() or [""]
+    idx = len(lines)
+    while idx > 1 and not lines[idx - 1].split("#", 1)[0].strip():
+        idx -= 1
+    line = lines[idx - 1].split("#", 1)[0].rstrip()
+    col = len(line) + 1
+    return ast.Span(path, idx, col, idx, col + 1)
+
+
+@functools.lru_cache(maxsize=1)
+def _example_parse():
+    p = lark_parser()
+    return p.parse
+
+
+def _friendly(err: UnexpectedInput) -> str | None:
+    examples = {label: ex for label, (_, _, ex) in _FRIENDLY.items()}
+    try:
+        return err.match_examples(_example_parse(), examples, use_accepts=True)
+    except Exception:  # pragma: no cover - defensive: a failed match must never hide the real error
+        return None
+
+
+def syntax_diagnostic(err: UnexpectedInput, text: str, path: str) -> Diagnostic:
+    """Turn a lark exception into one positioned, plainly worded diagnostic."""
+    if isinstance(err, UnexpectedCharacters):
+        line, col = err.line, err.column
+        ch = text[err.pos_in_stream] if 0 <= err.pos_in_stream < len(text) else ""
+        span = ast.Span(path, line, col, line, col + 1)
+        if ch == '"':
+            line_text = text.splitlines()[line - 1] if text.splitlines() else ""
+            return Diagnostic(ERROR, "unclosed-string", "unclosed string", ast.Span(path, line, col, line, len(line_text) + 1),
+                              "a string ends with a double quote on the same line")
+        if ch == "'":
+            return Diagnostic(ERROR, "single-quote", "strings use double quotes, not single quotes", span,
+                              "write \"...\" instead of '...'")
+        if ch == "$":
+            return Diagnostic(ERROR, "bare-interpolation", "'${...}' only works inside a string", span,
+                              "write \"${name}\" or just the name")
+        shown = repr(ch)[1:-1] if ch and not ch.isprintable() else ch
+        allowed = {t for t in (err.allowed or set())}
+        hint = f"expected {_expected_words(allowed)}" if allowed else None
+        return Diagnostic(ERROR, "unexpected-character", f"unexpected character '{shown}'", span, hint)
+    assert isinstance(err, UnexpectedToken)
+    tok = err.token
+    if tok.type == "$END":
+        span = _end_span(path, text)
+    else:
+        span = _tok_span(path, tok)
+    expected = set(err.accepts or err.expected or set())
+    hint = f"expected {_expected_words(expected)}" if expected else None
+    label = _friendly(err)
+    message = f"unexpected {_describe_token(tok)}"
+    code = "syntax"
+    if label is not None:
+        friendly_msg, friendly_hint, _ = _FRIENDLY[label]
+        message = f"{friendly_msg} (found {_describe_token(tok)})"
+        code = f"syntax-{label.replace('_', '-')}"
+        if friendly_hint:
+            hint = f"{friendly_hint}; {hint}" if hint else friendly_hint
+    elif str(tok) in RESERVED and tok.type != "NAME" and "NAME" in expected:
+        message = f"'{tok}' is a reserved word and cannot be used as a name"
+        code = "syntax-reserved"
+    return Diagnostic(ERROR, code, message, span, hint)
+
+
+def parse(text: str, path: str = "<study>") -> ast.Study:
+    """Parse study text into an AST; raises `StudyError` with diagnostics on a syntax error."""
+    try:
+        tree = lark_parser().parse(text)
+    except UnexpectedInput as err:
+        raise StudyError([syntax_diagnostic(err, text, path)], text) from None
+    try:
+        builder = _ToAst(path)
+        statements = builder.transform(tree)
+    except VisitError as err:  # pragma: no cover - the grammar guarantees well-formed trees
+        raise StudyError([Diagnostic(ERROR, "internal", f"could not build the syntax tree: {err.orig_exc}",
+                                     ast.Span(path, 1, 1, 1, 2))], text) from None
+    if builder.problems:
+        raise StudyError(builder.problems, text)
+    return ast.Study(path=path, source=text, statements=tuple(statements))
