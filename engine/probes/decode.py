@@ -191,11 +191,13 @@ def decode_dicom(path: str | os.PathLike, mammo_clip_offline: bool = False) -> n
 def _display_pixels(arr: np.ndarray, ds, photometric: str) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi
 
-    x = apply_modality_lut(arr, ds).astype(np.float64)
+    m = apply_modality_lut(arr, ds)
+    x = m.astype(np.float64)
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
         item = ds.VOILUTSequence[0]
         bits = int(item.LUTDescriptor[2]) or 16
-        y = np.clip(apply_voi(x, ds, index=0).astype(np.float64) / float(2**bits - 1), 0.0, 1.0)
+        idx = m if np.issubdtype(m.dtype, np.integer) else np.rint(x).astype(np.int64)  # LUTs index integers
+        y = np.clip(apply_voi(idx, ds, index=0).astype(np.float64) / float(2**bits - 1), 0.0, 1.0)
     elif "WindowCenter" in ds and "WindowWidth" in ds:
         function = str(getattr(ds, "VOILUTFunction", "LINEAR") or "LINEAR")
         y = window_linear(x, _first(ds.WindowCenter), _first(ds.WindowWidth), function)
