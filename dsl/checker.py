@@ -1,0 +1,831 @@
+"""Semantic checks: names, kinds, layer aliases, categories and parameters.
+
+`check(study)` is one pass over the AST that resolves every name against the
+declarations of the right kind, validates every function and parameter against
+`engine/registry.py` (the single vocabulary of the language), fills defaults,
+resolves `let` values, `${name}` interpolation and `env(...)`, and collects *all*
+mistakes of a file as diagnostics (a user fixing a study wants the whole list,
+not one error per run).  It never loads a model or opens a data file; the only
+file it may read is a shipped concept table, to validate category filters.
+
+The result, `CheckedStudy`, is what the engine's planner consumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from dissect_study.dsl import ast
+from dissect_study.dsl.diagnostics import ERROR, WARNING, Diagnostic, suggest_hint
+from dissect_study.engine import registry as R
+
+CONCEPT_SET_DIR = Path(__file__).resolve().parent.parent / "concept_sets"
+
+#: statement kind -> the registry ANALYSES it produces
+ANALYSIS_NAMES: dict[str, tuple[str, ...]] = {
+    "compare": ("captured_concepts", "category_counts", "top_categories", "concept_changes"),
+    "learned": ("captured_concepts", "missed_concepts"),
+    "gained": ("concept_changes",),
+    "thresholds": ("layer_thresholds",),
+    "keywords": ("keyword_neurons",),
+    "neuron": ("neuron_profile",),
+}
+
+#: options an analysis statement accepts (`keywords M ... top 5 min_share 0.6`)
+ANALYSIS_OPTIONS: dict[str, dict[str, R.Param]] = {
+    "compare": {},
+    "gained": {},
+    "thresholds": {},
+    "learned": {
+        "dedup": R.Param("dedup", "str", "one_way", doc="Near-duplicate rule for missed concepts (METHOD.md 5.6).",
+                         choices=("one_way", "both", "none")),
+    },
+    "keywords": {
+        "top": R.Param("top", "int", 5, doc="Top-k labels of a neuron that are compared.", min=1),
+        "min_share": R.Param("min_share", "float", 0.5, doc="Share of the top-k labels that must contain the keyword.",
+                             min=0, max=1),
+    },
+}
+ANALYSIS_OPTIONS["analyze"] = {k: v for opts in ANALYSIS_OPTIONS.values() for k, v in opts.items()}
+
+DEFAULT_RULE = ast.ThresholdRule("max", "mean_top1", None, ">=", ast.Span("<default>", 1, 1, 1, 2))
+
+_INTERP = re.compile(r"\$\{([^}]*)\}")
+
+
+# --------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class UnsetEnv:
+    """A parameter whose value comes from an environment variable that is not set.
+
+    `check` passes with a warning; the engine must turn it into a clear error if the
+    value is actually needed at run time."""
+
+    var: str
+    span: ast.Span
+
+    def message(self) -> str:
+        return (f"{self.span}: environment variable {self.var} is not set; "
+                f"set it (export {self.var}=...) or give env(\"{self.var}\", default)")
+
+
+@dataclass
+class ResolvedDecl:
+    name: str
+    kind: str
+    func: str
+    params: dict[str, Any]
+    sample: ast.Sample | None
+    span: ast.Span
+
+
+@dataclass
+class CheckedDissect:
+    targets: list[str]
+    layers: tuple[ast.LayerItem, ...]
+    dissector: str
+    probe: str
+    concepts: str
+    similarity: str
+    similarity_params: dict[str, Any]
+    options: dict[str, Any]
+    span: ast.Span
+
+
+@dataclass
+class CheckedAnalysis:
+    index: int
+    kind: str
+    analysis_names: tuple[str, ...]
+    models: list[str]
+    layers: tuple[ast.LayerItem, ...] | None
+    filter: ast.Filter | None
+    threshold: ast.ThresholdRule
+    count: str
+    options: dict[str, Any]
+    unit: int | None
+    top: int | None
+    text: str
+    span: ast.Span
+
+
+@dataclass
+class CheckedReport:
+    out: str | UnsetEnv
+    formats: tuple[str, ...]
+    sections: tuple[str, ...] | None
+    span: ast.Span
+
+
+@dataclass
+class CheckedStudy:
+    title: str
+    path: str
+    source: str
+    sha256: str
+    lets: dict[str, Any] = field(default_factory=dict)
+    concepts: dict[str, ResolvedDecl] = field(default_factory=dict)
+    probes: dict[str, ResolvedDecl] = field(default_factory=dict)
+    dissectors: dict[str, ResolvedDecl] = field(default_factory=dict)
+    targets: dict[str, ResolvedDecl] = field(default_factory=dict)
+    layer_aliases: dict[str, tuple[ast.LayerItem, ...]] = field(default_factory=dict)
+    dissections: list[CheckedDissect] = field(default_factory=list)
+    analyses: list[CheckedAnalysis] = field(default_factory=list)
+    reports: list[CheckedReport] = field(default_factory=list)
+    default_threshold: ast.ThresholdRule = DEFAULT_RULE
+    default_count: str = "concepts"
+
+
+_KIND_WORD = {"concepts": "concept set", "probe": "probe", "dissector": "dissector", "target": "target"}
+_BUCKET = {"concepts": "concepts", "probe": "probes", "dissector": "dissectors", "target": "targets"}
+
+
+def _source_text(source: str, span: ast.Span) -> str:
+    lines = source.splitlines(keepends=True)
+    if not lines or span.line > len(lines):
+        return ""
+    start = sum(len(l) for l in lines[: span.line - 1]) + span.col - 1
+    end = sum(len(l) for l in lines[: span.end_line - 1]) + span.end_col - 1
+    return " ".join(source[start:end].split())
+
+
+def _shipped_concept_table(name: str) -> dict[str, set[str]] | None:
+    """level -> names from concept_sets/<name>.csv, or None when the file is absent or unreadable."""
+    path = CONCEPT_SET_DIR / f"{name}.csv"
+    if not path.is_file():
+        return None
+    out: dict[str, set[str]] = {lvl: set() for lvl in R.CATEGORY_LEVELS}
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                for level, column in (("category", "category"), ("subcategory", "subcategory"), ("domain", "domain")):
+                    v = (row.get(column) or "").strip()
+                    if v:
+                        out[level].add(v)
+                for t in (row.get("tasks") or "").split(";"):
+                    if t.strip():
+                        out["task"].add(t.strip())
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return out
+
+
+class _Checker:
+    def __init__(self, study: ast.Study, env: Mapping[str, str]) -> None:
+        self.study = study
+        self.env = env
+        self.diags: list[Diagnostic] = []
+        self.lets: dict[str, Any] = {}
+        self.let_spans: dict[str, ast.Span] = {}
+        self.decls: dict[str, dict[str, ast.Decl]] = {k: {} for k in R.SOURCES}
+        self.aliases: dict[str, ast.LayerAliasDef] = {}
+        self.warned_env: set[tuple[str, int, int]] = set()
+        # target -> (dissect statement, expanded layer names or None when not statically known)
+        self.dissected: dict[str, tuple[ast.Dissect, set[str] | None]] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def error(self, code: str, message: str, span: ast.Span, hint: str | None = None,
+              related: list[tuple[str, ast.Span]] | None = None) -> None:
+        self.diags.append(Diagnostic(ERROR, code, message, span, hint, related or []))
+
+    def warning(self, code: str, message: str, span: ast.Span, hint: str | None = None) -> None:
+        self.diags.append(Diagnostic(WARNING, code, message, span, hint, []))
+
+    # ------------------------------------------------------------------ values
+    def env_value(self, node: ast.Env) -> Any:
+        if node.var in self.env:
+            return self.env[node.var]
+        if node.default is not None:
+            return self.value(node.default)
+        key = (node.var, node.span.line, node.span.col)
+        if key not in self.warned_env:
+            self.warned_env.add(key)
+            self.warning("env-unset", f"environment variable {node.var} is not set", node.var_span or node.span,
+                         f"`run` needs it: export {node.var}=... (or write env(\"{node.var}\", default))")
+        return UnsetEnv(node.var, node.var_span or node.span)
+
+    def interpolate(self, node: ast.Str) -> Any:
+        text = node.value
+        if "${" not in text:
+            return text
+        parts: list[str] = []
+        pos = 0
+        for m in _INTERP.finditer(text):
+            parts.append(text[pos: m.start()])
+            pos = m.end()
+            name = m.group(1).strip()
+            col = node.span.col + 1 + m.start()
+            span = ast.Span(node.span.path, node.span.line, col, node.span.line, col + len(m.group(0)))
+            if name not in self.lets:
+                self.error("unknown-let", f"unknown name '{name}' in ${{...}}", span,
+                           suggest_hint(name, self.lets) or "${name} refers to a `let` defined earlier in the study")
+                return None
+            val = self.lets[name]
+            if isinstance(val, UnsetEnv):
+                return val
+            if val is None:
+                return None
+            parts.append(str(val).lower() if isinstance(val, bool) else str(val))
+        parts.append(text[pos:])
+        return "".join(parts)
+
+    def value(self, node: ast.Value) -> Any:
+        if isinstance(node, ast.Str):
+            return self.interpolate(node)
+        if isinstance(node, (ast.Num, ast.Bool)):
+            return node.value
+        if isinstance(node, ast.Env):
+            return self.env_value(node)
+        if isinstance(node, ast.Ident):
+            if node.name in self.lets:
+                return self.lets[node.name]
+            return node  # left for the caller to judge (a bare word, or an unknown name)
+        raise TypeError(node)  # pragma: no cover
+
+    def kind_of(self, name: str) -> str | None:
+        for kind, table in self.decls.items():
+            if name in table:
+                return kind
+        return None
+
+    def ref(self, ident: ast.Ident, kind: str, role: str | None = None) -> str | None:
+        """Resolve a reference to a declaration of `kind`; report unknown or wrong-kind names."""
+        if ident.name in self.decls[kind]:
+            return ident.name
+        word = _KIND_WORD[kind]
+        other = self.kind_of(ident.name)
+        if other is not None:
+            d = self.decls[other][ident.name]
+            self.error("wrong-kind", f"'{ident.name}' is a {_KIND_WORD[other]}, but {role or 'this'} must be a {word}",
+                       ident.span, suggest_hint(ident.name, self.decls[kind]) or f"declare a {word} with `{kind} NAME = ...`",
+                       [("declared", d.name_span or d.span)])
+        else:
+            self.error("unknown-name", f"unknown {word} '{ident.name}'", ident.span,
+                       suggest_hint(ident.name, self.decls[kind]) or f"declare it first: `{kind} {ident.name} = ...`")
+        return None
+
+    # ------------------------------------------------------------------ parameters
+    def coerce(self, param: R.Param, node: ast.Value, where: str) -> tuple[bool, Any]:
+        """Check one argument against its registry entry; returns (ok, python value)."""
+        t = param.type
+        if t in ("ref", "str_or_ref") and isinstance(node, ast.Ident) and node.name not in self.lets:
+            if param.ref_kind and (t == "ref" or self.kind_of(node.name)):
+                name = self.ref(node, param.ref_kind, f"{where} parameter '{param.name}'")
+                return name is not None, name
+            if t == "str_or_ref":
+                return True, node.name
+        if t == "ref":
+            self.error("expected-name", f"{where} parameter '{param.name}' takes the name of a {_KIND_WORD.get(param.ref_kind or '', 'declaration')}, without quotes",
+                       node.span, None)
+            return False, None
+        val = self.value(node)
+        if isinstance(val, ast.Ident):
+            if param.choices and t == "str":
+                val = val.name  # bare word such as `split=test`
+            else:
+                other = self.kind_of(val.name)
+                if other:
+                    self.error("wrong-kind", f"'{val.name}' is a {_KIND_WORD[other]}, not a value for '{param.name}'", val.span,
+                               "use a string in double quotes, or a `let` name")
+                else:
+                    self.error("unknown-let", f"unknown name '{val.name}'", val.span,
+                               suggest_hint(val.name, self.lets) or "a bare name refers to a `let`; write a string in double quotes")
+                return False, None
+        if val is None:
+            return False, None
+        if isinstance(val, UnsetEnv):
+            return True, val
+        from_env = isinstance(node, ast.Env) or (isinstance(node, ast.Ident) and isinstance(val, str) and isinstance(self.let_nodes.get(node.name), ast.Env))
+        if t in ("str", "path", "layer", "str_or_ref"):
+            if not isinstance(val, str):
+                self.error("type", f"{where} parameter '{param.name}' takes a string, not {_pytype(val)}", node.span,
+                           f"write {param.name}=\"{val}\"" if not isinstance(val, bool) else None)
+                return False, None
+        elif t == "int":
+            if isinstance(val, str) and from_env and re.fullmatch(r"[+-]?\d+", val.strip()):
+                val = int(val)
+            if isinstance(val, bool) or not isinstance(val, int):
+                self.error("type", f"{where} parameter '{param.name}' takes a whole number, not {_pytype(val)}", node.span)
+                return False, None
+        elif t == "float":
+            if isinstance(val, str) and from_env:
+                try:
+                    val = float(val)
+                except ValueError:
+                    pass
+            if isinstance(val, bool) or not isinstance(val, (int, float)):
+                self.error("type", f"{where} parameter '{param.name}' takes a number, not {_pytype(val)}", node.span)
+                return False, None
+            val = float(val)
+        elif t == "bool":
+            if isinstance(val, str) and from_env and val.strip().lower() in ("1", "0", "true", "false", "yes", "no"):
+                val = val.strip().lower() in ("1", "true", "yes")
+            if not isinstance(val, bool):
+                self.error("type", f"{where} parameter '{param.name}' takes true or false, not {_pytype(val)}", node.span)
+                return False, None
+        if param.choices is not None and val not in param.choices:
+            self.error("choice", f"{where} parameter '{param.name}' cannot be '{val}'", node.span,
+                       suggest_hint(str(val), param.choices) or "choose one of: " + ", ".join(param.choices))
+            return False, None
+        if isinstance(val, (int, float)) and not isinstance(val, bool):
+            if param.min is not None and val < param.min:
+                self.error("bounds", f"{where} parameter '{param.name}' must be >= {_fmt_num(param.min)}, not {_fmt_num(val)}", node.span)
+                return False, None
+            if param.max is not None and val > param.max:
+                self.error("bounds", f"{where} parameter '{param.name}' must be <= {_fmt_num(param.max)}, not {_fmt_num(val)}", node.span)
+                return False, None
+        return True, val
+
+    def call_params(self, fn: R.Function, call: ast.Call, where: str) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        given: dict[str, ast.Span] = {}
+        refs: list[str] = []
+        positional = list(fn.positional)
+        for arg in call.args:
+            if arg.name is None:
+                if fn.variadic_ref_kind:
+                    if isinstance(arg.value, ast.Ident):
+                        name = self.ref(arg.value, fn.variadic_ref_kind, f"{where}")
+                        if name:
+                            refs.append(name)
+                    else:
+                        self.error("expected-name", f"{where} takes the names of {_KIND_WORD[fn.variadic_ref_kind]}s, without quotes", arg.span)
+                    continue
+                if not positional:
+                    self.error("too-many-positional", f"{where} takes no more positional arguments", arg.span,
+                               f"name it: {fn.params[0].name}=..." if fn.params else f"{fn.name}() takes no arguments")
+                    continue
+                pname = positional.pop(0)
+                param = fn.param(pname)
+            else:
+                param = fn.param(arg.name)
+                if param is None:
+                    self.error("unknown-param", f"{where} has no parameter '{arg.name}'", arg.name_span or arg.span,
+                               suggest_hint(arg.name, fn.param_names)
+                               or ("parameters: " + ", ".join(p.name for p in fn.params) if fn.params else f"{fn.name}() takes no parameters"))
+                    continue
+                if param.name in positional:
+                    positional.remove(param.name)
+            assert param is not None
+            if param.name in given:
+                self.error("duplicate-param", f"{where} parameter '{param.name}' is given twice", arg.span,
+                           None, [("first given", given[param.name])])
+                continue
+            given[param.name] = arg.span
+            ok, val = self.coerce(param, arg.value, where)
+            if ok:
+                params[param.name] = val
+        for p in fn.params:
+            if p.name not in given:
+                if p.required:
+                    self.error("missing-param", f"{where} needs parameter '{p.name}'", call.func_span or call.span,
+                               f"add {p.name}=... ({p.doc})" if p.doc else f"add {p.name}=...")
+                else:
+                    params[p.name] = p.default
+        if fn.variadic_ref_kind:
+            params["refs"] = refs
+            if not refs and not any(a.name is None for a in call.args):
+                self.error("missing-param", f"{where} needs at least one {_KIND_WORD[fn.variadic_ref_kind]}", call.func_span or call.span,
+                           f"for example {fn.name}(a, b)")
+        return params
+
+    # ------------------------------------------------------------------ layers
+    def expand_layers(self, items: Iterable[ast.LayerItem], for_alias: str | None = None) -> tuple[ast.LayerItem, ...]:
+        out: list[ast.LayerItem] = []
+        for item in items:
+            if isinstance(item, ast.LayerName) and item.text in self.aliases and item.text != for_alias:
+                out.extend(self.aliases_expanded[item.text])
+                continue
+            if isinstance(item, ast.LayerName) and "." not in item.text and item.text not in R.BUILTIN_LAYER_ALIASES:
+                pool = list(self.aliases) + list(R.BUILTIN_LAYER_ALIASES)
+                hint = suggest_hint(item.text, pool, cutoff=0.75)
+                if hint:
+                    self.error("unknown-alias", f"unknown layer alias '{item.text}'", item.span, hint)
+                    continue
+            if isinstance(item, ast.LayerRange) and item.start > item.end:
+                self.error("range", f"layer range '{item.prefix}{item.start}-{item.end}' is empty: it starts after it ends",
+                           item.span, f"write {item.prefix}{item.end}-{item.start}")
+                continue
+            out.append(item)
+        return tuple(out)
+
+    @staticmethod
+    def layer_names(items: Iterable[ast.LayerItem]) -> set[str] | None:
+        """Concrete layer names, or None when the set depends on the model (all, early/middle/last)."""
+        names: set[str] = set()
+        for item in items:
+            if isinstance(item, ast.LayerAll):
+                return None
+            if isinstance(item, ast.LayerRange):
+                names.update(item.names())
+            elif item.text in R.BUILTIN_LAYER_ALIASES:
+                return None
+            else:
+                names.add(item.text)
+        return names
+
+    def check_analysis_layers(self, model: str, items: tuple[ast.LayerItem, ...]) -> None:
+        if model not in self.dissected:
+            return
+        stmt, known = self.dissected[model]
+        if known is None:
+            return
+        for item in items:
+            if isinstance(item, ast.LayerAll) or (isinstance(item, ast.LayerName) and item.text in R.BUILTIN_LAYER_ALIASES):
+                continue
+            wanted = item.names() if isinstance(item, ast.LayerRange) else [item.text]
+            missing = [n for n in wanted if n not in known]
+            if missing:
+                self.error("layer-not-dissected", f"layer '{missing[0]}' of {model} is not dissected", item.span,
+                           suggest_hint(missing[0], known, cutoff=0.8) or "dissected layers: " + ", ".join(sorted(known)[:8]),
+                           [(f"{model} is dissected", stmt.span)])
+
+    # ------------------------------------------------------------------ thresholds
+    def check_rule(self, rule: ast.ThresholdRule) -> bool:
+        ok = True
+        if rule.combine not in R.THRESHOLD_COMBINES:
+            ok = False
+            self.error("threshold-combine", f"unknown threshold combination '{rule.combine}'", rule.combine_span or rule.span,
+                       suggest_hint(rule.combine, ("max", "own")) or "use max (of the compared models' tau), own, or a number")
+        if rule.combine != "fixed" and rule.statistic not in R.THRESHOLD_STATISTICS:
+            ok = False
+            pool = list(R.THRESHOLD_STATISTICS) + (["max", "own"] if rule.combine_span is None else [])
+            self.error("threshold-statistic", f"unknown threshold statistic '{rule.statistic}'", rule.statistic_span or rule.span,
+                       suggest_hint(rule.statistic, pool) or "statistics: " + ", ".join(R.THRESHOLD_STATISTICS))
+        return ok
+
+    def check_count(self, count: str | None, span: ast.Span | None) -> str | None:
+        if count is None:
+            return None
+        if count not in R.COUNT_UNITS:
+            self.error("count-unit", f"cannot count '{count}'", span or ast.Span(self.study.path, 1, 1, 1, 2),
+                       suggest_hint(count, R.COUNT_UNITS) or "count concepts or neurons")
+            return None
+        return count
+
+    # ------------------------------------------------------------------ main pass
+    def run(self) -> CheckedStudy:
+        st = self.study
+        out = CheckedStudy(title="", path=st.path, source=st.source,
+                           sha256=hashlib.sha256(st.source.encode("utf-8", "surrogatepass")).hexdigest())
+        title_span: ast.Span | None = None
+        default_stmt: ast.DefaultThreshold | None = None
+        self.let_nodes: dict[str, ast.Value] = {}
+        self.aliases_expanded: dict[str, tuple[ast.LayerItem, ...]] = {}
+
+        # Pass 1: declarations, so references may point forward.
+        for s in st.statements:
+            if isinstance(s, ast.Decl):
+                table = self.decls[s.kind]
+                if s.name in table:
+                    first = table[s.name]
+                    self.error("duplicate", f"{_KIND_WORD[s.kind]} '{s.name}' is declared twice", s.name_span or s.span,
+                               "rename one of them", [("earlier declaration", first.name_span or first.span)])
+                else:
+                    table[s.name] = s
+            elif isinstance(s, ast.LayerAliasDef):
+                if s.name in self.aliases:
+                    first = self.aliases[s.name]
+                    self.error("duplicate", f"layer alias '{s.name}' is defined twice", s.name_span or s.span,
+                               "rename one of them", [("earlier declaration", first.name_span or first.span)])
+                elif s.name in R.BUILTIN_LAYER_ALIASES:
+                    self.error("builtin-alias", f"'{s.name}' is a built-in layer alias and cannot be redefined", s.name_span or s.span,
+                               "choose another name; early/middle/last are resolved per model by the engine")
+                else:
+                    self.aliases[s.name] = s
+
+        # Pass 2: statements in order.
+        for s in st.statements:
+            if isinstance(s, ast.StudyTitle):
+                if title_span is not None:
+                    self.error("duplicate", "the study title is given twice", s.span, "keep one `study \"...\"` line",
+                               [("earlier title", title_span)])
+                else:
+                    title_span, out.title = s.span, s.title
+            elif isinstance(s, ast.Let):
+                if s.name in self.let_spans:
+                    self.error("duplicate", f"'{s.name}' is defined twice", s.name_span or s.span, "rename one of them",
+                               [("earlier definition", self.let_spans[s.name])])
+                    continue
+                val = self.value(s.value)
+                if isinstance(val, ast.Ident):
+                    self.error("unknown-let", f"unknown name '{val.name}'", val.span,
+                               suggest_hint(val.name, self.lets) or "a bare name refers to an earlier `let`; write a string in double quotes")
+                    val = None
+                self.lets[s.name] = val
+                self.let_nodes[s.name] = s.value
+                self.let_spans[s.name] = s.name_span or s.span
+            elif isinstance(s, ast.Decl):
+                if self.decls[s.kind].get(s.name) is not s:
+                    continue
+                self.check_decl(s, out)
+            elif isinstance(s, ast.LayerAliasDef):
+                if self.aliases.get(s.name) is s:
+                    self.aliases_expanded[s.name] = self.expand_layers(s.layers, for_alias=s.name)
+                    out.layer_aliases[s.name] = self.aliases_expanded[s.name]
+            elif isinstance(s, ast.Dissect):
+                self.check_dissect(s, out)
+            elif isinstance(s, ast.DefaultThreshold):
+                if default_stmt is not None:
+                    self.error("duplicate", "the study threshold is given twice", s.span,
+                               "keep one study-wide `threshold` statement; give others per analysis",
+                               [("earlier threshold", default_stmt.span)])
+                    continue
+                default_stmt = s
+                if self.check_rule(s.rule):
+                    out.default_threshold = s.rule
+                out.default_count = self.check_count(s.count, s.count_span) or "concepts"
+        self.check_union_cycles()
+
+        index = 0
+        for s in st.statements:
+            if isinstance(s, (ast.Analysis, ast.ShowNeuron)):
+                checked = self.check_analysis(s, index, out)
+                index += 1
+                if checked is not None:
+                    out.analyses.append(checked)
+            elif isinstance(s, ast.Report):
+                out.reports.append(self.check_report(s))
+        if not any(isinstance(s, ast.Dissect) for s in st.statements):
+            self.warning("nothing-to-do", "this study has no dissect statement", ast.Span(st.path, 1, 1, 1, 2),
+                         "add `dissect TARGET at layers ... by DISSECTOR on PROBE with concepts SET`")
+        out.lets = dict(self.lets)
+        return out
+
+    def check_decl(self, s: ast.Decl, out: CheckedStudy) -> None:
+        table = R.SOURCES[s.kind]
+        fn = table.get(s.source.func)
+        where = f"{s.source.func}()"
+        if fn is None:
+            self.error("unknown-function", f"unknown {_KIND_WORD[s.kind]} source '{s.source.func}'", s.source.func_span or s.source.span,
+                       suggest_hint(s.source.func, R.suggestion_pool(s.kind)) or f"{s.kind} sources: " + ", ".join(table))
+            return
+        params = self.call_params(fn, s.source, where)
+        if fn.name == "union" and s.name in params.get("refs", []):
+            self.error("self-reference", f"probe '{s.name}' cannot include itself", s.source.span)
+        if s.sample is not None and s.kind != "probe":
+            self.error("sample-not-probe", f"only probes can be sampled, not a {_KIND_WORD[s.kind]}", s.sample.span,
+                       "move `sample ...` to a probe declaration")
+        getattr(out, _BUCKET[s.kind])[s.name] = ResolvedDecl(s.name, s.kind, fn.name, params, s.sample, s.span)
+
+    def check_union_cycles(self) -> None:
+        probes = self.decls["probe"]
+        state: dict[str, int] = {}
+
+        def visit(name: str, trail: list[str]) -> None:
+            if state.get(name) == 2 or name not in probes:
+                return
+            if state.get(name) == 1:
+                d = probes[trail[0]]
+                self.error("cycle", "probe unions form a cycle: " + " -> ".join(trail + [name]), d.source.span)
+                return
+            state[name] = 1
+            d = probes[name]
+            if d.source.func == "union":
+                for a in d.source.args:
+                    if isinstance(a.value, ast.Ident) and a.value.name != name:
+                        visit(a.value.name, trail + [name])
+            state[name] = 2
+
+        for n in probes:
+            visit(n, [])
+
+    def check_dissect(self, s: ast.Dissect, out: CheckedStudy) -> None:
+        ok = True
+        targets: list[str] = []
+        for t in s.targets:
+            name = self.ref(t, "target", "a dissect target")
+            if name is None:
+                ok = False
+                continue
+            if name in self.dissected:
+                first = self.dissected[name][0]
+                self.error("dissected-twice", f"target '{name}' is dissected twice", t.span,
+                           "dissect each target once; list all its layers in one statement", [("first dissected", first.span)])
+                ok = False
+                continue
+            if name in targets:
+                self.error("duplicate", f"target '{name}' is listed twice", t.span)
+                continue
+            targets.append(name)
+        layers = self.expand_layers(s.layers)
+        dissector = self.ref(s.dissector, "dissector", "the `by` part")
+        probe = self.ref(s.probe, "probe", "the `on` part")
+        concepts = self.ref(s.concepts, "concepts", "the `with concepts` part")
+        sim_name, sim_params = "soft_wpmi", {}
+        if s.similarity is not None:
+            fn = R.lookup_similarity(s.similarity.func)
+            if fn is None:
+                self.error("unknown-similarity", f"unknown similarity function '{s.similarity.func}'",
+                           s.similarity.func_span or s.similarity.span,
+                           suggest_hint(s.similarity.func, R.suggestion_pool("similarity")) or "similarities: " + ", ".join(R.SIMILARITIES))
+                ok = False
+            else:
+                sim_name = fn.name
+                sim_params = self.call_params(fn, s.similarity, f"{fn.name}()")
+        else:
+            sim_params = {p.name: p.default for p in R.SIMILARITIES["soft_wpmi"].params}
+        options: dict[str, Any] = {}
+        given: dict[str, ast.Span] = {}
+        for opt in s.options:
+            assert opt.name is not None
+            param = R.DISSECT_OPTIONS.get(opt.name)
+            if param is None:
+                self.error("unknown-option", f"unknown dissect option '{opt.name}'", opt.name_span or opt.span,
+                           suggest_hint(opt.name, R.DISSECT_OPTIONS) or "options: " + ", ".join(R.DISSECT_OPTIONS))
+                continue
+            if opt.name in given:
+                self.error("duplicate-param", f"dissect option '{opt.name}' is given twice", opt.span, None,
+                           [("first given", given[opt.name])])
+                continue
+            given[opt.name] = opt.span
+            good, val = self.coerce(param, opt.value, "dissect option" if False else "dissect")
+            if good:
+                options[opt.name] = val
+        for name, p in R.DISSECT_OPTIONS.items():
+            options.setdefault(name, p.default)
+        known = self.layer_names(layers)
+        for t in targets:
+            self.dissected[t] = (s, known)
+        if ok and dissector and probe and concepts and targets:
+            out.dissections.append(CheckedDissect(targets, layers, dissector, probe, concepts, sim_name, sim_params, options, s.span))
+
+    def check_analysis(self, s: ast.Analysis | ast.ShowNeuron, index: int, out: CheckedStudy) -> CheckedAnalysis | None:
+        before = sum(1 for d in self.diags if d.is_error)
+        models: list[str] = []
+        idents = (s.model,) if isinstance(s, ast.ShowNeuron) else s.models
+        for m in idents:
+            name = self.ref(m, "target", "a model")
+            if name is None:
+                continue
+            if name in models:
+                self.error("duplicate", f"model '{name}' is listed twice", m.span)
+                continue
+            if name not in self.dissected:
+                self.error("not-dissected", f"model '{name}' is never dissected", m.span,
+                           f"add it to a dissect statement: `dissect {name} at layers ... by ...`")
+                continue
+            models.append(name)
+        text = _source_text(self.study.source, s.span)
+        if isinstance(s, ast.ShowNeuron):
+            layers = self.expand_layers((s.layer,))
+            if len(layers) != 1 or isinstance(layers[0], (ast.LayerRange, ast.LayerAll)):
+                self.error("neuron-layer", "a neuron look-up needs exactly one layer", s.layer.span,
+                           "name one layer or an alias of one layer, e.g. M.last[242]")
+            for m in models:
+                self.check_analysis_layers(m, layers)
+            if sum(1 for d in self.diags if d.is_error) > before:
+                return None
+            return CheckedAnalysis(index, "neuron", ANALYSIS_NAMES["neuron"], models, layers, None, out.default_threshold,
+                                   out.default_count, {"top": s.top}, s.unit, s.top, text, s.span)
+
+        kind = s.kind
+        names: tuple[str, ...]
+        if kind == "analyze":
+            assert s.name is not None
+            if s.name not in R.ANALYSES:
+                self.error("unknown-analysis", f"unknown analysis '{s.name}'", s.name_span or s.span,
+                           suggest_hint(s.name, R.ANALYSES) or "analyses: " + ", ".join(R.ANALYSES))
+                names = ()
+            else:
+                names = (s.name,)
+        else:
+            names = ANALYSIS_NAMES[kind]
+        if kind == "gained" and len(models) == 2 and models[0] == models[1]:
+            self.error("same-model", "gained/lost compares two different models", s.models[1].span)
+        if kind in ("compare", "gained") and len(models) >= 2:
+            first = self.dissected[models[0]][0]
+            for m in models[1:]:
+                other = self.dissected[m][0]
+                for part, word in (("concepts", "concept set"), ("probe", "probe")):
+                    a, b = getattr(first, part).name, getattr(other, part).name
+                    if a != b:
+                        self.error("incomparable", f"{models[0]} and {m} are dissected with different {word}s ('{a}' and '{b}')",
+                                   next(i.span for i in s.models if i.name == m),
+                                   f"dissect the compared models with the same {word}",
+                                   [(f"{models[0]} is dissected", first.span), (f"{m} is dissected", other.span)])
+        layers = None
+        if s.layers is not None:
+            layers = self.expand_layers(s.layers)
+            for m in models:
+                self.check_analysis_layers(m, layers)
+        filt = s.filter
+        if filt is not None:
+            filt = self.check_filter(filt, models)
+        rule = out.default_threshold
+        if s.threshold is not None:
+            if self.check_rule(s.threshold):
+                rule = s.threshold
+        count = self.check_count(s.count, s.count_span) or out.default_count
+        allowed = ANALYSIS_OPTIONS.get(kind, {})
+        options: dict[str, Any] = {}
+        seen: dict[str, ast.Span] = {}
+        for opt in s.options:
+            assert opt.name is not None
+            param = allowed.get(opt.name)
+            if param is None:
+                self.error("unknown-option", f"{s.verb or kind} has no option '{opt.name}'", opt.name_span or opt.span,
+                           suggest_hint(opt.name, allowed) or ("options: " + ", ".join(allowed) if allowed else f"{s.verb or kind} takes no options"))
+                continue
+            if opt.name in seen:
+                self.error("duplicate-param", f"option '{opt.name}' is given twice", opt.span, None, [("first given", seen[opt.name])])
+                continue
+            seen[opt.name] = opt.span
+            good, val = self.coerce(param, opt.value, s.verb or kind)
+            if good:
+                options[opt.name] = val
+        for name, p in allowed.items():
+            options.setdefault(name, p.default)
+        if sum(1 for d in self.diags if d.is_error) > before:
+            return None
+        return CheckedAnalysis(index, kind, names, models, layers, filt, rule, count, options, None,
+                               options.get("top") if kind == "keywords" else None, text, s.span)
+
+    def check_filter(self, f: ast.Filter, models: list[str]) -> ast.Filter | None:
+        if f.level not in R.CATEGORY_LEVELS:
+            self.error("filter-level", f"cannot filter on '{f.level}'", f.level_span or f.span,
+                       suggest_hint(f.level, R.CATEGORY_LEVELS) or "filter on category, subcategory, task or domain")
+            return None
+        if not models:
+            return f
+        dissect = self.dissected[models[0]][0]
+        cdecl = self.decls["concepts"].get(dissect.concepts.name)
+        if cdecl is None or cdecl.source.func != "shipped" or not cdecl.source.args:
+            return f  # a user's file, possibly absent at check time: any name is accepted
+        arg = cdecl.source.args[0].value
+        if not isinstance(arg, ast.Str):
+            return f
+        table = _shipped_concept_table(arg.value)
+        if table is None:
+            return f
+        names = table[f.level]
+        exact = {n.lower(): n for n in names}
+        if f.name.lower() in exact:
+            return ast.Filter(f.level, exact[f.name.lower()], f.span, f.level_span, f.name_span)
+        elsewhere = [lvl for lvl in R.CATEGORY_LEVELS if f.name.lower() in {n.lower() for n in table[lvl]}]
+        if len(elsewhere) == 1:
+            # `on category Calcification` where Calcification is a task: say so, and mean what the user meant.
+            level = elsewhere[0]
+            canonical = {n.lower(): n for n in table[level]}[f.name.lower()]
+            self.warning("filter-level-resolved", f"'{f.name}' is a {level}, not a {f.level}, in concept set '{arg.value}'",
+                         f.name_span or f.span, f"filtering on {level} '{canonical}'; write `on {level} {canonical}` to be explicit")
+            return ast.Filter(level, canonical, f.span, f.level_span, f.name_span)
+        hint = suggest_hint(f.name, names)
+        if elsewhere:
+            hint = f"'{f.name}' is a {' and a '.join(elsewhere)} of concept set '{arg.value}': write `on {elsewhere[0]} {f.name}`"
+        self.error("unknown-category", f"concept set '{arg.value}' has no {f.level} '{f.name}'", f.name_span or f.span,
+                   hint or f"{f.level} names: " + ", ".join(sorted(names)[:10]))
+        return None
+
+    def check_report(self, s: ast.Report) -> CheckedReport:
+        out = self.interpolate(s.out)
+        seen: set[str] = set()
+        for i, fmt in enumerate(s.formats):
+            span = s.format_spans[i] if i < len(s.format_spans) else s.span
+            if fmt not in R.REPORT_FORMATS:
+                self.error("report-format", f"unknown report format '{fmt}'", span,
+                           suggest_hint(fmt, R.REPORT_FORMATS) or "formats: " + ", ".join(R.REPORT_FORMATS))
+            elif fmt in seen:
+                self.error("duplicate", f"format '{fmt}' is listed twice", span)
+            seen.add(fmt)
+        if s.sections:
+            seen = set()
+            for i, sec in enumerate(s.sections):
+                span = s.section_spans[i] if i < len(s.section_spans) else s.span
+                if sec not in R.REPORT_SECTIONS:
+                    self.error("report-section", f"unknown report section '{sec}'", span,
+                               suggest_hint(sec, R.REPORT_SECTIONS) or "sections: " + ", ".join(R.REPORT_SECTIONS))
+                elif sec in seen:
+                    self.error("duplicate", f"section '{sec}' is listed twice", span)
+                seen.add(sec)
+        return CheckedReport(out if out is not None else s.out.value, s.formats, s.sections, s.span)
+
+
+def _pytype(val: Any) -> str:
+    if isinstance(val, bool):
+        return "true/false"
+    if isinstance(val, (int, float)):
+        return f"the number {_fmt_num(val)}"
+    if isinstance(val, str):
+        return f"the string \"{val}\""
+    return type(val).__name__
+
+
+def _fmt_num(v: float | int) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def check(study: ast.Study, env: Mapping[str, str] | None = None) -> tuple[CheckedStudy | None, list[Diagnostic]]:
+    """Validate a parsed study; returns (CheckedStudy or None when there are errors, all diagnostics)."""
+    checker = _Checker(study, os.environ if env is None else env)
+    result = checker.run()
+    diags = sorted(checker.diags, key=lambda d: (d.span.line, d.span.col))
+    if any(d.is_error for d in diags):
+        return None, diags
+    return result, diags

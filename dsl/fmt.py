@@ -1,0 +1,238 @@
+"""Canonical formatting of a study (`dissect-study fmt`).
+
+The formatter prints the AST, not the source, so its output depends only on what a
+study says: one statement per line (long dissect statements wrapped with the
+clauses indented), one blank line between groups of statements, parameters in
+the order written, defaults that the user wrote kept.  Formatting is idempotent,
+and parse(format(parse(text))) == parse(text) -- the property tests check both.
+Comments are not part of the AST: `fmt` keeps standalone comment lines that
+precede a statement and end-of-line comments, re-attached by line number.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from dissect_study.dsl import ast
+from dissect_study.dsl.parser import RESERVED
+
+_IDENT = re.compile(r"[A-Za-z_]\w*\Z")
+
+
+def fmt_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
+
+
+def fmt_num(value: int | float) -> str:
+    if isinstance(value, bool):  # pragma: no cover - Bool has its own node
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    text = repr(float(value))
+    return text if ("." in text or "e" in text or "inf" in text or "nan" in text) else text + ".0"
+
+
+def fmt_value(v: ast.Value) -> str:
+    if isinstance(v, ast.Str):
+        return fmt_str(v.value)
+    if isinstance(v, ast.Num):
+        return fmt_num(v.value)
+    if isinstance(v, ast.Bool):
+        return "true" if v.value else "false"
+    if isinstance(v, ast.Ident):
+        return v.name
+    if isinstance(v, ast.Env):
+        inner = fmt_str(v.var)
+        if v.default is not None:
+            inner += ", " + fmt_value(v.default)
+        return f"env({inner})"
+    raise TypeError(v)  # pragma: no cover
+
+
+def fmt_call(c: ast.Call) -> str:
+    args = ", ".join((f"{a.name}={fmt_value(a.value)}" if a.name else fmt_value(a.value)) for a in c.args)
+    return f"{c.func}({args})"
+
+
+def fmt_layer(item: ast.LayerItem) -> str:
+    if isinstance(item, ast.LayerAll):
+        return "all"
+    if isinstance(item, ast.LayerRange):
+        return f"{item.prefix}{item.start}-{item.end}"
+    return item.text
+
+
+def fmt_layers(items: tuple[ast.LayerItem, ...]) -> str:
+    kw = "layer" if len(items) == 1 and isinstance(items[0], ast.LayerName) else "layers"
+    return f"at {kw} " + ", ".join(fmt_layer(i) for i in items)
+
+
+def fmt_name(name: str) -> str:
+    """A filter name: bare when it is a plain identifier, quoted otherwise."""
+    return name if _IDENT.match(name) and name not in RESERVED else fmt_str(name)
+
+
+def fmt_rule(r: ast.ThresholdRule) -> str:
+    if r.combine == "fixed":
+        assert r.value is not None
+        return f"threshold {fmt_num(r.value)} {r.op}"
+    return f"threshold {r.combine} {r.statistic} {r.op}"
+
+
+def fmt_statement(s: ast.Statement) -> str:
+    if isinstance(s, ast.StudyTitle):
+        return f"study {fmt_str(s.title)}"
+    if isinstance(s, ast.Let):
+        return f"let {s.name} = {fmt_value(s.value)}"
+    if isinstance(s, ast.Decl):
+        text = f"{s.kind} {s.name} = {fmt_call(s.source)}"
+        if s.sample is not None:
+            text += f" sample {s.sample.n}"
+            if s.sample.balanced_by:
+                text += f" balanced by {s.sample.balanced_by}"
+            if s.sample.seed is not None:
+                text += f" seed {s.sample.seed}"
+        return text
+    if isinstance(s, ast.LayerAliasDef):
+        return f"layer {s.name} = " + ", ".join(fmt_layer(i) for i in s.layers)
+    if isinstance(s, ast.Dissect):
+        lines = [
+            "dissect " + ", ".join(t.name for t in s.targets),
+            "    " + fmt_layers(s.layers),
+            f"    by {s.dissector.name} on {s.probe.name} with concepts {s.concepts.name}",
+        ]
+        if s.similarity is not None:
+            lines.append(f"    using {fmt_call(s.similarity)}")
+        if s.options:
+            lines.append("    " + " ".join(f"{o.name} {fmt_value(o.value)}" for o in s.options))
+        return "\n".join(lines)
+    if isinstance(s, ast.DefaultThreshold):
+        text = fmt_rule(s.rule)
+        return text + (f" count {s.count}" if s.count else "")
+    if isinstance(s, ast.Analysis):
+        names = [m.name for m in s.models]
+        if s.kind == "compare":
+            head = "compare " + " vs ".join(names)
+        elif s.kind == "gained":
+            head = f"{s.verb or 'gained'} {names[0]} over {names[1]}"
+        elif s.kind == "learned":
+            head = f"{s.verb or 'learned'} " + ", ".join(names)
+        elif s.kind == "analyze":
+            head = f"analyze {s.name} of " + ", ".join(names)
+        else:
+            head = f"{s.kind} " + ", ".join(names)
+        parts = [head]
+        if s.layers is not None:
+            parts.append(fmt_layers(s.layers))
+        if s.filter is not None:
+            parts.append(f"on {s.filter.level} {fmt_name(s.filter.name)}")
+        if s.threshold is not None:
+            parts.append(fmt_rule(s.threshold))
+        if s.count is not None:
+            parts.append(f"count {s.count}")
+        for o in s.options:
+            parts.append(f"{o.name} {fmt_value(o.value)}")
+        return " ".join(parts)
+    if isinstance(s, ast.ShowNeuron):
+        return f"show neuron {s.model.name}.{fmt_layer(s.layer)}[{s.unit}] top {s.top}"
+    if isinstance(s, ast.Report):
+        text = f"report {fmt_str(s.out.value)} as " + ", ".join(s.formats)
+        if s.sections is not None:
+            text += " sections " + ", ".join(s.sections)
+        return text
+    raise TypeError(s)  # pragma: no cover
+
+
+_GROUP = {
+    ast.StudyTitle: 0, ast.Let: 1, ast.Decl: 2, ast.LayerAliasDef: 3, ast.Dissect: 4, ast.DefaultThreshold: 5,
+    ast.Analysis: 6, ast.ShowNeuron: 6, ast.Report: 7,
+}
+
+
+def _comments(source: str) -> tuple[dict[int, list[str]], dict[int, str]]:
+    """Standalone comment lines (keyed by the line of the next code) and trailing comments (by line)."""
+    leading: dict[int, list[str]] = {}
+    trailing: dict[int, str] = {}
+    pending: list[str] = []
+    for no, line in enumerate(source.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            pending.append(stripped)
+            continue
+        if not stripped:
+            if pending and pending[-1] != "":
+                pending.append("")
+            continue
+        if pending:
+            while pending and pending[-1] == "":
+                pending.pop()
+            leading[no] = pending
+            pending = []
+        m = _trailing_comment(line)
+        if m:
+            trailing[no] = m
+    if pending:
+        while pending and pending[-1] == "":
+            pending.pop()
+        leading[10**9] = pending
+    return leading, trailing
+
+
+def _trailing_comment(line: str) -> str | None:
+    in_str = False
+    esc = False
+    for i, ch in enumerate(line):
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch == "#":
+            return line[i:].rstrip()
+    return None
+
+
+def format_study(study: ast.Study) -> str:
+    """Canonical text of a study; comments from `study.source` are carried over."""
+    leading, trailing = _comments(study.source or "")
+    starts = sorted(leading)
+    out: list[str] = []
+    prev_group: int | None = None
+    for s in study.statements:
+        group = _GROUP[type(s)]
+        span = s.span
+        lead: list[str] = []
+        if span is not None:
+            for line_no in [n for n in starts if n <= span.line]:
+                lead.extend(leading.pop(line_no))
+            starts = sorted(leading)
+        if out and (group != prev_group or lead or "\n" in out[-1] or isinstance(s, ast.Dissect)):
+            out.append("")
+        out.extend(lead)
+        text = fmt_statement(s)
+        if span is not None:
+            tails = [trailing[n] for n in range(span.line, span.end_line + 1) if n in trailing]
+            if tails:
+                lines = text.split("\n")
+                lines[0] += "  " + "  ".join(tails)
+                text = "\n".join(lines)
+        out.append(text)
+        prev_group = group
+    rest = [c for n in sorted(leading) for c in leading[n]]
+    if rest:
+        out.append("")
+        out.extend(rest)
+    # collapse runs of blank lines
+    cleaned: list[str] = []
+    for line in out:
+        if line == "" and cleaned and cleaned[-1] == "":
+            continue
+        cleaned.append(line)
+    while cleaned and cleaned[-1] == "":
+        cleaned.pop()
+    return "\n".join(cleaned) + "\n" if cleaned else ""
