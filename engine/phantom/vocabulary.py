@@ -1,0 +1,93 @@
+"""The phantom's ground truth, named in the words of the concept set.
+
+Every attribute value the generator can plant is mapped to the concept phrases
+that name it.  The calibration bench uses this map to decide whether a neuron's
+label is *right*: a neuron selective for spiculated masses is correctly labelled
+"spiculated margin", wrongly labelled "punctate calcifications".  The phrases
+are copied verbatim into the shipped concept set (`concept_sets/mammo_v1.csv`),
+so a label can only ever be a hit if the dissector can find it there.
+
+The attribute keys follow the probe vocabulary shared with the VinDr probes
+(`view`, `laterality`, `density`, `mass`, `calcification`, ...) plus the
+phantom's detail keys (`mass_shape`, `calc_morphology`, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MASS_SHAPES = ("oval", "round", "irregular")
+MASS_MARGINS = ("circumscribed", "obscured", "microlobulated", "indistinct", "spiculated")
+MASS_DENSITIES = ("high", "equal", "low", "fat")
+CALC_MORPHOLOGIES = (
+    "punctate",
+    "amorphous",
+    "coarse heterogeneous",
+    "fine pleomorphic",
+    "fine linear",
+    "rim",
+    "popcorn",
+)
+#: BI-RADS: suspicious morphologies; the others are typically benign
+SUSPICIOUS_CALCS = ("amorphous", "coarse heterogeneous", "fine pleomorphic", "fine linear")
+BENIGN_CALCS = ("punctate", "rim", "popcorn")
+CALC_DISTRIBUTIONS = ("diffuse", "regional", "grouped", "linear", "segmental")
+DENSITIES = ("A", "B", "C", "D")
+ASYMMETRIES = ("focal", "global")
+LYMPH_NODES = ("intramammary", "axillary")
+
+_DENSITY_WORDS = {
+    "A": "almost entirely fatty",
+    "B": "scattered fibroglandular densities",
+    "C": "heterogeneously dense",
+    "D": "extremely dense",
+}
+
+GROUND_TRUTH_CONCEPTS: dict[tuple[str, Any], tuple[str, ...]] = {
+    **{("mass_shape", s): (f"{s} mass",) for s in MASS_SHAPES},
+    **{("mass_margin", m): (f"{m} margin",) for m in MASS_MARGINS},
+    ("mass_density", "high"): ("high density mass",),
+    ("mass_density", "equal"): ("equal density mass",),
+    ("mass_density", "low"): ("low density mass",),
+    ("mass_density", "fat"): ("fat-containing mass",),
+    **{("calc_morphology", m): (f"{m} calcifications",) for m in CALC_MORPHOLOGIES},
+    **{("calc_distribution", d): (f"{d} calcifications",) for d in CALC_DISTRIBUTIONS},
+    ("architectural_distortion", True): ("architectural distortion",),
+    ("asymmetry", "focal"): ("focal asymmetry", "asymmetry"),
+    ("asymmetry", "global"): ("asymmetry",),
+    ("lymph_node", "intramammary"): ("intramammary lymph node",),
+    ("lymph_node", "axillary"): ("axillary lymph node",),
+    ("skin_thickening", True): ("skin thickening",),
+    ("implant", True): ("breast implant",),
+    ("skin_marker", True): ("skin marker",),
+    **{("density", d): (_DENSITY_WORDS[d], f"density {d}") for d in DENSITIES},
+    ("pectoral_muscle", True): ("pectoral muscle",),
+    ("nipple_in_profile", True): ("nipple",),
+    ("mass", True): ("mass",),
+    ("calcification", True): ("suspicious calcifications", "calcification"),
+    ("benign_calcification", True): ("benign calcifications", "calcification"),
+    ("view", "CC"): ("craniocaudal view",),
+    ("view", "MLO"): ("mediolateral oblique view",),
+    ("laterality", "L"): ("left breast",),
+    ("laterality", "R"): ("right breast",),
+}
+
+#: every phrase above, once, in a stable order (the concept set must contain them all)
+ALL_PHRASES: tuple[str, ...] = tuple(dict.fromkeys(p for ps in GROUND_TRUTH_CONCEPTS.values() for p in ps))
+
+
+def attribute_matches(attributes: dict[str, Any], attribute: str, value: Any) -> bool:
+    """Whether an image's attributes carry `attribute == value` (booleans: truthy)."""
+    got = attributes.get(attribute)
+    if value is True:
+        return bool(got)
+    return got == value
+
+
+def true_concepts(attributes: dict[str, Any]) -> set[str]:
+    """Every concept phrase that truthfully describes one phantom image."""
+    out: set[str] = set()
+    for (attr, value), phrases in GROUND_TRUTH_CONCEPTS.items():
+        if attribute_matches(attributes, attr, value):
+            out.update(phrases)
+    return out
