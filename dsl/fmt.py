@@ -63,8 +63,10 @@ def fmt_layer(item: ast.LayerItem) -> str:
     return item.text
 
 
-def fmt_layers(items: tuple[ast.LayerItem, ...]) -> str:
-    kw = "layer" if len(items) == 1 and isinstance(items[0], ast.LayerName) else "layers"
+def fmt_layers(items: tuple[ast.LayerItem, ...], aliases: frozenset[str] = frozenset()) -> str:
+    """`at layer X` for one concrete layer, `at layers ...` otherwise (a study alias may name several)."""
+    single = len(items) == 1 and isinstance(items[0], ast.LayerName) and items[0].text not in aliases
+    kw = "layer" if single else "layers"
     return f"at {kw} " + ", ".join(fmt_layer(i) for i in items)
 
 
@@ -80,7 +82,7 @@ def fmt_rule(r: ast.ThresholdRule) -> str:
     return f"threshold {r.combine} {r.statistic} {r.op}"
 
 
-def fmt_statement(s: ast.Statement) -> str:
+def fmt_statement(s: ast.Statement, aliases: frozenset[str] = frozenset()) -> str:
     if isinstance(s, ast.StudyTitle):
         return f"study {fmt_str(s.title)}"
     if isinstance(s, ast.Let):
@@ -99,7 +101,7 @@ def fmt_statement(s: ast.Statement) -> str:
     if isinstance(s, ast.Dissect):
         lines = [
             "dissect " + ", ".join(t.name for t in s.targets),
-            "    " + fmt_layers(s.layers),
+            "    " + fmt_layers(s.layers, aliases),
             f"    by {s.dissector.name} on {s.probe.name} with concepts {s.concepts.name}",
         ]
         if s.similarity is not None:
@@ -124,7 +126,7 @@ def fmt_statement(s: ast.Statement) -> str:
             head = f"{s.kind} " + ", ".join(names)
         parts = [head]
         if s.layers is not None:
-            parts.append(fmt_layers(s.layers))
+            parts.append(fmt_layers(s.layers, aliases))
         if s.filter is not None:
             parts.append(f"on {s.filter.level} {fmt_name(s.filter.name)}")
         if s.threshold is not None:
@@ -203,6 +205,7 @@ def format_study(study: ast.Study) -> str:
     starts = sorted(leading)
     out: list[str] = []
     prev_group: int | None = None
+    aliases = frozenset(s.name for s in study.statements if isinstance(s, ast.LayerAliasDef))
     for s in study.statements:
         group = _GROUP[type(s)]
         span = s.span
@@ -214,7 +217,7 @@ def format_study(study: ast.Study) -> str:
         if out and (group != prev_group or lead or "\n" in out[-1] or isinstance(s, ast.Dissect)):
             out.append("")
         out.extend(lead)
-        text = fmt_statement(s)
+        text = fmt_statement(s, aliases)
         if span is not None:
             tails = [trailing[n] for n in range(span.line, span.end_line + 1) if n in trailing]
             if tails:
