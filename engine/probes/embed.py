@@ -61,15 +61,16 @@ def build_embed(name: str, params: dict[str, Any], ctx: Any) -> FileProbe:
     root = user_path(params.get("root"), ctx, f"{what}: root", kind="dir")
     path_col = params.get("path_column") or "anon_dicom_path"
     id_col = params.get("id_column")
-    df = read_csv_text(csv_path, what)
-    require_columns(df, [path_col] + ([id_col] if id_col else []), csv_path, what,
+    table = read_csv_text(csv_path, what)
+    require_columns(table, [path_col] + ([id_col] if id_col else []), csv_path, what,
                     "Set path_column=/id_column= to the columns holding the image path and id.")
-    if len(df) == 0:
+    if len(table) == 0:
         raise ProbeError(f"{what}: {csv_path} has a header but no rows.")
     root_real = Path(root).resolve()
     items: list[ProbeItem] = []
     rerooted = 0
-    for i, row in enumerate(df.to_dict(orient="records")):
+    cache: dict[str, str] = {}
+    for i, row in enumerate(table.rows):
         where = f"{what}: {csv_path.name} row {i + 2}"
         text = row[path_col]
         if text == "":
@@ -84,7 +85,7 @@ def build_embed(name: str, params: dict[str, Any], ctx: Any) -> FileProbe:
                     "or rewrite the column as paths relative to root."
                 )
             rel, rerooted = sub, rerooted + 1
-        path = resolve_inside(root, rel, where)
+        path = resolve_inside(root, rel, where, cache)
         image_id = row[id_col] if id_col else text
         attrs = embed_attributes(row, skip=[path_col] + ([id_col] if id_col else []), where=where)
         items.append(ProbeItem(str(image_id), str(path), attrs))

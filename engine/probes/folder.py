@@ -48,33 +48,44 @@ def user_path(value: str, ctx: Any, what: str, kind: str = "any") -> Path:
     return p
 
 
-def is_inside(path: Path, root_real: Path) -> bool:
-    return path == root_real or root_real in path.parents
+def is_inside(path: str | Path, root_real: str | Path) -> bool:
+    """Is the (already resolved) `path` the root itself or below it? Compared component-wise."""
+    p, r = str(path), str(root_real).rstrip(os.sep) or os.sep
+    return p == r or p.startswith(r if r.endswith(os.sep) else r + os.sep)
 
 
-def resolve_inside(root: Path, rel: str, what: str) -> Path:
+def resolve_inside(root: Path, rel: str, what: str, cache: dict[str, str] | None = None) -> Path:
     """`rel` (from a manifest) joined to `root`; a ProbeError if it resolves outside `root`.
 
-    Symlinks are followed (`realpath`), so a link inside the root that points
-    elsewhere is rejected too.  Absolute paths are accepted only when they
-    already lie inside the root.  The returned path is absolute but keeps the
-    user's spelling (links unresolved) so reports show familiar names.
+    The joined path is normalised lexically first (so the path we check is the
+    path we later open), then symlinks are followed (`realpath`): a link inside
+    the root that points elsewhere is rejected too.  Absolute paths are accepted
+    only when they already lie inside the root.  The returned path is absolute
+    but keeps the user's spelling (links unresolved) so reports show familiar
+    names.  `cache` memoises parent folders' real paths across many rows.
     """
     rel = str(rel).strip()
     if rel == "":
         raise ProbeError(f"{what}: empty image path.")
-    root_abs = Path(os.path.abspath(root))
-    root_real = Path(os.path.realpath(root))
+    root_abs = os.path.abspath(root)
     cand = Path(rel)
-    joined = cand if cand.is_absolute() else root_abs / cand
-    real = Path(os.path.realpath(joined))
+    joined = os.path.normpath(cand if cand.is_absolute() else os.path.join(root_abs, rel))
+    parent, leaf = os.path.split(joined)
+    if cache is None:
+        cache = {}
+    if root_abs not in cache:
+        cache[root_abs] = os.path.realpath(root_abs)
+    if parent not in cache:
+        cache[parent] = os.path.realpath(parent)
+    real = os.path.realpath(joined) if os.path.islink(joined) else os.path.join(cache[parent], leaf)
+    root_real = cache[root_abs]
     if not is_inside(real, root_real):
         raise ProbeError(
             f"{what}: image path {rel!r} resolves to {real}, outside the root {root_real}. "
             "Paths in a manifest must stay inside the root you named (no '..' escapes, absolute paths "
             "elsewhere or symlinks leaving it); set root= to a folder that contains the images."
         )
-    return Path(os.path.normpath(joined))
+    return Path(joined)
 
 
 def iter_image_files(root: Path, recursive: bool, suffixes: Iterable[str] = IMAGE_SUFFIXES,

@@ -88,23 +88,26 @@ def _int(text: str) -> int | None:
     return int(v) if v is not None and v == int(v) else None
 
 
-def read_vindr_rows(path: Path, what: str) -> tuple[str, list[dict[str, Any]]]:
-    """Parse a VinDr CSV into normalised per-row records (one per CSV row, file order)."""
-    df = read_csv_text(path, what)
-    kind = csv_kind(list(df.columns))
-    cols = set(df.columns)
+def read_vindr_rows(path: Path, what: str, split: str = "all") -> tuple[str, list[dict[str, Any]], list[str]]:
+    """Parse a VinDr CSV into normalised per-row records of `split` (file order), plus the splits present."""
+    table = read_csv_text(path, what)
+    kind = csv_kind(list(table.columns))
+    cols = set(table.columns)
     study_col = _col(cols, "study_id", "patient_id")
     view_col = _col(cols, "view_position", "view")
     required = ["image_id", "laterality", "breast_birads", "breast_density", "split",
                 study_col or "study_id", view_col or "view_position"]
     require_columns(
-        df, required, path, what,
+        table, required, path, what,
         "Expected breast-level_annotations.csv, finding_annotations.csv or Mammo-CLIP's vindr_detection_v1_folds.csv.",
     )
     has_findings = "finding_categories" in cols
     has_resized = {"resized_xmin", "resized_ymin", "resized_xmax", "resized_ymax"} <= cols
     rows: list[dict[str, Any]] = []
-    for i, r in enumerate(df.to_dict(orient="records")):
+    present = sorted({r["split"] for r in table.rows})
+    for i, r in enumerate(table.rows):
+        if split != "all" and r["split"] != split:
+            continue
         where = f"{what}: {path.name} row {i + 2}"
         image_id = _strip_suffix(r["image_id"])
         if image_id == "" or r[study_col] == "":
@@ -138,7 +141,7 @@ def read_vindr_rows(path: Path, what: str) -> tuple[str, list[dict[str, Any]]]:
                         b.update(zip(("resized_xmin", "resized_ymin", "resized_xmax", "resized_ymax"), rb))
                 rec["box"] = b
         rows.append(rec)
-    return kind, rows
+    return kind, rows, present
 
 
 def findings_by_image(rows: list[dict[str, Any]]) -> dict[str, tuple[list[str], list[dict[str, Any]]]]:
@@ -173,13 +176,14 @@ def _image_attributes(first: dict[str, Any], n_rows: int,
     return attrs
 
 
-def _image_path(root: Path, study_id: str, image_id: str, image_format: str, where: str) -> tuple[Path, bool]:
+def _image_path(root: Path, study_id: str, image_id: str, image_format: str, where: str,
+                cache: dict[str, str]) -> tuple[Path, bool]:
     suffixes = (".png",) if image_format == "png" else (".dicom", ".dcm")
     candidates = [f"{study_id}/{image_id}{s}" for s in suffixes] + [f"{image_id}{s}" for s in suffixes]
     for c in candidates:  # cheap existence checks first, one symlink-resolving check at the end
         if (root / c).is_file():
-            return resolve_inside(root, c, where), True
-    return resolve_inside(root, candidates[0], where), False
+            return resolve_inside(root, c, where, cache), True
+    return resolve_inside(root, candidates[0], where, cache), False
 
 
 def build_vindr(name: str, params: dict[str, Any], ctx: Any) -> FileProbe:
@@ -192,10 +196,7 @@ def build_vindr(name: str, params: dict[str, Any], ctx: Any) -> FileProbe:
     keep_dups = bool(params.get("keep_duplicate_rows", False))
     if split not in SPLITS:
         raise ProbeError(f"{what}: split={split!r}; use one of {', '.join(SPLITS)}.")
-    kind, rows = read_vindr_rows(csv_path, what)
-    present = sorted({r["split"] for r in rows})
-    if split != "all":
-        rows = [r for r in rows if r["split"] == split]
+    kind, rows, present = read_vindr_rows(csv_path, what, split)
     if not rows:
         raise ProbeError(f"{what}: {csv_path} has no rows with split {split!r}; splits present: {', '.join(present)}.")
 
@@ -203,7 +204,7 @@ def build_vindr(name: str, params: dict[str, Any], ctx: Any) -> FileProbe:
     found_map = findings_by_image(rows) if kind != "breast_level" else None
     if params.get("findings"):
         findings_path = user_path(params["findings"], ctx, f"{what}: findings", kind="file")
-        fkind, frows = read_vindr_rows(findings_path, f"{what} (findings)")
+        fkind, frows, _ = read_vindr_rows(findings_path, f"{what} (findings)")
         if fkind == "breast_level":
             raise ProbeError(
                 f"{what}: findings={findings_path.name} has no finding_categories column; "
@@ -227,13 +228,14 @@ def build_vindr(name: str, params: dict[str, Any], ctx: Any) -> FileProbe:
     attrs_by_id: dict[str, dict[str, Any]] = {}
     paths: dict[str, tuple[Path, bool]] = {}
     without_findings = 0
+    cache: dict[str, str] = {}
     for image_id, g in groups.items():
         found = found_map.get(image_id) if found_map is not None else None
         if found_map is not None and found is None:
             without_findings += 1
         attrs_by_id[image_id] = _image_attributes(g[0], len(g), found)
         paths[image_id] = _image_path(root, g[0]["study_id"], image_id, image_format,
-                                      f"{what}: {csv_path.name} row {g[0]['row'] + 2}")
+                                      f"{what}: {csv_path.name} row {g[0]['row'] + 2}", cache)
 
     chosen = rows if keep_dups else [g[0] for g in groups.values()]
     items = []
