@@ -2,8 +2,9 @@
 
 Sampling is deterministic *by construction*, not by a random stream: every
 item gets the rank sha256(seed, image_id, occurrence) and the lowest ranks win.
-The draw therefore never changes with numpy/Python versions, and adding images
-to a folder does not reshuffle which of the old images were chosen.  Balanced
+The draw therefore never changes with numpy/Python versions, an image keeps its
+rank when others are added to the folder, and a larger draw from the same probe
+contains every image of a smaller one.  Balanced
 sampling gives every value of the attribute an equal share, water-filling the
 share of small groups into the others, so `sample 300 balanced by density` on
 VinDr's test split (A has only 20 images) takes all 20 A and 93-94 of B/C/D.
