@@ -408,6 +408,33 @@ _FRIENDLY: dict[str, tuple[str, str | None, list[str]]] = {
 }
 
 
+
+def _more_examples() -> None:
+    """Widen the example sets: LALR states differ by list position and by lookahead,
+    so each mistake is shown in its common variants."""
+    args = _FRIENDLY["missing_comma_args"][2]
+    paren = _FRIENDLY["missing_paren"][2]
+    for value in ('"a"', "1", "x", "true", 'env("X")', 'env("X", 1)'):
+        for before in ("", "a=1, ", "a=1, b=2, "):
+            for nxt in ("csv", "seed", "top", "count"):
+                args.append(f"probe p = f({before}k={value} {nxt}=1)")
+            args.append(f"probe p = f({before}{value} {value})")
+            for kw in ("dissect", "probe", "target", "concepts", "compare", "report"):
+                paren.append(f"probe p = f({before}k={value} {kw}")
+    trailing = _FRIENDLY["trailing_comma"][2]
+    for items in ("a,", "a, b,", "a, b, c,", "a, b, c, d,"):
+        for kw in ("by", "on", "at", "with", "threshold", "count", "top", "report", "compare", "dissect", "show"):
+            trailing.append(f"dissect {items} {kw}")
+            trailing.append(f"dissect M at layers {items} {kw}")
+            trailing.append(f"keywords {items} {kw}")
+            trailing.append(f"compare M vs C at layers {items} {kw}")
+            trailing.append(f'report "x" as {items} {kw}')
+            trailing.append(f'report "x" as html sections {items} {kw}')
+            trailing.append(f"layer p = {items} {kw}")
+
+
+_more_examples()
+
 @functools.lru_cache(maxsize=1)
 def _terminal_words() -> dict[str, str]:
     words = dict(_TERMINAL_WORDS)
@@ -457,18 +484,49 @@ def _end_span(path: str, text: str) -> ast.Span:
     return ast.Span(path, idx, col, idx, col + 1)
 
 
+def _token_class(tok: Token) -> str:
+    """Statement keywords form one class: any of them after an unclosed call means the same mistake."""
+    return "STATEMENT" if str(tok) in STATEMENT_KEYWORDS and tok.type != "STRING" else tok.type
+
+
+def _state_id(err: UnexpectedInput) -> int | None:
+    state = getattr(err, "state", None)
+    stack = getattr(state, "state_stack", None)
+    return stack[-1] if stack else None
+
+
 @functools.lru_cache(maxsize=1)
-def _example_parse():
-    p = lark_parser()
-    return p.parse
+def _example_table() -> tuple[dict[tuple[int, str], str], dict[int, str]]:
+    """Parser state (top of the LALR stack) of each example mistake -> its label.
+
+    lark's own `match_examples` compares whole parser stacks, so an example only
+    matches a mistake made in the file's first statement; keying on the current
+    LALR state makes a mistake match wherever it occurs."""
+    exact: dict[tuple[int, str], str] = {}
+    loose: dict[int, str] = {}
+    parser = lark_parser()
+    for label, (_, _, examples) in _FRIENDLY.items():
+        for example in examples:
+            try:
+                parser.parse(example)
+            except UnexpectedToken as err:
+                sid = _state_id(err)
+                if sid is not None:
+                    exact.setdefault((sid, _token_class(err.token)), label)
+                    loose.setdefault(sid, label)
+            except UnexpectedInput:
+                continue
+    return exact, loose
 
 
 def _friendly(err: UnexpectedInput) -> str | None:
-    examples = {label: ex for label, (_, _, ex) in _FRIENDLY.items()}
-    try:
-        return err.match_examples(_example_parse(), examples, use_accepts=True)
-    except Exception:  # pragma: no cover - defensive: a failed match must never hide the real error
+    if not isinstance(err, UnexpectedToken):
         return None
+    sid = _state_id(err)
+    if sid is None:
+        return None
+    exact, loose = _example_table()
+    return exact.get((sid, _token_class(err.token))) or loose.get(sid)
 
 
 def syntax_diagnostic(err: UnexpectedInput, text: str, path: str) -> Diagnostic:
