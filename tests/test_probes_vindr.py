@@ -160,9 +160,7 @@ def test_breast_level_with_findings_file(vdir, root, breast, finding):
         vindr(vdir, root, FINDING, findings=BREAST)
 
 
-def test_training_and_all_splits(vdir, root):
-    tr = vindr(vdir, root, BREAST, split="training")
-    assert len(tr) == 16000 and tr.describe()["counts"]["split"] == {"training": 16000}
+def test_all_splits(vdir, root):
     every = vindr(vdir, root, FINDING, split="all")
     d = every.describe()
     assert (d["n_rows"], len(every), d["counts"]["split"]) == (20486, 20000, {"test": 4000, "training": 16000})
