@@ -1,0 +1,290 @@
+"""Report charts: Altair specs rendered offline to SVG with vl-convert.
+
+Why one module: every chart in a report must agree on two things a reader
+relies on -- the colour of a category (METHOD.md §5.8, identical in bar charts
+and word clouds) and the order of layers (by depth, never alphabetically:
+the reference notebook's lexicographic bug, METHOD.md §11).  Both live here,
+in `Palette` and in the `layer_order` every chart receives.
+
+Charts are exported with `vl_convert.vegalite_to_svg` (no CDN, no browser) and
+their element ids are made unique, so several SVGs can be inlined in one HTML
+page without clip paths of one chart leaking into another.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import altair as alt
+import pandas as pd
+
+FONT = "DejaVu Sans"  # installed locally (fc-list); embedded by WeasyPrint in the PDF
+
+#: METHOD.md §5.8 colours for the paper's broad categories, keyed by normalised name
+CATEGORY_COLOURS: dict[str, str] = {
+    "breast anatomy or structure": "#8c564b",  # brown
+    "breast locations": "#ff7f0e",  # orange
+    "findings and characterizations": "#9467bd",  # violet
+    "interpretations": "#1f77b4",  # blue
+    "action or follow up": "#d62728",  # red
+    "environmental and natural": "#2ca02c",  # green
+    "miscellaneous": "#7f7f7f",  # gray
+}
+#: display names of the paper's categories (xlsx sheet names and shipped names map here)
+CATEGORY_TITLES: dict[str, str] = {
+    "breast anatomy or structure": "Breast anatomy or structure",
+    "breast locations": "Breast locations",
+    "findings and characterizations": "Findings and characterizations",
+    "interpretations": "Interpretations",
+    "action or follow up": "Action or follow-up",
+    "environmental and natural": "Environmental and natural",
+    "miscellaneous": "Miscellaneous",
+}
+#: extra categories (user concept sets) get these, in sorted order of their normalised names
+EXTRA_COLOURS = ("#17becf", "#bcbd22", "#e377c2", "#393b79", "#8c6d31", "#637939", "#7b4173", "#3182bd", "#e6550d", "#31a354")
+UNCATEGORISED = "Uncategorised"
+UNCATEGORISED_COLOUR = "#b0b0b0"
+
+#: models: a separate palette (a model is never a category)
+MODEL_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
+DOMAIN_COLOURS = {"mammography": "#9467bd", "non-mammography": "#2ca02c"}
+
+
+def normalise_category(name: str | None) -> str:
+    """Case-insensitive key: `_`/`-` -> space, collapsed and stripped.
+
+    So the workbook's sheet names (`Breast_anatomy_or_structure`,
+    `" Findings and characterizations"`) and the shipped set's names
+    ("Action or follow-up") share one colour.
+    """
+    if name is None or (isinstance(name, float) and name != name):
+        return ""
+    s = str(name).replace("_", " ").replace("-", " ").lower()
+    return " ".join(s.split())
+
+
+@dataclass
+class Palette:
+    """The one category -> colour map of a report, built from every category of the run."""
+
+    extra: dict[str, str] = field(default_factory=dict)
+    titles: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_categories(cls, categories: Iterable[str | None]) -> "Palette":
+        titles: dict[str, str] = {}
+        extras: set[str] = set()
+        for c in categories:
+            key = normalise_category(c)
+            if not key:
+                continue
+            if key in CATEGORY_COLOURS:
+                titles[key] = CATEGORY_TITLES[key]
+            else:
+                extras.add(key)
+                titles.setdefault(key, " ".join(str(c).replace("_", " ").split()))
+        extra = {k: col for k, col in zip(sorted(extras), itertools.cycle(EXTRA_COLOURS))}
+        return cls(extra=extra, titles=titles)
+
+    def colour(self, category: str | None) -> str:
+        key = normalise_category(category)
+        if not key:
+            return UNCATEGORISED_COLOUR
+        return CATEGORY_COLOURS.get(key) or self.extra.get(key) or UNCATEGORISED_COLOUR
+
+    def title(self, category: str | None) -> str:
+        key = normalise_category(category)
+        if not key:
+            return UNCATEGORISED
+        return self.titles.get(key) or CATEGORY_TITLES.get(key) or str(category).strip()
+
+    def order(self) -> list[str]:
+        """Display titles in a fixed order: the paper's categories first, extras sorted, then none."""
+        known = [CATEGORY_TITLES[k] for k in CATEGORY_COLOURS if k in self.titles]
+        extra = [self.titles[k] for k in sorted(self.extra)]
+        return known + extra
+
+    def scale(self, present: Sequence[str]) -> alt.Scale:
+        """An Altair colour scale over the display titles present in one chart."""
+        order = [t for t in self.order() + [UNCATEGORISED] if t in set(present)]
+        order += [t for t in dict.fromkeys(present) if t not in order]
+        return alt.Scale(domain=order, range=[self._colour_of_title(t) for t in order])
+
+    def _colour_of_title(self, title: str) -> str:
+        if title == UNCATEGORISED:
+            return UNCATEGORISED_COLOUR
+        return self.colour(title)
+
+    def legend(self) -> list[tuple[str, str]]:
+        return [(t, self._colour_of_title(t)) for t in self.order()]
+
+
+def model_scale(models: Sequence[str]) -> alt.Scale:
+    models = list(dict.fromkeys(models))
+    return alt.Scale(domain=models, range=[MODEL_COLOURS[i % len(MODEL_COLOURS)] for i in range(len(models))])
+
+
+# ----------------------------------------------------------------------------- export
+
+_ID_RE = re.compile(r'\bid="([^"]+)"')
+
+
+def _uniquify_ids(svg: str, prefix: str) -> str:
+    ids = set(_ID_RE.findall(svg))
+    if not ids:
+        return svg
+    for i in sorted(ids, key=len, reverse=True):
+        svg = svg.replace(f'id="{i}"', f'id="{prefix}{i}"')
+        svg = svg.replace(f"url(#{i})", f"url(#{prefix}{i})")
+        svg = svg.replace(f'href="#{i}"', f'href="#{prefix}{i}"')
+    return svg
+
+
+_counter = itertools.count(1)
+
+
+def to_svg(chart: alt.TopLevelMixin) -> str:
+    """Render offline to an SVG string (vl-convert), sized by its viewBox for print."""
+    import vl_convert as vlc
+
+    spec = chart.to_dict()
+    svg = vlc.vegalite_to_svg(spec)
+    svg = _uniquify_ids(svg, f"c{next(_counter)}-")
+    # let CSS scale it to the column width; the viewBox keeps the aspect ratio
+    svg = re.sub(r'^<svg ([^>]*?)width="([\d.]+)" height="([\d.]+)"',
+                 lambda m: f'<svg {m.group(1)}width="{m.group(2)}" height="{m.group(3)}" style="max-width:100%;height:auto"',
+                 svg, count=1)
+    return svg
+
+
+def _config(chart: alt.TopLevelMixin) -> alt.TopLevelMixin:
+    return (
+        chart.configure(font=FONT, background="white")
+        .configure_axis(labelFontSize=11, titleFontSize=11, labelLimit=180, grid=True, gridColor="#e6e6e6")
+        .configure_legend(labelFontSize=11, titleFontSize=11, labelLimit=260, orient="bottom", columns=3)
+        .configure_header(labelFontSize=11, titleFontSize=11)
+        .configure_view(stroke="#cccccc")
+    )
+
+
+def _facet_width(n: int, total: int = 560, minimum: int = 90) -> int:
+    return max(minimum, int(total / max(n, 1)) - 20)
+
+
+# ----------------------------------------------------------------------------- charts
+
+def tau_chart(df: pd.DataFrame, layer_order: Sequence[str], models: Sequence[str]) -> str:
+    """Fig. 4a/8: tau per layer, one line per model, layers by depth."""
+    chart = (
+        alt.Chart(df)
+        .mark_line(point=alt.OverlayMarkDef(size=45))
+        .encode(
+            x=alt.X("layer:N", sort=list(layer_order), title="layer (by depth)", axis=alt.Axis(labelAngle=-40)),
+            y=alt.Y("tau:Q", title="τ (layer threshold)"),
+            color=alt.Color("model:N", scale=model_scale(models), title="model"),
+            tooltip=["model", "layer", alt.Tooltip("tau:Q", format=".3f")],
+        )
+        .properties(width=540, height=260)
+    )
+    return to_svg(_config(chart))
+
+
+def domain_chart(df: pd.DataFrame, layer_order: Sequence[str], models: Sequence[str], unit: str) -> str:
+    """Fig. 4b: mammography vs non-mammography counts per model, one panel per layer."""
+    present = [d for d in DOMAIN_COLOURS if d in set(df["domain"])] + sorted(set(df["domain"]) - set(DOMAIN_COLOURS))
+    scale = alt.Scale(domain=present, range=[DOMAIN_COLOURS.get(d, UNCATEGORISED_COLOUR) for d in present])
+    layers = [l for l in layer_order if l in set(df["layer"])]
+    chart = (
+        alt.Chart(df)
+        .mark_bar()
+        .encode(
+            x=alt.X("model:N", sort=list(models), title=None, axis=alt.Axis(labelAngle=0)),
+            xOffset=alt.XOffset("domain:N", sort=present),
+            y=alt.Y("count:Q", title=f"captured {unit}"),
+            color=alt.Color("domain:N", scale=scale, title="domain"),
+        )
+        .properties(width=_facet_width(len(layers)), height=220)
+        .facet(column=alt.Column("layer:N", sort=layers, title=None))
+    )
+    return to_svg(_config(chart))
+
+
+def category_stack_chart(df: pd.DataFrame, layer_order: Sequence[str], models: Sequence[str], palette: Palette,
+                         unit: str) -> str:
+    """Fig. 4c: the top-3 broad categories per model, stacked, one panel per layer."""
+    layers = [l for l in layer_order if l in set(df["layer"])]
+    chart = (
+        alt.Chart(df)
+        .mark_bar()
+        .encode(
+            x=alt.X("model:N", sort=list(models), title=None, axis=alt.Axis(labelAngle=0)),
+            y=alt.Y("count:Q", title=f"captured {unit}", stack="zero"),
+            color=alt.Color("category:N", scale=palette.scale(list(df["category"])), title="category"),
+            order=alt.Order("rank:Q", sort="ascending"),
+        )
+        .properties(width=_facet_width(len(layers)), height=220)
+        .facet(column=alt.Column("layer:N", sort=layers, title=None))
+    )
+    return to_svg(_config(chart))
+
+
+def task_chart(df: pd.DataFrame, layer_order: Sequence[str], models: Sequence[str], unit: str) -> str:
+    """Fig. 9: task-concept counts (mass / calcification / density) per layer and model."""
+    tasks = sorted(set(df["task"]))
+    layers = [l for l in layer_order if l in set(df["layer"])]
+    chart = (
+        alt.Chart(df)
+        .mark_bar()
+        .encode(
+            x=alt.X("layer:N", sort=layers, title=None, axis=alt.Axis(labelAngle=-40)),
+            xOffset=alt.XOffset("model:N", sort=list(models)),
+            y=alt.Y("count:Q", title=f"captured {unit}"),
+            color=alt.Color("model:N", scale=model_scale(models), title="model"),
+        )
+        .properties(width=_facet_width(len(tasks)), height=200)
+        .facet(column=alt.Column("task:N", sort=tasks, title=None))
+    )
+    return to_svg(_config(chart))
+
+
+def status_by_category_chart(df: pd.DataFrame, palette: Palette, status_order: Sequence[str], title_x: str) -> str:
+    """Table 3 / Fig. 10: counts per status (unique to a model, shared, learned, missed) by category."""
+    chart = (
+        alt.Chart(df)
+        .mark_bar()
+        .encode(
+            y=alt.Y("status:N", sort=list(status_order), title=None),
+            x=alt.X("count:Q", title=title_x, stack="zero"),
+            color=alt.Color("category:N", scale=palette.scale(list(df["category"])), title="category"),
+            order=alt.Order("order:Q", sort="ascending"),
+        )
+        .properties(width=460, height=max(60, 26 * len(status_order)))
+    )
+    return to_svg(_config(chart))
+
+
+def calibration_chart(df: pd.DataFrame, layer_order: Sequence[str], similarities: Sequence[str]) -> str:
+    """Calibration bench: top-1 hit rate per similarity function, per layer (mean over models)."""
+    layers = [l for l in layer_order if l in set(df["layer"])]
+    chart = (
+        alt.Chart(df)
+        .mark_bar()
+        .encode(
+            x=alt.X("layer:N", sort=layers, title=None, axis=alt.Axis(labelAngle=-40)),
+            xOffset=alt.XOffset("similarity:N", sort=list(similarities)),
+            y=alt.Y("top1_hit:Q", title="top-1 hit rate", scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color("similarity:N", sort=list(similarities), scale=alt.Scale(scheme="tableau10"),
+                            title="similarity"),
+        )
+        .properties(width=520, height=200)
+    )
+    return to_svg(_config(chart))
+
+
+def legend_items(palette: Palette, present: Iterable[str | None]) -> list[dict[str, Any]]:
+    """Legend rows (title, colour) for the categories present, in the palette's order."""
+    titles = {palette.title(c) for c in present}
+    return [dict(title=t, colour=c) for t, c in palette.legend() + [(UNCATEGORISED, UNCATEGORISED_COLOUR)] if t in titles]
