@@ -87,7 +87,7 @@ class Plan:
         for d, p in self.image_passes:
             lines.append(f"  image pass  : dissector {d} x probe {p}")
         for t, p in self.target_passes:
-            layers = next(_layer_text(x.layers) for x in self.dissections if x.target == t)
+            layers = next(", ".join(layer_item_text(i) for i in x.layers) for x in self.dissections if x.target == t)
             lines.append(f"  target pass : {t} on {p}, layers {layers} (one pass, all layers hooked)")
         for x in self.dissections:
             params = ", ".join(f"{k}={v}" for k, v in x.similarity_params.items())
@@ -97,10 +97,6 @@ class Plan:
         for r in self.reports:
             lines.append(f"  report      : {getattr(r, 'out', r)} as {', '.join(getattr(r, 'formats', ()))}")
         return "\n".join(lines)
-
-
-def _layer_text(items: tuple) -> Any:
-    yield ", ".join(layer_item_text(i) for i in items)
 
 
 def layer_item_text(item: Any) -> str:
