@@ -102,7 +102,7 @@ class AnalysisInput:
         self.concepts = _frame(self.concepts, ["concept_set", "concept_id", "concept", "category", "subcategory", "domain", "tasks"])
         self.concepts["tasks"] = self.concepts["tasks"].map(_tasks)
         for col in ("category", "subcategory", "domain"):
-            self.concepts[col] = self.concepts[col].map(_none)
+            self.concepts[col] = _objects(self.concepts[col])
         self.dissections = _frame(self.dissections, ["model", "concept_set"])
 
     @classmethod
@@ -122,6 +122,11 @@ def _df(rows: list[dict[str, Any]], cols: Sequence[str]) -> pd.DataFrame:
         if not pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]):
             df[c] = pd.Series([_none(v) for v in df[c]], index=df.index, dtype=object)
     return df
+
+
+def _objects(col: pd.Series) -> pd.Series:
+    """Object column with None for missing (pandas 3 string columns would turn None into NaN)."""
+    return pd.Series([_none(v) for v in col], index=col.index, dtype=object)
 
 
 def _none(x: Any) -> Any:
@@ -207,9 +212,9 @@ def filter_mask(concepts: pd.DataFrame, flt: tuple[str, str] | None) -> pd.Serie
     level, name = flt
     if level in ("category", "subcategory"):
         key = category_key(name)
-        return concepts[level].map(lambda v: v is not None and category_key(v) == key)
+        return concepts[level].map(lambda v: _none(v) is not None and category_key(v) == key).astype(bool)
     if level == "domain":
-        return concepts["domain"].map(lambda v: v is not None and v.lower() == name.strip().lower())
+        return concepts["domain"].map(lambda v: _none(v) is not None and v.lower() == name.strip().lower()).astype(bool)
     if level == "task":
         return concepts["tasks"].map(lambda ts: name.strip().lower() in ts)
     raise AnalysisError(f"filter level {level!r} unknown; use one of {', '.join(LEVELS)}.")
@@ -373,8 +378,8 @@ def category_counts(captured: pd.DataFrame, concepts: pd.DataFrame, pairs: Seque
     filling -- plus a NULL group for uncategorised concepts.
     """
     cs = _frame(concepts, ["category", "subcategory", "domain", "tasks"])
-    cs = cs.assign(tasks=cs["tasks"].map(_tasks), category=cs["category"].map(_none),
-                   subcategory=cs["subcategory"].map(_none), domain=cs["domain"].map(_none))
+    cs = cs.assign(tasks=cs["tasks"].map(_tasks), category=_objects(cs["category"]),
+                   subcategory=_objects(cs["subcategory"]), domain=_objects(cs["domain"]))
     cs = cs[filter_mask(cs, filter)]
     if pairs is None:
         pairs = list(dict.fromkeys(zip(captured["model"], captured["layer"])))

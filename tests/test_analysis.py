@@ -363,8 +363,13 @@ def _sql_args(rule: dict, flt=None, extra: str = "") -> str:
     return ", ".join(a) + extra
 
 
-@pytest.mark.parametrize("rule", SQL_RULES, ids=lambda r: f"{r['combine']}-{r['statistic']}-{r.get('op')}")
-@pytest.mark.parametrize("flt", [None, ("task", "calcification"), ("domain", "mammography")])
+SQL_CASES = [
+    (SQL_RULES[0], None), (SQL_RULES[0], ("category", "findings_and_characterizations")),
+    (SQL_RULES[1], ("task", "calcification")), (SQL_RULES[2], ("domain", "mammography")), (SQL_RULES[3], None),
+]
+
+
+@pytest.mark.parametrize("rule,flt", SQL_CASES, ids=lambda x: str(x))
 def test_sql_matches_python(inp, db, rule, flt):
     models = ["M", "C"]
     m = "models := ['M', 'C']"
@@ -388,8 +393,8 @@ def test_sql_matches_python(inp, db, rule, flt):
     assert _rows(sql_ch, list(ch.columns)) == _rows(ch, list(ch.columns))
 
 
-@pytest.mark.parametrize("dedup", ["forward", "both", "none"])
-@pytest.mark.parametrize("rule", [dict(OWN), {"combine": "fixed", "statistic": "mean_top1", "value": 3.0, "op": ">="}, dict(MAX)])
+@pytest.mark.parametrize("dedup,rule", [("forward", dict(OWN)), ("both", dict(OWN)), ("none", dict(MAX)),
+                                        ("forward", {"combine": "fixed", "statistic": "mean_top1", "value": 3.0, "op": ">="})])
 def test_sql_missed_matches_python(inp, db, dedup, rule):
     for model in ("M", "C"):
         py = missed_concepts(inp, model, None, rule, dedup, None, ["M", "C"])
