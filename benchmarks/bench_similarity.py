@@ -1,0 +1,211 @@
+"""Batched similarity functions vs a straightforward per-neuron loop, at the paper's scale.
+
+    python benchmarks/bench_similarity.py            # N=4095 images, M=763 concepts, K=2048 neurons, top_k=100
+    python benchmarks/bench_similarity.py --quick    # N=600, M=120, K=256, top_k=50
+
+For every function it prints: the loop time, the batched time (median of --repeat runs),
+their ratio, the largest difference between the two results relative to max |S| of the
+loop (finite entries), both results' error against a float64 run of the batched code,
+and the peak extra resident memory of the batched call (RSS sampled every millisecond
+by a thread, minus the RSS before the call) plus the process's overall peak RSS.
+
+The per-neuron loops below follow the structure of the CLIP-Dissect reference code
+(one neuron per Python iteration, formulas exactly as METHOD.md §3 writes them) but are
+written for this benchmark.  Inputs are random, so activations have no ties and the
+loops' torch.topk agrees with the batched code's tie-break.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import resource
+import statistics
+import sys
+import threading
+import time
+from typing import Callable
+
+import torch
+
+from dissect_study.engine.similarity import (
+    cos_similarity,
+    cos_similarity_cubed,
+    mammi_adaptive,
+    rank_reorder,
+    soft_wpmi,
+    wpmi,
+)
+
+
+# ----------------------------------------------------------------------------- per-neuron loops
+def _prior(rows: list[torch.Tensor], lam: float) -> torch.Tensor:
+    L = torch.stack(rows)
+    return L - lam * (torch.logsumexp(L, dim=0, keepdim=True) - math.log(L.shape[0]))
+
+
+def loop_soft_wpmi(P, X, top_k=100, a=10.0, lam=1.0, min_prob=1e-7, p_start=0.998, p_end=0.97):
+    q = torch.softmax(a * P, dim=1)
+    inds = torch.topk(X, k=top_k, dim=0).indices
+    r = (p_start - torch.arange(top_k) / top_k * (p_start - p_end)).unsqueeze(1)
+    rows = []
+    for k in range(X.shape[1]):
+        g = q[inds[:, k]]
+        rows.append(torch.log(1 + r * (g - 1) + min_prob).sum(0))
+    return _prior(rows, lam)
+
+
+def loop_wpmi(P, X, top_k=28, a=2.0, lam=0.6, min_prob=1e-7):
+    q = torch.softmax(a * P, dim=1)
+    inds = torch.topk(X, k=top_k, dim=0).indices
+    rows = [torch.log(q[inds[:, k]] + min_prob).sum(0) for k in range(X.shape[1])]
+    return _prior(rows, lam)
+
+
+def loop_cos(P, X):
+    p_norm = P.norm(dim=0)
+    return torch.stack([(X[:, k] @ P) / (X[:, k].norm() * p_norm) for k in range(X.shape[1])])
+
+
+def _cc(v: torch.Tensor, min_norm: float) -> torch.Tensor:
+    v = (v - v.mean(0)) ** 3
+    return v / v.norm(dim=0).clamp_min(min_norm)
+
+
+def loop_cos_cubed(P, X, min_norm=1e-3):
+    pt = _cc(P, min_norm)
+    return torch.stack([_cc(X[:, k], min_norm) @ pt for k in range(X.shape[1])])
+
+
+def loop_rank_reorder(P, X, p=3.0, top_fraction=0.05, scale_p=0.5, n_permutations=5, seed=0):
+    n = int(math.floor(X.shape[0] * top_fraction))
+    K = X.shape[1]
+    g = torch.Generator().manual_seed(seed)  # same permutations as the batched code
+    perms = torch.argsort(torch.rand(K, n_permutations, n, generator=g), dim=2)
+    rows = []
+    for k in range(K):
+        act, idx = torch.topk(X[:, k], n)
+        a_up = act.flip(0)
+        C = P[idx]
+        ranks = torch.argsort(torch.argsort(C, dim=0), dim=0)
+        err = (act.unsqueeze(1) - a_up[ranks]).abs().pow(p).mean(0)
+        base = torch.stack([(a_up - a_up[perms[k, t]]).abs().pow(p).mean() for t in range(n_permutations)]).mean()
+        rows.append(-(err / base) / C.mean(0).pow(scale_p))
+    return torch.stack(rows)
+
+
+def loop_mammi(P, X, alpha=93.0):
+    rows = []
+    for k in range(X.shape[1]):
+        x = X[:, k]
+        tau = x.max() - (1 - alpha / 100) * (x.max() - x.min())
+        rows.append(P[x > tau].mean(0))
+    return torch.stack(rows)
+
+
+# ----------------------------------------------------------------------------- measurement
+class PeakRSS:
+    """Peak resident set size (bytes) above the starting value while the block runs."""
+
+    def __init__(self) -> None:
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss() - self.start)
+            time.sleep(0.001)
+
+    def __enter__(self) -> "PeakRSS":
+        self.start = self._rss()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self._rss() - self.start)
+
+
+def rel_diff(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |a - ref| / max |ref| over entries finite in both (normwise relative difference)."""
+    ok = torch.isfinite(a) & torch.isfinite(ref)
+    if not bool(ok.any()):
+        return float("nan")
+    return float((a[ok].double() - ref[ok].double()).abs().max() / ref[ok].double().abs().max())
+
+
+def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def _exact_rss() -> None:
+    """Re-run this script with glibc returning every large block to the OS on free.
+
+    Otherwise freed chunks stay resident and later calls show no RSS growth at all.
+    """
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and sys.platform.startswith("linux"):
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (seconds instead of minutes)")
+    ap.add_argument("--repeat", type=int, default=3, help="batched runs per function (median reported)")
+    ap.add_argument("--only", nargs="*", default=None, help="subset of: soft_wpmi wpmi cos cos_cubed rank_reorder mammi")
+    args = ap.parse_args(argv)
+    N, M, K, Z = (600, 120, 256, 50) if args.quick else (4095, 763, 2048, 100)
+
+    g = torch.Generator().manual_seed(0)
+    # cosine-like P (positive mean, spread ~0.05 like Mammo-CLIP cosines) and ReLU-ish activations
+    P = (0.2 + 0.05 * torch.randn(N, M, generator=g)).float()
+    X = torch.relu(torch.randn(N, K, generator=g) + 0.5).float() + 1e-3 * torch.rand(N, K, generator=g)
+    cases = {
+        "soft_wpmi": (lambda: soft_wpmi(P, X, top_k=Z), lambda: loop_soft_wpmi(P, X, top_k=Z),
+                      lambda: soft_wpmi(P.double(), X.double(), top_k=Z)),
+        "wpmi": (lambda: wpmi(P, X), lambda: loop_wpmi(P, X), lambda: wpmi(P.double(), X.double())),
+        "cos": (lambda: cos_similarity(P, X), lambda: loop_cos(P, X), lambda: cos_similarity(P.double(), X.double())),
+        "cos_cubed": (lambda: cos_similarity_cubed(P, X), lambda: loop_cos_cubed(P, X),
+                      lambda: cos_similarity_cubed(P.double(), X.double())),
+        "rank_reorder": (lambda: rank_reorder(P, X), lambda: loop_rank_reorder(P, X),
+                         lambda: rank_reorder(P.double(), X.double())),
+        "mammi": (lambda: mammi_adaptive(P, X), lambda: loop_mammi(P, X), lambda: mammi_adaptive(P.double(), X.double())),
+    }
+    names = args.only or list(cases)
+    print(f"N={N} images, M={M} concepts, K={K} neurons, top_k={Z}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {os.getloadavg()}")
+    print(f"{'function':<13}{'loop s':>9}{'batched s':>11}{'ratio':>8}{'rel diff':>11}"
+          f"{'loop err64':>12}{'batch err64':>12}{'peak MiB':>10}")
+    for name in names:
+        batched, loop, exact = cases[name]
+        batched()  # warm-up (allocator, thread pool)
+        times, peaks = [], []
+        for _ in range(max(1, args.repeat)):
+            with PeakRSS() as mem:
+                S_b, t_b = timed(batched)
+            times.append(t_b)
+            peaks.append(mem.peak)
+        S_l, t_l = timed(loop)
+        S_64 = exact()
+        t_med = statistics.median(times)
+        print(f"{name:<13}{t_l:>9.3f}{t_med:>11.3f}{t_l / t_med:>8.1f}{rel_diff(S_b, S_l):>11.2e}"
+              f"{rel_diff(S_l, S_64):>12.2e}{rel_diff(S_b, S_64):>12.2e}{max(peaks) / 2**20:>10.1f}", flush=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    print(f"process peak RSS {peak:.0f} MiB (inputs, loops and float64 references included); "
+          f"load average now {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    _exact_rss()
+    sys.exit(main())
