@@ -180,16 +180,16 @@ def _check_container(path: Path, param: str | None) -> None:
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(f"{_where(path, param)}: the file is empty. Copy the checkpoint again.")
-    if zipfile.is_zipfile(path):
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK") and zipfile.is_zipfile(path):
         return
-    if tarfile.is_tarfile(path):
+    if tarfile.is_tarfile(path):  # before the zip test: a tar holding a zip has its end record
         raise CheckpointError(
             f"{_where(path, param)}: this is a real tar archive, not a PyTorch checkpoint. Mammo-CLIP's "
             "`.tar` files are PyTorch zip archives despite the name; a re-packed file fails with "
             "\"filename 'storages' not found\" in the original code too. Use the file as downloaded."
         )
-    with open(path, "rb") as f:
-        head = f.read(8)
     if head[:2] == b"\x80\x02" or head[:1] == b"\x80":
         return  # legacy (pre-1.6) torch.save format: a plain pickle stream
     if head.startswith(b"PK"):
@@ -214,7 +214,7 @@ def load_torch_file(path: str | os.PathLike[str], *, param: str | None = "checkp
     if not p.is_file():
         raise CheckpointError(f"{_where(p, param)}: file does not exist.")
     _check_container(p, param)
-    is_zip = zipfile.is_zipfile(p)
+    is_zip = zipfile.is_zipfile(p) and not tarfile.is_tarfile(p)
     kw: dict[str, Any] = {"map_location": "cpu", "mmap": is_zip}
     try:
         try:
