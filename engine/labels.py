@@ -10,6 +10,7 @@ get NaN scores and index -1 from ``top_concepts`` and are left out of every tau.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -70,6 +71,8 @@ def top_images(X: Tensor, k: int = 5) -> TopImages:
     if not isinstance(X, Tensor) or X.dim() != 2 or X.shape[0] == 0 or X.shape[1] == 0:
         raise ValueError("top_images: X must be a non-empty images x neurons matrix.")
     k = _check_k(k, "top_images")
+    if not bool(torch.isfinite(X).all()):
+        raise ValueError("top_images: X contains NaN/inf activations; check the target's precision and inputs.")
     acts, idx = ranked_top_k(X, k)
     return TopImages(acts, idx, constant_columns(X))
 
@@ -104,6 +107,19 @@ def layer_tau(S: Tensor, statistic: str = "mean_top1") -> float:
     if top.numel() == 0:
         return float("nan")
     return float(top.mean() if statistic == "mean_top1" else top.median())
+
+
+@dataclass(frozen=True)
+class LayerThreshold:
+    """tau_l together with the statistic that produced it (the store keeps both)."""
+
+    tau: float
+    statistic: str
+
+
+def layer_threshold(S: Tensor, statistic: str = "mean_top1") -> LayerThreshold:
+    """``layer_tau`` packaged with its statistic, so a tau is never stored without it."""
+    return LayerThreshold(layer_tau(S, statistic), statistic)
 
 
 def layer_taus(S: Tensor) -> dict[str, float]:

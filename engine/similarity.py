@@ -512,10 +512,15 @@ def compute_similarity(
             top_k_used = n
         kw["top_k"] = top_k_used
     if canonical == "mammi":
-        kw.pop("template", None)
+        template = kw.pop("template", "") or ""
+        if template and template_feats is None:
+            notes.append(
+                f"mammi: template {template!r} given but no template_feats; the adaptive cosine "
+                "subtracted nothing (the engine must pass cos(image, template embedding))."
+            )
         S = mammi_adaptive(P, X, template_feats=template_feats, **kw)
     else:
-        if canonical != "mammi" and template_feats is not None:
+        if template_feats is not None:
             notes.append(f"{canonical}: template_feats ignored (only mammi uses a template).")
         S = SIMILARITY_FUNCTIONS[canonical](P, X, chunk_neurons=chunk_neurons, **kw)
     n_const = int(constant_columns(X).sum())

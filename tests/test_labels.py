@@ -10,6 +10,7 @@ import torch
 from dissect_study.engine.labels import (
     TAU_STATISTICS,
     layer_tau,
+    layer_threshold,
     layer_taus,
     top_concepts,
     top_images,
@@ -133,3 +134,17 @@ def test_topk_image_union_is_exactly_what_topk_similarities_read():
         for k in range(X.shape[1]):
             tops |= set(sorted(range(N), key=lambda i: (-float(X[i, k]), i))[:z])
     assert set(union.tolist()) == tops
+
+
+def test_layer_threshold_keeps_its_statistic():
+    S = torch.tensor([[0.1, 0.3], [0.9, 0.2], [0.4, 0.4]])
+    th = layer_threshold(S, "median_top1")
+    assert th.statistic == "median_top1" and th.tau == pytest.approx(0.4)
+    assert layer_threshold(S).statistic == "mean_top1"
+
+
+def test_top_images_rejects_nan():
+    X = torch.zeros(4, 2)
+    X[1, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        top_images(X, 2)

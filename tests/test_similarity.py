@@ -398,3 +398,10 @@ def test_cuda_matches_cpu():
         gpu = fn(P.cuda(), X.cuda(), **kw)
         assert gpu.device.type == "cuda"
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-5, equal_nan=True)
+
+
+def test_mammi_template_without_feats_is_noted():
+    P, X = make()
+    res = compute_similarity("mammi", P, X, {"template": "A mammogram of a"})
+    assert any("subtracted nothing" in n for n in res.notes)
+    assert compute_similarity("mammi", P, X, {}).notes == []
