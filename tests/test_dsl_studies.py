@@ -82,3 +82,17 @@ def test_demo_study_resolves_what_the_engine_needs():
     learned = next(a for a in checked.analyses if a.kind == "learned")
     assert learned.threshold.combine == "own" and learned.analysis_names == ("captured_concepts", "missed_concepts")
     assert [a.index for a in checked.analyses] == list(range(len(checked.analyses)))
+
+
+def test_language_manual_covers_the_vocabulary():
+    from dissect_study.engine import registry as R
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "LANGUAGE.md").read_text(encoding="utf-8")
+    words = [f"`{f.name}(" for table in R.SOURCES.values() for f in table.values()]
+    words += [f"`{f.name}(" for f in R.SIMILARITIES.values()]
+    words += [f"`{p.name}`" for table in R.SOURCES.values() for f in table.values() for p in f.params if p.doc or p.choices]
+    words += [f"`{o}`" for o in R.DISSECT_OPTIONS] + [f"`{a}`" for a in R.ANALYSES] + [f"`{s}`" for s in R.REPORT_SECTIONS]
+    words += [f"`{kw}" for kw in ("study", "let", "layer", "dissect", "threshold", "compare", "learned", "gained",
+                                   "thresholds", "keywords", "analyze", "show neuron", "report")]
+    missing = [w for w in words if w not in doc]
+    assert not missing, missing
