@@ -151,6 +151,15 @@ def resolve_layers(target: Any, items: tuple, study_aliases: dict[str, tuple]) -
     return sorted(out.items(), key=lambda kv: order.get(kv[0], 1 << 30))
 
 
+def _analysis_options(options: Any) -> dict[str, Any]:
+    """Study-level option spellings -> engine/analysis.py's (the language says `one_way`)."""
+    opts = dict(options or {})
+    aliases = {"one_way": "forward", "two_way": "both"}
+    if "dedup" in opts:
+        opts["dedup"] = aliases.get(opts["dedup"], opts["dedup"])
+    return opts
+
+
 # ----------------------------------------------------------------------------- executor
 
 class Executor:
@@ -516,7 +525,7 @@ class Executor:
             req = AnalysisRequest(
                 analysis_id=a.index, kind=kind, names=tuple(a.analysis_names), models=models, layers=layers,
                 filter_level=getattr(flt, "level", None), filter_name=getattr(flt, "name", None),
-                threshold=threshold, count=a.count or "concepts", options=dict(a.options or {}),
+                threshold=threshold, count=a.count or "concepts", options=_analysis_options(a.options),
                 unit=getattr(a, "unit", None), top=getattr(a, "top", None))
             span = getattr(a, "span", None)
             self.record.add("analyses", dict(
