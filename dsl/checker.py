@@ -719,6 +719,12 @@ class _Checker:
         if filt is not None:
             filt = self.check_filter(filt, models)
         rule = out.default_threshold
+        if s.threshold is not None and s.threshold.span.line > s.span.line and s.threshold.span.col == 1:
+            # The language is newline-insensitive: a `threshold` line right after an analysis is that
+            # analysis's clause, which is rarely what a line of its own at column 1 means.
+            self.warning("threshold-attached", f"this threshold applies to the {s.verb or kind} statement above, not to the whole study",
+                         s.threshold.span, "to set the study default, move the `threshold` statement before the analyses; "
+                         "to keep it here, indent it")
         if s.threshold is not None:
             if self.check_rule(s.threshold):
                 rule = s.threshold

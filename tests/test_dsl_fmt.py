@@ -135,6 +135,9 @@ def statements(draw):
 @st.composite
 def studies(draw):
     stmts = draw(st.lists(statements(), min_size=1, max_size=8))
+    # A study-wide `threshold` right after an analysis would be read as that analysis's clause
+    # (the checker warns about it); put the study defaults first, as studies do.
+    stmts.sort(key=lambda s: s.split()[0] != "threshold")
     return "".join(s + draw(WS) for s in stmts)
 
 
@@ -160,3 +163,14 @@ def test_canonical_layout():
     assert format_study(parse(text, "c")) == (
         "dissect G, M\n    at layers all\n    by d on p with concepts c\n    using soft_wpmi(top_k=100)\n    pooling avg\n\n"
         "compare G vs M at layer early\n")
+
+
+def test_threshold_after_analysis_belongs_to_it_and_is_flagged():
+    from dissect_study.dsl import check_text
+
+    text = ('concepts c = shipped("mammo_v1")\nprobe p = phantom()\ndissector d = demo()\ntarget M = demo("M")\n'
+            'target G = demo("G")\ndissect G, M at layers all by d on p with concepts c\n'
+            'compare G vs M at layer last\nthreshold own mean_top1 >=\n')
+    checked, diags = check_text(text, "t.study", env={})
+    assert checked is not None and checked.analyses[0].threshold.combine == "own"
+    assert [(d.code, d.span.line) for d in diags] == [("threshold-attached", 8)]
