@@ -103,7 +103,7 @@ def test_tiny_forward_matches_functional_reference():
     assert m(x).shape == (2, 32)
     # hooks see block outputs after the residual add, no activation
     seen = {}
-    m._blocks[2].register_forward_hook(lambda _m, _i, o: seen.setdefault("b2", o))
+    m._blocks[2].register_forward_hook(lambda _m, _i, o: seen.update(b2=o))
     with torch.no_grad():
         m(x)
     assert seen["b2"].shape[1] == 16 and (seen["b2"] < 0).any()
