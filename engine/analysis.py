@@ -265,10 +265,12 @@ def layer_thresholds(inp: AnalysisInput, models: Sequence[str] | None = None, la
     if statistic not in STATISTICS:
         raise AnalysisError(f"threshold statistic {statistic!r} unknown; use one of {', '.join(STATISTICS)}.")
     rows = []
+    neu = inp.neurons
+    index = neu.groupby(["model", "layer"], sort=False).indices if len(neu) else {}
     for m in _models(inp, models):
         ly = inp.layers[inp.layers["model"] == m].drop_duplicates("layer").set_index("layer")
         for l in _model_layers(inp, m, layers):
-            scores = inp.neurons.loc[(inp.neurons["model"] == m) & (inp.neurons["layer"] == l), "score"].astype(float)
+            scores = neu["score"].iloc[index.get((m, l), [])].astype(float)
             rec = ly.loc[l] if l in ly.index else None
             get = (lambda c: _none(rec[c])) if rec is not None else (lambda c: None)
             stored_stat = get("tau_statistic")
@@ -330,13 +332,17 @@ def captured_concepts(inp: AnalysisInput, models: Sequence[str] | None, layers: 
     thr = thresholds_for(inp, models, layers, r)
     rows = []
     n = inp.neurons
+    index = n.groupby(["model", "layer"], sort=False).indices if len(n) else {}
+    sets: dict[str, tuple[pd.DataFrame, pd.Series]] = {}
     for (m, l), tau in thr.items():
-        cs = concepts_for(inp, m)
-        sel = n[(n["model"] == m) & (n["layer"] == l)]
+        if m not in sets:
+            cs_m = concepts_for(inp, m)
+            sets[m] = (cs_m, filter_mask(cs_m, filter))
+        cs, keep = sets[m]
+        sel = n.iloc[index.get((m, l), [])]
         if not include_constant:
             sel = sel[~sel["constant"].map(lambda v: bool(_none(v)))]
         sel = sel[[_passes(float(s), tau, r["op"]) for s in sel["score"]]]
-        keep = filter_mask(cs, filter)
         groups: dict[int, list[tuple[int, float]]] = {}
         for u, cid, s in zip(sel["unit"], sel["concept_id"], sel["score"]):
             groups.setdefault(int(cid), []).append((int(u), float(s)))
@@ -355,7 +361,7 @@ def captured_concepts(inp: AnalysisInput, models: Sequence[str] | None, layers: 
 
 def _level_values(row: Any, level: str) -> list[Any]:
     if level == "task":
-        return list(row["tasks"])
+        return list(_tasks(row["tasks"]))
     return [_none(row[level])]
 
 
@@ -383,13 +389,17 @@ def category_counts(captured: pd.DataFrame, concepts: pd.DataFrame, pairs: Seque
     cs = cs[filter_mask(cs, filter)]
     if pairs is None:
         pairs = list(dict.fromkeys(zip(captured["model"], captured["layer"])))
-    universe = {lvl: _grp_sort(lvl, [v for _, r in cs.iterrows() for v in _level_values(r, lvl)]) for lvl in LEVELS}
+    recs = cs.to_dict("records")
+    universe = {lvl: _grp_sort(lvl, [v for r in recs for v in _level_values(r, lvl)]) for lvl in LEVELS}
+    by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in captured.to_dict("records"):
+        by_pair.setdefault((r["model"], r["layer"]), []).append(r)
     rows = []
     for m, l in pairs:
-        cap = captured[(captured["model"] == m) & (captured["layer"] == l)]
+        cap = by_pair.get((m, l), [])
         for lvl in LEVELS:
             acc: dict[Any, list[int]] = {g: [0, 0] for g in universe[lvl]}
-            for _, r in cap.iterrows():
+            for r in cap:
                 for g in _level_values(r, lvl):
                     a = acc.setdefault(g, [0, 0])
                     a[0] += 1
@@ -432,14 +442,17 @@ def concept_changes(captured: pd.DataFrame, models: Sequence[str], layers: Seque
     if filter:
         cap = cap[filter_mask(cap.assign(tasks=cap["tasks"].map(_tasks)), filter)]
     layer_list = list(layers) if layers else list(dict.fromkeys(cap["layer"]))
+    seen: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in cap.to_dict("records"):
+        e = seen.setdefault((r["layer"], int(r["concept_id"])), {"first": r, "models": set()})
+        e["models"].add(r["model"])
     rows = []
     for l in layer_list:
-        g = cap[cap["layer"] == l]
-        for cid in sorted(set(int(x) for x in g["concept_id"])):
-            h = g[g["concept_id"] == cid]
-            present = [m for m in models if m in set(h["model"])]
+        for cid in sorted(cid for (ll, cid) in seen if ll == l):
+            e = seen[(l, cid)]
+            present = [m for m in models if m in e["models"]]
             status = "shared" if len(present) == len(models) else "unique" if len(present) == 1 else "partial"
-            first = h.iloc[0]
+            first = e["first"]
             rows.append({"layer": l, "concept_id": cid, "concept": first["concept"], "category": _none(first["category"]),
                          "subcategory": _none(first["subcategory"]), "status": status, "present_in": present})
     return _df(rows, CHANGE_COLUMNS)
@@ -567,32 +580,37 @@ def keyword_neurons(inp: AnalysisInput, models: Sequence[str] | None = None, lay
     then alphabetical; the keyword shown is its alphabetically first spelling.
     """
     stop = set(stopwords)
-    nl = inp.neuron_labels
-    rows = []
+    order: dict[tuple[str, str], int] = {}
     for m in _models(inp, models):
         for l in _model_layers(inp, m, layers):
-            g = nl[(nl["model"] == m) & (nl["layer"] == l) & (nl["rank"] <= top)]
-            for unit in sorted(set(int(u) for u in g["unit"])):
-                h = g[g["unit"] == unit].sort_values("rank")
-                labels = list(h["concept"])
-                if len(labels) < 2:
+            order[(m, l)] = len(order)
+    nl = inp.neuron_labels
+    nl = nl[(nl["rank"] <= top) & pd.Series([(m, l) in order for m, l in zip(nl["model"], nl["layer"])], index=nl.index)]
+    by_neuron: dict[tuple[str, str, int], list[tuple[int, str]]] = {}
+    for m, l, u, r, c in zip(nl["model"], nl["layer"], nl["unit"], nl["rank"], nl["concept"]):
+        by_neuron.setdefault((m, l, int(u)), []).append((int(r), str(c)))
+    rows = []
+    for (m, l, unit) in sorted(by_neuron, key=lambda k: (order[(k[0], k[1])], k[2])):
+        ranked = sorted(by_neuron[(m, l, unit)])
+        labels = [c for _, c in ranked]
+        if len(labels) < 2:
+            continue
+        cnt: dict[str, set[int]] = {}
+        surface: dict[str, str] = {}
+        for rank, lab in ranked:
+            for w in re.split(r"[^a-z0-9]+", lab.lower()):
+                if len(w) < 3 or w in stop:
                     continue
-                cnt: dict[str, set[int]] = {}
-                surface: dict[str, str] = {}
-                for rank, lab in zip(h["rank"], labels):
-                    for w in re.split(r"[^a-z0-9]+", str(lab).lower()):
-                        if len(w) < 3 or w in stop:
-                            continue
-                        k = _keyword_key(w)
-                        cnt.setdefault(k, set()).add(int(rank))
-                        surface[k] = min(surface.get(k, w), w)
-                if not cnt:
-                    continue
-                k = min(cnt, key=lambda k: (-len(cnt[k]), -len(k), k))
-                c = len(cnt[k])
-                share = c / len(labels)
-                if c >= 2 and share >= min_share:
-                    rows.append({"model": m, "layer": l, "unit": unit, "keyword": surface[k], "share": share, "labels": labels})
+                k = _keyword_key(w)
+                cnt.setdefault(k, set()).add(rank)
+                surface[k] = min(surface.get(k, w), w)
+        if not cnt:
+            continue
+        k = min(cnt, key=lambda k: (-len(cnt[k]), -len(k), k))
+        c = len(cnt[k])
+        share = c / len(labels)
+        if c >= 2 and share >= min_share:
+            rows.append({"model": m, "layer": l, "unit": unit, "keyword": surface[k], "share": share, "labels": labels})
     return _df(rows, KEYWORD_COLUMNS)
 
 
