@@ -207,9 +207,15 @@ def _json(v: Any) -> Any:
     if isinstance(v, (dict, list)):
         return v
     try:
-        return json.loads(v)
+        out = json.loads(v)
     except (TypeError, ValueError):
         return v
+    if isinstance(out, str) and out[:1] in "{[":  # a JSON string stored JSON-encoded twice
+        try:
+            return json.loads(out)
+        except ValueError:
+            return out
+    return out
 
 
 def _kv(d: Any, prefix: str = "") -> list[list[str]]:
@@ -843,16 +849,20 @@ def _calibration(c: _Ctx) -> Section | None:
     mean = df.groupby(["layer", "similarity"], as_index=False)["top1_hit"].mean()
     s.blocks.append(_fig(charts.calibration_chart(mean, c.layer_order, sims),
                          "Top-1 hit rate per similarity function and layer (mean over models)."))
+    # one row per (model, layer), one column per similarity: "top-1 / top-5 (F1)"; the full table is in the store
     df = df.assign(_m=df["model"].map({m: i for i, m in enumerate(c.targets)}), _d=df["layer"].map(c.depth))
-    df = df.sort_values(["_m", "_d", "similarity"])
-    cols = ["n_selective", "top1_hit", "top5_hit", "mammi_hit_rate", "precision", "recall", "f1", "mean_label_cosine"]
-    s.blocks.append(_table(["model", "layer", "similarity", "selective", "top-1", "top-5", "MAMMI", "precision",
-                            "recall", "F1", "label cos"],
-                           [[r.model, r.layer, r.similarity] + [fmt(getattr(r, k), 2) if k != "n_selective"
-                                                                else fmt(getattr(r, k)) for k in cols]
-                            for r in df.itertuples()],
-                           numeric=[False, False, False] + [True] * 8, small=True,
-                           caption="Calibration bench per model, layer and similarity function."))
+    rows = []
+    for (_, _, model, layer), g in df.groupby(["_m", "_d", "model", "layer"], sort=True):
+        by = {r.similarity: r for r in g.itertuples()}
+        sel = g["n_selective"].dropna()
+        rows.append([model, layer, fmt(int(sel.max())) if len(sel) else "–"] + [
+            f"{fmt(by[x].top1_hit, 2)} / {fmt(by[x].top5_hit, 2)} ({fmt(by[x].f1, 2)})" if x in by else "–"
+            for x in sims])
+    s.blocks.append(_table(["model", "layer", "selective"] + sims, rows,
+                           numeric=[False, False, True] + [True] * len(sims), small=True,
+                           caption="Calibration bench: top-1 / top-5 hit rate (F1) per model, layer and similarity "
+                                   "function; precision, recall, MAMMI hit rate and label cosine are in the "
+                                   "store's calibration table."))
     return s
 
 
@@ -872,11 +882,13 @@ def _appendix(c: _Ctx) -> Section:
         if src:
             s.blocks.append(_heading(f"Parameters of {r.model}"))
             s.blocks.append(Block("kv", items=_kv(src)))
-    for r in c.dissections.itertuples():
-        s.blocks.append(_heading(f"Dissection of {r.model}"))
-        s.blocks.append(Block("kv", items=_kv({"dissector": r.dissector, "probe": r.probe, "concept_set": r.concept_set,
-                                                "similarity": r.similarity, "params": _json(r.similarity_params) or {},
-                                                "pooling": r.pooling, "options": _json(r.options) or {}})))
+    if len(c.dissections):
+        s.blocks.append(_heading("Dissections"))
+        s.blocks.append(_table(
+            ["target", "dissector", "probe", "concept set", "similarity", "parameters", "pooling", "options"],
+            [[r.model, r.dissector, r.probe, r.concept_set, r.similarity,
+              json.dumps(_json(r.similarity_params), sort_keys=True), r.pooling or "",
+              json.dumps(_json(r.options), sort_keys=True)] for r in c.dissections.itertuples()], small=True))
     if len(c.analyses):
         s.blocks.append(_heading("Analyses"))
         s.blocks.append(_table(["#", "kind", "statement", "line", "threshold rule"],

@@ -10,11 +10,13 @@ vl-convert and `wordcloud.py`) and PNG data URIs.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Sequence
 
 import duckdb
 import jinja2
+from markupsafe import Markup, escape
 
 from dissect_study.engine.report.model import ReportModel, build_report_model
 
@@ -31,7 +33,31 @@ def _env() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["wbr"] = wbr
     return env
+
+
+_LONG_TOKEN = re.compile(r"\S{28,}")
+
+
+def wbr(value: object) -> Markup:
+    """Escape, allowing line breaks after / _ . = , - : inside long tokens (paths, hashes, JSON).
+
+    So a long path wraps inside its table cell instead of running off the page.
+    Break points are marked on the raw text, the text is escaped, and only then
+    the marks become <wbr> -- so no entity is ever split and nothing else is markup.
+    """
+    mark = "\x00"
+    text = str(value).replace(mark, "")
+
+    def breakable(m: re.Match) -> str:
+        tok = m.group(0)
+        if re.search(r"[/_.=,:\-]", tok):
+            return re.sub(r"([/_.=,:\-])", "\\1" + mark, tok)
+        return mark.join(tok[i:i + 16] for i in range(0, len(tok), 16))  # hashes: every 16 characters
+
+    text = _LONG_TOKEN.sub(breakable, text)
+    return Markup(str(escape(text)).replace(mark, "<wbr>"))
 
 
 def render_html(model: ReportModel) -> str:

@@ -2,9 +2,8 @@
 
 Size is proportional to a concept's weight (METHOD.md §5.7: the maximum
 similarity over the neurons carrying the label), colour is its broad category
-from the report's one `Palette`.  Placement walks an Archimedean spiral from the
-centre and takes the first spot where the word's box is free on an occupancy
-grid; words are placed largest first with a name tie-break, so the same input
+from the report's one `Palette`.  Placement takes, for each word, the free spot of an occupancy grid nearest
+the centre (a dense spiral, vectorised); words are placed largest first with a name tie-break, so the same input
 always gives the same picture (no random seed, no external package).
 
 Concept names are user data: every text node is escaped here.
@@ -73,55 +72,104 @@ def text_width(text: str, size: float) -> float:
     return 0.6 * size * len(text)
 
 
-def layout(words: Sequence[Word], width: int = 560, height: int = 300, min_size: float = 9.0,
-           max_size: float = 30.0, cell: int = 2, pad: float = 1.5) -> list[Placed]:
-    """Place words on a width x height canvas; words that find no room are left out."""
+@lru_cache(maxsize=8)
+def _centre_rank(gh: int, gw: int, aspect: float) -> np.ndarray:
+    """rank[y, x]: position of cell (y, x) when cells are ordered nearest-to-centre first
+    (elliptical distance, then angle) -- a dense spiral, precomputed once per canvas."""
+    ys, xs = np.mgrid[0:gh, 0:gw]
+    dy = ys + 0.5 - gh / 2
+    dx = (xs + 0.5 - gw / 2) / aspect
+    order = np.lexsort((np.arctan2(dy, dx).ravel(), np.round(np.hypot(dx, dy), 1).ravel()))
+    rank = np.empty(gh * gw, dtype=np.int64)
+    rank[order] = np.arange(gh * gw)
+    return rank.reshape(gh, gw)
+
+
+def _sizes(words: Sequence[Word], min_size: float, max_size: float) -> list[float]:
+    lo, hi = min(w.weight for w in words), max(w.weight for w in words)
+    return [min_size + (max_size - min_size) * (1.0 if hi - lo <= 1e-12 else (w.weight - lo) / (hi - lo))
+            for w in words]
+
+
+def canvas_height(words: Sequence[Word], width: int = 560, min_size: float = 8.0, max_size: float = 24.0,
+                  lo: int = 160, hi: int = 480) -> int:
+    """A height that leaves room for every word (about 1.8x their total box area), within [lo, hi]."""
+    if not words:
+        return lo
+    ws = sorted(words, key=lambda w: (-w.weight, w.text))
+    area = sum((text_width(w.text, s) + 3) * (s * 1.2 + 3) for w, s in zip(ws, _sizes(ws, min_size, max_size)))
+    return int(min(hi, max(lo, 1.8 * area / width)))
+
+
+def layout(words: Sequence[Word], width: int = 560, height: int = 300, min_size: float = 8.0,
+           max_size: float = 24.0, cell: int = 2, pad: float = 1.5) -> list[Placed]:
+    """Place words on a width x height canvas; words that find no room are left out.
+
+    Each word goes to the free spot nearest the centre; "free" is read off a
+    summed-area table of the occupancy grid, so one word costs a few array
+    operations whatever the canvas size.
+    """
     ws = sorted(words, key=lambda w: (-w.weight, w.text))
     if not ws:
         return []
-    lo, hi = min(w.weight for w in ws), max(w.weight for w in ws)
     gw, gh = width // cell, height // cell
-    grid = np.zeros((gh, gw), dtype=bool)
+    grid = np.zeros((gh, gw), dtype=np.int32)
+    rank = _centre_rank(gh, gw, round(width / height, 3))
+    never = np.iinfo(np.int64).max
+    sat = np.zeros((gh + 1, gw + 1), dtype=np.int32)
     placed: list[Placed] = []
-    cx, cy = width / 2, height / 2
-    for w in ws:
-        rel = 1.0 if hi - lo <= 1e-12 else (w.weight - lo) / (hi - lo)
-        size = min_size + (max_size - min_size) * math.sqrt(rel)
+    for w, size in zip(ws, _sizes(ws, min_size, max_size)):
         tw = text_width(w.text, size) + 2 * pad
-        th = size * 1.15 + 2 * pad
-        if tw > width or th > height:
-            continue
+        th = size * 1.2 + 2 * pad
         bw, bh = int(math.ceil(tw / cell)), int(math.ceil(th / cell))
-        t = 0.0
-        spot = None
-        while t < 200 * math.pi:
-            r = 2.2 * t
-            x = cx + r * math.cos(t) * (width / height) - tw / 2
-            y = cy + r * math.sin(t) - th / 2
-            if x < 0 or y < 0 or x + tw > width or y + th > height:
-                if r > max(width, height):
-                    break
-            else:
-                gx, gy = int(x // cell), int(y // cell)
-                if gx + bw <= gw and gy + bh <= gh and not grid[gy:gy + bh, gx:gx + bw].any():
-                    spot = (x, y, gx, gy)
-                    break
-            t += 0.35 if r < 40 else 0.12 if r < 150 else 0.05
-        if spot is None:
+        if bw > gw or bh > gh:
             continue
-        x, y, gx, gy = spot
-        grid[gy:gy + bh, gx:gx + bw] = True
-        placed.append(Placed(w.text, x + pad, y + pad + size * 0.93, size, tw - 2 * pad, w.colour, w.title))
+        # occupied cells inside the box at every top-left position, by the summed-area table
+        box = sat[bh:, bw:] - sat[:-bh, bw:] - sat[bh:, :-bw] + sat[:-bh, :-bw]
+        # rank of each position's box centre; the free position with the lowest rank wins
+        r = rank[bh // 2: bh // 2 + gh - bh + 1, bw // 2: bw // 2 + gw - bw + 1]
+        cand = np.where(box == 0, r, never)
+        best = int(np.argmin(cand))
+        if cand.flat[best] == never:
+            continue
+        spot = divmod(best, cand.shape[1])
+        gy, gx = int(spot[0]), int(spot[1])
+        grid[gy:gy + bh, gx:gx + bw] = 1
+        np.cumsum(np.cumsum(grid, 0), 1, out=sat[1:, 1:])
+        x, y = gx * cell, gy * cell
+        placed.append(Placed(w.text, x + pad, y + pad + size * 0.95, size, tw - 2 * pad, w.colour, w.title))
     return placed
 
 
-def wordcloud_svg(words: Sequence[Word], width: int = 560, height: int = 300) -> tuple[str, int]:
-    """An SVG string and the number of words placed.  All text is escaped."""
-    placed = layout(words, width, height)
+def wordcloud_svg(words: Sequence[Word], width: int = 560, height: int | None = None,
+                  max_height: int = 420) -> tuple[str, int]:
+    """An SVG string and the number of words placed.  All text is escaped.
+
+    The canvas grows with the words up to `max_height`; beyond that every size
+    shrinks by one common factor (size stays proportional to weight).  The
+    SVG's viewBox is cropped to the words, so no blank band is printed.
+    """
+    need = canvas_height(words, width, hi=10**6) if height is None else height
+    height = height or min(need, max_height)
+    scale = min(1.0, math.sqrt(height / need)) if need > height else 1.0
+    placed: list[Placed] = []
+    for _ in range(4):
+        placed = layout(words, width, height, min_size=8.0 * scale, max_size=24.0 * scale)
+        if len(placed) == len(words):
+            break
+        scale *= 0.9
+    if placed:
+        x0 = max(0.0, min(p.x for p in placed) - 4)
+        y0 = max(0.0, min(p.y - p.size for p in placed) - 4)
+        x1 = min(float(width), max(p.x + p.width for p in placed) + 4)
+        y1 = min(float(height), max(p.y + 0.3 * p.size for p in placed) + 4)
+    else:
+        x0, y0, x1, y1 = 0.0, 0.0, float(width), 40.0
+    w, h = x1 - x0, y1 - y0
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="wordcloud" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" style="max-width:100%;height:auto" role="img">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="wordcloud" width="{w:.0f}" height="{h:.0f}" '
+        f'viewBox="{x0:.1f} {y0:.1f} {w:.1f} {h:.1f}" style="max-width:100%;height:auto" role="img">',
+        f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{w:.1f}" height="{h:.1f}" fill="white"/>',
     ]
     for p in placed:
         tip = f"<title>{escape(p.title)}</title>" if p.title else ""

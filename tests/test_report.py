@@ -1,0 +1,533 @@
+"""Tests of the report: model, charts, word clouds, overlays, HTML and PDF.
+
+Runs are synthetic but realistic (`make_run`: models G/M/C*, three layers whose
+names sort wrongly as text, a workbook-like concept set with a hostile concept
+name, every analysis table), written with the store's own `write_run`.
+Expected numbers are always read back from DuckDB, never hard-coded.
+The benchmark (benchmarks/bench_report.py) imports `make_run` from here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from dissect_study.engine.report.overlay import activation_overlay_png, heat_colours, normalise01, upsample_bilinear
+from dissect_study.engine.store import RunRecord, connect, write_run
+
+# ============================================================================ synthetic runs
+
+#: (sheet name as in the xlsx, share of the set, subcategories, domain)
+CATEGORIES = [
+    ("Breast_anatomy_or_structure", 31, ["Breast Structures or Anatomy", "Breast Implants"], "mammography"),
+    ("Breast_locations", 51, ["Breast Finding Locations", "Breast Views and Laterality"], "mammography"),
+    (" Findings and characterizations", 139, ["Breast Density", "Mass", "Calcifications morphology", "Asymmetry"],
+     "mammography"),
+    ("Interpretations", 139, ["Benign Calcifications", "Suspicious findings", "Post biopsy/ surgery"], "mammography"),
+    ("Action or follow up", 9, ["Action"], "mammography"),
+    ("Environmental_and_Natural", 394, ["Materials", "Natural", "Objects", "Colours"], "non-mammography"),
+]
+EVIL = "<script>alert(1)</script>"
+LAYERS = [("_blocks.2", 2, "early"), ("_blocks.19", 19, "middle"), ("_blocks.38", 38, "last")]
+
+
+def make_concepts(n_concepts: int) -> pd.DataFrame:
+    total = sum(c[1] for c in CATEGORIES)
+    rows = []
+    cid = 0
+    for ci, (cat, share, subs, dom) in enumerate(CATEGORIES):
+        n = max(2, round(share * n_concepts / total)) if ci < len(CATEGORIES) - 1 else n_concepts - cid
+        for j in range(n):
+            sub = subs[j % len(subs)]
+            word = sub.split()[0].lower().replace("/", "")
+            name = f"{word} term {j}"
+            tasks = []
+            if "Calc" in sub:
+                tasks.append("calcification")
+            if sub == "Mass":
+                tasks.append("mass")
+            if sub == "Breast Density":
+                tasks.append("density")
+            rows.append(dict(concept_set="specific", concept_id=cid, concept=name, category=cat, subcategory=sub,
+                             domain=dom, tasks=tasks))
+            cid += 1
+    rows[5]["concept"] = EVIL  # a hostile concept name, in a mammography category
+    rows[6]["concept"] = 'amourphous "calcification" & <b>co</b>'
+    return pd.DataFrame(rows)
+
+
+def _phantom_image(rng: np.random.Generator, h: int = 152, w: int = 92) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    breast = ((xx / (0.9 * w)) ** 2 + ((yy - h / 2) / (0.48 * h)) ** 2) < 1
+    img = np.where(breast, 120 + 60 * rng.random((h, w)), 5)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_run(db: str | Path, models: tuple[str, ...] = ("G", "M", "C1", "C2", "C4"), n_concepts: int = 760,
+             neurons: tuple[int, ...] = (24, 128, 512), n_images: int = 200, seed: int = 0,
+             title: str = "Mammo-CLIP Dissect <RQ1> & RQ2", run_id: str = "run-test-1") -> str:
+    """Write one synthetic finished run to `db`; returns its run id."""
+    rng = np.random.default_rng(seed)
+    concepts = make_concepts(n_concepts)
+    M = len(concepts)
+    mammo = (concepts["domain"] == "mammography").to_numpy()
+    rec = RunRecord(run_id=run_id, run={})
+    rec.add("concepts", concepts)
+    rec.add("models", dict(model="mammo_clip", role="dissector", kind="mammo_clip",
+                           source={"checkpoint": "/data/<ckpt>/b5.tar", "variant": "b5"}, sha256="d" * 64,
+                           details={"params": 30_000_000,
+                                    "training_report": {"zero_shot_accuracy": {"density": 0.61, "mass": 0.72}}}))
+    for i, m in enumerate(models):
+        details = {"params": 28_000_000}
+        if m.startswith("C"):
+            details["training_report"] = {"task": "calcification", "accuracy": 0.81 + 0.01 * i, "auc": 0.87}
+        rec.add("models", dict(model=m, role="target", kind="classifier" if m.startswith("C") else "mammo_clip",
+                               source={"checkpoint": f"/ckpt/{m}.pth"}, sha256=f"{i:x}" * 64, details=details))
+        rec.add("dissections", dict(model=m, dissector="mammo_clip", probe="vindr", concept_set="specific",
+                                    similarity="soft_wpmi", similarity_params={"top_k": 100, "lam": 1.0, "a": 10.0},
+                                    pooling="avg", options={"top_images": 5}, notes=[]))
+    rec.add("probes", dict(probe="vindr", n_images=n_images, n_skipped=0, manifest_sha256="e" * 64,
+                           source={"kind": "vindr", "split": "test"}))
+    attrs = [dict(view=["CC", "MLO"][i % 2], laterality=["L", "R"][(i // 2) % 2], density="ABCD"[i % 4],
+                  birads=1 + i % 5, mass=bool(i % 3 == 0), calcification=bool(i % 4 == 0),
+                  findings=["Mass"] if i % 3 == 0 else []) for i in range(n_images)]
+    rec.add("images", pd.DataFrame(dict(probe="vindr", image_idx=np.arange(n_images),
+                                        image_id=[f"img{i:05d}" for i in range(n_images)],
+                                        path=[f"/data/vindr/img{i:05d}.png" for i in range(n_images)],
+                                        attributes=attrs)))
+    # --- neurons, labels, taus
+    top1: dict[tuple[str, str], pd.DataFrame] = {}
+    for mi, m in enumerate(models):
+        p_mammo = 0.25 if m == "G" else 0.55 + 0.05 * mi
+        for (layer, idx, alias), K in zip(LAYERS, neurons):
+            depth = idx / 38
+            w = np.where(mammo, p_mammo * (0.5 + depth), 1 - p_mammo)
+            w = w / w.sum()
+            k = 10
+            cids = np.stack([rng.choice(M, size=k, replace=False, p=w) for _ in range(K)])
+            base = 0.3 + 0.4 * depth + (0.2 if m != "G" else 0) + 0.15 * rng.standard_normal(K)
+            scores = base[:, None] - np.sort(rng.random((K, k)) * 0.3, axis=1)
+            tau_top1 = float(scores[:, 0].mean())
+            rec.add("layers", dict(model=m, layer=layer, layer_index=idx, alias=alias, n_neurons=K, tau=tau_top1,
+                                   tau_statistic="mean_top1", tau_mean_top1=tau_top1, tau_mean_all=-0.1,
+                                   tau_median_top1=float(np.median(scores[:, 0]))))
+            names = concepts["concept"].to_numpy()
+            rec.add("neuron_labels", pd.DataFrame(dict(
+                model=m, layer=layer, unit=np.repeat(np.arange(K), k), rank=np.tile(np.arange(1, k + 1), K),
+                concept_id=cids.reshape(-1), concept=names[cids.reshape(-1)], score=scores.reshape(-1))))
+            nd = pd.DataFrame(dict(model=m, layer=layer, unit=np.arange(K), concept_id=cids[:, 0],
+                                   label=names[cids[:, 0]], score=scores[:, 0], constant=False))
+            rec.add("neurons", nd)
+            top1[(m, layer)] = nd.assign(tau=tau_top1)
+            timg = np.stack([rng.choice(n_images, 5, replace=False) for _ in range(K)])
+            rec.add("top_images", pd.DataFrame(dict(model=m, layer=layer, unit=np.repeat(np.arange(K), 5),
+                                                    rank=np.tile(np.arange(1, 6), K), image_idx=timg.reshape(-1),
+                                                    activation=rng.random(K * 5))))
+    cinfo = concepts.set_index("concept_id")
+
+    def captured(models_: list[str], layers_: list[str], combine: str) -> pd.DataFrame:
+        out = []
+        for layer in layers_:
+            taus = {m: float(top1[(m, layer)]["tau"].iloc[0]) for m in models_}
+            for m in models_:
+                th = max(taus.values()) if combine == "max" else taus[m]
+                nd = top1[(m, layer)]
+                ok = nd.loc[nd["score"] >= th]
+                for cid, g in ok.groupby("concept_id"):
+                    ci = cinfo.loc[cid]
+                    out.append(dict(model=m, layer=layer, concept_id=int(cid), concept=ci.concept, category=ci.category,
+                                    subcategory=ci.subcategory, domain=ci.domain, tasks=list(ci.tasks),
+                                    n_neurons=len(g), units=g["unit"].tolist(), max_score=float(g["score"].max()),
+                                    threshold=th))
+        return pd.DataFrame(out)
+
+    def counts(cap: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        rows, tops = [], []
+        for (m, layer), g in cap.groupby(["model", "layer"]):
+            for level, col in (("category", "category"), ("subcategory", "subcategory"), ("domain", "domain")):
+                for grp, gg in g.groupby(col):
+                    rows.append(dict(model=m, layer=layer, level=level, grp=grp, n_concepts=len(gg),
+                                     n_neurons=int(gg["n_neurons"].sum())))
+            for task in ("mass", "calcification", "density"):
+                gg = g.loc[g["tasks"].map(lambda t: task in t)]
+                rows.append(dict(model=m, layer=layer, level="task", grp=task, n_concepts=len(gg),
+                                 n_neurons=int(gg["n_neurons"].sum())))
+            cc = g.groupby("category").size().sort_values(ascending=False).head(3)
+            for r, (cat, n) in enumerate(cc.items(), start=1):
+                tops.append(dict(model=m, layer=layer, rank=r, category=cat, n_concepts=int(n),
+                                 n_neurons=int(g.loc[g["category"] == cat, "n_neurons"].sum())))
+        return pd.DataFrame(rows), pd.DataFrame(tops)
+
+    layer_names = [l for l, _, _ in LAYERS]
+    analyses = []
+    # 1: compare G vs M at every layer
+    cmp_models = [m for m in ("G", "M") if m in models] or list(models[:2])
+    cap1 = captured(cmp_models, layer_names, "max")
+    analyses.append((1, "compare", f"compare {' vs '.join(cmp_models)} at layers all", cmp_models, layer_names, cap1))
+    # 2: compare M vs the last C at layer last on category Calcification
+    m2 = [models[1], models[-1]]
+    cap2 = captured(m2, layer_names[-1:], "max")
+    analyses.append((2, "compare", f"compare {m2[0]} vs {m2[1]} at layer last on category Calcification", m2,
+                     layer_names[-1:], cap2))
+    for aid, kind, stmt, ms, ls, cap in analyses:
+        rec.add("analyses", dict(analysis_id=aid, kind=kind, analysis_names=["captured_concepts"], statement=stmt,
+                                 line=10 + aid, models=ms, layers=ls, threshold_rule={"combine": "max",
+                                 "statistic": "mean_top1", "value": None, "op": ">="}, count_unit="concepts",
+                                 options={}))
+        rec.add("captured_concepts", cap.assign(analysis_id=aid))
+        cc, tc = counts(cap)
+        rec.add("category_counts", cc.assign(analysis_id=aid))
+        rec.add("top_categories", tc.assign(analysis_id=aid))
+    # concept changes for analysis 2
+    ch = []
+    for cid, g in cap2.groupby("concept_id"):
+        present = sorted(g["model"].unique(), key=m2.index)
+        ci = cinfo.loc[cid]
+        ch.append(dict(analysis_id=2, layer=layer_names[-1], concept_id=int(cid), concept=ci.concept,
+                       category=ci.category, subcategory=ci.subcategory,
+                       status="shared" if len(present) == 2 else "unique", present_in=present))
+    rec.add("concept_changes", pd.DataFrame(ch))
+    # 3: learned vs missed for M (union over all layers, own tau)
+    mm = models[1]
+    cap3 = captured([mm], layer_names, "own")
+    learned = set(cap3["concept_id"])
+    rec.add("analyses", dict(analysis_id=3, kind="learned", analysis_names=["missed_concepts"],
+                             statement=f"learned {mm} at layers all", line=13, models=[mm], layers=layer_names,
+                             threshold_rule={"combine": "own", "statistic": "mean_top1", "op": ">="},
+                             count_unit="concepts", options={}))
+    mc = []
+    for r in concepts.itertuples():
+        st = "learned" if r.concept_id in learned else ("missed_overlap" if r.concept_id % 17 == 0 else "missed")
+        mc.append(dict(analysis_id=3, model=mm, concept_id=r.concept_id, concept=r.concept, category=r.category,
+                       subcategory=r.subcategory, domain=r.domain, status=st,
+                       overlap_with=concepts["concept"].iloc[0] if st == "missed_overlap" else None))
+    rec.add("missed_concepts", pd.DataFrame(mc))
+    # 4: keywords
+    rec.add("analyses", dict(analysis_id=4, kind="keywords", analysis_names=["keyword_neurons"],
+                             statement=f'keywords {mm} "calcification"', line=14, models=[mm], layers=layer_names,
+                             count_unit="concepts", options={}))
+    rec.add("keyword_neurons", pd.DataFrame([dict(analysis_id=4, model=mm, layer=l, unit=u, keyword="calcification",
+                                                  share=0.6, labels=["calcification term 1", EVIL])
+                                             for l in layer_names for u in (1, 2)]))
+    # 5: show neuron M.last[7] top 5 -> neuron_images with real overlays
+    unit = 7
+    rec.add("analyses", dict(analysis_id=5, kind="show_neuron", analysis_names=["neuron_profile"],
+                             statement=f"show neuron {mm}.last[{unit}] top 5", line=15, models=[mm],
+                             layers=[layer_names[-1]], count_unit="concepts", options={}))
+    ni = []
+    for rank in range(1, 6):
+        img = _phantom_image(rng)
+        amap = rng.random((10, 6))
+        ni.append(dict(model=mm, layer=layer_names[-1], unit=unit, rank=rank, image_idx=rank * 3,
+                       activation=float(5 - rank), png=activation_overlay_png(img, amap)))
+    rec.add("neuron_images", pd.DataFrame(ni))
+    # sanity, warnings, calibration
+    rec.add("sanity", pd.DataFrame([
+        dict(dissector="mammo_clip", probe="vindr", attribute="view", metric="auc", value=0.94, n=n_images, chance=0.5),
+        dict(dissector="mammo_clip", probe="vindr", attribute="laterality", metric="auc", value=0.52, n=n_images,
+             chance=0.5),
+        dict(dissector="mammo_clip", probe="vindr", attribute="density", metric="accuracy", value=0.61, n=n_images,
+             chance=0.25),
+        dict(dissector="mammo_clip", probe="vindr", attribute="mass", metric="auc", value=0.71, n=n_images, chance=0.5),
+    ]))
+    rec.add("warnings", dict(step="sanity", message="dissector mammo_clip is near chance on 'laterality'"))
+    cal = []
+    for m in models:
+        for l in layer_names:
+            for s in ("soft_wpmi", "wpmi", "cos", "cos_cubed", "rank_reorder", "mammi"):
+                cal.append(dict(model=m, layer=l, similarity=s, n_selective=int(rng.integers(5, 50)),
+                                top1_hit=float(rng.random()), top5_hit=float(rng.random()),
+                                mammi_hit_rate=float(rng.random()), precision=float(rng.random()),
+                                recall=float(rng.random()), f1=float(rng.random()),
+                                mean_label_cosine=float(rng.random())))
+    rec.add("calibration", pd.DataFrame(cal))
+    now = dt.datetime(2025, 5, 1, 12, 0, 0)
+    rec.run = dict(study_path=f"/studies/{EVIL}.study", study_title=title, study_sha256="a" * 64,
+                   study_text=f'study "{title}"\n# concept {EVIL}\n', started_at=now - dt.timedelta(minutes=5),
+                   finished_at=now, status="ok", tool_version="0.1.0", params={"device": "cpu", "torch": "2.x"})
+    write_run(db, rec)
+    return run_id
+
+
+# ============================================================================ overlay
+
+def _bilinear_reference(a: np.ndarray, H: int, W: int) -> np.ndarray:
+    """Straightforward per-pixel bilinear interpolation (half-pixel centres, clamped edges)."""
+    h, w = a.shape
+    out = np.zeros((H, W))
+    for Y in range(H):
+        for X in range(W):
+            sy = min(max((Y + 0.5) * h / H - 0.5, 0), h - 1)
+            sx = min(max((X + 0.5) * w / W - 0.5, 0), w - 1)
+            y0, x0 = int(np.floor(sy)), int(np.floor(sx))
+            y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+            fy, fx = sy - y0, sx - x0
+            out[Y, X] = (a[y0, x0] * (1 - fy) * (1 - fx) + a[y0, x1] * (1 - fy) * fx
+                         + a[y1, x0] * fy * (1 - fx) + a[y1, x1] * fy * fx)
+    return out
+
+
+def test_bilinear_upsample_matches_reference_and_known_values():
+    rng = np.random.default_rng(1)
+    a = rng.random((4, 3))
+    assert np.allclose(upsample_bilinear(a, 11, 7), _bilinear_reference(a, 11, 7))
+    # known answer: [0, 1] stretched to 4 pixels with half-pixel centres
+    assert np.allclose(upsample_bilinear(np.array([[0.0, 1.0]]), 1, 4), [[0, 0.25, 0.75, 1]])
+    assert np.allclose(upsample_bilinear(np.full((3, 2), 5.0), 9, 6), 5.0)
+
+
+def test_overlay_png_size_and_hot_spot():
+    img = np.full((200, 100), 128, dtype=np.uint8)
+    amap = np.zeros((4, 2))
+    amap[0, 0] = 1.0  # the unit fires in the top-left cell only
+    png = activation_overlay_png(img, amap, size=100)
+    im = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    assert im.shape == (100, 50, 3)  # longest side = size, aspect kept
+    hot, cold = im[3, 3], im[-3, -3]
+    assert hot[0] > hot[2] + 60  # red-dominated where the unit fires
+    assert abs(cold[0] - 128) < 40 and abs(cold[1] - 128) < 40  # grey image visible where silent
+    assert np.allclose(normalise01(np.full((3, 3), 2.0)), 0)
+    assert np.allclose(heat_colours(np.array([0.0, 1.0])), [[30, 40, 160], [220, 30, 30]])
+    with pytest.raises(ValueError):
+        activation_overlay_png(img, np.zeros((2, 2, 2)))
+
+
+# ============================================================================ palette and word clouds
+
+def test_category_colours_normalised_and_deterministic():
+    from dissect_study.engine.report.charts import Palette, normalise_category
+
+    p = Palette.from_categories(["Breast_anatomy_or_structure", " Findings and characterizations", "Zeta", "alpha cat"])
+    pairs = [("Breast_anatomy_or_structure", "Breast anatomy or structure"), ("Breast_locations", "Breast locations"),
+             (" Findings and characterizations", "Findings and characterizations"),
+             ("Action or follow up", "Action or follow-up"), ("Environmental_and_Natural", "Environmental and natural")]
+    for a, b in pairs:
+        assert p.colour(a) == p.colour(b), (a, b)
+    assert p.colour("Environmental_and_Natural") == "#2ca02c"  # METHOD.md §5.8: green
+    assert p.colour("Breast_anatomy_or_structure") == "#8c564b"  # brown
+    assert normalise_category("  Action_or-follow  up ") == "action or follow up"
+    # extras: fixed palette in sorted order, independent of input order
+    q = Palette.from_categories(["alpha cat", "Zeta"])
+    assert p.colour("Zeta") == q.colour("zeta") and p.colour("alpha cat") != p.colour("Zeta")
+    assert p.colour(None) == p.colour(float("nan"))
+
+
+def test_wordcloud_deterministic_no_overlap_escaped():
+    from dissect_study.engine.report.wordcloud import Word, layout, wordcloud_svg
+
+    rng = np.random.default_rng(3)
+    words = [Word(f"concept {i} " + "x" * int(rng.integers(0, 12)), float(rng.random()), "#123456") for i in range(60)]
+    words.append(Word(EVIL, 2.0, "#654321"))
+    svg1, n1 = wordcloud_svg(words)
+    svg2, n2 = wordcloud_svg(list(reversed(words)))
+    assert svg1 == svg2 and n1 == n2 == len(words)
+    assert "<script" not in svg1 and "&lt;script&gt;" in svg1
+    placed = layout(words, 560, 400)
+    boxes = [(p.x, p.y - p.size, p.x + p.width, p.y + 0.2 * p.size) for p in placed]
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            a, b = boxes[i], boxes[j]
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (placed[i].text, placed[j].text)
+    size = {p.text: p.size for p in placed}
+    by_weight = sorted(words, key=lambda w: w.weight)
+    assert size[by_weight[-1].text] == max(size.values()) and size[by_weight[0].text] == min(size.values())
+
+
+# ============================================================================ the report of a run
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    from dissect_study.engine.report import build_report_model, write_report
+
+    d = tmp_path_factory.mktemp("report")
+    db = d / "results.duckdb"
+    make_run(db, models=("G", "M", "C4"), n_concepts=150, neurons=(8, 16, 48), n_images=30, run_id="r-old")
+    run_id = make_run(db, models=("G", "M", "C4"), n_concepts=150, neurons=(8, 16, 48), n_images=30, seed=1,
+                      run_id="r-new")
+    paths = write_report(db, d / "out", run_id=run_id)
+    con = connect(db, read_only=True)
+    model = build_report_model(con, run_id)
+    yield dict(db=db, run_id=run_id, con=con, model=model, html=paths[0].read_text(), pdf=paths[1], paths=paths)
+    con.close()
+
+
+def test_sections_present_for_the_analyses_asked(rendered):
+    con, run_id, model = rendered["con"], rendered["run_id"], rendered["model"]
+
+    def has(table: str) -> bool:
+        return con.execute(f"SELECT count(*) FROM {table} WHERE run_id = ?", [run_id]).fetchone()[0] > 0
+
+    expected = {"summary", "methods", "appendix"}
+    expected |= {"sanity"} if has("sanity") else set()
+    expected |= {"thresholds"} if has("layers") else set()
+    expected |= {"domains", "tasks"} if has("category_counts") else set()
+    expected |= {"top_categories"} if has("top_categories") else set()
+    expected |= {"wordclouds"} if has("captured_concepts") else set()
+    expected |= {"changes"} if has("concept_changes") else set()
+    expected |= {"learned", "missed"} if has("missed_concepts") else set()
+    expected |= {"neurons"} if has("neuron_images") else set()
+    expected |= {"keywords"} if has("keyword_neurons") else set()
+    expected |= {"calibration"} if has("calibration") else set()
+    ids = [s.id for s in model.sections]
+    assert set(ids) == expected
+    html = rendered["html"]
+    for sid in ids:
+        assert f'id="sec-{sid}"' in html and f'href="#sec-{sid}"' in html  # section and its TOC entry
+    json.dumps(model.to_dict())  # the view model is JSON-serialisable
+
+
+def test_figure_count_matches_data(rendered):
+    con, run_id, model, html = rendered["con"], rendered["run_id"], rendered["model"], rendered["html"]
+    q = lambda sql: con.execute(sql, [run_id]).fetchall()
+    n_domain = len(q("SELECT DISTINCT analysis_id FROM category_counts WHERE run_id = ? AND level = 'domain'"))
+    n_task = len(q("SELECT DISTINCT analysis_id FROM category_counts WHERE run_id = ? AND level = 'task'"))
+    n_top = len(q("SELECT DISTINCT analysis_id FROM top_categories WHERE run_id = ?"))
+    n_changes = len(q("SELECT DISTINCT analysis_id FROM concept_changes WHERE run_id = ?"))
+    n_learned = len(q("SELECT DISTINCT analysis_id, model FROM missed_concepts WHERE run_id = ?"))
+    # word clouds: one per (model, deepest layer of the analysis), identical clouds shown once
+    clouds = set()
+    for (aid,) in q("SELECT DISTINCT analysis_id FROM captured_concepts WHERE run_id = ?"):
+        rows = con.execute("SELECT c.model, c.layer, c.threshold, list(c.concept_id ORDER BY c.concept_id) FROM "
+                           "captured_concepts c JOIN layers l ON l.run_id = c.run_id AND l.model = c.model AND "
+                           "l.layer = c.layer WHERE c.run_id = ? AND c.analysis_id = ? AND l.layer_index = "
+                           "(SELECT max(l2.layer_index) FROM captured_concepts c2 JOIN layers l2 ON "
+                           "l2.run_id = c2.run_id AND l2.model = c2.model AND l2.layer = c2.layer "
+                           "WHERE c2.run_id = ? AND c2.analysis_id = ?) GROUP BY ALL",
+                           [run_id, aid, run_id, aid]).fetchall()
+        clouds |= {(m, l, round(t, 9), tuple(ids)) for m, l, t, ids in rows}
+    expected = 1 + n_domain + n_top + len(clouds) + n_task + n_changes + n_learned + 1  # + tau, + calibration
+    assert len(model.figures()) == expected
+    assert html.count('<figure class="figure ') == expected
+    assert html.count("<figcaption><strong>Figure ") == expected  # a caption under every figure
+    assert html.count('class="wordcloud"') == len(clouds)
+
+
+def test_layers_in_depth_order_not_alphabetical(rendered):
+    html = rendered["html"]
+    sec = html[html.index('id="sec-thresholds"'):html.index('id="sec-domains"')]
+    table = sec[sec.index("<table"):]
+    pos = [table.index(f"<td>{name}") for name in ("_<wbr>blocks.<wbr>2", "_<wbr>blocks.<wbr>19", "_<wbr>blocks.<wbr>38")] \
+        if "_<wbr>blocks" in table else [table.index(f"<td>{name}") for name in ("_blocks.2 ", "_blocks.19", "_blocks.38")]
+    assert pos == sorted(pos)
+
+
+def test_user_strings_are_escaped(rendered):
+    html = rendered["html"]
+    assert "<script" not in html.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown as text: concept, study path, study source
+    assert "Mammo-CLIP Dissect &lt;RQ1&gt; &amp; RQ2" in html  # the study title
+    assert "<b>co</b>" not in html
+
+
+def test_html_is_self_contained(rendered):
+    html = rendered["html"]
+    refs = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', html) + re.findall(r"url\(\s*['\"]?([^)'\"]*)", html)
+    external = [r for r in refs if not (r.startswith("data:") or r.startswith("#"))]
+    assert external == []
+    assert "<link" not in html and "@import" not in html
+    # the only http strings are XML namespace names inside inline SVG
+    for u in re.findall(r"https?://[^\s\"'<>)]+", html):
+        assert u.startswith("http://www.w3.org/"), u
+    assert html.count("data:image/png;base64,") == rendered["con"].execute(
+        "SELECT count(*) FROM neuron_images WHERE run_id = ?", [rendered["run_id"]]).fetchone()[0]
+
+
+def _pdf_text(path: Path) -> tuple[str, list]:
+    from pypdf import PdfReader
+
+    reader = PdfReader(str(path))
+    return " ".join(" ".join((p.extract_text() or "").split()) for p in reader.pages), reader.pages
+
+
+def test_pdf_pages_fonts_and_headline_numbers(rendered):
+    con, run_id = rendered["con"], rendered["run_id"]
+    text, pages = _pdf_text(rendered["pdf"])
+    assert 12 <= len(pages) <= 60
+    for p in pages:  # A4 portrait
+        assert abs(float(p.mediabox.width) - 595.3) < 1.5 and abs(float(p.mediabox.height) - 841.9) < 1.5
+    assert f"Page 1 of {len(pages)}" in text and f"Page {len(pages)} of {len(pages)}" in text
+    fonts = set()
+    for p in pages:
+        for f in (p["/Resources"].get("/Font") or {}).values():
+            f = f.get_object()
+            desc = (f.get("/FontDescriptor") or {})
+            if not desc and "/DescendantFonts" in f:
+                desc = f["/DescendantFonts"][0].get_object().get("/FontDescriptor", {})
+            desc = desc.get_object() if hasattr(desc, "get_object") else desc
+            fonts.add((str(f.get("/BaseFont")), any(k in desc for k in ("/FontFile", "/FontFile2", "/FontFile3"))))
+    assert fonts and all(embedded for _, embedded in fonts), fonts
+    # headline: mammography concepts at the deepest compared layer, per model, for every compare analysis
+    for (aid,) in con.execute("SELECT DISTINCT analysis_id FROM category_counts WHERE run_id = ? AND level = 'domain'",
+                              [run_id]).fetchall():
+        rows = con.execute(
+            "SELECT c.model, c.n_concepts FROM category_counts c JOIN layers l USING (run_id, model, layer) "
+            "WHERE c.run_id = ? AND c.analysis_id = ? AND c.level = 'domain' AND c.grp = 'mammography' "
+            "QUALIFY l.layer_index = max(l.layer_index) OVER ()", [run_id, aid]).fetchall()
+        order = [m for (m,) in con.execute("SELECT model FROM models WHERE run_id = ? AND role = 'target' "
+                                           "ORDER BY rowid", [run_id]).fetchall()]
+        rows.sort(key=lambda r: order.index(r[0]))
+        first, rest = rows[0], rows[1:]
+        assert f"{first[0]} captures {first[1]} mammography concepts" in text
+        for m, n in rest:
+            assert f"{m} {n}" in text
+    # learned / missed headline
+    m, learned, missed = con.execute(
+        "SELECT model, count(*) FILTER (status = 'learned'), count(*) FILTER (status = 'missed' AND domain = "
+        "'mammography') FROM missed_concepts WHERE run_id = ? GROUP BY model", [run_id]).fetchone()
+    assert f"{m} learned {learned} unique concepts" in text and f"of which {missed} remain" in text
+    assert "NEAR CHANCE" in text  # laterality at 0.52 vs 0.5
+    assert rendered["run_id"] in text and "a" * 16 in text.replace(" ", "")  # run id and study hash (appendix)
+
+
+def test_sections_argument_latest_run_and_errors(rendered):
+    from dissect_study.engine.report import build_report_model
+
+    con = rendered["con"]
+    m = build_report_model(con, None, sections=["summary", "calibration", "keywords"])
+    latest = con.execute("SELECT run_id FROM runs ORDER BY finished_at DESC LIMIT 1").fetchone()[0]
+    assert m.meta.run_id == latest
+    assert [s.id for s in m.sections] == ["summary", "keywords", "calibration"]  # report order, not argument order
+    with pytest.raises(LookupError, match="not in the results database"):
+        build_report_model(con, "no-such-run")
+    with pytest.raises(LookupError, match="unknown report section"):
+        build_report_model(con, None, sections=["summry"])
+
+
+def test_neuron_cards_show_concepts_images_and_review(rendered):
+    con, run_id, model = rendered["con"], rendered["run_id"], rendered["model"]
+    cards = model.section("neurons").blocks[-1].cards
+    keys = con.execute("SELECT DISTINCT model, layer, unit FROM neuron_images WHERE run_id = ?", [run_id]).fetchall()
+    assert {(c.model, c.layer, c.unit) for c in cards} == set(keys)
+    for c in cards:
+        top = con.execute("SELECT concept, score FROM neuron_labels WHERE run_id = ? AND model = ? AND layer = ? AND "
+                          "unit = ? AND rank <= 5 ORDER BY rank", [run_id, c.model, c.layer, c.unit]).fetchall()
+        assert [k.concept for k in c.concepts] == [t[0] for t in top]
+        assert [k.score for k in c.concepts] == [f"{t[1]:.3f}" for t in top]
+        assert len(c.images) == 5 and all(im.png_data_uri for im in c.images)
+        assert all(dict(map(tuple, im.attributes)).get("view") in ("CC", "MLO") for im in c.images)
+    html = rendered["html"]
+    for word in ("agree", "disagree", "unsure", "comment"):
+        assert f'-{word}"' in html
+
+
+def test_colours_identical_across_charts_and_word_clouds(rendered):
+    from dissect_study.engine.report.charts import Palette
+
+    model, html = rendered["model"], rendered["html"]
+    green = Palette.from_categories([]).colour("Environmental_and_Natural")
+    clouds = [f.svg for f in model.figures() if f.kind == "wordcloud"]
+    stacks = [f.svg for f in model.section("top_categories").blocks if False] or [
+        b.figure.svg for b in model.section("top_categories").blocks if b.kind == "figure"]
+    assert any(f'fill="{green}"' in s for s in clouds)
+    assert any(green in s for s in stacks)
+    # a category's chip in the concept-set table has the colour its words use in the cloud
+    for it in model.legend:
+        assert re.search(rf'class="chip" style="background: {it["colour"]}"', html)
