@@ -73,7 +73,8 @@ CREATE OR REPLACE MACRO model_concepts(run) AS TABLE
     JOIN main.concepts c ON c.run_id = run AND (ds.concept_set IS NULL OR c.concept_set = ds.concept_set)""",
     "layer_thresholds": """
 CREATE OR REPLACE MACRO layer_thresholds(run, models := NULL, layers := NULL, statistic := 'mean_top1') AS TABLE
-    WITH ns AS (SELECT model, layer, count(*) AS n, avg(score) AS m1, median(score) AS md
+    WITH ns AS (SELECT model, layer, count(*) AS n, avg(score) FILTER (WHERE NOT isnan(score)) AS m1,
+                       median(score) FILTER (WHERE NOT isnan(score)) AS md
                 FROM main.neurons WHERE run_id = run GROUP BY model, layer),
          ly AS (SELECT * FROM main.layers WHERE run_id = run
                 QUALIFY row_number() OVER (PARTITION BY model, layer ORDER BY layer_index) = 1),
@@ -111,7 +112,7 @@ CREATE OR REPLACE MACRO captured_concepts(run, {_COMMON}) AS TABLE
     JOIN thr ON thr.model = n.model AND thr.layer = n.layer
     JOIN mc ON mc.model = n.model AND mc.concept_id = n.concept_id
     WHERE n.run_id = run
-      AND (include_constant OR NOT coalesce(n.constant, false))
+      AND (include_constant OR NOT coalesce(n.constant, false)) AND NOT isnan(n.score)
       AND CASE WHEN op = '>' THEN n.score > thr.threshold ELSE n.score >= thr.threshold END
       AND {_FILTER.format(a='mc')}
     GROUP BY n.model, n.layer, n.concept_id
