@@ -193,7 +193,18 @@ SOFT_SETTINGS = [
     dict(top_k=10, a=10, lam=1, min_prob=1e-7, p_start=0.998, p_end=0.97),
     dict(top_k=5, a=2, lam=0.5, min_prob=1e-3, p_start=1.0, p_end=0.9),
     dict(top_k=40, a=25, lam=0.0, min_prob=1e-7, p_start=0.9, p_end=0.5),  # Z = N
+    dict(top_k=23, a=25, lam=1, min_prob=1e-7, p_start=1.0, p_end=0.95),  # q down to ~1e-8; groups of 4, padded
 ]
+
+
+def test_product_group_bounds_underflow():
+    from dissect_study.engine.similarity import _product_group
+
+    assert _product_group(0.002, 1e-7) == 10
+    assert _product_group(1e-7, 1e-7) == 4
+    assert _product_group(0.0, 0.0) == 1
+    for f in (0.5, 0.002, 1e-5, 1e-7, 1e-20):
+        assert f ** _product_group(f, 1e-7) >= 1e-30
 
 
 @pytest.mark.parametrize("params", SOFT_SETTINGS)
