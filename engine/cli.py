@@ -162,7 +162,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     for mod, name in (("dissect_study.engine.models.checkpoint", "CheckpointError"),
                       ("dissect_study.engine.probes", "ProbeError"),
                       ("dissect_study.engine.concepts", "ConceptSetError"),
-                      ("dissect_study.engine.store", "StoreError")):
+                      ("dissect_study.engine.store", "StoreError"),
+                      ("dissect_study.engine.activations", "ActivationError"),
+                      ("dissect_study.engine.cache", "CacheError"),
+                      ("dissect_study.engine.analysis", "AnalysisError")):
         try:
             module = __import__(mod, fromlist=[name])
             types.append(getattr(module, name))

@@ -124,6 +124,7 @@ CONCEPT_SOURCES: dict[str, Function] = {
                 _req("path", "path", "Category workbook: one sheet per broad category, one column per subcategory."),
                 _p("concepts", "path", None, "Optional txt file fixing the concept list and its order."),
                 _p("precedence", "str", "last", "Which match wins when a concept is listed twice.", choices=("last", "first")),
+                _p("match", "str", "stripped", "Compare cells after stripping whitespace (default) or exactly as the reference notebook did.", choices=("stripped", "exact")),
                 _p("non_mammography", "str", "Environmental_and_Natural", "Sheet whose concepts are not mammography concepts."),
                 _p("tasks", "path", None, "Optional JSON map {task: [concept, ...]}."),
             ),

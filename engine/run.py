@@ -151,6 +151,17 @@ def resolve_layers(target: Any, items: tuple, study_aliases: dict[str, tuple]) -
     return sorted(out.items(), key=lambda kv: order.get(kv[0], 1 << 30))
 
 
+def _has_ground_truth(probe: Any) -> bool:
+    """Probes whose attributes are ground truth, not annotations (the phantom)."""
+    if getattr(probe, "has_ground_truth", False):
+        return True
+    try:
+        from dissect_study.engine.phantom.probe import PhantomProbe
+    except ImportError:
+        return False
+    return isinstance(probe, PhantomProbe)
+
+
 def _analysis_options(options: Any) -> dict[str, Any]:
     """Study-level option spellings -> engine/analysis.py's (the language says `one_way`)."""
     opts = dict(options or {})
@@ -261,6 +272,7 @@ class Executor:
             base = dict(target=target.fingerprint(), preprocess=target.preprocess.describe,
                         probe=probe.manifest_sha256(), rows=rows, pooling=x.options.get("pooling", "avg"),
                         precision=x.options.get("precision", "fp32"))
+            cached_rows: set[tuple[int, ...]] = set()
             for layer in layers:
                 got = self.cache.load("acts", self.cache.key("acts", layer=layer, **base))
                 if got is None:
@@ -268,6 +280,11 @@ class Executor:
                 else:
                     tensors[layer] = got["acts"]
                     kept = got["rows"].tolist()
+                    cached_rows.add(tuple(kept))
+            if missing and cached_rows:
+                # rows kept can differ between runs (an image became unreadable): recompute
+                # every layer in one pass rather than mixing misaligned matrices
+                missing, tensors = list(layers), {}
             if missing:
                 res = extract_activations(target, probe, missing, pooling=x.options.get("pooling", "avg"),
                                           batch_size=bs, device=self.device, workers=x.options.get("workers", 0),
@@ -310,9 +327,11 @@ class Executor:
                 self.log.info(f"image     {dname} x {pname}: top-k-only similarity -> embedding "
                               f"{len(wanted)} of {len(rows)} images")
                 rows = sorted(wanted)
+            train_mode = any(x.options.get("dissector_train_mode") for x in users)
             parts = dict(dissector=d.fingerprint(), preprocess=d.preprocess.describe,
-                         probe=probe.manifest_sha256(), rows=rows,
-                         train_mode=any(x.options.get("dissector_train_mode") for x in users))
+                         probe=probe.manifest_sha256(), rows=rows, train_mode=train_mode,
+                         # train-mode BatchNorm makes embeddings depend on the batch composition
+                         batch=(self.opt.batch_size or d.batch_size) if train_mode else None)
             t0 = time.perf_counter()
             from dissect_study.engine.activations import embed_images
 
@@ -477,7 +496,7 @@ class Executor:
             return
         for x in self.plan.dissections:
             probe = self.probes[x.probe]
-            if not getattr(probe, "has_ground_truth", False):
+            if not _has_ground_truth(probe):
                 continue
             cs = self.concept_sets[x.concepts]
             rows = self.act_rows[(x.target, x.probe)]
@@ -506,13 +525,13 @@ class Executor:
 
     # ------------------------------------------------------------------ analyses
     def analyses(self) -> None:
-        from dissect_study.engine.analysis import AnalysisInput, AnalysisRequest, run_analysis
+        from dissect_study.engine.analysis import AnalysisInput, AnalysisRequest, resolve_filter, run_analysis
 
         frames = {t: pd.concat(self.record.frames.get(t, [pd.DataFrame()]), ignore_index=True)
-                  for t in ("layers", "neurons", "neuron_labels", "top_images", "concepts")}
+                  for t in ("layers", "neurons", "neuron_labels", "top_images", "concepts", "dissections")}
         inp = AnalysisInput(layers=frames["layers"], neurons=frames["neurons"],
                             neuron_labels=frames["neuron_labels"], top_images=frames["top_images"],
-                            concepts=frames["concepts"])
+                            concepts=frames["concepts"], dissections=frames["dissections"])
         self.neuron_requests: list[tuple[str, str, int, int]] = []
         for a in self.plan.analyses:
             models = list(a.models)
@@ -528,6 +547,10 @@ class Executor:
                 threshold=threshold, count=a.count or "concepts", options=_analysis_options(a.options),
                 unit=getattr(a, "unit", None), top=getattr(a, "top", None))
             span = getattr(a, "span", None)
+            if req.filter_name is not None:  # record the group actually used (e.g. category -> task)
+                resolved = resolve_filter(inp.concepts, req.filter_level, req.filter_name)
+                if resolved is not None:
+                    req.filter_level, req.filter_name = resolved
             self.record.add("analyses", dict(
                 analysis_id=a.index, kind=kind, analysis_names=list(a.analysis_names), statement=a.text,
                 line=getattr(span, "line", None), models=models, layers=layers,
