@@ -234,6 +234,14 @@ class Executor:
             self.log.info(f"target    {step.name}: {step.func}, {len(t.layers())} hookable layers "
                           f"({time.perf_counter() - t0:.1f}s)")
         for x in self.plan.dissections:
+            if x.options.get("dissector_train_mode"):
+                d = self.dissectors[x.dissector]
+                if not hasattr(d, "train_mode"):
+                    raise RunError(f"dissect {x.target}: dissector_train_mode=true, but dissector {x.dissector} "
+                                   f"has no train mode (only mammo_clip dissectors reproduce that reference bug)")
+                d.train_mode = True
+                self.log.warn("build", f"dissector {x.dissector} runs its image tower in train mode "
+                                       f"(reference parity; embeddings depend on the batch)")
             self.layer_names[x.target] = resolve_layers(self.targets[x.target], x.layers, self.plan.layer_aliases)
 
     def _study_device(self) -> str:
