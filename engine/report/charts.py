@@ -153,10 +153,26 @@ def to_svg(chart: alt.TopLevelMixin) -> str:
     spec = chart.to_dict(validate=False)  # our specs are fixed code; validation costs ~0.1 s each
     svg = vlc.vegalite_to_svg(spec)
     svg = _uniquify_ids(svg, f"c{next(_counter)}-")
-    # let CSS scale it to the column width; the viewBox keeps the aspect ratio
-    svg = re.sub(r'^<svg ([^>]*?)width="([\d.]+)" height="([\d.]+)"',
-                 lambda m: f'<svg {m.group(1)}width="{m.group(2)}" height="{m.group(3)}" style="max-width:100%;height:auto"',
-                 svg, count=1)
+    return fit_width(svg)
+
+
+#: A4 width minus the 15 mm margins of print.css, in CSS px (96 dpi)
+PAGE_WIDTH_PX = 680
+
+
+def fit_width(svg: str, max_width: float = PAGE_WIDTH_PX) -> str:
+    """Shrink the SVG's width/height attributes (viewBox kept) so it never overflows an A4 column.
+
+    Explicit sizes rather than CSS `height:auto`: WeasyPrint sizes an inline SVG
+    with `height:auto` to the column width's aspect box, leaving blank bands.
+    """
+    m = re.match(r'(<svg [^>]*?)width="([\d.]+)" height="([\d.]+)"', svg)
+    if not m:
+        return svg
+    w, h = float(m.group(2)), float(m.group(3))
+    if w > max_width:
+        w, h = max_width, h * max_width / w
+    return f'{m.group(1)}width="{w:.0f}" height="{h:.0f}"' + svg[m.end():]
     return svg
 
 

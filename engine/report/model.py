@@ -449,7 +449,8 @@ def _sanity(c: _Ctx) -> Section | None:
     warnings = c.df("SELECT step, message FROM warnings WHERE run_id = ?")
     if len(warnings):
         s.blocks.append(_heading("Warnings recorded during the run"))
-        s.blocks.append(_table(["step", "message"], [[w.step, w.message] for w in warnings.itertuples()]))
+        s.blocks.append(_table(["step", "message"], [[w.step, w.message] for w in warnings.itertuples()],
+                               caption="Warnings the run recorded (also in the store's warnings table)."))
     return s if s.blocks else None
 
 
@@ -479,7 +480,8 @@ def _methods(c: _Ctx) -> Section:
             ["probe", "images", "skipped", "source"],
             [[r.probe, fmt(int(r.n_images)), fmt(int(r.n_skipped)) if r.n_skipped == r.n_skipped and r.n_skipped is not None else "0",
               _source_text(r.source)] for r in c.probes.itertuples()],
-            numeric=[False, True, True, False], small=True))
+            numeric=[False, True, True, False], small=True,
+            caption="Probe images used (after de-duplication, sampling and unreadable-image skips)."))
     if len(c.concepts):
         s.blocks.append(_heading("Concept set"))
         for name, g in c.concepts.groupby("concept_set", sort=False):
@@ -505,7 +507,7 @@ def _methods(c: _Ctx) -> Section:
                          ", ".join(f"{k}={v}" for k, v in _kv(params)), r.pooling or "",
                          "; ".join(str(n) for n in notes) if isinstance(notes, list) else str(notes)])
         s.blocks.append(_table(["target", "dissector", "probe", "similarity", "parameters (as used)", "pooling", "notes"],
-                               rows, small=True))
+                               rows, small=True, caption="Similarity function per target, parameters as used."))
     s.blocks.append(_heading("Threshold rule"))
     stats = sorted(set(c.layers["tau_statistic"].dropna())) if len(c.layers) else []
     text = ("A concept counts as captured at a layer when it is the top-1 label of at least one neuron that passes "
@@ -519,7 +521,8 @@ def _methods(c: _Ctx) -> Section:
         if r.kind in ("compare", "learned", "gained", "analyze", "thresholds") and rule:
             rules.append([r.statement, describe_threshold(rule), r.count_unit or "concepts"])
     if rules:
-        s.blocks.append(_table(["analysis", "threshold", "headline unit"], rules, small=True))
+        s.blocks.append(_table(["analysis", "threshold", "headline unit"], rules, small=True,
+                               caption="The threshold rule of each analysis statement."))
     if len(c.layers):
         s.blocks.append(_heading("Layers"))
         lay = c.layers.assign(_d=c.layers["layer"].map(c.depth), _m=c.layers["model"].map(
@@ -598,7 +601,9 @@ def _top_categories(c: _Ctx) -> Section | None:
         s.blocks.append(_table(["layer", "model", "rank", "category", "concepts", "neurons"],
                                [[c.layer_label(r.model, r.layer), r.model, str(r.rank), c.palette.title(r.category),
                                  fmt(int(r.n_concepts)), fmt(int(r.n_neurons))] for r in g.itertuples()],
-                               chips=[c.palette.colour(r.category) for r in g.itertuples()], numeric=[False, False, True, False, True, True], small=True))
+                               chips=[c.palette.colour(r.category) for r in g.itertuples()],
+                               numeric=[False, False, True, False, True, True], small=True,
+                               caption="Top three categories per layer and model: unique concepts and passing neurons."))
     return s if s.blocks else None
 
 
@@ -725,7 +730,8 @@ def _learned(c: _Ctx) -> Section | None:
                 rows.append([t, str(int((sub == "learned").sum())), str(int((sub == "missed").sum())),
                              str(int((sub == "missed_overlap").sum()))])
             s.blocks.append(_table(["category", "learned", "missed", "near-duplicate of a learned concept"], rows,
-                                   chips=[c.palette.colour(t) for t in cats], numeric=[False, True, True, True]))
+                                   chips=[c.palette.colour(t) for t in cats], numeric=[False, True, True, True],
+                                   caption=f"Concepts learned and missed by {m}, per broad category."))
     return s if s.blocks else None
 
 
@@ -752,8 +758,9 @@ def _missed(c: _Ctx) -> Section | None:
             s.blocks.append(Block("terms", groups=groups))
             ov = g.loc[(g["model"] == m) & (g["status"] == "missed_overlap")]
             if len(ov):
-                s.blocks.append(_para("Dropped as near-duplicates: " + "; ".join(
-                    f"{r.concept} ≈ {r.overlap_with}" for r in ov.sort_values("concept").itertuples()) + "."))
+                s.blocks.append(Block("terms", groups=[TermGroup(
+                    f"Dropped as near-duplicates of learned concepts ({len(ov)})", "",
+                    [f"{r.concept} ≈ {r.overlap_with}" for r in ov.sort_values("concept").itertuples()])]))
     return s if s.blocks else None
 
 
@@ -856,12 +863,12 @@ def _calibration(c: _Ctx) -> Section | None:
         by = {r.similarity: r for r in g.itertuples()}
         sel = g["n_selective"].dropna()
         rows.append([model, layer, fmt(int(sel.max())) if len(sel) else "–"] + [
-            f"{fmt(by[x].top1_hit, 2)} / {fmt(by[x].top5_hit, 2)} ({fmt(by[x].f1, 2)})" if x in by else "–"
+            f"{fmt(by[x].top1_hit, 2)} / {fmt(by[x].top5_hit, 2)}" if x in by else "–"
             for x in sims])
     s.blocks.append(_table(["model", "layer", "selective"] + sims, rows,
                            numeric=[False, False, True] + [True] * len(sims), small=True,
-                           caption="Calibration bench: top-1 / top-5 hit rate (F1) per model, layer and similarity "
-                                   "function; precision, recall, MAMMI hit rate and label cosine are in the "
+                           caption="Calibration bench: top-1 / top-5 hit rate per model, layer and similarity "
+                                   "function; precision, recall, F1, MAMMI hit rate and label cosine are in the "
                                    "store's calibration table."))
     return s
 
@@ -876,7 +883,8 @@ def _appendix(c: _Ctx) -> Section:
     ] + [[f"run.{k}", v] for k, v in _kv(_json(run.get("params")) or {})]))
     s.blocks.append(_heading("Model checksums"))
     s.blocks.append(_table(["model", "role", "kind", "sha256"],
-                           [[r.model, r.role, r.kind or "", r.sha256 or ""] for r in c.models.itertuples()], small=True))
+                           [[r.model, r.role, r.kind or "", r.sha256 or ""] for r in c.models.itertuples()], small=True,
+                           caption="Content fingerprints (sha256 of weights and configuration) of every model."))
     for r in c.models.itertuples():
         src = _json(r.source)
         if src:
@@ -888,13 +896,15 @@ def _appendix(c: _Ctx) -> Section:
             ["target", "dissector", "probe", "concept set", "similarity", "parameters", "pooling", "options"],
             [[r.model, r.dissector, r.probe, r.concept_set, r.similarity,
               json.dumps(_json(r.similarity_params), sort_keys=True), r.pooling or "",
-              json.dumps(_json(r.options), sort_keys=True)] for r in c.dissections.itertuples()], small=True))
+              json.dumps(_json(r.options), sort_keys=True)] for r in c.dissections.itertuples()], small=True,
+            caption="Every dissection of the run with its full parameters."))
     if len(c.analyses):
         s.blocks.append(_heading("Analyses"))
         s.blocks.append(_table(["#", "kind", "statement", "line", "threshold rule"],
                                [[str(r.analysis_id), r.kind, r.statement, fmt(r.line),
                                  json.dumps(_json(r.threshold_rule), sort_keys=True) if r.threshold_rule else ""]
-                                for r in c.analyses.itertuples()], small=True))
+                                for r in c.analyses.itertuples()], small=True,
+                               caption="The study's analysis statements as evaluated."))
     s.blocks.append(_heading("How to reproduce"))
     path = str(run.get("study_path") or "STUDY.study")
     s.blocks.append(Block("code", text=f"dissect-study run {path}\n"
@@ -952,7 +962,7 @@ def build_report_model(con: duckdb.DuckDBPyConnection, run_id: str | None = None
             if b.kind == "figure" and b.figure:
                 nf += 1
                 b.figure.number = nf
-            elif b.kind == "table" and b.table:
+            elif b.kind == "table" and b.table and b.table.caption:  # only captioned tables are numbered
                 nt += 1
                 b.table.number = nt
     meta = Meta(title=c.meta_title, run_id=run_id, study_path=str(c.run.get("study_path") or ""),

@@ -168,7 +168,7 @@ def wordcloud_svg(words: Sequence[Word], width: int = 560, height: int | None = 
     w, h = x1 - x0, y1 - y0
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="wordcloud" width="{w:.0f}" height="{h:.0f}" '
-        f'viewBox="{x0:.1f} {y0:.1f} {w:.1f} {h:.1f}" style="max-width:100%;height:auto" role="img">',
+        f'viewBox="{x0:.1f} {y0:.1f} {w:.1f} {h:.1f}" role="img">',
         f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{w:.1f}" height="{h:.1f}" fill="white"/>',
     ]
     for p in placed:
