@@ -39,7 +39,9 @@ def report_sentences(attrs: dict[str, Any], rng: np.random.Generator) -> list[st
         _pick(rng, _DENSITY[attrs["density"]]),
     ]
     if attrs["mass"]:
-        where = f" in the {loc['mass']} {side} breast" if "mass" in loc and rng.random() < 0.6 else ""
+        where = ""
+        if "mass" in loc and rng.random() < 0.6:
+            s.append(f"mass located in the {loc['mass']} {side} breast")
         md = _MASS_DENSITY[attrs["mass_density"]]
         s.append(_pick(rng, [
             f"{attrs['mass_shape']} mass with {attrs['mass_margin']} margin{where}",
@@ -52,7 +54,9 @@ def report_sentences(attrs: dict[str, Any], rng: np.random.Generator) -> list[st
         s.append(_pick(rng, ["no mass", "no mass is seen", "no suspicious mass"]))
     morph, dist = attrs.get("calc_morphology"), attrs.get("calc_distribution")
     if morph:
-        where = f" in the {loc['calcification']} {side} breast" if "calcification" in loc and rng.random() < 0.5 else ""
+        where = ""
+        if "calcification" in loc and rng.random() < 0.5:
+            s.append(f"calcifications located in the {loc['calcification']} {side} breast")
         kind = "suspicious calcification" if attrs["calcification"] else "benign calcification"
         s.append(_pick(rng, [
             f"{morph} calcifications in a {dist} distribution{where}",
@@ -89,11 +93,12 @@ def report_sentences(attrs: dict[str, Any], rng: np.random.Generator) -> list[st
     return s
 
 
-def make_report(attrs: dict[str, Any], seed: int = 0, variant: int = 0, max_sentences: int | None = None) -> str:
-    """A lower-case report without periods; `variant` draws another wording of the same facts.
+def report_parts(attrs: dict[str, Any], seed: int = 0, variant: int = 0, max_sentences: int | None = None) -> list[str]:
+    """The sentences of a report, in report order (the demo dissector embeds them one by one).
 
-    `max_sentences` keeps a random subset (partial captions teach the model that a
-    short phrase such as "spiculated margin" names a part of the image).
+    `variant` draws another wording of the same facts; `max_sentences` keeps a
+    random subset (partial captions teach the model that a short phrase such as
+    "spiculated margin" names a part of the image).
     """
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(attrs.get("phantom_index", 0)), int(variant), 7])
     sents = report_sentences(attrs, rng)
@@ -101,5 +106,9 @@ def make_report(attrs: dict[str, Any], seed: int = 0, variant: int = 0, max_sent
     sents = [sents[i] for i in order]
     if max_sentences is not None and len(sents) > max_sentences:
         sents = sents[:max_sentences]
-    text = " ".join(sents).lower().replace(".", "")
-    return text
+    return [t.lower().replace(".", "") for t in sents]
+
+
+def make_report(attrs: dict[str, Any], seed: int = 0, variant: int = 0, max_sentences: int | None = None) -> str:
+    """A lower-case report without periods (Mammo-CLIP's synthetic-report style)."""
+    return " ".join(report_parts(attrs, seed, variant, max_sentences))

