@@ -262,42 +262,62 @@ def test_encode_texts_uses_eos_not_cls(ref, dissector):
     assert not np.allclose(eos[0, :8].numpy(), cls_first8, atol=1e-3)
 
 
-@pytest.mark.parametrize("task,n_class", [("Mass", 1), ("density", 4)])
-def test_classifier_logits_match_reference(ref, shared_dir, clip_recipe, dissector, batch, task, n_class,
-                                           tmp_path):
-    from dissect_study.engine.models.classifier import load_classifier
-
-    meta = json.loads((shared_dir / "data/mammo_clip/classifier_b5_state_dict.json").read_text())
-    entries = meta["tensors_n_class_1"][:-2] + (meta["tasks"][task]["head"] if task in meta["tasks"] else [])
+def _classifier_file(ref, meta, clip_recipe, task, n_class, path):
+    entries = meta["tensors_n_class_1"][:-2] + meta["tasks"][task]["head"]
     sd = {e["key"]: (clip_recipe[e["key"]] if e["key"] in clip_recipe else recipe_tensor(e["key"], e["shape"]))
           for e in entries}
     assert sha_all(sd[e["key"]] for e in entries) == \
         ref["weights_check"]["classifier_heads"][f"n_class_{n_class}"]["sha256_all_854"]
-    path = tmp_path / f"clf_{task}.pth"
     torch.save({"model": {k: torch.from_numpy(v) for k, v in sd.items()},
                 "predictions": np.zeros(3, dtype=np.float32), "epoch": 3,
                 **({"auroc": np.float64(0.5)} if n_class == 1 else {"accuracy": np.float64(0.5)})}, path)
-    target = load_classifier(path, dissector, task="mass" if task == "Mass" else "density")
+    return path
+
+
+def test_classifier_logits_match_reference(ref, shared_dir, clip_recipe, dissector, batch, tmp_path):
+    """Density runs the full classifier forward; Mass (same recipe encoder, checked equal)
+    reuses its pooled features through its own head -- one B5 forward instead of two."""
+    from dissect_study.engine.models.classifier import load_classifier
+
+    meta = json.loads((shared_dir / "data/mammo_clip/classifier_b5_state_dict.json").read_text())
+    dens = load_classifier(_classifier_file(ref, meta, clip_recipe, "density", 4, tmp_path / "d.pth"),
+                           dissector, task="density")
+    mass = load_classifier(_classifier_file(ref, meta, clip_recipe, "Mass", 1, tmp_path / "m.pth"),
+                           dissector, task="mass")
+    assert all(torch.equal(a, b) for a, b in zip(dens.module.state_dict().values(), mass.module.state_dict().values()))
     seen = {}
-    h = target.module.get_submodule("_blocks.38").register_forward_hook(
-        lambda _m, _i, o: seen.__setitem__("b38", o.detach().double().mean(dim=(2, 3))))
+
+    def grab(_m, _i, o):
+        seen["b38"] = o.detach().double().mean(dim=(2, 3))
+
+    def grab_pooled(_m, inputs, _o):
+        seen["pooled"] = inputs[0].detach()
+
+    hooks = [dens.module.get_submodule("_blocks.38").register_forward_hook(grab),
+             dens.head.register_forward_hook(grab_pooled)]
     try:
-        logits = target.forward(batch).double()
+        outputs = {"density": dens.forward(batch).double()}
     finally:
-        h.remove()
+        for h in hooks:
+            h.remove()
+    with torch.no_grad():
+        outputs["Mass"] = mass.head(seen["pooled"]).double()
     chk = Checker()
-    for n in (0, 1):
-        r = ref["classifier"][task][f"image_{n}"]
-        assert logits.shape[1] == n_class
-        for c, rv in enumerate(r["logits"]):
-            chk.scalar(f"{task}.image_{n}.logits[{c}]", float(logits[n, c]), rv, RTOL * abs(rv) + RTOL)
-        chk.summary(f"{task}.image_{n}.block38_mean_pool", seen["b38"][n].numpy(), r["block38_mean_pool"])
-        if n_class == 1:
-            chk.scalar(f"{task}.sigmoid", float(torch.sigmoid(logits[n, 0])), r["sigmoid"], RTOL)
-        else:
-            sm = torch.softmax(logits[n], 0).numpy()
-            for c in range(n_class):
-                chk.scalar(f"{task}.softmax[{c}]", sm[c], r["softmax"][c], RTOL)
-            assert int(sm.argmax()) == r["argmax"]
-    print(f"classifier {task}: {chk.n} fields, worst error/tolerance {chk.worst[0]:.4f} at {chk.worst[1]}")
+    for task, logits in outputs.items():
+        n_class = logits.shape[1]
+        for n in (0, 1):
+            r = ref["classifier"][task][f"image_{n}"]
+            assert n_class == len(r["logits"])
+            for c, rv in enumerate(r["logits"]):
+                chk.scalar(f"{task}.image_{n}.logits[{c}]", float(logits[n, c]), rv, RTOL * abs(rv) + RTOL)
+            chk.summary(f"{task}.image_{n}.block38_mean_pool", seen["b38"][n].numpy(), r["block38_mean_pool"])
+            chk.summary(f"{task}.image_{n}.pooled_2048", seen["pooled"][n].double().numpy(), r["pooled_2048"])
+            if n_class == 1:
+                chk.scalar(f"{task}.sigmoid", float(torch.sigmoid(logits[n, 0])), r["sigmoid"], RTOL)
+            else:
+                sm = torch.softmax(logits[n], 0).numpy()
+                for c in range(n_class):
+                    chk.scalar(f"{task}.softmax[{c}]", sm[c], r["softmax"][c], RTOL)
+                assert int(sm.argmax()) == r["argmax"]
+    print(f"classifiers: {chk.n} fields, worst error/tolerance {chk.worst[0]:.4f} at {chk.worst[1]}")
     assert not chk.fails, "\n".join(chk.fails[:20])
