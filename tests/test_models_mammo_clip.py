@@ -211,12 +211,15 @@ def test_text_folder_errors(files, tmp_path):
 
 def test_train_mode_dissector_gives_target_its_own_copy(files):
     d = load_mammo_clip(files["ckpt"], files["text"], image_size=SIZE)
+    early = d.image_tower()  # built before the engine switches the dissector to train mode
     d.train_mode = True
     t = d.image_tower()
+    assert early.module is not d.model.image_encoder
     before = t.module._blocks[0]._bn2.running_mean.clone()
     d.encode_images(torch.randn(2, 3, *SIZE))
     assert not torch.equal(d.model.image_encoder._blocks[0]._bn2.running_mean, before)  # reference bug reproduced
     assert torch.equal(t.module._blocks[0]._bn2.running_mean, before)
+    assert torch.equal(early.module._blocks[0]._bn2.running_mean, before)
 
 
 def test_f_general_seeded_projections(tmp_path):

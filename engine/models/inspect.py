@@ -126,8 +126,11 @@ def _lower_case(p: Path) -> Any:
     return "tokenizer default (not set in the folder)"
 
 
-def inspect_path(path: str | Path) -> dict[str, Any]:
-    """Facts about a checkpoint file or model folder, JSON-able (for `inspect --json`)."""
+def inspect_path(path: str | Path, trust_checkpoint: bool = False) -> dict[str, Any]:
+    """Facts about a checkpoint file or model folder, JSON-able (for `inspect --json`).
+
+    `trust_checkpoint` allows full unpickling of files beyond the allow-list (CLI flag).
+    """
     p = Path(path)
     if p.is_dir():
         return _inspect_folder(p)
@@ -136,7 +139,7 @@ def inspect_path(path: str | Path) -> dict[str, Any]:
     if p.suffix == ".safetensors":
         sd, top = load_weights_file(p, param=None), {}
     else:
-        obj = load_torch_file(p, param=None)
+        obj = load_torch_file(p, param=None, trust=trust_checkpoint)
         top = {k: _scalarise(v) for k, v in obj.items() if k != "model"} if isinstance(obj, dict) else {}
         top = {k: v for k, v in top.items() if k not in ("optimizer", "scheduler", "config")}
         sd = strip_prefix(extract_state_dict(obj, p, None), "module.")

@@ -319,8 +319,25 @@ class MammoClipDissector(Dissector):
         self._fingerprint = fingerprint
         self.facts = facts
         self.name = name
+        self._towers: list[EfficientNetTarget] = []
+        self._train_mode = False
         self.train_mode = train_mode
         self.text_batch = text_batch
+
+    @property
+    def train_mode(self) -> bool:
+        """Reference parity (METHOD.md 11.1): BN batch statistics, dropout, stochastic depth."""
+        return self._train_mode
+
+    @train_mode.setter
+    def train_mode(self, value: bool) -> None:
+        # Train-mode forwards mutate BN running statistics; towers handed out earlier
+        # must not see that, so they get their own copy of the encoder now.
+        if value and not self._train_mode:
+            for t in self._towers:
+                if t.encoder is self.model.image_encoder:
+                    t.encoder = t.owner = copy.deepcopy(self.model.image_encoder).eval()
+        self._train_mode = bool(value)
 
     @property
     def preprocess(self) -> Preprocess:
@@ -361,8 +378,10 @@ class MammoClipDissector(Dissector):
         """
         enc = copy.deepcopy(self.model.image_encoder) if self.train_mode else self.model.image_encoder
         fp = config_hash("image_tower", self._fingerprint)
-        return EfficientNetTarget(enc, self._preprocess, fp, name=f"{self.name}.image_tower",
-                                  facts={"source": self.facts.get("source"), "variant": self.facts.get("variant")})
+        tower = EfficientNetTarget(enc, self._preprocess, fp, name=f"{self.name}.image_tower",
+                                   facts={"source": self.facts.get("source"), "variant": self.facts.get("variant")})
+        self._towers.append(tower)
+        return tower
 
     def fingerprint(self) -> str:
         return self._fingerprint
