@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from dissect_study.engine.models.base import BuildContext, Dissector, LayerInfo, Preprocess, Target
 
 #: bump when anything that changes trained weights changes (generator, reports, recipe)
-CODE_VERSION = "demo-v1"
+CODE_VERSION = "demo-v2"
 TRAIN_HEIGHT = 128
 N_TRAIN = 2000
 N_HELDOUT = 500
@@ -413,7 +413,7 @@ def _train_dissector(seed: int, epochs: int, log: Callable[[str], None]) -> tupl
     logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
     params = list(net.parameters()) + list(text_proj.parameters()) + [logit_scale]
     opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-4)
-    bs = 100
+    bs = min(100, N_TRAIN)
     steps = epochs * (N_TRAIN // bs)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.15)
     losses = []
@@ -437,7 +437,7 @@ def _train_dissector(seed: int, epochs: int, log: Callable[[str], None]) -> tupl
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-(N_TRAIN // bs):]):.3f}")
         log(f"demo dissector: epoch {ep + 1}/{epochs} contrastive loss {np.mean(losses[-(N_TRAIN // bs):]):.3f}")
@@ -501,7 +501,7 @@ def _train_classifier(base: dict[str, torch.Tensor], task: str, n_out: int, seed
     net.out = nn.Linear(FEATURE_DIM, n_out)
     y = torch.from_numpy(_task_labels(train.attributes, task))
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
-    bs = 50
+    bs = min(50, N_TRAIN)
     steps = epochs * (N_TRAIN // bs)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.2)
     pos_weight = None
@@ -524,7 +524,7 @@ def _train_classifier(base: dict[str, torch.Tensor], task: str, n_out: int, seed
             opt.step()
             sched.step()
             bar.update(1)
-        log(f"demo C_{task}: epoch {ep + 1}/{epochs} loss {float(loss):.3f}")
+        log(f"demo C_{task}: epoch {ep + 1}/{epochs} loss {float(loss.detach()):.3f}")
     bar.close()
     net.eval()
     out = _embed_images(net, held.images)

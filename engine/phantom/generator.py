@@ -359,7 +359,8 @@ def finding_boxes(scene: Scene, height: int) -> dict[str, list[int]]:
     pad = 2.5 / height
     for f in scene.findings:
         if f.kind == "mass":
-            ext = f.size * (1.3 + (max(f.params["spicule_len"]) if f.params["spicules"] else 0.0) + (0.5 if f.params["margin"] == "indistinct" else 0))
+            p = f.params
+            ext = f.size * (1.25 + sum(p["harm"]) + 0.15 + (max(p["spicule_len"]) if p["spicules"] else 0.0) + (0.6 if p["margin"] in ("indistinct", "obscured") else 0))
             put("mass", f.u - ext, f.y - ext, f.u + ext, f.y + ext)
         elif f.kind == "calcification":
             pts = np.asarray(f.params["specks"])
@@ -465,7 +466,7 @@ def _segment(img: np.ndarray, c: _Canvas, u0: float, y0: float, u1: float, y1: f
 
 def _render_mass(img: np.ndarray, c: _Canvas, f: Finding, rng: np.random.Generator, dense: np.ndarray) -> None:
     p = f.params
-    ext = f.size * (1.5 + (max(p["spicule_len"]) if p["spicules"] else 0) + 0.6)
+    ext = f.size * (1.25 + sum(p["harm"]) + 0.15 + (max(p["spicule_len"]) if p["spicules"] else 0.0) + 0.6)
     sl = c.window(f.u, f.y, ext)
     du, dy = c.u[sl] - f.u, c.y[sl] - f.y
     d = np.hypot(du, dy)

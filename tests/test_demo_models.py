@@ -1,0 +1,95 @@
+"""Demo dissector and targets at tiny size: training smoke test, caching, interfaces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dissect_study.engine.models import demo
+from dissect_study.engine.models.base import BuildContext, Dissector, Target
+
+
+@pytest.fixture
+def tiny(monkeypatch, tmp_path):
+    monkeypatch.setattr(demo, "N_TRAIN", 24)
+    monkeypatch.setattr(demo, "N_HELDOUT", 16)
+    monkeypatch.setattr(demo, "TRAIN_HEIGHT", 64)
+    monkeypatch.setattr(demo, "CLASSIFIER_EPOCHS", 1)
+    monkeypatch.setattr(demo, "_BUILT", {})
+    monkeypatch.setattr(demo, "_DATA_MEMO", {})
+    logs: list[str] = []
+    return BuildContext(base_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), log=logs.append), logs
+
+
+def test_minilm_mean_pooling_matches_unpadded_single_texts():
+    enc = demo.MiniLMEncoder.shared()
+    texts = ["spiculated margin", "fine linear calcifications in a segmental distribution"]
+    batched = enc(texts)
+    for i, t in enumerate(texts):
+        b = enc.tokenizer([t], return_tensors="pt")
+        with torch.no_grad():
+            h = enc.model(**b).last_hidden_state[0]
+        ref = h.mean(0)
+        ref = ref / ref.norm()
+        assert torch.allclose(batched[i], ref, atol=1e-5)
+    assert batched.shape == (2, 384)
+
+
+def test_dissector_trains_caches_and_reloads(tiny, monkeypatch):
+    ctx, logs = tiny
+    d = demo.build_dissector("demo", {"seed": 0, "epochs": 1}, ctx)
+    assert isinstance(d, Dissector)
+    files = sorted(p.name for p in (ctx.cache_dir and __import__("pathlib").Path(ctx.cache_dir) / "demo").iterdir())
+    assert any(f.endswith(".safetensors") for f in files) and any(f.endswith(".json") for f in files)
+    assert not any(f.endswith(".tmp") for f in files)
+    t = d.encode_texts(["mass", "no mass", "skin marker"])
+    assert t.shape == (3, demo.PROJ_DIM)
+    img = np.full((160, 96), 30, np.uint8)
+    x = torch.stack([d.preprocess(img), d.preprocess(img)])
+    assert x.shape == (2, 3, 64, 38)
+    assert d.encode_images(x).shape == (2, demo.PROJ_DIM)
+    rep = d.training_report()
+    assert set(rep["zero_shot"]) >= {"mass", "calcification", "density"}
+    assert 0.0 <= rep["zero_shot"]["mass"]["accuracy"] <= 1.0
+    fp = d.fingerprint()
+    # second build: from the cache, no training, same weights
+    monkeypatch.setattr(demo, "_BUILT", {})
+    monkeypatch.setattr(demo, "_train_dissector", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    d2 = demo.build_dissector("demo", {"seed": 0, "epochs": 1}, ctx)
+    assert d2.fingerprint() == fp
+    assert any("loaded from cache" in m for m in logs)
+
+
+def test_training_is_reproducible(tiny, tmp_path):
+    ctx, _ = tiny
+    a = demo.build_dissector("demo", {"seed": 3, "epochs": 1}, ctx)
+    demo._BUILT.clear()
+    ctx2 = BuildContext(base_dir=str(tmp_path), cache_dir=str(tmp_path / "other"), log=lambda m: None)
+    b = demo.build_dissector("demo", {"seed": 3, "epochs": 1}, ctx2)
+    assert a.fingerprint() == b.fingerprint()
+
+
+def test_targets(tiny):
+    ctx, _ = tiny
+    ctx.dissectors["demo"] = demo.build_dissector("demo", {"seed": 0, "epochs": 1}, ctx)
+    g = demo.build_target("G", {"variant": "G", "seed": 0}, ctx)
+    m = demo.build_target("M", {"variant": "M", "seed": 0}, ctx)
+    c = demo.build_target("C_mass", {"variant": "C_mass", "seed": 0}, ctx)
+    assert all(isinstance(t, Target) for t in (g, m, c))
+    # M is the dissector's tower; G is not
+    x = torch.randn(2, 3, 64, 38)
+    assert torch.allclose(m.forward(x), ctx.dissectors["demo"].encode_images(x), atol=1e-5)
+    assert g.fingerprint() != m.fingerprint() != c.fingerprint()
+    assert c.forward(x).shape == (2, 1)
+    assert c.training_report()["heldout"]["n"] == 16
+    assert m.aliases() == {"early": "blocks.0", "middle": "blocks.2", "last": "blocks.4"}
+    # every declared layer is hookable by name and has the declared channel count
+    for info in c.layers():
+        seen = {}
+        h = c.module.get_submodule(info.name).register_forward_hook(lambda mod, i, o: seen.setdefault("o", o))
+        c.forward(x)
+        h.remove()
+        assert seen["o"].shape[1] == info.channels
+    with pytest.raises(ValueError, match="variant"):
+        demo.build_target("X", {"variant": "C4"}, ctx)
