@@ -902,7 +902,8 @@ def _appendix(c: _Ctx) -> Section:
         s.blocks.append(_heading("Analyses"))
         s.blocks.append(_table(["#", "kind", "statement", "line", "threshold rule"],
                                [[str(r.analysis_id), r.kind, r.statement, fmt(r.line),
-                                 json.dumps(_json(r.threshold_rule), sort_keys=True) if r.threshold_rule else ""]
+                                 json.dumps(_json(r.threshold_rule), sort_keys=True)
+                                 if isinstance(r.threshold_rule, str) and r.threshold_rule else ""]
                                 for r in c.analyses.itertuples()], small=True,
                                caption="The study's analysis statements as evaluated."))
     s.blocks.append(_heading("How to reproduce"))
