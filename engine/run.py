@@ -563,7 +563,8 @@ class Executor:
                 analysis_id=a.index, kind=kind, analysis_names=list(a.analysis_names), statement=a.text,
                 line=getattr(span, "line", None), models=models, layers=layers,
                 filter_level=req.filter_level, filter_name=req.filter_name, threshold_rule=threshold,
-                count_unit=req.count, options=req.options))
+                count_unit=req.count,
+                options={**req.options, **({"unit": req.unit, "top": req.top} if kind == "show_neuron" else {})}))
             if kind == "show_neuron":
                 for layer in layers:
                     self.neuron_requests.append((models[0], layer, int(a.unit), int(a.top or 5)))

@@ -375,7 +375,9 @@ def _jsonify(df: pd.DataFrame, con: duckdb.DuckDBPyConnection, table: str) -> pd
     out = df.copy()
     for col in out.columns:
         if types.get(col) == "JSON":
-            out[col] = out[col].map(lambda v: None if v is None else json.dumps(v, default=str, sort_keys=True))
+            # a str is taken as already-serialised JSON (never encoded twice)
+            out[col] = out[col].map(lambda v: v if v is None or isinstance(v, str)
+                                    else json.dumps(v, default=str, sort_keys=True))
     return out
 
 
