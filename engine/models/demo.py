@@ -365,6 +365,11 @@ class DemoDissector(Dissector):
     def training_report(self) -> dict[str, Any]:
         return dict(self._report)
 
+    @property
+    def sentence_encoder(self) -> Callable[[list[str]], torch.Tensor]:
+        """The raw MiniLM (no projection): the calibration bench's label-cosine space."""
+        return MiniLMEncoder.shared()
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name, "kind": "demo dissector (synthetic)",
