@@ -1,0 +1,218 @@
+"""End to end through plan -> run -> store -> analyses -> report, with tiny models built here.
+
+The real adapters are tested in their own files; here the factories are
+patched to return a tiny dissector and tiny targets so the whole engine runs in
+seconds, and the stored results are checked against an independent computation
+from the same tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dissect_study.dsl import check_file
+from dissect_study.engine import models as model_factories
+from dissect_study.engine.models.base import Dissector, LayerInfo, Preprocess, Target
+from dissect_study.engine.run import RunError, RunOptions, run_study
+from dissect_study.engine.similarity import compute_similarity, concept_activation_matrix
+
+SIZE = (48, 29)
+
+
+def _prep(image: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32))
+    if x.ndim == 3:
+        x = x.mean(dim=2)
+    x = torch.nn.functional.interpolate(x[None, None], size=SIZE, mode="area")[0]
+    x = (x - x.mean()) / (x.std() + 1e-6)
+    return x.expand(3, *SIZE).clone()
+
+
+PREP = Preprocess({"kind": "tiny", "size": SIZE}, _prep)
+
+
+class TinyDissector(Dissector):
+    name = "tiny"
+    batch_size = 8
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.W = torch.randn(3 * SIZE[0] * SIZE[1], 16, generator=g) / 60
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return PREP
+
+    def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.flatten(1) @ self.W
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        rows = []
+        for t in texts:
+            seed = int(hashlib.sha256(t.encode()).hexdigest()[:8], 16)
+            rows.append(torch.randn(16, generator=torch.Generator().manual_seed(seed)))
+        return torch.stack(rows)
+
+    def fingerprint(self) -> str:
+        return "tiny-dissector-v1"
+
+
+class TinyTarget(Target):
+    batch_size = 8
+
+    def __init__(self, name: str, seed: int) -> None:
+        torch.manual_seed(seed)
+        self.name = name
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 6, 3, stride=2), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)).eval()
+        self.seed = seed
+
+    @property
+    def module(self) -> nn.Module:
+        return self.net
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return PREP
+
+    def forward(self, batch: torch.Tensor):
+        return self.net(batch)
+
+    def layers(self) -> list[LayerInfo]:
+        return [LayerInfo("0", 6, 0), LayerInfo("2", 8, 1), LayerInfo("6", 2, 2)]
+
+    def aliases(self) -> dict[str, str]:
+        return {"early": "0", "middle": "2", "last": "6"}
+
+    def fingerprint(self) -> str:
+        return f"tiny-target-{self.seed}"
+
+
+STUDY = """study "engine end to end"
+concepts c = shipped("mammo_v1")
+probe p = phantom(n=30, seed=5, height=64)
+dissector d = demo()
+target A = demo("G")
+target B = demo("M")
+dissect A, B at layers all by d on p with concepts c using soft_wpmi(top_k=8)
+compare A vs B at layers early, last
+learned B at layers all
+show neuron B.middle[3] top 3
+keywords A, B at layer last
+report "out" as html
+"""
+
+
+@pytest.fixture
+def tiny_models(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    calls = {"dissector": 0, "target": 0}
+
+    def build_dissector(name, func, params, ctx):
+        calls["dissector"] += 1
+        return TinyDissector()
+
+    def build_target(name, func, params, ctx):
+        calls["target"] += 1
+        return TinyTarget(name, seed={"G": 1, "M": 2}[params["variant"]])
+
+    monkeypatch.setattr(model_factories, "build_dissector", build_dissector)
+    monkeypatch.setattr(model_factories, "build_target", build_target)
+    return calls
+
+
+def _run(tmp_path: Path, text: str = STUDY, **kw) -> tuple:
+    path = tmp_path / "s.study"
+    path.write_text(text, encoding="utf-8")
+    study, diags = check_file(str(path))
+    assert study is not None, diags
+    opts = RunOptions(db=tmp_path / "r.duckdb", cache_dir=tmp_path / "cache", quiet=True, **kw)
+    return run_study(study, opts), tmp_path / "r.duckdb"
+
+
+def test_run_stores_results_consistent_with_the_math(tmp_path: Path, tiny_models) -> None:
+    result, db = _run(tmp_path)
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*), min(status) FROM runs").fetchone() == (1, "ok")
+    layers = con.execute("SELECT model, layer, n_neurons FROM layers ORDER BY model, layer_index").fetchall()
+    assert layers == [("A", "0", 6), ("A", "2", 8), ("A", "6", 2), ("B", "0", 6), ("B", "2", 8), ("B", "6", 2)]
+    n_concepts = con.execute("SELECT count(*) FROM concepts").fetchone()[0]
+    assert con.execute("SELECT count(*) FROM similarities").fetchone()[0] == 2 * (6 + 8 + 2) * n_concepts
+    # every stored label is the argmax of the stored S row
+    bad = con.execute("""
+        SELECT count(*) FROM neurons n JOIN (
+            SELECT model, layer, unit, arg_max(concept_id, score) AS best FROM similarities GROUP BY ALL
+        ) s USING (model, layer, unit) WHERE n.concept_id <> s.best""").fetchone()[0]
+    assert bad == 0
+    # recompute S of one layer independently from the same tensors and compare
+    from dissect_study.engine.activations import embed_images, embed_texts, extract_activations
+    from dissect_study.engine.concepts import load_concept_set
+    from dissect_study.engine.phantom.probe import PhantomProbe
+
+    probe = PhantomProbe(30, 5, 64)
+    target, diss = TinyTarget("B", 2), TinyDissector()
+    X = extract_activations(target, probe, ["2"], progress=False).acts["2"]
+    texts = load_concept_set("c", "shipped", {"name": "mammo_v1"}, str(tmp_path)).texts
+    P = concept_activation_matrix(embed_images(diss, probe, progress=False).emb, embed_texts(diss, texts))
+    S = compute_similarity("soft_wpmi", P, X, {"top_k": 8}).S
+    stored = np.array(con.execute("SELECT score FROM similarities WHERE model='B' AND layer='2' "
+                                  "ORDER BY unit, concept_id").fetchall())[:, 0].reshape(S.shape)
+    np.testing.assert_allclose(stored, S.numpy(), rtol=1e-5, atol=1e-6)
+    # tau under the default statistic = mean of per-neuron top-1
+    tau = con.execute("SELECT tau, tau_statistic FROM layers WHERE model='B' AND layer='2'").fetchone()
+    assert tau[1] == "mean_top1" and tau[0] == pytest.approx(float(S.max(dim=1).values.mean()), rel=1e-5)
+    # top images are the highest activations of each unit
+    top = con.execute("SELECT image_idx FROM top_images WHERE model='B' AND layer='2' AND unit=3 ORDER BY rank").fetchall()
+    assert [r[0] for r in top] == torch.argsort(X[:, 3], descending=True)[:5].tolist()
+    # analyses and neuron cards were produced; the report exists
+    assert con.execute("SELECT count(*) FROM captured_concepts").fetchone()[0] > 0
+    assert con.execute("SELECT count(*) FROM missed_concepts WHERE model='B'").fetchone()[0] == n_concepts
+    cards = con.execute("SELECT unit, count(*) FROM neuron_images GROUP BY unit").fetchall()
+    assert cards == [(3, 3)]
+    assert con.execute("SELECT count(*) FROM calibration").fetchone()[0] > 0
+    assert [p.name for p in result.reports] == ["report.html"]
+    assert "engine end to end" in result.reports[0].read_text(encoding="utf-8")
+
+
+def test_second_run_uses_the_cache_and_adds_a_run(tmp_path: Path, tiny_models, capsys) -> None:
+    _run(tmp_path, reports=False)
+    path = tmp_path / "s.study"
+    study, _ = check_file(str(path))
+    run_study(study, RunOptions(db=tmp_path / "r.duckdb", cache_dir=tmp_path / "cache", reports=False))
+    out = capsys.readouterr().out
+    assert "concepts embedded (cache)" in out and "images embedded (cache)" in out
+    assert out.count("(cache, ") == 2  # both target passes
+    con = duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 2
+
+
+def test_failed_run_writes_nothing(tmp_path: Path, tiny_models, monkeypatch: pytest.MonkeyPatch) -> None:
+    _run(tmp_path, reports=False)
+    import dissect_study.engine.analysis as analysis
+
+    def boom(*a, **k):
+        raise RuntimeError("analysis crashed")
+
+    monkeypatch.setattr(analysis, "run_analysis", boom)
+    with pytest.raises(RuntimeError):
+        _run(tmp_path, reports=False)
+    con = duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+    assert con.execute("SELECT count(DISTINCT run_id) FROM similarities").fetchone()[0] == 1
+
+
+def test_unknown_layer_and_unset_env_are_clear(tmp_path: Path, tiny_models, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(RunError, match=r"no layer '_blocks.38'.*inspect"):
+        _run(tmp_path, STUDY.replace("at layers all", "at layers _blocks.38"))
+    monkeypatch.delenv("DS_TEST_UNSET", raising=False)
+    text = STUDY.replace('probe p = phantom(n=30, seed=5, height=64)',
+                         'probe p = folder(path=env("DS_TEST_UNSET"))')
+    with pytest.raises(RunError, match="DS_TEST_UNSET.*not set"):
+        _run(tmp_path, text)
