@@ -12,8 +12,10 @@ by a thread, minus the RSS before the call) plus the process's overall peak RSS.
 The per-neuron loops below follow the structure of the CLIP-Dissect reference code
 (one neuron per Python iteration, formulas as METHOD.md §3 writes them; for SoftWPMI the
 factor is also timed in the reference's float32 form, see ``loop_soft_wpmi``) but are
-written for this benchmark.  Inputs are random, so activations have no ties and the
-loops' torch.topk agrees with the batched code's tie-break.
+written for this benchmark.  The loops take each neuron's top images from
+``ranked_top_k`` (the batched code's lower-index-first tie-break): float32 activations do
+tie (6 of 2048 columns here), and torch.topk's arbitrary order among tied images alone
+moves S by ~2e-3 of max|S| -- the comparison should measure arithmetic, not tie order.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Callable
 import torch
 
 from dissect_study.engine.similarity import (
+    ranked_top_k,
     cos_similarity,
     cos_similarity_cubed,
     mammi_adaptive,
@@ -49,23 +52,25 @@ def _prior(rows: list[torch.Tensor], lam: float) -> torch.Tensor:
 def loop_soft_wpmi(P, X, top_k=100, a=10.0, lam=1.0, min_prob=1e-7, p_start=0.998, p_end=0.97, reference_form=False):
     """One neuron per iteration.  ``reference_form`` evaluates the factor as METHOD.md writes it,
     1 + r (q - 1) + min_prob, which cancels catastrophically in float32 (r ~ 0.998, q ~ 1/M);
-    the default evaluates the same number as (1 - r + min_prob) + r q, like the batched code,
-    so the comparison measures batching, not the formula."""
+    the default evaluates the same number as (1 - r + min_prob) + r q with r and 1 - r formed in
+    float64, like the batched code, so the comparison measures batching, not the formula."""
     q = torch.softmax(a * P, dim=1)
-    inds = torch.topk(X, k=top_k, dim=0).indices
-    r = (p_start - torch.arange(top_k) / top_k * (p_start - p_end)).unsqueeze(1)
-    c = 1 - r + min_prob
+    inds = ranked_top_k(X, top_k)[1].T
+    # rank weights in float64, then float32: 1 - r computed from a float32 r loses ~4 digits
+    r64 = (p_start - torch.arange(top_k, dtype=torch.float64) / top_k * (p_start - p_end)).unsqueeze(1)
+    r, c = r64.float(), (1 - r64 + min_prob).float()
+    r32 = (p_start - torch.arange(top_k) / top_k * (p_start - p_end)).unsqueeze(1)  # the reference's float32 r
     rows = []
     for k in range(X.shape[1]):
         g = q[inds[:, k]]
-        f = 1 + r * (g - 1) + min_prob if reference_form else c + r * g
+        f = 1 + r32 * (g - 1) + min_prob if reference_form else c + r * g
         rows.append(torch.log(f).sum(0))
     return _prior(rows, lam)
 
 
 def loop_wpmi(P, X, top_k=28, a=2.0, lam=0.6, min_prob=1e-7):
     q = torch.softmax(a * P, dim=1)
-    inds = torch.topk(X, k=top_k, dim=0).indices
+    inds = ranked_top_k(X, top_k)[1].T
     rows = [torch.log(q[inds[:, k]] + min_prob).sum(0) for k in range(X.shape[1])]
     return _prior(rows, lam)
 
@@ -92,7 +97,8 @@ def loop_rank_reorder(P, X, p=3.0, top_fraction=0.05, scale_p=0.5, n_permutation
     perms = torch.argsort(torch.rand(K, n_permutations, n, generator=g), dim=2)
     rows = []
     for k in range(K):
-        act, idx = torch.topk(X[:, k], n)
+        act, idx = ranked_top_k(X[:, k : k + 1], n)
+        act, idx = act[0], idx[0]
         a_up = act.flip(0)
         C = P[idx]
         ranks = torch.argsort(torch.argsort(C, dim=0), dim=0)
@@ -170,7 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes (seconds instead of minutes)")
     ap.add_argument("--repeat", type=int, default=3, help="batched runs per function (median reported)")
     ap.add_argument("--only", nargs="*", default=None, help="subset of: soft_wpmi wpmi cos cos_cubed rank_reorder mammi")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's choice). On a shared, loaded machine "
+                         "1 thread can be several times faster than 2: every parallel op waits for a descheduled thread")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     N, M, K, Z = (600, 120, 256, 50) if args.quick else (4095, 763, 2048, 100)
 
     g = torch.Generator().manual_seed(0)
