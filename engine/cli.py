@@ -133,6 +133,15 @@ def run(file: str, db: str | None, cache_dir: str | None, no_cache: bool, device
         return
     from dissect_study.engine.run import RunError, RunOptions, run_study
 
+    if quiet:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:
+            pass
+
     opts = RunOptions(db=Path(db) if db else None, cache_dir=Path(cache_dir) if cache_dir else None,
                       use_cache=not no_cache, device=device, batch_size=batch_size, quiet=quiet,
                       strict=strict, reports=not no_report)
