@@ -455,12 +455,17 @@ class Executor:
         rec = self.record
         for name, d in self.dissectors.items():
             step = next(s for s in self.plan.dissectors if s.name == name)
+            details = d.describe()
+            if hasattr(d, "training_report"):  # demo models: zero-shot / Table-2 style numbers
+                details["training_report"] = d.training_report()
             rec.add("models", dict(model=name, role="dissector", kind=step.func, source=step.params,
-                                   sha256=d.fingerprint(), details=d.describe()))
+                                   sha256=d.fingerprint(), details=details))
         for name, t in self.targets.items():
             step = next(s for s in self.plan.targets if s.name == name)
             details = t.describe()
             details["layers"] = [{"name": l.name, "channels": l.channels, "index": l.index} for l in t.layers()]
+            if hasattr(t, "training_report"):
+                details["training_report"] = t.training_report()
             rec.add("models", dict(model=name, role="target", kind=step.func, source=step.params,
                                    sha256=t.fingerprint(), details=details))
         for name, probe in self.probes.items():
