@@ -367,6 +367,11 @@ class Executor:
             emb, emb_rows = self.img_emb[(x.dissector, x.probe)]
             pos = {r: i for i, r in enumerate(emb_rows)}
             text = self.text_emb[(x.dissector, x.concepts)]
+            tmpl = x.similarity_params.get("template") if x.similarity == "mammi" else None
+            if tmpl:
+                # MAMMI's prompts are "<template> <concept>"; the template's own embedding
+                # is subtracted below (adaptive cosine, METHOD.md section 8.2)
+                text = self._embed_prompts(x.dissector, [f"{tmpl} {c}" for c in cs.texts])
             # P over the target's rows; rows the dissector skipped (top-k-only pass) stay 0:
             # top-k-only functions never read them (engine/labels.topk_image_union)
             P = torch.zeros(len(rows), text.shape[0])
@@ -376,8 +381,8 @@ class Executor:
             notes: list[str] = []
             used_params: dict[str, Any] = dict(x.similarity_params)
             template = None
-            if x.similarity == "mammi" and x.similarity_params.get("template"):
-                t_emb = self._template_embedding(x.dissector, x.similarity_params["template"])
+            if tmpl:
+                t_emb = self._embed_prompts(x.dissector, [tmpl])
                 template = concept_activation_matrix(emb[[pos[r] for r in rows if r in pos]], t_emb)[:, 0]
             tau_stat = self._tau_statistic()
             for order, (layer, alias) in enumerate(self.layer_names[x.target]):
@@ -428,10 +433,14 @@ class Executor:
             self.log.info(f"dissect   {x.target}: {len(self.layer_names[x.target])} layer(s) labelled with "
                           f"{x.similarity} ({len(cs.texts)} concepts, {len(rows)} images)")
 
-    def _template_embedding(self, dname: str, template: str) -> torch.Tensor:
+    def _embed_prompts(self, dname: str, texts: list[str]) -> torch.Tensor:
+        """Text embeddings of prompts other than the raw concepts (cached like them)."""
         from dissect_study.engine.activations import embed_texts
 
-        return embed_texts(self.dissectors[dname], [template]).float()
+        d = self.dissectors[dname]
+        res, _ = self.cache.get_or_compute("text", dict(dissector=d.fingerprint(), texts=texts),
+                                           lambda: {"emb": embed_texts(d, texts)})
+        return res["emb"].float()
 
     def _tau_statistic(self) -> str:
         rule = getattr(self.study, "default_threshold", None)

@@ -216,3 +216,26 @@ def test_unknown_layer_and_unset_env_are_clear(tmp_path: Path, tiny_models, monk
                          'probe p = folder(path=env("DS_TEST_UNSET"))')
     with pytest.raises(RunError, match="DS_TEST_UNSET.*not set"):
         _run(tmp_path, text)
+
+
+def test_mammi_template_prefixes_prompts_and_subtracts_the_template(tmp_path: Path, tiny_models) -> None:
+    text = STUDY.replace("using soft_wpmi(top_k=8)", 'using mammi(alpha=90, template="a mammogram showing")')
+    _, db = _run(tmp_path, text, reports=False)
+    from dissect_study.engine.activations import embed_images, embed_texts, extract_activations
+    from dissect_study.engine.concepts import load_concept_set
+    from dissect_study.engine.phantom.probe import PhantomProbe
+
+    probe = PhantomProbe(30, 5, 64)
+    diss = TinyDissector()
+    X = extract_activations(TinyTarget("A", 1), probe, ["6"], progress=False).acts["6"]
+    texts = load_concept_set("c", "shipped", {"name": "mammo_v1"}, str(tmp_path)).texts
+    img = embed_images(diss, probe, progress=False).emb
+    P = concept_activation_matrix(img, embed_texts(diss, [f"a mammogram showing {t}" for t in texts]))
+    tmpl = concept_activation_matrix(img, embed_texts(diss, ["a mammogram showing"]))[:, 0]
+    S = compute_similarity("mammi", P, X, {"alpha": 90}, template_feats=tmpl).S
+    con = duckdb.connect(str(db), read_only=True)
+    stored = np.array(con.execute("SELECT score FROM similarities WHERE model='A' AND layer='6' "
+                                  "ORDER BY unit, concept_id").fetchall(), dtype=float)[:, 0].reshape(S.shape)
+    np.testing.assert_allclose(stored, S.numpy(), rtol=1e-5, atol=1e-6)
+    params = con.execute("SELECT similarity_params FROM dissections WHERE model='A'").fetchone()[0]
+    assert '"template": "a mammogram showing"' in params
