@@ -14,7 +14,7 @@ never loads a model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 ParamType = Literal["str", "path", "int", "float", "bool", "ref", "refs", "layer", "str_or_ref"]
@@ -447,13 +447,6 @@ REPORT_SECTIONS = (
     "calibration",
     "appendix",
 )
-
-
-@dataclass
-class Vocabulary:
-    """Every keyword-like name, for "did you mean" suggestions."""
-
-    names: dict[str, list[str]] = field(default_factory=dict)
 
 
 def suggestion_pool(kind: str) -> list[str]:

@@ -190,6 +190,8 @@ class Executor:
         self.targets: dict[str, Any] = {}
         self.acts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
         self.act_rows: dict[tuple[str, str], list[int]] = {}
+        #: probe rows asked of each target pass (act_rows holds those actually read)
+        self.act_requested: dict[tuple[str, str], list[int]] = {}
         self.text_emb: dict[tuple[str, str], torch.Tensor] = {}
         self.img_emb: dict[tuple[str, str], tuple[torch.Tensor, list[int]]] = {}
         self.layer_names: dict[str, list[tuple[str, str | None]]] = {}
@@ -254,7 +256,7 @@ class Executor:
         return _dedup_indices(probe) if dedup else list(range(len(probe)))
 
     def passes(self) -> None:
-        from dissect_study.engine.activations import embed_texts, extract_activations
+        from dissect_study.engine.activations import embed_images, embed_texts, extract_activations
 
         progress = not self.opt.quiet
         for dname, cname in self.plan.text_passes:
@@ -313,6 +315,7 @@ class Executor:
                 speed = "cache"
             self.acts[key] = tensors
             self.act_rows[key] = kept
+            self.act_requested[key] = rows
             self.log.info(f"target    {x.target} on {x.probe}: {len(kept)} images x {len(layers)} layers "
                           f"({speed}, {time.perf_counter() - t0:.1f}s)")
 
@@ -341,8 +344,6 @@ class Executor:
                          # train-mode BatchNorm makes embeddings depend on the batch composition
                          batch=(self.opt.batch_size or d.batch_size) if train_mode else None)
             t0 = time.perf_counter()
-            from dissect_study.engine.activations import embed_images
-
             def compute() -> dict[str, torch.Tensor]:
                 bs = self.opt.batch_size or d.batch_size
                 r = embed_images(d, probe, indices=rows, batch_size=bs, device=self.device, progress=progress)
@@ -385,7 +386,7 @@ class Executor:
                 t_emb = self._embed_prompts(x.dissector, [tmpl])
                 template = concept_activation_matrix(emb[[pos[r] for r in rows if r in pos]], t_emb)[:, 0]
             tau_stat = self._tau_statistic()
-            for order, (layer, alias) in enumerate(self.layer_names[x.target]):
+            for layer, alias in self.layer_names[x.target]:
                 X = self.acts[(x.target, x.probe)][layer].float()
                 params = {k: v for k, v in x.similarity_params.items() if k != "template"}
                 res = compute_similarity(x.similarity, P, X, params, template_feats=template)
@@ -478,8 +479,9 @@ class Executor:
             rec.add("models", dict(model=name, role="target", kind=step.func, source=step.params,
                                    sha256=t.fingerprint(), details=details))
         for name, probe in self.probes.items():
-            used = sorted(set().union(*([self.act_rows[k] for k in self.act_rows if k[1] == name] or [[]])))
-            n_skipped = sum(1 for s, m in self.log.warnings if m.startswith(f"{name}["))
+            used = set().union(*(v for k, v in self.act_rows.items() if k[1] == name))
+            asked = set().union(*(v for k, v in self.act_requested.items() if k[1] == name))
+            n_skipped = len(asked - used)
             rec.add("probes", dict(probe=name, n_images=len(used) or len(probe), n_skipped=n_skipped,
                                    manifest_sha256=probe.manifest_sha256(), source=probe.describe()))
             items = probe.items
@@ -536,9 +538,8 @@ class Executor:
                 truth = cal.assign_ground_truth(sel)
                 for sim in SIMILARITIES:
                     params = {p.name: p.default for p in SIMILARITIES[sim].params if p.name != "template"}
-                    S = x.similarity == sim and self.S.get((x.target, layer))
-                    if S is None or S is False:
-                        S = compute_similarity(sim, P, X, params).S
+                    # the study's own function was already scored (with the study's parameters)
+                    S = self.S[(x.target, layer)] if sim == x.similarity else compute_similarity(sim, P, X, params).S
                     df = cal.calibration_table(layer, sim, S, cs.texts, truth, text_encoder=encoder)
                     df["model"] = x.target
                     self.record.add("calibration", df)

@@ -18,7 +18,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import duckdb
 import pandas as pd
@@ -414,14 +414,7 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame) -> Non
         con.unregister("_incoming")
 
 
-def runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    return con.execute("SELECT run_id, study_title, study_path, started_at, finished_at, status FROM runs ORDER BY finished_at").df()
-
-
 def latest_run_id(con: duckdb.DuckDBPyConnection) -> str | None:
     row = con.execute("SELECT run_id FROM runs ORDER BY finished_at DESC LIMIT 1").fetchone()
     return row[0] if row else None
 
-
-def iter_tables() -> Iterator[str]:
-    return iter(TABLES)
