@@ -6,10 +6,13 @@ activations).  Every function returns S (K x M): neurons as rows, concepts as co
 the label of neuron k is ``argmax_m S[k, m]``.
 
 Why this module exists instead of the reference code: CLIP-Dissect loops over neurons in
-Python (one gather + five small ops per neuron, ~1 ms each at the paper's scale).  Here
-each function processes a *chunk* of neurons at once, so Python overhead is paid per
-chunk and peak extra memory is bounded by the chunk size (the (chunk, Z, M) gather),
-not by K.  Nothing here hard-codes a device: tensors stay where the caller put them.
+Python (one gather + five small ops per neuron).  Here each function processes all
+neurons at once.  On CPU the top-k family (``soft_wpmi``, ``wpmi``) and the top-k
+selection run as compiled kernels (``engine/kernels.py``: one pass per neuron, one log per
+(neuron, concept)); elsewhere (CUDA, or ``DISSECT_STUDY_JIT=0``) each function processes a
+*chunk* of neurons per torch call, so peak extra memory is bounded by the chunk size (the
+(chunk, Z, M) gather), not by K.  ``backend="torch"`` / ``"jit"`` force a path.  Nothing
+here hard-codes a device: tensors stay where the caller put them.
 
 Conventions shared by all functions (documented once here):
 
@@ -37,6 +40,8 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
+
+from dissect_study.engine import kernels
 
 #: bytes of the per-chunk working tensor; ~8 MB keeps the gather cache-resident on CPU
 DEFAULT_CHUNK_BYTES = 8 * 2**20
@@ -97,16 +102,48 @@ def _chunk(k: int, per_neuron_elems: int, itemsize: int, chunk_neurons: int | No
     return max(1, min(k, DEFAULT_CHUNK_BYTES // max(1, per_neuron_elems * itemsize)))
 
 
-def ranked_top_k(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
+BACKENDS = ("auto", "torch", "jit")
+
+
+def _use_jit(backend: str, *ts: Tensor) -> bool:
+    """Whether to run the compiled CPU kernels (``engine/kernels.py``) for these tensors.
+
+    ``auto`` uses them for CPU float32/float64 tensors when numba is available; ``torch``
+    never; ``jit`` always, and says why when it cannot.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}.")
+    if backend == "torch":
+        return False
+    ok_tensors = all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in ts)
+    if backend == "jit":
+        if not kernels.available():
+            raise ValueError(f"backend='jit' requested but the compiled path is unavailable: {kernels.why_unavailable()}.")
+        if not ok_tensors:
+            raise ValueError("backend='jit' needs CPU float32/float64 tensors; use backend='auto' or 'torch' on CUDA.")
+        return True
+    return ok_tensors and kernels.available()
+
+
+def ranked_top_k(values: Tensor, k: int, backend: str = "auto") -> tuple[Tensor, Tensor]:
     """Per column of ``values`` (N x K): the k largest entries, descending, as (K x k) rows.
 
     Among equal values the lower row index comes first, so the result is unique and
     reproducible across devices and chunkings (``torch.topk`` leaves tie order
-    unspecified).  Columns without ties take the fast ``topk`` result unchanged; only
-    columns with a tie inside the top k or at its boundary are re-ranked by a stable sort.
+    unspecified).  On CPU this is an exact compiled selection (``kernels.top_k_rows``,
+    finite input); otherwise columns without ties take the ``topk`` result unchanged and
+    only columns with a tie inside the top k or at its boundary are re-ranked by a
+    stable sort.
     """
+    return _ranked_top_k(values, k, backend, finite=False)
+
+
+def _ranked_top_k(values: Tensor, k: int, backend: str, finite: bool) -> tuple[Tensor, Tensor]:
     n = values.shape[0]
     k = min(int(k), n)
+    if _use_jit(backend, values) and (finite or bool(torch.isfinite(values).all())):
+        v, i = kernels.top_k_rows(values.detach().numpy(), k)
+        return torch.from_numpy(v), torch.from_numpy(i)
     vals, idx = torch.topk(values, k, dim=0)  # (k, K), descending
     boundary = vals[-1:]  # (1, K)
     ties = (values >= boundary).sum(0) > k
@@ -167,6 +204,7 @@ def soft_wpmi(
     p_start: float = 0.998,
     p_end: float = 0.97,
     chunk_neurons: int | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     """CLIP-Dissect's SoftWPMI (METHOD.md §3.1), batched over neurons.
 
@@ -176,9 +214,12 @@ def soft_wpmi(
 
     The factor is evaluated as (1 - r_j + min_prob) + r_j q, the same number without the
     catastrophic cancellation of 1 + r(q - 1) in float32 (r ~ 0.998; that form is off by
-    ~2e-3 of max|S| at the paper's scale).  Groups of up to 10 consecutive factors are
-    multiplied before taking one log (``_product_group`` keeps the product far from
-    underflow), and the sum over the Z images is accumulated in float64.
+    ~2e-3 of max|S| at the paper's scale).  On CPU the compiled kernel multiplies the
+    factors in float64 and takes one log per (neuron, concept) (``kernels``); the torch
+    path (CUDA) multiplies groups of up to 10 factors in the input dtype before one log
+    (``_product_group`` keeps the product far from underflow) and accumulates the sum over
+    the Z images in float64.  ``chunk_neurons`` bounds the torch path's memory; the
+    kernel's extra memory is two M-vectors per thread.
     """
     fn = "soft_wpmi"
     dtype = _check_pair(clip_feats, target_feats, fn)
@@ -190,9 +231,13 @@ def soft_wpmi(
         raise ValueError(f"{fn}: min_prob must be >= 0, got {min_prob}.")
     dev = clip_feats.device
     q = torch.softmax(a * clip_feats.to(dtype), dim=1)
-    _, idx = ranked_top_k(target_feats.to(dtype), z)  # (K, Z)
+    jit = _use_jit(backend, clip_feats, target_feats)
+    _, idx = _ranked_top_k(target_feats.to(dtype), z, "auto" if jit else "torch", finite=True)  # (K, Z)
     r64 = p_start - torch.arange(z, dtype=torch.float64, device=dev) / z * (p_start - p_end)
     c64 = 1.0 - r64 + min_prob
+    if jit:
+        log_lik = kernels.soft_wpmi_loglik(q.numpy(), idx.numpy(), r64.numpy(), c64.numpy())
+        return _pmi_prior(torch.from_numpy(log_lik), lam).to(dtype)
     group = _product_group(float(c64.min()), min_prob)
     pad = -z % group  # padded ranks get r = 0, c = 1: factor exactly 1, log 0
     zp = z + pad
@@ -239,8 +284,12 @@ def wpmi(
     lam: float = 0.6,
     min_prob: float = 1e-7,
     chunk_neurons: int | None = None,
+    backend: str = "auto",
 ) -> Tensor:
-    """CLIP-Dissect's WPMI (METHOD.md §3.2): L_km = sum over the top-Z images of log(q_im + min_prob)."""
+    """CLIP-Dissect's WPMI (METHOD.md §3.2): L_km = sum over the top-Z images of log(q_im + min_prob).
+
+    The sum is accumulated in float64 (compiled gather-sum on CPU, chunked torch elsewhere).
+    """
     fn = "wpmi"
     dtype = _check_pair(clip_feats, target_feats, fn)
     n, m = clip_feats.shape
@@ -248,7 +297,11 @@ def wpmi(
     if min_prob < 0:
         raise ValueError(f"{fn}: min_prob must be >= 0, got {min_prob}.")
     logq = torch.log(torch.softmax(a * clip_feats.to(dtype), dim=1) + min_prob)
-    _, idx = ranked_top_k(target_feats.to(dtype), z)
+    jit = _use_jit(backend, clip_feats, target_feats)
+    _, idx = _ranked_top_k(target_feats.to(dtype), z, "auto" if jit else "torch", finite=True)
+    if jit:
+        log_lik = kernels.wpmi_loglik(logq.numpy(), idx.numpy())
+        return _pmi_prior(torch.from_numpy(log_lik), lam).to(dtype)
     k_total = idx.shape[0]
     step = _chunk(k_total, z * m, logq.element_size(), chunk_neurons)
     log_lik = torch.empty(k_total, m, dtype=torch.float64, device=clip_feats.device)
