@@ -118,9 +118,13 @@ def fmt(files: tuple[str, ...], check_only: bool, stdout: bool) -> None:
 @click.option("--strict", is_flag=True, help="Fail on an unreadable probe image instead of skipping it.")
 @click.option("--no-report", is_flag=True, help="Skip the study's report statements.")
 @click.option("--dry-run", is_flag=True, help="Check the study and print the plan; compute nothing.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads for torch and the compiled kernels (default: torch's choice). "
+                   "On a loaded shared machine 1 can beat 2: parallel ops wait for descheduled threads.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or step summaries; warnings and errors only.")
 def run(file: str, db: str | None, cache_dir: str | None, no_cache: bool, device: str | None,
-        batch_size: int | None, strict: bool, no_report: bool, dry_run: bool, quiet: bool) -> None:
+        batch_size: int | None, strict: bool, no_report: bool, dry_run: bool, threads: int | None,
+        quiet: bool) -> None:
     """Execute the study FILE: dissect, analyse, store in DuckDB, render reports."""
     n_errors, studies = _check_paths((file,), quiet_ok=True)
     if n_errors or studies[0] is None:
@@ -133,6 +137,10 @@ def run(file: str, db: str | None, cache_dir: str | None, no_cache: bool, device
         return
     from dissect_study.engine.run import RunError, RunOptions, run_study
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)  # engine/kernels.py follows torch's setting
     if quiet:
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
         try:

@@ -78,3 +78,26 @@ def test_fmt_check_and_rewrite(tmp_path: Path) -> None:
 def test_report_rejects_unknown_format(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["report", "--format", "docx", "--db", str(tmp_path / "x.duckdb")])
     assert res.exit_code == 2 and "docx" in res.output
+
+
+def test_run_threads_option_sets_torch_threads(tmp_path: Path, monkeypatch) -> None:
+    # wiring only: the kernels follow torch's thread count (tests/test_kernels.py)
+    import torch
+
+    import dissect_study.engine.run as run_mod
+
+    seen: dict[str, int] = {}
+
+    def fake_run_study(study, opts):
+        seen["threads"] = torch.get_num_threads()
+        raise run_mod.RunError("stop here")
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(run_mod, "run_study", fake_run_study)
+    try:
+        res = CliRunner().invoke(cli, ["run", str(_write(tmp_path, GOOD)), "--threads", "1"])
+    finally:
+        torch.set_num_threads(before)
+    assert res.exit_code == 1 and "stop here" in res.output
+    assert seen == {"threads": 1}
+    assert CliRunner().invoke(cli, ["run", str(_write(tmp_path, GOOD)), "--threads", "0"]).exit_code == 2
