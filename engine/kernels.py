@@ -150,6 +150,49 @@ def soft_wpmi_loglik(q: np.ndarray, idx: np.ndarray, r: np.ndarray, c: np.ndarra
     return out
 
 
+# ----------------------------------------------------------------------------- neuron prior
+@njit(parallel=True, cache=True)
+def _pmi_prior(log_lik, lam, out):  # pragma: no cover - compiled
+    n_neurons, m_total = log_lik.shape
+    block = 64
+    n_blocks = (m_total + block - 1) // block
+    log_k = np.log(n_neurons)
+    for bl in prange(n_blocks):
+        m0 = bl * block
+        w = min(m_total, m0 + block) - m0
+        cmax = np.full(w, -np.inf)
+        for k in range(n_neurons):
+            for a in range(w):
+                v = log_lik[k, m0 + a]
+                cur = cmax[a]
+                cmax[a] = v if v > cur else cur
+        acc = np.zeros(w)
+        for k in range(n_neurons):
+            for a in range(w):
+                if cmax[a] > -np.inf:
+                    acc[a] += np.exp(log_lik[k, m0 + a] - cmax[a])
+        prior = np.empty(w)
+        for a in range(w):
+            lse = cmax[a] + np.log(acc[a]) if cmax[a] > -np.inf else -np.inf
+            prior[a] = lam * (lse - log_k)
+        for k in range(n_neurons):
+            for a in range(w):
+                out[k, m0 + a] = log_lik[k, m0 + a] - prior[a]
+
+
+def pmi_prior(log_lik: np.ndarray, lam: float, out_dtype: np.dtype) -> np.ndarray:
+    """S = L - lam (logsumexp_k L - log K) (METHOD.md §3.1 steps 5-6), written as ``out_dtype``.
+
+    The log-sum-exp runs in float64 with the column maximum factored out; a column that
+    is -inf for every neuron gets prior -inf, as torch.logsumexp gives.
+    """
+    log_lik = np.ascontiguousarray(log_lik, dtype=np.float64)
+    out = np.empty(log_lik.shape, out_dtype)
+    _threads()
+    _pmi_prior(log_lik, float(lam), out)
+    return out
+
+
 # ----------------------------------------------------------------------------- WPMI
 @njit(parallel=True, cache=True)
 def _gather_sum(table, idx, out):  # pragma: no cover - compiled
@@ -203,10 +246,10 @@ def _top_k_rows(x, z, tile, out_v, out_i):  # pragma: no cover - compiled
             for a in range(w):
                 bmax[b, a] = x[i0, k0 + a]
             for i in range(i0 + 1, i1):
-                for a in range(w):
+                for a in range(w):  # a select, not a conditional store: vectorises
                     v = x[i, k0 + a]
-                    if v > bmax[b, a]:
-                        bmax[b, a] = v
+                    cur = bmax[b, a]
+                    bmax[b, a] = v if v > cur else cur
         # the z-th largest block maximum: z distinct entries reach it, so it is <= the
         # column's true z-th largest value and every top-z entry is >= it
         bound = np.empty(w, x.dtype)
