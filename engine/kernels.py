@@ -290,30 +290,12 @@ def _top_k_rows(x, z, tile, out_v, out_i):  # pragma: no cover - compiled
             if cnt < z:  # impossible for finite input (see the bound); never write out of range
                 out_i[k0 + a, 0] = -1
                 continue
-            vz = np.partition(vals.copy(), cnt - z)[cnt - z]  # the true z-th largest value
-            above = 0
-            for p in range(cnt):
-                if vals[p] > vz:
-                    above += 1
-            ties_left = z - above
-            sel_v = np.empty(z, x.dtype)
-            sel_i = np.empty(z, np.int64)
-            o = 0
-            for p in range(cnt):  # ascending row order, so tied rows keep the lowest indices
-                v = vals[p]
-                if (v > vz or (v == vz and ties_left > 0)) and o < z:
-                    if v == vz:
-                        ties_left -= 1
-                    sel_v[o] = v
-                    sel_i[o] = rows[p]
-                    o += 1
-            if o < z:
-                out_i[k0 + a, 0] = -1
-                continue
-            order = np.argsort(-sel_v, kind="mergesort")  # stable: row order among ties
+            # candidates are in ascending row order, so a stable sort by value descending
+            # leaves tied rows lowest-index first: exactly the engine's rank order
+            order = np.argsort(-vals, kind="mergesort")
             for p in range(z):
-                out_v[k0 + a, p] = sel_v[order[p]]
-                out_i[k0 + a, p] = sel_i[order[p]]
+                out_v[k0 + a, p] = vals[order[p]]
+                out_i[k0 + a, p] = rows[order[p]]
 
 
 def top_k_rows(x: np.ndarray, z: int) -> tuple[np.ndarray, np.ndarray]:
