@@ -27,6 +27,7 @@ check: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_similarity.py
 	$(BIN)/python benchmarks/bench_activations.py
+	$(BIN)/python benchmarks/bench_cheapest_pass.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

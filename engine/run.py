@@ -194,6 +194,8 @@ class Executor:
         self.act_requested: dict[tuple[str, str], list[int]] = {}
         self.text_emb: dict[tuple[str, str], torch.Tensor] = {}
         self.img_emb: dict[tuple[str, str], tuple[torch.Tensor, list[int]]] = {}
+        #: rows the zero-shot check uses when the dissector embedded only a top-k union
+        self.sanity_rows: dict[tuple[str, str], list[int] | None] = {}
         self.layer_names: dict[str, list[tuple[str, str | None]]] = {}
         self.S: dict[tuple[str, str], torch.Tensor] = {}
 
@@ -320,24 +322,30 @@ class Executor:
                           f"({speed}, {time.perf_counter() - t0:.1f}s)")
 
         # dissector image passes: the cheapest pass every dissection sharing it allows
-        from dissect_study.engine.labels import topk_image_union
+        from dissect_study.engine import cheapest_pass
+        from dissect_study.engine.cheapest_pass import RowUser, choose_rows
+        from dissect_study.engine.registry import SIMILARITIES
 
         for dname, pname in self.plan.image_passes:
             d, probe = self.dissectors[dname], self.probes[pname]
             users = [x for x in self.plan.dissections if (x.dissector, x.probe) == (dname, pname)]
             rows = sorted(set().union(*(self.act_rows[(x.target, x.probe)] for x in users)))
-            if all(x.family == "topk" for x in users) and len(rows) > 2000:
-                wanted: set[int] = set()
-                for x in users:
-                    kept = self.act_rows[(x.target, x.probe)]
-                    k = min(int(x.similarity_params.get("top_k", 100)), len(kept))
-                    union = topk_image_union(self.acts[(x.target, x.probe)], max(k, x.options.get("top_images", 5)))
-                    wanted.update(kept[i] for i in union.tolist())
-                rng = np.random.default_rng(0)  # a fixed random sample for the zero-shot sanity check
-                wanted.update(rng.choice(rows, size=min(512, len(rows)), replace=False).tolist())
-                self.log.info(f"image     {dname} x {pname}: top-k-only similarity -> embedding "
-                              f"{len(wanted)} of {len(rows)} images")
-                rows = sorted(wanted)
+            calibrating = self.opt.calibration and _has_ground_truth(probe)
+            row_users = []
+            for x in users:
+                spec = SIMILARITIES[x.similarity].param("top_k")
+                row_users.append(RowUser(
+                    name=x.target, similarity=x.similarity, family=x.family,
+                    top_k=int(x.similarity_params.get("top_k", spec.default if spec else 0)),
+                    acts=self.acts[(x.target, x.probe)], kept=self.act_rows[(x.target, x.probe)],
+                    top_images=int(x.options.get("top_images", 5)),
+                    train_mode=bool(x.options.get("dissector_train_mode")),
+                    needs_all_rows="the calibration bench scores every function on every image" if calibrating else None))
+            choice = choose_rows(rows, row_users)
+            if choice.reduced or len(rows) > cheapest_pass.MIN_PROBE_IMAGES:  # say why a large probe is whole
+                self.log.info(f"image     {dname} x {pname}: embedding {choice.reason}")
+            rows = choice.rows
+            self.sanity_rows[(dname, pname)] = choice.sanity_rows
             train_mode = any(x.options.get("dissector_train_mode") for x in users)
             parts = dict(dissector=d.fingerprint(), preprocess=d.preprocess.describe,
                          probe=probe.manifest_sha256(), rows=rows, train_mode=train_mode,
@@ -497,6 +505,11 @@ class Executor:
             return
         for dname, pname in self.plan.image_passes:
             emb, rows = self.img_emb[(dname, pname)]
+            sample = self.sanity_rows.get((dname, pname))
+            if sample is not None:  # a top-k union is biased by the targets: use the random sample only
+                keep = set(sample)
+                sel = [i for i, r in enumerate(rows) if r in keep]
+                emb, rows = emb[sel], [rows[i] for i in sel]
             attrs = [self.probes[pname].items[r].attributes for r in rows]
             try:
                 results = zero_shot_sanity(self.dissectors[dname], emb, attrs)
@@ -527,6 +540,8 @@ class Executor:
             emb, emb_rows = self.img_emb[(x.dissector, x.probe)]
             pos = {r: i for i, r in enumerate(emb_rows)}
             if not all(r in pos for r in rows):
+                self.log.warn("calibration", f"calibration of {x.target} skipped: the dissector embedded only "
+                                             f"part of probe {x.probe}")
                 continue
             P = concept_activation_matrix(emb[[pos[r] for r in rows]], self.text_emb[(x.dissector, x.concepts)])
             attrs = [probe.items[r].attributes for r in rows]
