@@ -21,7 +21,8 @@ here make one pass per neuron, keeping the running product in registers/L1:
 
 Numba compiles these on first use (about 2-5 s, then cached on disk beside this file or
 in numba's user cache).  Everything is deterministic: each neuron is computed by one
-thread in a fixed order, so results do not depend on the thread count.  The torch code in
+thread in a fixed order, so results do not depend on the thread count.  The kernels
+release the GIL, so progress bars and other Python threads keep running.  The torch code in
 ``engine/similarity.py`` remains the path for CUDA tensors, for machines where numba is
 unavailable, and when ``DISSECT_STUDY_JIT=0`` is set (tests compare both paths).
 """
@@ -94,7 +95,7 @@ def product_group(min_factor: float, max_factor: float, z: int) -> int:
     return max(1, g)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _soft_wpmi_loglik(q, idx, r, c, group, out):  # pragma: no cover - compiled
     n_neurons, z = idx.shape
     m_total = q.shape[1]
@@ -150,51 +151,8 @@ def soft_wpmi_loglik(q: np.ndarray, idx: np.ndarray, r: np.ndarray, c: np.ndarra
     return out
 
 
-# ----------------------------------------------------------------------------- neuron prior
-@njit(parallel=True, cache=True)
-def _pmi_prior(log_lik, lam, out):  # pragma: no cover - compiled
-    n_neurons, m_total = log_lik.shape
-    block = 64
-    n_blocks = (m_total + block - 1) // block
-    log_k = np.log(n_neurons)
-    for bl in prange(n_blocks):
-        m0 = bl * block
-        w = min(m_total, m0 + block) - m0
-        cmax = np.full(w, -np.inf)
-        for k in range(n_neurons):
-            for a in range(w):
-                v = log_lik[k, m0 + a]
-                cur = cmax[a]
-                cmax[a] = v if v > cur else cur
-        acc = np.zeros(w)
-        for k in range(n_neurons):
-            for a in range(w):
-                if cmax[a] > -np.inf:
-                    acc[a] += np.exp(log_lik[k, m0 + a] - cmax[a])
-        prior = np.empty(w)
-        for a in range(w):
-            lse = cmax[a] + np.log(acc[a]) if cmax[a] > -np.inf else -np.inf
-            prior[a] = lam * (lse - log_k)
-        for k in range(n_neurons):
-            for a in range(w):
-                out[k, m0 + a] = log_lik[k, m0 + a] - prior[a]
-
-
-def pmi_prior(log_lik: np.ndarray, lam: float, out_dtype: np.dtype) -> np.ndarray:
-    """S = L - lam (logsumexp_k L - log K) (METHOD.md §3.1 steps 5-6), written as ``out_dtype``.
-
-    The log-sum-exp runs in float64 with the column maximum factored out; a column that
-    is -inf for every neuron gets prior -inf, as torch.logsumexp gives.
-    """
-    log_lik = np.ascontiguousarray(log_lik, dtype=np.float64)
-    out = np.empty(log_lik.shape, out_dtype)
-    _threads()
-    _pmi_prior(log_lik, float(lam), out)
-    return out
-
-
 # ----------------------------------------------------------------------------- WPMI
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _gather_sum(table, idx, out):  # pragma: no cover - compiled
     n_neurons, z = idx.shape
     m_total = table.shape[1]
@@ -229,7 +187,7 @@ def wpmi_loglik(logq: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- top-k
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _top_k_rows(x, z, tile, out_v, out_i):  # pragma: no cover - compiled
     n, n_cols = x.shape
     n_tiles = (n_cols + tile - 1) // tile

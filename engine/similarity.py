@@ -38,7 +38,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -155,7 +154,7 @@ def ranked_top_k(values: Tensor, k: int, backend: str = "auto") -> tuple[Tensor,
 def _ranked_top_k(values: Tensor, k: int, backend: str, finite: bool) -> tuple[Tensor, Tensor]:
     n = values.shape[0]
     k = min(int(k), n)
-    if _use_jit(backend, values) and (finite or bool(torch.isfinite(values).all())):
+    if _use_jit(backend, values) and (finite or _all_finite(values)):
         v, i = kernels.top_k_rows(values.detach().numpy(), k)
         return torch.from_numpy(v), torch.from_numpy(i)
     vals, idx = torch.topk(values, k, dim=0)  # (k, K), descending
@@ -201,14 +200,8 @@ def concept_activation_matrix(image_emb: Tensor, text_emb: Tensor, eps: float = 
 
 
 # ----------------------------------------------------------------------------- top-k family
-def _pmi_prior(log_lik: Tensor, lam: float, out_dtype: torch.dtype | None = None) -> Tensor:
-    """S = L - lam * (logsumexp_k L - log K): PMI against the layer's neuron prior (§3.1 step 5-6).
-
-    On CPU (float64 L) this is one compiled sweep that writes ``out_dtype`` directly.
-    """
-    if out_dtype is not None and log_lik.device.type == "cpu" and log_lik.dtype == torch.float64 \
-            and kernels.available():
-        return torch.from_numpy(kernels.pmi_prior(log_lik.numpy(), lam, np.dtype(str(out_dtype).split(".")[1])))
+def _pmi_prior(log_lik: Tensor, lam: float) -> Tensor:
+    """S = L - lam * (logsumexp_k L - log K): PMI against the layer's neuron prior (§3.1 step 5-6)."""
     k = log_lik.shape[0]
     prior = torch.logsumexp(log_lik, dim=0, keepdim=True) - math.log(k)
     return log_lik - lam * prior
@@ -257,7 +250,7 @@ def soft_wpmi(
     c64 = 1.0 - r64 + min_prob
     if jit:
         log_lik = kernels.soft_wpmi_loglik(q.numpy(), idx.numpy(), r64.numpy(), c64.numpy())
-        return _pmi_prior(torch.from_numpy(log_lik), lam, dtype)
+        return _pmi_prior(torch.from_numpy(log_lik), lam).to(dtype)
     group = _product_group(float(c64.min()), min_prob)
     pad = -z % group  # padded ranks get r = 0, c = 1: factor exactly 1, log 0
     zp = z + pad
@@ -321,7 +314,7 @@ def wpmi(
     _, idx = _ranked_top_k(target_feats.to(dtype), z, "auto" if jit else "torch", finite=True)
     if jit:
         log_lik = kernels.wpmi_loglik(logq.numpy(), idx.numpy())
-        return _pmi_prior(torch.from_numpy(log_lik), lam, dtype)
+        return _pmi_prior(torch.from_numpy(log_lik), lam).to(dtype)
     k_total = idx.shape[0]
     step = _chunk(k_total, z * m, logq.element_size(), chunk_neurons)
     log_lik = torch.empty(k_total, m, dtype=torch.float64, device=clip_feats.device)

@@ -215,27 +215,6 @@ def test_kernel_matches_formula_at_a_glance():
     assert L[0, 0] == pytest.approx(math.log(c[0] + r[0] * 0.5) + math.log(c[1] + r[1] * 0.25), rel=1e-14)
 
 
-def test_pmi_prior_kernel_matches_naive_and_torch():
-    from dissect_study.engine.similarity import _pmi_prior
-    from test_similarity import pmi_prior
-
-    rng = np.random.default_rng(5)
-    L = rng.normal(-400, 30, size=(37, 150))  # magnitudes like SoftWPMI's at Z = 100
-    for lam in (1.0, 0.6, 0.0):
-        S = kernels.pmi_prior(L, lam, np.dtype(np.float64))
-        np.testing.assert_allclose(S, pmi_prior(L, lam), rtol=1e-12, atol=1e-10)
-        np.testing.assert_allclose(S, _pmi_prior(torch.from_numpy(L), lam).numpy(), rtol=1e-12, atol=1e-10)
-    S32 = kernels.pmi_prior(L, 1.0, np.dtype(np.float32))
-    assert S32.dtype == np.float32
-    np.testing.assert_allclose(S32, pmi_prior(L, 1.0), rtol=1e-6, atol=1e-4)
-    # a concept that is impossible for every neuron: prior -inf, as torch.logsumexp says
-    L[:, 3] = -np.inf
-    S = kernels.pmi_prior(L, 1.0, np.dtype(np.float64))
-    ref = _pmi_prior(torch.from_numpy(L), 1.0).numpy()
-    np.testing.assert_array_equal(np.isnan(S[:, 3]), np.isnan(ref[:, 3]))
-    np.testing.assert_allclose(np.delete(S, 3, 1), np.delete(ref, 3, 1), rtol=1e-12, atol=1e-10)
-
-
 def test_finite_check_survives_overflowing_sums_and_catches_bad_values():
     from dissect_study.engine.similarity import _all_finite
 
