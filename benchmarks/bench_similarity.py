@@ -33,6 +33,7 @@ import math
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -172,14 +173,24 @@ def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
     return out, time.perf_counter() - t
 
 
-def _exact_rss() -> None:
-    """Re-run this script with glibc returning every large block to the OS on free.
+def peak_memory_in_child(name: str, args: argparse.Namespace) -> float | None:
+    """Peak extra RSS (bytes) of one batched call of ``name``, measured in a fresh child.
 
-    Otherwise freed chunks stay resident and later calls show no RSS growth at all.
+    The child runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so glibc returns every large
+    block to the OS on free (otherwise freed chunks stay resident and a call shows no
+    RSS growth).  Timings are taken here, in this process, with the normal allocator:
+    under that setting every temporary over 64 KiB is a fresh, page-faulting mmap, which
+    slows the per-neuron loops ~4x and would inflate the ratios.
     """
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and sys.platform.startswith("linux"):
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    cmd = [sys.executable, __file__, "--memory-only", name] + (["--quick"] if args.quick else [])
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        if line.startswith("PEAK "):
+            return float(line.split()[1])
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes (seconds instead of minutes)")
     ap.add_argument("--repeat", type=int, default=3, help="batched runs per function (median reported)")
     ap.add_argument("--only", nargs="*", default=None, help="subset of: soft_wpmi wpmi cos cos_cubed rank_reorder mammi")
+    ap.add_argument("--memory-only", default=None, help=argparse.SUPPRESS)  # internal: child of peak_memory_in_child
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's choice). On a shared, loaded machine "
                          "1 thread can be several times faster than 2: every parallel op waits for a descheduled thread")
@@ -214,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         "soft_wpmi": lambda: soft_wpmi(P, X, top_k=Z, backend="torch"),
         "wpmi": lambda: wpmi(P, X, backend="torch"),
     }
+    if args.memory_only:
+        batched = cases[args.memory_only][0]
+        batched()
+        with PeakRSS() as mem:
+            batched()
+        print(f"PEAK {mem.peak}")
+        return 0
     names = args.only or list(cases)
     print(f"N={N} images, M={M} concepts, K={K} neurons, top_k={Z}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {os.getloadavg()}")
@@ -224,11 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         batched, loop, exact = cases[name]
         S_b, t_first = timed(batched)  # warm-up: allocator, thread pools, JIT compile or cache load
         # timings without the RSS sampler (its 1 ms wake-ups would tax the batched side
-        # only: the loops run unsampled); memory from one extra, sampled call
+        # only: the loops run unsampled); memory from one sampled call in a child process
         times = [timed(batched)[1] for _ in range(max(1, args.repeat))]
-        with PeakRSS() as mem:
-            S_b = batched()
-        peaks = [mem.peak]
+        peak = peak_memory_in_child(name, args)
+        peaks = [float("nan") if peak is None else peak]
         S_l, t_l = timed(loop)
         S_64 = exact()
         t_med = statistics.median(times)
@@ -264,5 +282,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    _exact_rss()
     sys.exit(main())

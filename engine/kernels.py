@@ -95,39 +95,55 @@ def product_group(min_factor: float, max_factor: float, z: int) -> int:
     return max(1, g)
 
 
+@njit(inline="always", nogil=True)
+def _multiply_factors(prod, q, idx_k, r, c, j0, j1):  # pragma: no cover - compiled
+    """prod[m] *= prod over j in [j0, j1) of (c_j + r_j q[idx_k[j], m]), in float64."""
+    m_total = prod.shape[0]
+    j = j0
+    # four factors per sweep over the concepts: one load/store of `prod` per four
+    while j + 4 <= j1:
+        q0 = q[idx_k[j]]
+        q1 = q[idx_k[j + 1]]
+        q2 = q[idx_k[j + 2]]
+        q3 = q[idx_k[j + 3]]
+        r0, r1, r2, r3 = r[j], r[j + 1], r[j + 2], r[j + 3]
+        c0, c1, c2, c3 = c[j], c[j + 1], c[j + 2], c[j + 3]
+        for m in range(m_total):
+            prod[m] *= ((c0 + r0 * q0[m]) * (c1 + r1 * q1[m])) * ((c2 + r2 * q2[m]) * (c3 + r3 * q3[m]))
+        j += 4
+    while j < j1:
+        row = q[idx_k[j]]
+        rj = r[j]
+        cj = c[j]
+        for m in range(m_total):
+            prod[m] *= cj + rj * row[m]
+        j += 1
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _soft_wpmi_products(q, idx, r, c, out):  # pragma: no cover - compiled
+    """out[k, m] = prod_j (c_j + r_j q[idx[k, j], m]): the whole product, when it cannot underflow."""
+    n_neurons, z = idx.shape
+    for k in prange(n_neurons):
+        prod = out[k]
+        prod[:] = 1.0
+        _multiply_factors(prod, q, idx[k], r, c, 0, z)
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _soft_wpmi_loglik(q, idx, r, c, group, out):  # pragma: no cover - compiled
+    """out[k, m] = sum over groups of `group` ranks of log(prod of the group's factors)."""
     n_neurons, z = idx.shape
     m_total = q.shape[1]
     for k in prange(n_neurons):
         acc = np.zeros(m_total, np.float64)
         prod = np.empty(m_total, np.float64)
         for g0 in range(0, z, group):
-            g1 = min(z, g0 + group)
             prod[:] = 1.0
-            j = g0
-            # four factors per sweep over the concepts: one load/store of `prod` per four
-            while j + 4 <= g1:
-                q0 = q[idx[k, j]]
-                q1 = q[idx[k, j + 1]]
-                q2 = q[idx[k, j + 2]]
-                q3 = q[idx[k, j + 3]]
-                r0, r1, r2, r3 = r[j], r[j + 1], r[j + 2], r[j + 3]
-                c0, c1, c2, c3 = c[j], c[j + 1], c[j + 2], c[j + 3]
-                for m in range(m_total):
-                    prod[m] *= ((c0 + r0 * q0[m]) * (c1 + r1 * q1[m])) * ((c2 + r2 * q2[m]) * (c3 + r3 * q3[m]))
-                j += 4
-            while j < g1:
-                row = q[idx[k, j]]
-                rj = r[j]
-                cj = c[j]
-                for m in range(m_total):
-                    prod[m] *= cj + rj * row[m]
-                j += 1
+            _multiply_factors(prod, q, idx[k], r, c, g0, min(z, g0 + group))
             for m in range(m_total):
                 acc[m] += np.log(prod[m])
-        for m in range(m_total):
-            out[k, m] = acc[m]
+        out[k] = acc
 
 
 def soft_wpmi_loglik(q: np.ndarray, idx: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -147,7 +163,11 @@ def soft_wpmi_loglik(q: np.ndarray, idx: np.ndarray, r: np.ndarray, c: np.ndarra
     group = product_group(lo, hi, z)
     out = np.empty((idx.shape[0], q.shape[1]), np.float64)
     _threads()
-    _soft_wpmi_loglik(q, idx, r, c, group, out)
+    if group >= z:  # the default: one product per (neuron, concept), then a vectorised log
+        _soft_wpmi_products(q, idx, r, c, out)
+        np.log(out, out=out)
+    else:
+        _soft_wpmi_loglik(q, idx, r, c, group, out)
     return out
 
 
@@ -201,13 +221,16 @@ def _top_k_rows(x, z, tile, out_v, out_i):  # pragma: no cover - compiled
         for b in range(n_blocks):
             i0 = (b * n) // n_blocks
             i1 = ((b + 1) * n) // n_blocks
+            bm = bmax[b]
+            first = x[i0, k0:k0 + w]
             for a in range(w):
-                bmax[b, a] = x[i0, k0 + a]
+                bm[a] = first[a]
             for i in range(i0 + 1, i1):
+                row = x[i, k0:k0 + w]  # 1-D views with loop-variable indices: no wrap-around checks
                 for a in range(w):  # a select, not a conditional store: vectorises
-                    v = x[i, k0 + a]
-                    cur = bmax[b, a]
-                    bmax[b, a] = v if v > cur else cur
+                    v = row[a]
+                    cur = bm[a]
+                    bm[a] = v if v > cur else cur
         # the z-th largest block maximum: z distinct entries reach it, so it is <= the
         # column's true z-th largest value and every top-z entry is >= it
         bound = np.empty(w, x.dtype)
@@ -221,8 +244,9 @@ def _top_k_rows(x, z, tile, out_v, out_i):  # pragma: no cover - compiled
         cand_i = np.empty((w, cap), np.int64)
         count = np.zeros(w, np.int64)
         for i in range(n):
+            row = x[i, k0:k0 + w]
             for a in range(w):
-                v = x[i, k0 + a]
+                v = row[a]
                 if v >= bound[a]:
                     cnt = count[a]
                     if cnt < cap:
