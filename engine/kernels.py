@@ -52,6 +52,24 @@ except Exception as exc:  # pragma: no cover - exercised only on a broken instal
     prange = range  # type: ignore[assignment]
 
 
+def _compiled(**options):
+    """``njit(parallel=True, nogil=True, cache=True, ...)``, uncached where caching is impossible.
+
+    Numba refuses ``cache=True`` at decoration time, i.e. on import, when it finds no
+    writable cache location (a read-only install with an unwritable home): then every
+    process compiles afresh (a few seconds) instead of the import failing.
+    """
+
+    def decorate(func):
+        try:
+            return njit(parallel=True, nogil=True, cache=True, **options)(func)
+        except RuntimeError:
+            log.info("numba cannot cache %s here; it will be compiled in every process", func.__name__)
+            return njit(parallel=True, nogil=True, cache=False, **options)(func)
+
+    return decorate
+
+
 def available() -> bool:
     """True when the compiled CPU path may be used (numba importable, not disabled)."""
     if numba is None:
@@ -120,7 +138,7 @@ def _multiply_factors(prod, q, idx_k, r, c, j0, j1):  # pragma: no cover - compi
         j += 1
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@_compiled()
 def _soft_wpmi_products(q, idx, r, c, out):  # pragma: no cover - compiled
     """out[k, m] = prod_j (c_j + r_j q[idx[k, j], m]): the whole product, when it cannot underflow."""
     n_neurons, z = idx.shape
@@ -130,7 +148,7 @@ def _soft_wpmi_products(q, idx, r, c, out):  # pragma: no cover - compiled
         _multiply_factors(prod, q, idx[k], r, c, 0, z)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@_compiled()
 def _soft_wpmi_loglik(q, idx, r, c, group, out):  # pragma: no cover - compiled
     """out[k, m] = sum over groups of `group` ranks of log(prod of the group's factors)."""
     n_neurons, z = idx.shape
@@ -172,7 +190,7 @@ def soft_wpmi_loglik(q: np.ndarray, idx: np.ndarray, r: np.ndarray, c: np.ndarra
 
 
 # ----------------------------------------------------------------------------- WPMI
-@njit(parallel=True, cache=True, nogil=True)
+@_compiled()
 def _gather_sum(table, idx, out):  # pragma: no cover - compiled
     n_neurons, z = idx.shape
     m_total = table.shape[1]
@@ -207,7 +225,7 @@ def wpmi_loglik(logq: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- top-k
-@njit(parallel=True, cache=True, nogil=True)
+@_compiled()
 def _top_k_rows(x, z, tile, out_v, out_i):  # pragma: no cover - compiled
     n, n_cols = x.shape
     n_tiles = (n_cols + tile - 1) // tile

@@ -229,3 +229,23 @@ def test_finite_check_survives_overflowing_sums_and_catches_bad_values():
     assert not _all_finite(both)
     P, X = make(n=30)
     soft_wpmi(P, X * 1e300, top_k=5)  # huge but finite activations are accepted
+
+
+def test_kernels_compile_uncached_where_numba_cannot_cache(monkeypatch):
+    import importlib
+
+    import numba.core.dispatcher as dispatcher
+
+    def refuse(self):
+        raise RuntimeError("cannot cache function: no locator available")
+
+    monkeypatch.setattr(dispatcher.Dispatcher, "enable_caching", refuse)
+    try:
+        mod = importlib.reload(kernels)  # must not fail on import
+        assert mod._soft_wpmi_products._cache.__class__.__name__ == "NullCache"
+        P, X = make()
+        ref = naive_soft_wpmi(P.numpy(), X.numpy(), 10, 10, 1, 1e-7, 0.998, 0.97)
+        close(soft_wpmi(P, X, top_k=10, backend="jit"), ref, rtol=1e-9, atol=1e-9)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(kernels)
