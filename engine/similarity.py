@@ -200,11 +200,14 @@ def concept_activation_matrix(image_emb: Tensor, text_emb: Tensor, eps: float = 
 
 
 # ----------------------------------------------------------------------------- top-k family
-def _pmi_prior(log_lik: Tensor, lam: float) -> Tensor:
-    """S = L - lam * (logsumexp_k L - log K): PMI against the layer's neuron prior (§3.1 step 5-6)."""
+def _pmi_prior(log_lik: Tensor, lam: float, inplace: bool = False) -> Tensor:
+    """S = L - lam * (logsumexp_k L - log K): PMI against the layer's neuron prior (§3.1 step 5-6).
+
+    ``inplace`` overwrites ``log_lik`` (the kernels' private output) instead of allocating.
+    """
     k = log_lik.shape[0]
     prior = torch.logsumexp(log_lik, dim=0, keepdim=True) - math.log(k)
-    return log_lik - lam * prior
+    return log_lik.sub_(lam * prior) if inplace else log_lik - lam * prior
 
 
 def soft_wpmi(
@@ -250,7 +253,7 @@ def soft_wpmi(
     c64 = 1.0 - r64 + min_prob
     if jit:
         log_lik = kernels.soft_wpmi_loglik(q.numpy(), idx.numpy(), r64.numpy(), c64.numpy())
-        return _pmi_prior(torch.from_numpy(log_lik), lam).to(dtype)
+        return _pmi_prior(torch.from_numpy(log_lik), lam, inplace=True).to(dtype)
     group = _product_group(float(c64.min()), min_prob)
     pad = -z % group  # padded ranks get r = 0, c = 1: factor exactly 1, log 0
     zp = z + pad
@@ -314,7 +317,7 @@ def wpmi(
     _, idx = _ranked_top_k(target_feats.to(dtype), z, "auto" if jit else "torch", finite=True)
     if jit:
         log_lik = kernels.wpmi_loglik(logq.numpy(), idx.numpy())
-        return _pmi_prior(torch.from_numpy(log_lik), lam).to(dtype)
+        return _pmi_prior(torch.from_numpy(log_lik), lam, inplace=True).to(dtype)
     k_total = idx.shape[0]
     step = _chunk(k_total, z * m, logq.element_size(), chunk_neurons)
     log_lik = torch.empty(k_total, m, dtype=torch.float64, device=clip_feats.device)
