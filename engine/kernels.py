@@ -19,8 +19,9 @@ here make one pass per neuron, keeping the running product in registers/L1:
   transpose: block maxima give a provable lower bound on each column's Z-th largest
   value, so only a few per cent of the entries are ever collected as candidates.
 
-Numba compiles these on first use (about 2-5 s, then cached on disk beside this file or
-in numba's user cache).  Everything is deterministic: each neuron is computed by one
+Numba compiles these on first use (about 11 s on a 2-core CPU for SoftWPMI's kernels, once
+per input dtype), then caches them on disk beside this file or in numba's user cache
+(0.3 s to load in a new process).  Everything is deterministic: each neuron is computed by one
 thread in a fixed order, so results do not depend on the thread count.  The kernels
 release the GIL, so progress bars and other Python threads keep running.  The torch code in
 ``engine/similarity.py`` remains the path for CUDA tensors, for machines where numba is
