@@ -49,7 +49,6 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -321,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         expect = N * (1 - (1 - min(Z, N) / N) ** K)
         rows_out.append((name, K, "i.i.d.", N, u, len(rows), union_size(sub, WPMI_TOP_K),
                          f"E|U| = {expect:.0f}"))
-    print(f"\n[1] union of every neuron's top-k images (|U+sanity| = what the engine embeds)")
+    print("\n[1] union of every neuron's top-k images (|U+sanity| = what the engine embeds)")
     print_union_table(Z, sorted(rows_out, key=lambda r: (list(sets).index(r[0]), r[2])))
 
     # ------------------------------------------------------------------ 2. dissector cost at 1520x912

@@ -98,9 +98,9 @@ def choose_rows(
     wanted: set[int] = set()
     k_used = []
     for u in users:
-        k = max(min(int(u.top_k), len(u.kept)), int(u.top_images))
+        k = min(max(int(u.top_k), int(u.top_images)), len(u.kept))
         k_used.append(k)
-        union = topk_image_union(dict(u.acts), min(k, len(u.kept)))
+        union = topk_image_union(dict(u.acts), k)
         wanted.update(u.kept[i] for i in union.tolist())
     rng = np.random.default_rng(seed)
     sample = sorted(rng.choice(rows, size=min(sanity_sample, n), replace=False).tolist())

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +24,7 @@ import torch
 from dissect_study import __version__
 from dissect_study.engine import store
 from dissect_study.engine.cache import Cache, default_cache_dir
-from dissect_study.engine.plan import DissectionStep, Plan, layer_item_text
+from dissect_study.engine.plan import Plan, layer_item_text
 from dissect_study.engine.registry import SIMILARITIES
 
 
@@ -346,7 +345,7 @@ class Executor:
                 self.log.info(f"image     {dname} x {pname}: embedding {choice.reason}")
             rows = choice.rows
             self.sanity_rows[(dname, pname)] = choice.sanity_rows
-            train_mode = any(x.options.get("dissector_train_mode") for x in users)
+            train_mode = any(u.train_mode for u in row_users)
             parts = dict(dissector=d.fingerprint(), preprocess=d.preprocess.describe,
                          probe=probe.manifest_sha256(), rows=rows, train_mode=train_mode,
                          # train-mode BatchNorm makes embeddings depend on the batch composition

@@ -235,7 +235,7 @@ def soft_wpmi(
     path (CUDA) multiplies groups of up to 10 factors in the input dtype before one log
     (``_product_group`` keeps the product far from underflow) and accumulates the sum over
     the Z images in float64.  ``chunk_neurons`` bounds the torch path's memory; the
-    kernel's extra memory is two M-vectors per thread.
+    kernel path's extra memory is its K x M float64 result.
     """
     fn = "soft_wpmi"
     dtype = _check_pair(clip_feats, target_feats, fn)
@@ -248,7 +248,7 @@ def soft_wpmi(
     dev = clip_feats.device
     q = torch.softmax(a * clip_feats.to(dtype), dim=1)
     jit = _use_jit(backend, clip_feats, target_feats)
-    _, idx = _ranked_top_k(target_feats.to(dtype), z, "auto" if jit else "torch", finite=True)  # (K, Z)
+    _, idx = _ranked_top_k(target_feats.to(dtype), z, "jit" if jit else "torch", finite=True)  # (K, Z)
     r64 = p_start - torch.arange(z, dtype=torch.float64, device=dev) / z * (p_start - p_end)
     c64 = 1.0 - r64 + min_prob
     if jit:
@@ -314,7 +314,7 @@ def wpmi(
         raise ValueError(f"{fn}: min_prob must be >= 0, got {min_prob}.")
     logq = torch.log(torch.softmax(a * clip_feats.to(dtype), dim=1) + min_prob)
     jit = _use_jit(backend, clip_feats, target_feats)
-    _, idx = _ranked_top_k(target_feats.to(dtype), z, "auto" if jit else "torch", finite=True)
+    _, idx = _ranked_top_k(target_feats.to(dtype), z, "jit" if jit else "torch", finite=True)
     if jit:
         log_lik = kernels.wpmi_loglik(logq.numpy(), idx.numpy())
         return _pmi_prior(torch.from_numpy(log_lik), lam, inplace=True).to(dtype)
