@@ -249,3 +249,21 @@ def test_kernels_compile_uncached_where_numba_cannot_cache(monkeypatch):
     finally:
         monkeypatch.undo()
         importlib.reload(kernels)
+
+
+def test_top_k_rows_bucket_ranking_on_skewed_and_signed_zero_columns():
+    # the ranking step buckets candidates by value: a far outlier squeezes every other
+    # candidate into one bucket, and -0.0 == +0.0 must tie (lower row first), as in torch
+    rng = np.random.default_rng(12)
+    n, z = 700, 60
+    x = rng.random((n, 6)).astype(np.float32)
+    x[13, 0] = 1e30  # one outlier: all other candidates share the last bucket
+    x[:, 1] = np.where(rng.random(n) < 0.5, -0.0, 0.0)  # signed zeros only
+    x[:, 2] = np.exp(rng.standard_normal(n) * 8).astype(np.float32)  # heavy tail across decades
+    x[::3, 3] = 0.5  # a tie block that straddles the boundary
+    x[:, 4] = -rng.random(n).astype(np.float32)  # all negative
+    vals, rows = kernels.top_k_rows(x, z)
+    ref_v, ref_r = reference_top_k(x, z)
+    assert np.array_equal(rows, ref_r)
+    assert np.array_equal(vals, ref_v)
+    assert rows[1].tolist() == list(range(z))  # every zero ties: plain row order
