@@ -52,6 +52,59 @@ except Exception as exc:  # pragma: no cover - exercised only on a broken instal
 
     prange = range  # type: ignore[assignment]
 
+_OFF = ("0", "false", "no", "off")
+
+
+def wide_vector_features(host_features: str, environ: dict[str, str]) -> str | None:
+    """The LLVM feature string that lets numba vectorise with 512-bit registers, or None.
+
+    LLVM tunes every AVX-512 Intel CPU since Skylake-SP to *prefer* 256-bit vectors
+    (old chips lost clock speed on 512-bit code), so numba's loops use half the
+    register width the hardware has.  Adding ``-prefer-256-bit`` to the host's own features
+    -- the switch numba's test-suite uses -- makes the SoftWPMI kernel ~1.3x faster on a
+    recent Xeon.  Nothing changes when the host lacks AVX-512, when the user set
+    ``NUMBA_CPU_FEATURES`` themselves, or when ``DISSECT_STUDY_WIDE_VECTORS=0``.
+    """
+    if environ.get("NUMBA_CPU_FEATURES") is not None:
+        return None
+    if environ.get("DISSECT_STUDY_WIDE_VECTORS", "1").strip().lower() in _OFF:
+        return None
+    features = host_features.split(",")
+    if "+avx512f" not in features or "-prefer-256-bit" in features:
+        return None
+    return host_features + ",-prefer-256-bit"
+
+
+def _prefer_wide_vectors() -> None:
+    """Apply ``wide_vector_features`` to numba's configuration, before anything compiles.
+
+    Process-wide, like every numba setting: it applies to all numba code compiled in this
+    process if numba has compiled nothing yet, and to nothing if it already has.
+    """
+    if numba is None or numba.config.CPU_FEATURES is not None:
+        return
+    from numba.core.codegen import get_host_cpu_features
+
+    features = wide_vector_features(get_host_cpu_features(), dict(os.environ))
+    if features is not None:
+        numba.config.CPU_FEATURES = features
+
+
+_prefer_wide_vectors()
+
+
+def vector_width() -> str:
+    """'512-bit preferred', 'LLVM default', or why not known: for benchmarks and logs."""
+    if numba is None:
+        return "numba unavailable"
+    try:
+        from numba.core.registry import cpu_target
+
+        features = cpu_target.target_context.codegen()._tm_features  # private: report only
+    except Exception:  # pragma: no cover - numba internals moved
+        return "unknown"
+    return "512-bit preferred" if "-prefer-256-bit" in features.split(",") else "LLVM default"
+
 
 def _compiled(**options):
     """``njit(parallel=True, nogil=True, cache=True, ...)``, uncached where caching is impossible.
@@ -75,7 +128,7 @@ def available() -> bool:
     """True when the compiled CPU path may be used (numba importable, not disabled)."""
     if numba is None:
         return False
-    return os.environ.get("DISSECT_STUDY_JIT", "1").strip().lower() not in ("0", "false", "no", "off")
+    return os.environ.get("DISSECT_STUDY_JIT", "1").strip().lower() not in _OFF
 
 
 def why_unavailable() -> str | None:
@@ -171,23 +224,223 @@ def soft_wpmi_loglik(q: np.ndarray, idx: np.ndarray, r: np.ndarray, c: np.ndarra
     ``q`` (N x M) is the concept posterior, ``idx`` (K x Z) each neuron's top images in
     rank order, ``r`` and ``c`` (Z,) the rank weights and 1 - r + min_prob, in float64.
     """
+    return soft_wpmi_loglik_lse(q, idx, r, c)[0]
+
+
+def soft_wpmi_loglik_lse(
+    q: np.ndarray, idx: np.ndarray, r: np.ndarray, c: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(L, lse): L as in ``soft_wpmi_loglik``, lse_m = log sum_k exp(L_km) or None.
+
+    lse is what the neuron prior needs.  Where the kernel holds the products exp(L) it
+    is the log of their column sums (exact in float64, and far cheaper than a logsumexp
+    over K x M); on the grouped path, which never forms the whole product, it is None.
+    """
     q = np.ascontiguousarray(q)
     idx = np.ascontiguousarray(idx, dtype=np.int64)
     r = np.ascontiguousarray(r, dtype=np.float64)
     c = np.ascontiguousarray(c, dtype=np.float64)
     z = idx.shape[1]
-    # factor = c_j + r_j q with 0 <= q <= 1
-    lo = float(np.minimum(c, c + r).min())
-    hi = float(np.maximum(c, c + r).max())
-    group = product_group(lo, hi, z)
+    group = product_group(*_factor_range(r, c), z)
     out = np.empty((idx.shape[0], q.shape[1]), np.float64)
     _threads()
-    if group >= z:  # the default: one product per (neuron, concept), then a vectorised log
+    if group >= z:  # one float64 product per (neuron, concept), then a vectorised log
         _soft_wpmi_products(q, idx, r, c, out)
-        np.log(out, out=out)
-    else:
-        _soft_wpmi_loglik(q, idx, r, c, group, out)
-    return out
+        lse = np.log(out.sum(axis=0))
+        _log_inplace(out)
+        return out, lse
+    _soft_wpmi_loglik(q, idx, r, c, group, out)
+    return out, None
+
+
+def _factor_range(r: np.ndarray, c: np.ndarray) -> tuple[float, float]:
+    """Smallest and largest possible factor c_j + r_j q over 0 <= q <= 1."""
+    return float(np.minimum(c, c + r).min()), float(np.maximum(c, c + r).max())
+
+
+def float32_soft_wpmi_applies(q_dtype, r: np.ndarray, c: np.ndarray) -> bool:
+    """Whether ``soft_wpmi_pmi_float32`` computes these inputs (else use ``soft_wpmi_loglik``)."""
+    lo, hi = _factor_range(np.asarray(r, np.float64), np.asarray(c, np.float64))
+    return np.dtype(q_dtype) == np.float32 and product_group(lo, hi, len(r)) >= len(r) and _float32_groups_safe(lo, hi)
+
+
+def soft_wpmi_pmi_float32(q: np.ndarray, idx: np.ndarray, r: np.ndarray, c: np.ndarray, lam: float) -> np.ndarray:
+    """S (K x M, float32) = L - lam (lse - log K) for float32 ``q``: the whole SoftWPMI after softmax and top-k.
+
+    The fast path at the paper's scale: q is copied into concept blocks once, the kernel
+    writes products per block plus their column sums, and one multithreaded torch pass
+    takes the log, subtracts the prior and writes the float32 result in (K, M) layout.
+    Callers check ``float32_soft_wpmi_applies`` first.
+    """
+    import torch
+
+    if not float32_soft_wpmi_applies(q.dtype, r, c):
+        raise ValueError("soft_wpmi_pmi_float32: inputs outside the float32 path (see float32_soft_wpmi_applies)")
+    q = np.ascontiguousarray(q)
+    idx = np.ascontiguousarray(idx, dtype=np.int64)
+    n, m = q.shape
+    k = idx.shape[0]
+    b = _CONCEPT_BLOCK
+    nb = -(-m // b)
+    _threads()
+    qb = torch.empty((nb, n, b), dtype=torch.float32)
+    qt = torch.from_numpy(q)
+    full = m // b
+    if full:  # torch's strided copy is multithreaded
+        qb[:full].copy_(qt[:, : full * b].view(n, full, b).permute(1, 0, 2))
+    if m > full * b:
+        qb[full, :, : m - full * b].copy_(qt[:, full * b :])
+        qb[full, :, m - full * b :] = 0.0
+    S = np.empty((k, m), np.float32)
+    _soft_wpmi_blocked(qb.numpy(), idx, np.asarray(r, np.float32), np.asarray(c, np.float32), float(lam), S)
+    return S
+
+
+def _log_inplace(a: np.ndarray) -> None:
+    """a = log(a), multithreaded (torch's vectorised log; numpy's runs on one core)."""
+    import torch
+
+    torch.log_(torch.from_numpy(a))
+
+
+# Concepts per task of the float32 SoftWPMI kernel.  One block of q holds every probe
+# image's 64 concept posteriors (N * 256 bytes: 1 MiB at N = 4,095), so the Z * K random
+# row reads of a block hit L2 instead of L3/DRAM and one page covers 16 rows.  A compile-time
+# constant, so the inner loop is fully unrolled into whole vectors.
+_CONCEPT_BLOCK = 64
+
+
+_MANTISSA = 0x000FFFFFFFFFFFFF
+_ONE_BITS = 0x3FF0000000000000  # the exponent bits of 1.0
+_LN2 = math.log(2.0)
+_SQRT2 = math.sqrt(2.0)
+
+
+@njit(inline="always", nogil=True)
+def _log_positive(x, out, scratch):  # pragma: no cover - compiled
+    """out[a] = log(x[a]) for positive normal float64 x, in loops LLVM vectorises.
+
+    numba calls libm's scalar log, ~20 ns an entry; at K x M = 1.6 M entries that pass
+    cost more than the products.  Here x = 2^e m is split by its bits (``scratch`` is the
+    int64 view through which the mantissa gets the exponent of 1.0), m is folded into
+    [sqrt(1/2), sqrt(2)), and log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.172, is
+    summed to s^11: the truncation error is below 2e-11, far under float32's resolution
+    of the scores this feeds.  Tested against numpy's log over the whole float64 range.
+    """
+    bits = x.view(np.int64)
+    for a in range(x.shape[0]):
+        scratch[a] = (bits[a] & _MANTISSA) | _ONE_BITS
+    mant = scratch.view(np.float64)
+    for a in range(x.shape[0]):
+        m = mant[a]
+        e = np.float64(((bits[a] >> 52) & 0x7FF) - 1023)
+        big = m > _SQRT2
+        m = m * 0.5 if big else m
+        e = e + 1.0 if big else e
+        s = (m - 1.0) / (m + 1.0)
+        s2 = s * s
+        p = 2.0 / 11.0
+        p = p * s2 + 2.0 / 9.0
+        p = p * s2 + 2.0 / 7.0
+        p = p * s2 + 2.0 / 5.0
+        p = p * s2 + 2.0 / 3.0
+        p = p * s2 + 2.0
+        out[a] = e * _LN2 + s * p
+
+
+@_compiled()
+def _log_rows(x, out):  # pragma: no cover - compiled
+    """out = log(x) row by row with ``_log_positive`` (for tests; x positive normal, 2-D)."""
+    for i in prange(x.shape[0]):
+        scratch = np.empty(x.shape[1], np.int64)
+        _log_positive(x[i], out[i], scratch)
+
+
+@_compiled()
+def _block_columns(q, qb):  # pragma: no cover - compiled
+    """qb[t, i, a] = q[i, t * B + a], zero past the last concept: q in concept blocks."""
+    nb, n, bw = qb.shape
+    m_total = q.shape[1]
+    for t in prange(nb):
+        m0 = t * bw
+        w = min(m_total - m0, bw)
+        for i in range(n):
+            src = q[i]
+            dst = qb[t, i]
+            for a in range(w):
+                dst[a] = src[m0 + a]
+            for a in range(w, bw):
+                dst[a] = 0.0
+
+
+@_compiled(fastmath={"contract"})
+def _soft_wpmi_blocked(qb, idx, r, c, lam, out):  # pragma: no cover - compiled
+    """out[k, m] = log prod_j (c_j + r_j q[idx[k, j], m]) - lam (lse_m - log K), float32.
+
+    One task per block of ``_CONCEPT_BLOCK`` concepts, q read from its block qb[t] (L2
+    resident).  Groups of four factors multiply in float32 (``_float32_groups_safe``),
+    pairs of groups in float64 into the running product: half the arithmetic of an
+    all-float64 product.  The block's K x B products go to a buffer of the task;
+    once all neurons are done, their column sums give the neuron prior exactly (lse_m =
+    log sum_k prod_km, no K x M logsumexp), and one vectorised log-and-subtract writes the
+    float32 scores: the K x M float64 intermediate never reaches memory as a whole.
+    ``contract`` lets c + r q fuse into one multiply-add.
+    """
+    nb = qb.shape[0]
+    n_neurons, z = idx.shape
+    m_total = out.shape[1]
+    log_k = np.log(np.float64(n_neurons))
+    for t in prange(nb):
+        qt = qb[t]
+        buf = np.empty((n_neurons, _CONCEPT_BLOCK), np.float64)  # K x B: 1 MiB at K = 2,048
+        tot = np.zeros(_CONCEPT_BLOCK, np.float64)
+        for k in range(n_neurons):
+            acc = buf[k]
+            for a in range(_CONCEPT_BLOCK):
+                acc[a] = 1.0
+            j = 0
+            while j + 8 <= z:  # 2-D indexing, no row views: nothing is allocated or refcounted
+                i0, i1, i2, i3 = idx[k, j], idx[k, j + 1], idx[k, j + 2], idx[k, j + 3]
+                i4, i5, i6, i7 = idx[k, j + 4], idx[k, j + 5], idx[k, j + 6], idx[k, j + 7]
+                r0, r1, r2, r3 = r[j], r[j + 1], r[j + 2], r[j + 3]
+                r4, r5, r6, r7 = r[j + 4], r[j + 5], r[j + 6], r[j + 7]
+                c0, c1, c2, c3 = c[j], c[j + 1], c[j + 2], c[j + 3]
+                c4, c5, c6, c7 = c[j + 4], c[j + 5], c[j + 6], c[j + 7]
+                for a in range(_CONCEPT_BLOCK):
+                    g = ((c0 + r0 * qt[i0, a]) * (c1 + r1 * qt[i1, a])) * ((c2 + r2 * qt[i2, a]) * (c3 + r3 * qt[i3, a]))
+                    h = ((c4 + r4 * qt[i4, a]) * (c5 + r5 * qt[i5, a])) * ((c6 + r6 * qt[i6, a]) * (c7 + r7 * qt[i7, a]))
+                    acc[a] *= np.float64(g) * np.float64(h)
+                j += 8
+            while j < z:
+                ij = idx[k, j]
+                rj = r[j]
+                cj = c[j]
+                for a in range(_CONCEPT_BLOCK):
+                    acc[a] *= np.float64(cj + rj * qt[ij, a])
+                j += 1
+            for a in range(_CONCEPT_BLOCK):
+                tot[a] += acc[a]
+        m0 = t * _CONCEPT_BLOCK
+        w = min(m_total - m0, _CONCEPT_BLOCK)
+        prior = np.empty(_CONCEPT_BLOCK, np.float64)
+        for a in range(_CONCEPT_BLOCK):
+            prior[a] = lam * (np.log(tot[a]) - log_k)
+        logs = np.empty(_CONCEPT_BLOCK, np.float64)
+        scratch = np.empty(_CONCEPT_BLOCK, np.int64)
+        for k in range(n_neurons):
+            _log_positive(buf[k], logs, scratch)
+            row = out[k]
+            for a in range(w):
+                row[m0 + a] = np.float32(logs[a] - prior[a])
+
+
+def _float32_groups_safe(lo: float, hi: float) -> bool:
+    """Whether four factors in [lo, hi] multiply in float32 without leaving its normal range.
+
+    1e-9 ** 4 = 1e-36 and 1e9 ** 4 = 1e36 are inside float32's 1.2e-38 .. 3.4e38.  The
+    defaults' factors lie in [0.002, 1]; only r = 1 with min_prob < 1e-9 fails this.
+    """
+    return lo >= 1e-9 and hi <= 1e9
 
 
 # ----------------------------------------------------------------------------- WPMI
@@ -226,9 +479,10 @@ def wpmi_loglik(logq: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- top-k
-_TOP_K_TILE = 256  # columns per task: each row slice is 1 KiB of float32, a page per row visit
+_TOP_K_TILE = 1024  # columns per task at most: a 4 KiB row slice is one page the prefetcher streams
 _BISECTIONS = 12  # bound refinement steps; each halves the bound's distance to the ideal
 _SORT_BUCKETS = 64
+_BLOCKS_PER_Z = 4
 
 
 @njit(inline="always", nogil=True)
@@ -288,29 +542,48 @@ def _rank_candidates(vals, rows, z, out_v, out_i, sv, sr, bucket, counts):  # pr
 
 
 @_compiled()
-def _top_k_rows(x, z, tile, out_v, out_i):  # pragma: no cover - compiled
+def _block_maxima(x, n_blocks, bmax, finite):  # pragma: no cover - compiled
+    """bmax[b, col] = max of x over row block b; finite[b] = whether block b is free of NaN/inf.
+
+    Each task streams whole rows (contiguous memory, which the hardware prefetches at full
+    bandwidth: a tile of columns would read 1 KiB per 8 KiB row and pay DRAM latency on
+    every row).  v - v is 0 for finite v and NaN for NaN or +-inf, so ``probe`` is the
+    finiteness check of x at almost no cost: callers need not scan x separately.
+    """
+    n, n_cols = x.shape
+    for b in prange(n_blocks):
+        i0 = (b * n) // n_blocks
+        i1 = ((b + 1) * n) // n_blocks
+        bm = bmax[b]
+        first = x[i0]
+        probe = np.zeros(n_cols, x.dtype)
+        for a in range(n_cols):
+            bm[a] = first[a]
+            probe[a] = first[a] - first[a]
+        for i in range(i0 + 1, i1):
+            row = x[i]
+            for a in range(n_cols):  # a select, not a conditional store: vectorises
+                v = row[a]
+                cur = bm[a]
+                bm[a] = v if v > cur else cur
+                probe[a] += v - v
+        total = 0.0
+        for a in range(n_cols):
+            total += probe[a]
+        finite[b] = total == 0.0
+
+
+@_compiled()
+def _top_k_rows(x, z, tile, all_bmax, out_v, out_i):  # pragma: no cover - compiled
+    """Stages 2-4 of ``top_k_rows`` per tile of columns, from the block maxima (stage 1)."""
     n, n_cols = x.shape
     n_tiles = (n_cols + tile - 1) // tile
-    n_blocks = min(n, 2 * z)
+    n_blocks = all_bmax.shape[0]
     cap = min(n, 8 * z)
     for t in prange(n_tiles):
         k0 = t * tile
         w = min(n_cols, k0 + tile) - k0
-        # 1. per column, the maximum of each of n_blocks row blocks (rows read contiguously)
-        bmax = np.empty((n_blocks, w), x.dtype)
-        for b in range(n_blocks):
-            i0 = (b * n) // n_blocks
-            i1 = ((b + 1) * n) // n_blocks
-            bm = bmax[b]
-            first = x[i0, k0:k0 + w]
-            for a in range(w):
-                bm[a] = first[a]
-            for i in range(i0 + 1, i1):
-                row = x[i, k0:k0 + w]  # 1-D views with loop-variable indices: no wrap-around checks
-                for a in range(w):  # a select, not a conditional store: vectorises
-                    v = row[a]
-                    cur = bm[a]
-                    bm[a] = v if v > cur else cur
+        bmax = np.ascontiguousarray(all_bmax[:, k0:k0 + w])  # C layout: the loops below vectorise
         # 2. a lower bound on each column's z-th largest value: any t with at least z block
         # maxima >= t will do (the blocks are disjoint, so z distinct entries reach t).
         # Bisection between the smallest block maximum (all n_blocks >= z reach it) and the
@@ -338,20 +611,36 @@ def _top_k_rows(x, z, tile, out_v, out_i):  # pragma: no cover - compiled
                 lo[a] = mid[a] if ok else lo[a]
                 hi[a] = hi[a] if ok else mid[a]
         bound = lo
-        # 3. candidates >= bound, in ascending row order
+        # 3. candidates >= bound, in ascending row order.  A block whose maximum in a
+        # column is below the bound holds no candidate there, and only ~z of the n_blocks
+        # blocks reach it per column, so each block visits just its active columns.
         cand_v = np.empty((w, cap), x.dtype)
         cand_i = np.empty((w, cap), np.int64)
         count = np.zeros(w, np.int64)
-        for i in range(n):
-            row = x[i, k0:k0 + w]
-            for a in range(w):
-                v = row[a]
-                if v >= bound[a]:
-                    cnt = count[a]
-                    if cnt < cap:
-                        cand_v[a, cnt] = v
-                        cand_i[a, cnt] = i
-                    count[a] = cnt + 1
+        active = np.empty(w, np.int64)
+        for b in range(n_blocks):
+            bm = bmax[b]
+            n_active = 0
+            for a in range(w):  # branch-free compaction of the active columns
+                active[n_active] = a
+                n_active += bm[a] >= bound[a]
+            if n_active == 0:
+                continue
+            r0 = (b * n) // n_blocks
+            r1 = ((b + 1) * n) // n_blocks
+            for u in range(n_active):  # column by column: the count stays in a register
+                a = active[u]
+                bnd = bound[a]
+                cnt = count[a]
+                cv = cand_v[a]
+                ci = cand_i[a]
+                for i in range(r0, r1):  # branch-free: ~1 in 7 visits is a candidate
+                    v = x[i, k0 + a]
+                    slot = cnt if cnt < cap else cap - 1  # past cap only the count matters
+                    cv[slot] = v
+                    ci[slot] = i
+                    cnt += v >= bnd
+                count[a] = cnt
         # 4. exact top z among the candidates: value descending, lower row first on ties
         sv = np.empty(cap, x.dtype)
         sr = np.empty(cap, np.int64)
@@ -382,11 +671,16 @@ def _top_k_rows(x, z, tile, out_v, out_i):  # pragma: no cover - compiled
                 out_i[k0 + a, p] = rows[order[p]]
 
 
+class NonFiniteInput(ValueError):
+    """``top_k_rows`` found NaN or +-inf in its input (which it checks as it reads it)."""
+
+
 def top_k_rows(x: np.ndarray, z: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per column of ``x`` (N x K, finite): the z largest values and their row indices.
+    """Per column of ``x`` (N x K): the z largest values and their row indices.
 
     Returns (values, rows), each K x z, in rank order: value descending, and among equal
-    values the lower row first.  ``x`` must be finite (callers check) and 1 <= z <= N.
+    values the lower row first.  Needs 1 <= z <= N; raises ``NonFiniteInput`` when ``x``
+    holds NaN or +-inf (checked during the first read, so callers need not scan x first).
     """
     x = np.ascontiguousarray(x)
     n, k = x.shape
@@ -395,10 +689,16 @@ def top_k_rows(x: np.ndarray, z: int) -> tuple[np.ndarray, np.ndarray]:
     out_v = np.empty((k, z), x.dtype)
     out_i = np.empty((k, z), np.int64)
     _threads()
-    # wide tiles read each row slice in one go; keep >= 4 tiles per thread for balance
-    tile = max(32, min(_TOP_K_TILE, -(-k // (4 * numba.get_num_threads())) // 16 * 16))
-    _top_k_rows(x, int(z), tile, out_v, out_i)
+    # wide tiles: long contiguous row slices; one tile per thread at the paper's scale
+    tile = max(32, min(_TOP_K_TILE, -(-k // numba.get_num_threads()) // 16 * 16))
+    n_blocks = min(n, _BLOCKS_PER_Z * z)  # >= z, as the bound's bisection needs
+    bmax = np.empty((n_blocks, k), x.dtype)
+    finite = np.zeros(n_blocks, np.bool_)
+    _block_maxima(x, n_blocks, bmax, finite)
+    if not finite.all():
+        raise NonFiniteInput("top_k_rows: the input holds NaN or inf values.")
+    _top_k_rows(x, int(z), tile, bmax, out_v, out_i)
     bad = np.flatnonzero(out_i[:, 0] < 0)
-    if bad.size:  # a broken invariant (non-finite input slipped through): refuse, never guess
-        raise RuntimeError(f"top_k_rows: selection failed for columns {bad[:5].tolist()}; is the input finite?")
+    if bad.size:  # a broken invariant: refuse, never guess
+        raise RuntimeError(f"top_k_rows: selection failed for columns {bad[:5].tolist()}.")
     return out_v, out_i

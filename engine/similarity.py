@@ -52,7 +52,7 @@ def _work_dtype(*ts: Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
 
 
-def _check_matrix(t: Tensor, name: str, fn: str) -> None:
+def _check_matrix(t: Tensor, name: str, fn: str, finite: bool = True) -> None:
     if not isinstance(t, Tensor):
         raise ValueError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}.")
     if t.dim() != 2:
@@ -62,6 +62,11 @@ def _check_matrix(t: Tensor, name: str, fn: str) -> None:
         )
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"{fn}: {name} is empty (shape {tuple(t.shape)}); the probe or layer has no data.")
+    if finite:
+        _check_finite(t, name, fn)
+
+
+def _check_finite(t: Tensor, name: str, fn: str) -> None:
     if not _all_finite(t):
         n_bad = int((~torch.isfinite(t)).sum())
         raise ValueError(
@@ -83,9 +88,13 @@ def _all_finite(t: Tensor) -> bool:
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
-def _check_pair(clip_feats: Tensor, target_feats: Tensor, fn: str) -> torch.dtype:
+_X_NAME = "target_feats (X, images x neurons)"
+
+
+def _check_pair(clip_feats: Tensor, target_feats: Tensor, fn: str, finite_target: bool = True) -> torch.dtype:
+    """Validate P and X; ``finite_target=False`` leaves X's NaN/inf check to ``_pair_top_k``."""
     _check_matrix(clip_feats, "clip_feats (P, images x concepts)", fn)
-    _check_matrix(target_feats, "target_feats (X, images x neurons)", fn)
+    _check_matrix(target_feats, _X_NAME, fn, finite=finite_target)
     if clip_feats.shape[0] != target_feats.shape[0]:
         raise ValueError(
             f"{fn}: clip_feats has {clip_feats.shape[0]} image rows but target_feats has "
@@ -105,6 +114,15 @@ def _check_top_k(top_k: int, n: int, fn: str) -> int:
             f"Use top_k <= {n} (compute_similarity clamps it to N and records a note)."
         )
     return int(top_k)
+
+
+def _check_top_k_of_pair(top_k: int, target_feats: Tensor, fn: str) -> int:
+    """``_check_top_k`` for a pair whose X finiteness is checked late: NaN/inf is still reported first."""
+    try:
+        return _check_top_k(top_k, target_feats.shape[0], fn)
+    except ValueError:
+        _check_finite(target_feats, _X_NAME, fn)
+        raise
 
 
 def _chunk(k: int, per_neuron_elems: int, itemsize: int, chunk_neurons: int | None) -> int:
@@ -148,15 +166,36 @@ def ranked_top_k(values: Tensor, k: int, backend: str = "auto") -> tuple[Tensor,
     only columns with a tie inside the top k or at its boundary are re-ranked by a
     stable sort.
     """
-    return _ranked_top_k(values, k, backend, finite=False)
+    return _ranked_top_k(values, k, backend)
 
 
-def _ranked_top_k(values: Tensor, k: int, backend: str, finite: bool) -> tuple[Tensor, Tensor]:
+def _pair_top_k(target_feats: Tensor, z: int, jit: bool, fn: str) -> Tensor:
+    """Each neuron's top-z image rows (K x Z) for a top-k similarity, X checked for NaN/inf.
+
+    The compiled selection checks finiteness while it reads X, which saves the top-k family
+    a separate pass over the largest input; the torch path checks first.
+    """
+    if jit:
+        try:
+            return torch.from_numpy(kernels.top_k_rows(target_feats.detach().numpy(), z)[1])
+        except kernels.NonFiniteInput:
+            _check_finite(target_feats, _X_NAME, fn)  # raises the standard error
+            raise  # pragma: no cover - the kernel and _all_finite disagree
+    _check_finite(target_feats, _X_NAME, fn)
+    return _ranked_top_k(target_feats, z, "torch")[1]
+
+
+def _ranked_top_k(values: Tensor, k: int, backend: str) -> tuple[Tensor, Tensor]:
+    """``ranked_top_k``; on the compiled path NaN/inf input raises ``kernels.NonFiniteInput``
+    (the kernel checks as it reads), which the public wrapper answers with the torch path."""
     n = values.shape[0]
     k = min(int(k), n)
-    if _use_jit(backend, values) and (finite or _all_finite(values)):
-        v, i = kernels.top_k_rows(values.detach().numpy(), k)
-        return torch.from_numpy(v), torch.from_numpy(i)
+    if _use_jit(backend, values):
+        try:
+            v, i = kernels.top_k_rows(values.detach().numpy(), k)
+            return torch.from_numpy(v), torch.from_numpy(i)
+        except kernels.NonFiniteInput:
+            pass  # NaN ranks first in torch.topk; keep that documented behaviour
     vals, idx = torch.topk(values, k, dim=0)  # (k, K), descending
     boundary = vals[-1:]  # (1, K)
     ties = (values >= boundary).sum(0) > k
@@ -238,9 +277,9 @@ def soft_wpmi(
     kernel path's extra memory is its K x M float64 result.
     """
     fn = "soft_wpmi"
-    dtype = _check_pair(clip_feats, target_feats, fn)
+    dtype = _check_pair(clip_feats, target_feats, fn, finite_target=False)
     n, m = clip_feats.shape
-    z = _check_top_k(top_k, n, fn)
+    z = _check_top_k_of_pair(top_k, target_feats, fn)
     if not (0 <= p_end <= 1 and 0 <= p_start <= 1):
         raise ValueError(f"{fn}: p_start and p_end must lie in [0, 1], got p_start={p_start}, p_end={p_end}.")
     if min_prob < 0:
@@ -248,12 +287,19 @@ def soft_wpmi(
     dev = clip_feats.device
     q = torch.softmax(a * clip_feats.to(dtype), dim=1)
     jit = _use_jit(backend, clip_feats, target_feats)
-    _, idx = _ranked_top_k(target_feats.to(dtype), z, "jit" if jit else "torch", finite=True)  # (K, Z)
+    idx = _pair_top_k(target_feats.to(dtype), z, jit, fn)  # (K, Z)
     r64 = p_start - torch.arange(z, dtype=torch.float64, device=dev) / z * (p_start - p_end)
     c64 = 1.0 - r64 + min_prob
     if jit:
-        log_lik = kernels.soft_wpmi_loglik(q.numpy(), idx.numpy(), r64.numpy(), c64.numpy())
-        return _pmi_prior(torch.from_numpy(log_lik), lam, inplace=True).to(dtype)
+        qn, rn, cn = q.numpy(), r64.numpy(), c64.numpy()
+        if kernels.float32_soft_wpmi_applies(qn.dtype, rn, cn):  # float32 at the defaults: the fast path
+            return torch.from_numpy(kernels.soft_wpmi_pmi_float32(qn, idx.numpy(), rn, cn, lam))
+        log_lik, lse = kernels.soft_wpmi_loglik_lse(qn, idx.numpy(), rn, cn)
+        log_lik = torch.from_numpy(log_lik)
+        if lse is None:
+            return _pmi_prior(log_lik, lam, inplace=True).to(dtype)
+        prior = torch.from_numpy(lse).sub_(math.log(log_lik.shape[0])).mul_(lam)
+        return log_lik.sub_(prior).to(dtype)
     group = _product_group(float(c64.min()), min_prob)
     pad = -z % group  # padded ranks get r = 0, c = 1: factor exactly 1, log 0
     zp = z + pad
@@ -307,14 +353,14 @@ def wpmi(
     The sum is accumulated in float64 (compiled gather-sum on CPU, chunked torch elsewhere).
     """
     fn = "wpmi"
-    dtype = _check_pair(clip_feats, target_feats, fn)
+    dtype = _check_pair(clip_feats, target_feats, fn, finite_target=False)
     n, m = clip_feats.shape
-    z = _check_top_k(top_k, n, fn)
+    z = _check_top_k_of_pair(top_k, target_feats, fn)
     if min_prob < 0:
         raise ValueError(f"{fn}: min_prob must be >= 0, got {min_prob}.")
     logq = torch.log(torch.softmax(a * clip_feats.to(dtype), dim=1) + min_prob)
     jit = _use_jit(backend, clip_feats, target_feats)
-    _, idx = _ranked_top_k(target_feats.to(dtype), z, "jit" if jit else "torch", finite=True)
+    idx = _pair_top_k(target_feats.to(dtype), z, jit, fn)
     if jit:
         log_lik = kernels.wpmi_loglik(logq.numpy(), idx.numpy())
         return _pmi_prior(torch.from_numpy(log_lik), lam, inplace=True).to(dtype)

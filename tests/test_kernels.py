@@ -267,3 +267,64 @@ def test_top_k_rows_bucket_ranking_on_skewed_and_signed_zero_columns():
     assert np.array_equal(rows, ref_r)
     assert np.array_equal(vals, ref_v)
     assert rows[1].tolist() == list(range(z))  # every zero ties: plain row order
+
+
+def test_vectorised_log_matches_numpy_over_the_float64_range():
+    rng = np.random.default_rng(21)
+    x = np.concatenate([
+        10.0 ** rng.uniform(-307, 307, 4000),  # every binade
+        1.0 + rng.uniform(-1e-6, 1e-6, 200),  # log near 0, where relative error would show
+        np.sqrt(2.0) * (1.0 + rng.uniform(-1e-12, 1e-12, 200)),  # the mantissa fold point
+        2.0 ** np.arange(-1000, 1000, 7.0),  # exact powers of two: mantissa exactly 1
+        rng.uniform(1e-270, 1e-260, 200),  # SoftWPMI's products at the defaults
+    ])
+    x = x[: x.size // 8 * 8].reshape(-1, 8)
+    out = np.empty_like(x)
+    kernels._log_rows(x, out)
+    assert np.abs(out - np.log(x)).max() <= 5e-11
+
+
+def test_float32_path_matches_naive_on_block_edges():
+    # 130 concepts = two full 64-concept blocks and a partial one; Z = 37 leaves a tail of
+    # 5 ranks after four sweeps of 8; also a single concept and exactly one block
+    for m, z in ((130, 37), (1, 9), (64, 16)):
+        P, X = make(n=90, m=m, k=23, seed=m)
+        params = dict(top_k=z, a=10, lam=0.7, min_prob=1e-7, p_start=0.998, p_end=0.97)
+        ref = naive_soft_wpmi(P.float().double().numpy(), X.float().double().numpy(), **params)
+        q = torch.softmax(10 * P.float(), 1).numpy()
+        r = 0.998 - np.arange(z) / z * (0.998 - 0.97)
+        assert kernels.float32_soft_wpmi_applies(q.dtype, r, 1 - r + 1e-7)
+        S = soft_wpmi(P.float(), X.float(), **params, backend="jit")
+        assert S.dtype == torch.float32 and S.shape == (23, m) and S.is_contiguous()
+        close(S, ref, rtol=0, atol=1e-6 * max(1.0, np.abs(ref).max()))  # one concept: S ~ 0
+
+
+def test_float32_path_declines_factors_that_would_underflow_float32():
+    r = np.ones(10)
+    assert not kernels.float32_soft_wpmi_applies(np.float32, r, np.full(10, 1e-12))  # (1e-12)^4 < 1e-38
+    assert not kernels.float32_soft_wpmi_applies(np.float64, r, np.full(10, 1e-3))  # float64 input
+    assert kernels.float32_soft_wpmi_applies(np.float32, r, np.full(10, 1e-7))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("where", [(0, 0), (137, 29), (299, 63)])
+def test_top_k_rows_refuses_non_finite_input_wherever_it_is(bad, where):
+    x = np.random.default_rng(5).random((300, 64)).astype(np.float32)
+    x[where] = bad
+    with pytest.raises(kernels.NonFiniteInput):
+        kernels.top_k_rows(x, 10)
+    P, X = make(n=300, m=5, k=64)
+    X[where] = bad
+    for fn in (soft_wpmi, wpmi):
+        with pytest.raises(ValueError, match="1 NaN/inf values"):
+            fn(P, X, top_k=10, backend="jit")
+
+
+def test_wide_vector_features_only_on_avx512_and_never_over_the_user():
+    host = "+64bit,+avx2,+avx512f,+fma"
+    assert kernels.wide_vector_features(host, {}) == host + ",-prefer-256-bit"
+    assert kernels.wide_vector_features("+64bit,+avx2,-avx512f", {}) is None  # no AVX-512
+    assert kernels.wide_vector_features(host, {"NUMBA_CPU_FEATURES": "+avx2"}) is None  # user's choice
+    assert kernels.wide_vector_features(host, {"DISSECT_STUDY_WIDE_VECTORS": "0"}) is None  # opt-out
+    assert kernels.wide_vector_features(host + ",-prefer-256-bit", {}) is None  # already there
+    assert kernels.vector_width() in ("512-bit preferred", "LLVM default")
