@@ -264,35 +264,27 @@ def float32_soft_wpmi_applies(q_dtype, r: np.ndarray, c: np.ndarray) -> bool:
     return np.dtype(q_dtype) == np.float32 and product_group(lo, hi, len(r)) >= len(r) and _float32_groups_safe(lo, hi)
 
 
-def soft_wpmi_pmi_float32(q: np.ndarray, idx: np.ndarray, r: np.ndarray, c: np.ndarray, lam: float) -> np.ndarray:
-    """S (K x M, float32) = L - lam (lse - log K) for float32 ``q``: the whole SoftWPMI after softmax and top-k.
+def soft_wpmi_float32(
+    p: np.ndarray, a: float, idx: np.ndarray, r: np.ndarray, c: np.ndarray, lam: float
+) -> np.ndarray:
+    """SoftWPMI scores S (K x M, float32) from float32 P, each neuron's ranked top images and the rank weights.
 
-    The fast path at the paper's scale: q is copied into concept blocks once, the kernel
-    writes products per block plus their column sums, and one multithreaded torch pass
-    takes the log, subtracts the prior and writes the float32 result in (K, M) layout.
-    Callers check ``float32_soft_wpmi_applies`` first.
+    The CPU fast path at the paper's scale, fused end to end: the softmax q = softmax(a P)
+    is written straight into concept blocks (``_blocked_softmax``), and one kernel per
+    block forms the products, the exact neuron prior and the float32 scores
+    (``_soft_wpmi_blocked``).  Callers check ``float32_soft_wpmi_applies`` first.
     """
-    import torch
-
-    if not float32_soft_wpmi_applies(q.dtype, r, c):
-        raise ValueError("soft_wpmi_pmi_float32: inputs outside the float32 path (see float32_soft_wpmi_applies)")
-    q = np.ascontiguousarray(q)
+    if p.dtype != np.float32 or not float32_soft_wpmi_applies(p.dtype, r, c):
+        raise ValueError("soft_wpmi_float32: inputs outside the float32 path (see float32_soft_wpmi_applies)")
+    p = np.ascontiguousarray(p)
     idx = np.ascontiguousarray(idx, dtype=np.int64)
-    n, m = q.shape
+    n, m = p.shape
     k = idx.shape[0]
-    b = _CONCEPT_BLOCK
-    nb = -(-m // b)
     _threads()
-    qb = torch.empty((nb, n, b), dtype=torch.float32)
-    qt = torch.from_numpy(q)
-    full = m // b
-    if full:  # torch's strided copy is multithreaded
-        qb[:full].copy_(qt[:, : full * b].view(n, full, b).permute(1, 0, 2))
-    if m > full * b:
-        qb[full, :, : m - full * b].copy_(qt[:, full * b :])
-        qb[full, :, m - full * b :] = 0.0
+    qb = np.empty((-(-m // _CONCEPT_BLOCK), n, _CONCEPT_BLOCK), np.float32)
+    _blocked_softmax(p, float(a), qb)
     S = np.empty((k, m), np.float32)
-    _soft_wpmi_blocked(qb.numpy(), idx, np.asarray(r, np.float32), np.asarray(c, np.float32), float(lam), S)
+    _soft_wpmi_blocked(qb, idx, np.asarray(r, np.float32), np.asarray(c, np.float32), float(lam), S)
     return S
 
 
@@ -346,6 +338,101 @@ def _log_positive(x, out, scratch):  # pragma: no cover - compiled
         p = p * s2 + 2.0 / 3.0
         p = p * s2 + 2.0
         out[a] = e * _LN2 + s * p
+
+
+_LOG2E = 1.0 / math.log(2.0)
+_LN2_HI = 0.693145751953125  # ln 2 split in two: k * _LN2_HI is exact for |k| < 2^11
+_LN2_LO = math.log(2.0) - 0.693145751953125
+_EXP_FLOOR = -700.0  # exp(-700) ~ 1e-304: still a normal float64, and 0 once rounded to float32
+
+
+@njit(inline="always", nogil=True)
+def _exp_nonpositive(y, out, scratch):  # pragma: no cover - compiled
+    """out[a] = exp(y[a]) for y <= 0 (float64), in loops LLVM vectorises; see ``_log_positive``.
+
+    y = k ln 2 + f with |f| <= ln 2 / 2 (Cody-Waite: ln 2 in two parts so k ln 2 is exact),
+    exp f by its Taylor series to f^8 (truncation below 3e-10 relative, far under the
+    float32 the softmax is stored in), times 2^k built from its exponent bits.  y below
+    -700 is raised to -700, whose exp rounds to 0 in float32 as the true value does.
+    """
+    for a in range(y.shape[0]):
+        v = y[a]
+        v = v if v > _EXP_FLOOR else _EXP_FLOOR
+        ki = np.int64(v * _LOG2E - 0.5)  # v <= 0: truncation of x - 1/2 rounds x to nearest
+        kf = np.float64(ki)
+        f = (v - kf * _LN2_HI) - kf * _LN2_LO
+        p = 1.0 / 40320.0
+        p = p * f + 1.0 / 5040.0
+        p = p * f + 1.0 / 720.0
+        p = p * f + 1.0 / 120.0
+        p = p * f + 1.0 / 24.0
+        p = p * f + 1.0 / 6.0
+        p = p * f + 0.5
+        p = p * f + 1.0
+        p = p * f + 1.0
+        out[a] = p
+        scratch[a] = (ki + 1023) << 52
+    scale = scratch.view(np.float64)
+    for a in range(y.shape[0]):
+        out[a] *= scale[a]
+
+
+@_compiled(fastmath={"reassoc", "nsz", "contract"})  # reassoc: the row sums vectorise
+def _blocked_softmax(x, a_scale, qb):  # pragma: no cover - compiled
+    """qb[t, i, :] = softmax(a x[i])[t B : (t + 1) B], zero past the last concept.
+
+    The concept posterior computed straight into the concept-blocked layout the SoftWPMI
+    kernel reads: one read of P and one write of q, where torch's softmax plus a strided
+    copy made four passes over N x M.  Chunks of 64 rows per task.
+    """
+    n, m = x.shape
+    bw = qb.shape[2]
+    n_chunks = (n + 63) // 64
+    for ch in prange(n_chunks):
+        y = np.empty(m, np.float64)
+        e = np.empty(m, np.float64)
+        scratch = np.empty(m, np.int64)
+        lanes = np.empty(16, np.float64)
+        for i in range(ch * 64, min(n, ch * 64 + 64)):
+            row = x[i]
+            for a in range(m):
+                y[a] = a_scale * np.float64(row[a])
+            # the row maximum through 16 running maxima: an elementwise loop, which
+            # vectorises, where a scalar max reduction would not
+            for l in range(16):
+                lanes[l] = y[0]
+            for a0 in range(0, m - 15, 16):
+                for l in range(16):
+                    v = y[a0 + l]
+                    lanes[l] = v if v > lanes[l] else lanes[l]
+            mx = lanes[0]
+            for l in range(1, 16):
+                mx = lanes[l] if lanes[l] > mx else mx
+            for a in range(m - m % 16, m):
+                mx = y[a] if y[a] > mx else mx
+            for a in range(m):  # a x - max as one multiply-add: one rounding, not two
+                y[a] = a_scale * np.float64(row[a]) - mx
+            _exp_nonpositive(y, e, scratch)
+            total = 0.0
+            for a in range(m):
+                total += e[a]
+            inv = 1.0 / total
+            for t in range(qb.shape[0]):
+                m0 = t * bw
+                w = min(m - m0, bw)
+                dst = qb[t, i]
+                for a in range(w):
+                    dst[a] = np.float32(e[m0 + a] * inv)
+                for a in range(w, bw):
+                    dst[a] = 0.0
+
+
+@_compiled()
+def _exp_rows(y, out):  # pragma: no cover - compiled
+    """out = exp(y) row by row with ``_exp_nonpositive`` (for tests; y <= 0, 2-D)."""
+    for i in prange(y.shape[0]):
+        scratch = np.empty(y.shape[1], np.int64)
+        _exp_nonpositive(y[i], out[i], scratch)
 
 
 @_compiled()

@@ -38,6 +38,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -89,6 +90,11 @@ def _all_finite(t: Tensor) -> bool:
 
 
 _X_NAME = "target_feats (X, images x neurons)"
+
+
+def _dtype_np(dtype: torch.dtype) -> np.dtype:
+    """numpy's dtype for a torch floating dtype (the kernels speak numpy)."""
+    return np.dtype({torch.float32: np.float32, torch.float64: np.float64}.get(dtype, np.float64))
 
 
 def _check_pair(clip_feats: Tensor, target_feats: Tensor, fn: str, finite_target: bool = True) -> torch.dtype:
@@ -285,15 +291,17 @@ def soft_wpmi(
     if min_prob < 0:
         raise ValueError(f"{fn}: min_prob must be >= 0, got {min_prob}.")
     dev = clip_feats.device
-    q = torch.softmax(a * clip_feats.to(dtype), dim=1)
     jit = _use_jit(backend, clip_feats, target_feats)
     idx = _pair_top_k(target_feats.to(dtype), z, jit, fn)  # (K, Z)
     r64 = p_start - torch.arange(z, dtype=torch.float64, device=dev) / z * (p_start - p_end)
     c64 = 1.0 - r64 + min_prob
+    if jit and kernels.float32_soft_wpmi_applies(_dtype_np(dtype), r64.numpy(), c64.numpy()):
+        # float32 at the defaults: softmax, products, prior and scores in two fused kernels
+        P32 = clip_feats.detach().to(dtype).numpy()
+        return torch.from_numpy(kernels.soft_wpmi_float32(P32, a, idx.numpy(), r64.numpy(), c64.numpy(), lam))
+    q = torch.softmax(a * clip_feats.to(dtype), dim=1)
     if jit:
         qn, rn, cn = q.numpy(), r64.numpy(), c64.numpy()
-        if kernels.float32_soft_wpmi_applies(qn.dtype, rn, cn):  # float32 at the defaults: the fast path
-            return torch.from_numpy(kernels.soft_wpmi_pmi_float32(qn, idx.numpy(), rn, cn, lam))
         log_lik, lse = kernels.soft_wpmi_loglik_lse(qn, idx.numpy(), rn, cn)
         log_lik = torch.from_numpy(log_lik)
         if lse is None:

@@ -328,3 +328,24 @@ def test_wide_vector_features_only_on_avx512_and_never_over_the_user():
     assert kernels.wide_vector_features(host, {"DISSECT_STUDY_WIDE_VECTORS": "0"}) is None  # opt-out
     assert kernels.wide_vector_features(host + ",-prefer-256-bit", {}) is None  # already there
     assert kernels.vector_width() in ("512-bit preferred", "LLVM default")
+
+
+def test_vectorised_exp_and_blocked_softmax_match_float64():
+    rng = np.random.default_rng(8)
+    y = -np.concatenate([rng.uniform(0, 800, 4000), rng.uniform(0, 1e-6, 800), np.arange(0, 740, 0.37)[:2000]])
+    y = y[: y.size // 8 * 8].reshape(-1, 8)
+    out = np.empty_like(y)
+    kernels._exp_rows(y, out)
+    ref = np.exp(np.maximum(y, -700.0))  # below -700 the kernel floors (0 once in float32)
+    assert (np.abs(out - ref) / ref).max() <= 1e-9
+    for m, a in ((763, 10.0), (7, 10.0), (70, -3.0), (16, 0.0), (130, 400.0)):
+        P = rng.standard_normal((50, m)).astype(np.float32) * 0.1
+        P[3, m // 2] = 2.0  # a peaked row: most of its posteriors are tiny
+        qb = np.full((-(-m // 64), 50, 64), np.nan, np.float32)
+        kernels._blocked_softmax(P, a, qb)
+        q = qb.transpose(1, 0, 2).reshape(50, -1)
+        x = a * P.astype(np.float64)
+        e = np.exp(x - x.max(1, keepdims=True))
+        ref = (e / e.sum(1, keepdims=True)).astype(np.float32)
+        np.testing.assert_allclose(q[:, :m], ref, rtol=3e-7, atol=1e-37)
+        assert np.all(q[:, m:] == 0.0)  # padding concepts: q = 0, so their factor is exactly c
