@@ -4,26 +4,38 @@ Why compiled code: at the paper's scale (N = 4,095 images, M = 763 concepts, K =
 neurons, Z = 100) SoftWPMI evaluates K * Z * M = 156 M factors.  In torch every
 elementwise step (gather, multiply-add, log, sum) is a separate pass over memory, so a
 batched torch version is no faster than the reference's per-neuron loop, which is
-itself vectorised over its Z x M block (both are bound by the same passes).  The kernels
-here make one pass per neuron, keeping the running product in registers/L1:
+itself vectorised over its Z x M block (both are bound by the same passes).  Here:
 
-* ``soft_wpmi_loglik``: L_km = log prod_j (c_j + r_j q[i_j(k), m]) with the product in
-  float64 (0.002**100 = 1e-270 is still a normal float64), so there is **one log per
-  (neuron, concept)** instead of one per factor.  Products are cut into groups whose
-  worst case stays inside float64's range (``product_group``), so no parameter choice can
-  underflow.  The result is float64-exact to ~1e-14 of the float64 formula, far closer
-  than a float32 loop of logs (~3e-5).
+* ``soft_wpmi_float32`` (the default CPU path, float32 inputs): two fused kernels.
+  ``_blocked_softmax`` writes q = softmax(a P) straight into blocks of 64 concepts;
+  ``_soft_wpmi_blocked`` runs one task per block, so the block of q (1 MiB at N = 4,095)
+  stays in L2 while every neuron's Z rows are gathered from it.  Factors are multiplied
+  four at a time in float32 and then in float64 (0.002**100 = 1e-270 is still a normal
+  float64), so there is one log per (neuron, concept) instead of one per factor; the
+  column sums of the products give the neuron prior exactly; a vectorised log writes the
+  float32 scores.  About 5e-7 of max |S| from the float64 formula (a float32 loop of
+  logs is ~3e-5 off).
+* ``soft_wpmi_loglik``: the general float64-product kernel (float64 inputs, and the
+  parameter corners where float32 groups could underflow).  Products are cut into
+  groups whose worst case stays inside float64's range (``product_group``), so no
+  parameter choice can underflow.
 * ``wpmi_loglik``: L_km = sum_j logq[i_j(k), m], accumulated in float64.
 * ``top_k_rows``: per column of X, the Z largest entries with the engine's tie-break
-  (value descending, lower image index first), exact, in one read of X without a
-  transpose: block maxima give a provable lower bound on each column's Z-th largest
-  value, so only a few per cent of the entries are ever collected as candidates.
+  (value descending, lower image index first), exact, without a transpose: block maxima
+  (one streaming read of X, which also checks it for NaN/inf) give a provable lower bound
+  on each column's Z-th largest value, only blocks that reach the bound are re-read, and
+  the ~1.4 Z candidates per column are ranked by a stable bucket pass.
 
-Numba compiles these on first use (about 11 s on a 2-core CPU for SoftWPMI's kernels, once
-per input dtype), then caches them on disk beside this file or in numba's user cache
-(0.3 s to load in a new process).  Everything is deterministic: each neuron is computed by one
-thread in a fixed order, so results do not depend on the thread count.  The kernels
-release the GIL, so progress bars and other Python threads keep running.  The torch code in
+numba calls libm for ``np.exp``/``np.log`` one element at a time; ``_exp_nonpositive`` and
+``_log_positive`` are written as plain arithmetic on the float64 bit pattern so LLVM
+vectorises them, and are tested against numpy over the whole range.  On AVX-512 hosts
+numba is told to prefer 512-bit vectors (``wide_vector_features``).
+
+Numba compiles these on first use (about 10 s on a 2-core CPU, once per input dtype),
+then caches them on disk beside this file or in numba's user cache (0.3 s to load in a
+new process).  Everything is deterministic: each result is computed by one thread in a
+fixed order, so results do not depend on the thread count.  The kernels release the GIL,
+so progress bars and other Python threads keep running.  The torch code in
 ``engine/similarity.py`` remains the path for CUDA tensors, for machines where numba is
 unavailable, and when ``DISSECT_STUDY_JIT=0`` is set (tests compare both paths).
 """
@@ -258,10 +270,10 @@ def _factor_range(r: np.ndarray, c: np.ndarray) -> tuple[float, float]:
     return float(np.minimum(c, c + r).min()), float(np.maximum(c, c + r).max())
 
 
-def float32_soft_wpmi_applies(q_dtype, r: np.ndarray, c: np.ndarray) -> bool:
-    """Whether ``soft_wpmi_pmi_float32`` computes these inputs (else use ``soft_wpmi_loglik``)."""
+def float32_soft_wpmi_applies(dtype, r: np.ndarray, c: np.ndarray) -> bool:
+    """Whether ``soft_wpmi_float32`` computes inputs of this dtype and rank weights (else ``soft_wpmi_loglik``)."""
     lo, hi = _factor_range(np.asarray(r, np.float64), np.asarray(c, np.float64))
-    return np.dtype(q_dtype) == np.float32 and product_group(lo, hi, len(r)) >= len(r) and _float32_groups_safe(lo, hi)
+    return np.dtype(dtype) == np.float32 and product_group(lo, hi, len(r)) >= len(r) and _float32_groups_safe(lo, hi)
 
 
 def soft_wpmi_float32(
@@ -441,23 +453,6 @@ def _log_rows(x, out):  # pragma: no cover - compiled
     for i in prange(x.shape[0]):
         scratch = np.empty(x.shape[1], np.int64)
         _log_positive(x[i], out[i], scratch)
-
-
-@_compiled()
-def _block_columns(q, qb):  # pragma: no cover - compiled
-    """qb[t, i, a] = q[i, t * B + a], zero past the last concept: q in concept blocks."""
-    nb, n, bw = qb.shape
-    m_total = q.shape[1]
-    for t in prange(nb):
-        m0 = t * bw
-        w = min(m_total - m0, bw)
-        for i in range(n):
-            src = q[i]
-            dst = qb[t, i]
-            for a in range(w):
-                dst[a] = src[m0 + a]
-            for a in range(w, bw):
-                dst[a] = 0.0
 
 
 @_compiled(fastmath={"contract"})
