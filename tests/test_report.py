@@ -498,7 +498,9 @@ def test_pdf_pages_fonts_and_headline_numbers(rendered):
                                            "ORDER BY rowid", [run_id]).fetchall()]
         rows.sort(key=lambda r: order.index(r[0]))
         first, rest = rows[0], rows[1:]
-        assert f"{first[0]} captures {first[1]} mammography concepts" in text
+        noun = "mammography concept" if first[1] == 1 else "mammography concepts"
+        assert f"{first[0]} captures {first[1]} {noun}" in text
+        assert "captures 1 mammography concepts" not in text
         for m, n in rest:
             assert f"{m} {n}" in text
     # learned / missed headline

@@ -381,9 +381,11 @@ def _summary(c: _Ctx) -> Section:
         for m in c.model_order(d["model"].unique()):
             mm = d.loc[(d["model"] == m) & (d["grp"] == "mammography"), col]
             parts.append((m, int(mm.iloc[0]) if len(mm) else 0))
-        what = "mammography concepts" if unit == "concepts" else "neurons with a mammography label"
         if parts:
-            first = f"{parts[0][0]} captures {parts[0][1]} {what}"
+            n0 = parts[0][1]
+            what = (("mammography concept" if n0 == 1 else "mammography concepts") if unit == "concepts"
+                    else ("neuron" if n0 == 1 else "neurons") + " with a mammography label")
+            first = f"{parts[0][0]} captures {n0} {what}"
             rest = ", ".join(f"{m} {n}" for m, n in parts[1:])
             headlines.append(f"{c.statement(aid)}: at the deepest compared layer ({c.layer_label(parts[0][0], deepest)}) "
                              f"{first}{', ' + rest if rest else ''}.")
