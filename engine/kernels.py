@@ -587,11 +587,18 @@ def _rank_candidates(vals, rows, z, out_v, out_i, sv, sr, bucket, counts):  # pr
     nb = counts.shape[0] - 1
     span = np.float64(hi) - np.float64(lo)
     scale = (nb - 1) / span if span > 0 else 0.0
+    if not (np.isfinite(span) and np.isfinite(scale)):
+        # float64 extremes: a span that overflows, or one so small (< 1e-306) that its
+        # reciprocal does; (hi - v) * scale would be NaN and index anywhere.  One bucket:
+        # the insertion sort alone ranks them, still exactly.
+        scale = 0.0
     for b in range(nb + 1):
         counts[b] = 0
     for p in range(cnt):
-        b = int((np.float64(hi) - np.float64(vals[p])) * scale)  # 0 for the largest value
+        d = (np.float64(hi) - np.float64(vals[p])) * scale if scale > 0 else 0.0
+        b = int(d)  # 0 for the largest value; d is finite and >= 0 here
         b = b if b < nb - 1 else nb - 1
+        b = b if b > 0 else 0
         bucket[p] = b
         counts[b + 1] += 1
     for b in range(nb):
@@ -696,8 +703,10 @@ def _top_k_rows(x, z, tile, all_bmax, out_v, out_i):  # pragma: no cover - compi
         # 3. candidates >= bound, in ascending row order.  A block whose maximum in a
         # column is below the bound holds no candidate there, and only ~z of the n_blocks
         # blocks reach it per column, so each block visits just its active columns.
-        cand_v = np.empty((w, cap), x.dtype)
-        cand_i = np.empty((w, cap), np.int64)
+        # cap + 1 slots: every visit writes, and once cap candidates are kept the spare
+        # slot takes the writes, so the kept ones are never overwritten
+        cand_v = np.empty((w, cap + 1), x.dtype)
+        cand_i = np.empty((w, cap + 1), np.int64)
         count = np.zeros(w, np.int64)
         active = np.empty(w, np.int64)
         for b in range(n_blocks):
@@ -718,7 +727,7 @@ def _top_k_rows(x, z, tile, all_bmax, out_v, out_i):  # pragma: no cover - compi
                 ci = cand_i[a]
                 for i in range(r0, r1):  # branch-free: ~1 in 7 visits is a candidate
                     v = x[i, k0 + a]
-                    slot = cnt if cnt < cap else cap - 1  # past cap only the count matters
+                    slot = cnt if cnt < cap else cap  # past cap only the count matters
                     cv[slot] = v
                     ci[slot] = i
                     cnt += v >= bnd
@@ -737,13 +746,14 @@ def _top_k_rows(x, z, tile, all_bmax, out_v, out_i):  # pragma: no cover - compi
                 _rank_candidates(cand_v[a, :cnt], cand_i[a, :cnt], z, out_v[k0 + a], out_i[k0 + a],
                                  sv, sr, bucket, counts)
                 continue
-            # many ties at the bound: re-read the column, then a stable sort (rare)
+            # more than cap candidates (ties at the bound, or a heavy tail that keeps the
+            # bisected bound low): re-read the column, then a stable sort
             vals = np.empty(cnt, x.dtype)
             rows = np.empty(cnt, np.int64)
             o = 0
             for i in range(n):
                 v = x[i, k0 + a]
-                if v >= bound[a]:
+                if v >= bound[a] and o < cnt:  # equal counts for finite x; never past the buffer
                     vals[o] = v
                     rows[o] = i
                     o += 1

@@ -349,3 +349,34 @@ def test_vectorised_exp_and_blocked_softmax_match_float64():
         ref = (e / e.sum(1, keepdims=True)).astype(np.float32)
         np.testing.assert_allclose(q[:, :m], ref, rtol=3e-7, atol=1e-37)
         assert np.all(q[:, m:] == 0.0)  # padding concepts: q = 0, so their factor is exactly c
+
+
+def test_top_k_rows_exactly_cap_candidates_keeps_them_all():
+    # found in review: with exactly cap = 8 z candidates, later non-candidate visits used
+    # to overwrite the last kept one (here the unique maximum, row 35)
+    n, z = 40, 2  # 8 blocks of 5 rows, cap = 16
+    x = np.zeros((n, 1), np.float32)
+    x[[r for b in range(7) for r in range(5 * b, 5 * b + 2)] + [32], 0] = 1.0  # 15 ones
+    x[35, 0] = 5.0  # 16 entries reach the bound
+    vals, rows = kernels.top_k_rows(x, z)
+    assert rows[0].tolist() == [35, 0] and vals[0].tolist() == [5.0, 1.0]
+    rng = np.random.default_rng(30)
+    for dtype in (np.float32, np.float64):  # heavy tails put the count on every side of cap
+        for _ in range(60):
+            n, z = int(rng.integers(20, 300)), int(rng.integers(1, 12))
+            x = np.exp(rng.standard_normal((n, 7)) * 15).astype(dtype)
+            assert np.array_equal(kernels.top_k_rows(x, z)[1], reference_top_k(x, z)[1])
+
+
+@pytest.mark.parametrize("column", [[0.0, 1e-310, 0.0], [1e308, -1e308, 0.0], [5e-324, 0.0, -5e-324]])
+def test_top_k_rows_float64_extreme_spans_stay_exact(column):
+    # found in review: a candidate span below ~1e-306 (its reciprocal overflows) or above
+    # float64's range made the ranking's bucket index NaN and indexed out of bounds
+    x = np.array(column, np.float64)[:, None]
+    for z in (1, 2, 3):
+        vals, rows = kernels.top_k_rows(x, z)
+        ref_v, ref_r = reference_top_k(x, z)
+        assert np.array_equal(rows, ref_r) and np.array_equal(vals, ref_v)
+    P = torch.randn(3, 4, dtype=torch.float64)
+    S = soft_wpmi(P, torch.from_numpy(x), top_k=3, backend="jit")
+    assert torch.isfinite(S).all()
