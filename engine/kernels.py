@@ -563,6 +563,7 @@ def wpmi_loglik(logq: np.ndarray, idx: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- top-k
 _TOP_K_TILE = 1024  # columns per task at most: a 4 KiB row slice is one page the prefetcher streams
 _BISECTIONS = 12  # bound refinement steps; each halves the bound's distance to the ideal
+_MAX_BISECTIONS = 80  # on heavy-tailed columns, until at most 2 z block maxima reach the bound
 _SORT_BUCKETS = 64
 _BLOCKS_PER_Z = 4
 
@@ -687,7 +688,13 @@ def _top_k_rows(x, z, tile, all_bmax, out_v, out_i):  # pragma: no cover - compi
                 hi[a] = v if v > hi[a] else hi[a]
         mid = np.empty(w, x.dtype)
         reach = np.empty(w, np.int32)
-        for _ in range(_BISECTIONS):
+        at_lo = np.full(w, np.int32(n_blocks))  # block maxima >= lo, per column
+        for step in range(_MAX_BISECTIONS):
+            # after the first _BISECTIONS steps, go on only while some column's bound is
+            # still loose: on heavy-tailed columns the z-th block maximum can sit many
+            # halvings below the largest, and a loose bound floods the candidate buffers
+            if step >= _BISECTIONS and at_lo.max() <= 2 * z:
+                break
             for a in range(w):
                 mid[a] = lo[a] + (hi[a] - lo[a]) * 0.5
                 reach[a] = 0
@@ -699,6 +706,7 @@ def _top_k_rows(x, z, tile, all_bmax, out_v, out_i):  # pragma: no cover - compi
                 ok = reach[a] >= z
                 lo[a] = mid[a] if ok else lo[a]
                 hi[a] = hi[a] if ok else mid[a]
+                at_lo[a] = reach[a] if ok else at_lo[a]
         bound = lo
         # 3. candidates >= bound, in ascending row order.  A block whose maximum in a
         # column is below the bound holds no candidate there, and only ~z of the n_blocks
