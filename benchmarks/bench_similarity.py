@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     names = args.only or list(cases)
     print(f"N={N} images, M={M} concepts, K={K} neurons, top_k={Z}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {os.getloadavg()}")
-    print(f"compiled kernels: {'on' if kernels.available() else 'off (' + str(kernels.why_unavailable()) + ')'}")
+    print(f"compiled kernels: {'on, ' + kernels.vector_width() if kernels.available() else 'off (' + str(kernels.why_unavailable()) + ')'}")
     print(f"{'function':<13}{'loop s':>9}{'batched s':>11}{'ratio':>8}{'rel diff':>11}"
           f"{'loop err64':>12}{'batch err64':>12}{'peak MiB':>10}{'torch s':>9}")
     for name in names:

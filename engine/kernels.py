@@ -235,18 +235,8 @@ def soft_wpmi_loglik(q: np.ndarray, idx: np.ndarray, r: np.ndarray, c: np.ndarra
 
     ``q`` (N x M) is the concept posterior, ``idx`` (K x Z) each neuron's top images in
     rank order, ``r`` and ``c`` (Z,) the rank weights and 1 - r + min_prob, in float64.
-    """
-    return soft_wpmi_loglik_lse(q, idx, r, c)[0]
-
-
-def soft_wpmi_loglik_lse(
-    q: np.ndarray, idx: np.ndarray, r: np.ndarray, c: np.ndarray
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """(L, lse): L as in ``soft_wpmi_loglik``, lse_m = log sum_k exp(L_km) or None.
-
-    lse is what the neuron prior needs.  Where the kernel holds the products exp(L) it
-    is the log of their column sums (exact in float64, and far cheaper than a logsumexp
-    over K x M); on the grouped path, which never forms the whole product, it is None.
+    The general path: float64 inputs, and the parameter corners ``soft_wpmi_float32``
+    declines.
     """
     q = np.ascontiguousarray(q)
     idx = np.ascontiguousarray(idx, dtype=np.int64)
@@ -258,11 +248,10 @@ def soft_wpmi_loglik_lse(
     _threads()
     if group >= z:  # one float64 product per (neuron, concept), then a vectorised log
         _soft_wpmi_products(q, idx, r, c, out)
-        lse = np.log(out.sum(axis=0))
         _log_inplace(out)
-        return out, lse
-    _soft_wpmi_loglik(q, idx, r, c, group, out)
-    return out, None
+    else:
+        _soft_wpmi_loglik(q, idx, r, c, group, out)
+    return out
 
 
 def _factor_range(r: np.ndarray, c: np.ndarray) -> tuple[float, float]:
@@ -286,7 +275,7 @@ def soft_wpmi_float32(
     block forms the products, the exact neuron prior and the float32 scores
     (``_soft_wpmi_blocked``).  Callers check ``float32_soft_wpmi_applies`` first.
     """
-    if p.dtype != np.float32 or not float32_soft_wpmi_applies(p.dtype, r, c):
+    if not float32_soft_wpmi_applies(p.dtype, r, c):
         raise ValueError("soft_wpmi_float32: inputs outside the float32 path (see float32_soft_wpmi_applies)")
     p = np.ascontiguousarray(p)
     idx = np.ascontiguousarray(idx, dtype=np.int64)

@@ -275,12 +275,13 @@ def soft_wpmi(
 
     The factor is evaluated as (1 - r_j + min_prob) + r_j q, the same number without the
     catastrophic cancellation of 1 + r(q - 1) in float32 (r ~ 0.998; that form is off by
-    ~2e-3 of max|S| at the paper's scale).  On CPU the compiled kernel multiplies the
-    factors in float64 and takes one log per (neuron, concept) (``kernels``); the torch
-    path (CUDA) multiplies groups of up to 10 factors in the input dtype before one log
-    (``_product_group`` keeps the product far from underflow) and accumulates the sum over
-    the Z images in float64.  ``chunk_neurons`` bounds the torch path's memory; the
-    kernel path's extra memory is its K x M float64 result.
+    ~2e-3 of max|S| at the paper's scale).  On CPU the compiled kernels multiply the
+    factors (four at a time in float32, then in float64, for float32 inputs at the
+    defaults: ``kernels.soft_wpmi_float32``; in float64 otherwise) and take one log per
+    (neuron, concept).  The torch path (CUDA) multiplies groups of up to 10 factors in the
+    input dtype before one log (``_product_group`` keeps the product far from underflow)
+    and accumulates the sum over the Z images in float64.  ``chunk_neurons`` bounds the
+    torch path's memory.
     """
     fn = "soft_wpmi"
     dtype = _check_pair(clip_feats, target_feats, fn, finite_target=False)
@@ -300,14 +301,9 @@ def soft_wpmi(
         P32 = clip_feats.detach().to(dtype).numpy()
         return torch.from_numpy(kernels.soft_wpmi_float32(P32, a, idx.numpy(), r64.numpy(), c64.numpy(), lam))
     q = torch.softmax(a * clip_feats.to(dtype), dim=1)
-    if jit:
-        qn, rn, cn = q.numpy(), r64.numpy(), c64.numpy()
-        log_lik, lse = kernels.soft_wpmi_loglik_lse(qn, idx.numpy(), rn, cn)
-        log_lik = torch.from_numpy(log_lik)
-        if lse is None:
-            return _pmi_prior(log_lik, lam, inplace=True).to(dtype)
-        prior = torch.from_numpy(lse).sub_(math.log(log_lik.shape[0])).mul_(lam)
-        return log_lik.sub_(prior).to(dtype)
+    if jit:  # float64, or factors that could underflow float32 groups
+        log_lik = kernels.soft_wpmi_loglik(q.numpy(), idx.numpy(), r64.numpy(), c64.numpy())
+        return _pmi_prior(torch.from_numpy(log_lik), lam, inplace=True).to(dtype)
     group = _product_group(float(c64.min()), min_prob)
     pad = -z % group  # padded ranks get r = 0, c = 1: factor exactly 1, log 0
     zp = z + pad
