@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dissect_study.engine.activations import ProbeDataset, collate_skipping, extract_activations
+from dissect_study.engine.passes.activations import ProbeDataset, collate_skipping, extract_activations
 from dissect_study.engine.models.base import LayerInfo, Preprocess, Target
 from dissect_study.engine.probes.base import Probe, ProbeItem
 

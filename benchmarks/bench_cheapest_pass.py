@@ -52,9 +52,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from dissect_study.engine import cheapest_pass
-from dissect_study.engine.activations import embed_images, extract_activations
-from dissect_study.engine.labels import topk_image_union
+from dissect_study.engine.plan import cheapest_pass
+from dissect_study.engine.passes.activations import embed_images, extract_activations
+from dissect_study.engine.scores.labels import topk_image_union
 from dissect_study.engine.models.efficientnet import CONFIGS, EfficientNet, block_specs
 from dissect_study.engine.models.mammo_clip import (
     IMAGE_SIZE,
@@ -65,7 +65,7 @@ from dissect_study.engine.models.mammo_clip import (
     paper_layer_aliases,
 )
 from dissect_study.engine.phantom.probe import PhantomProbe
-from dissect_study.engine.similarity import concept_activation_matrix, soft_wpmi
+from dissect_study.engine.scores.similarity import concept_activation_matrix, soft_wpmi
 
 #: the engine's thresholds (engine/cheapest_pass.py)
 MIN_PROBE_FOR_UNION = cheapest_pass.MIN_PROBE_IMAGES

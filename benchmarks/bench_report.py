@@ -22,7 +22,7 @@ from test_report import make_run  # noqa: E402
 
 from dissect_study.engine.report.model import build_report_model  # noqa: E402
 from dissect_study.engine.report.render import render_html, render_pdf  # noqa: E402
-from dissect_study.engine.store import connect  # noqa: E402
+from dissect_study.engine.store.database import connect  # noqa: E402
 
 
 def main() -> None:

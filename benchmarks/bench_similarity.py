@@ -47,8 +47,8 @@ from typing import Callable
 
 import torch
 
-from dissect_study.engine import kernels
-from dissect_study.engine.similarity import (
+from dissect_study.engine.scores import kernels
+from dissect_study.engine.scores.similarity import (
     ranked_top_k,
     cos_similarity,
     cos_similarity_cubed,

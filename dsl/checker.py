@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping
 
 from dissect_study.dsl import ast
 from dissect_study.dsl.diagnostics import ERROR, WARNING, Diagnostic, suggest_hint
-from dissect_study.engine import registry as R
+from dissect_study.dsl import vocabulary as R
 
 CONCEPT_SET_DIR = Path(__file__).resolve().parent.parent / "concept_sets"
 

@@ -130,7 +130,7 @@ def run(file: str, db: str | None, cache_dir: str | None, no_cache: bool, device
     if n_errors or studies[0] is None:
         sys.exit(1)
     study = studies[0]
-    from dissect_study.engine.plan import build_plan
+    from dissect_study.engine.plan.steps import build_plan
 
     if dry_run:
         click.echo(build_plan(study).describe())
@@ -179,10 +179,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     for mod, name in (("dissect_study.engine.models.checkpoint", "CheckpointError"),
                       ("dissect_study.engine.probes", "ProbeError"),
                       ("dissect_study.engine.concepts", "ConceptSetError"),
-                      ("dissect_study.engine.store", "StoreError"),
-                      ("dissect_study.engine.activations", "ActivationError"),
+                      ("dissect_study.engine.store.database", "StoreError"),
+                      ("dissect_study.engine.passes.activations", "ActivationError"),
                       ("dissect_study.engine.cache", "CacheError"),
-                      ("dissect_study.engine.analysis", "AnalysisError")):
+                      ("dissect_study.engine.analyses.frames", "AnalysisError")):
         try:
             module = __import__(mod, fromlist=[name])
             types.append(getattr(module, name))
@@ -208,7 +208,7 @@ def query(sql: str, db: str, fmt_: str) -> None:
     """
     import duckdb
 
-    from dissect_study.engine.store import StoreError, connect
+    from dissect_study.engine.store.database import StoreError, connect
 
     try:
         con = connect(db, read_only=True)
@@ -248,8 +248,8 @@ def query(sql: str, db: str, fmt_: str) -> None:
 @click.option("--sections", help="Comma-separated sections (default: every section with data).")
 def report(db: str, run_id: str | None, out: str, formats: str, sections: str | None) -> None:
     """Render the report of a stored run to HTML and/or PDF."""
-    from dissect_study.engine.registry import REPORT_FORMATS, REPORT_SECTIONS
-    from dissect_study.engine.store import StoreError
+    from dissect_study.dsl.vocabulary import REPORT_FORMATS, REPORT_SECTIONS
+    from dissect_study.engine.store.database import StoreError
 
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     bad = [f for f in fmts if f not in REPORT_FORMATS]

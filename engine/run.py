@@ -22,10 +22,10 @@ import pandas as pd
 import torch
 
 from dissect_study import __version__
-from dissect_study.engine import store
+from dissect_study.engine.store import database as store
 from dissect_study.engine.cache import Cache, default_cache_dir
-from dissect_study.engine.plan import Plan, layer_item_text
-from dissect_study.engine.registry import SIMILARITIES
+from dissect_study.engine.plan.steps import Plan, layer_item_text
+from dissect_study.dsl.vocabulary import SIMILARITIES
 
 
 class RunError(Exception):
@@ -257,7 +257,7 @@ class Executor:
         return _dedup_indices(probe) if dedup else list(range(len(probe)))
 
     def passes(self) -> None:
-        from dissect_study.engine.activations import embed_images, embed_texts, extract_activations
+        from dissect_study.engine.passes.activations import embed_images, embed_texts, extract_activations
 
         progress = not self.opt.quiet
         for dname, cname in self.plan.text_passes:
@@ -321,9 +321,9 @@ class Executor:
                           f"({speed}, {time.perf_counter() - t0:.1f}s)")
 
         # dissector image passes: the cheapest pass every dissection sharing it allows
-        from dissect_study.engine import cheapest_pass
-        from dissect_study.engine.cheapest_pass import RowUser, choose_rows
-        from dissect_study.engine.registry import SIMILARITIES
+        from dissect_study.engine.plan import cheapest_pass
+        from dissect_study.engine.plan.cheapest_pass import RowUser, choose_rows
+        from dissect_study.dsl.vocabulary import SIMILARITIES
 
         for dname, pname in self.plan.image_passes:
             d, probe = self.dissectors[dname], self.probes[pname]
@@ -363,8 +363,8 @@ class Executor:
 
     # ------------------------------------------------------------------ score + label
     def score(self) -> None:
-        from dissect_study.engine.labels import layer_taus, top_concepts, top_images
-        from dissect_study.engine.similarity import compute_similarity, concept_activation_matrix
+        from dissect_study.engine.scores.labels import layer_taus, top_concepts, top_images
+        from dissect_study.engine.scores.similarity import compute_similarity, concept_activation_matrix
 
         rec = self.record
         for cname, cs in self.concept_sets.items():
@@ -443,7 +443,7 @@ class Executor:
 
     def _embed_prompts(self, dname: str, texts: list[str]) -> torch.Tensor:
         """Text embeddings of prompts other than the raw concepts (cached like them)."""
-        from dissect_study.engine.activations import embed_texts
+        from dissect_study.engine.passes.activations import embed_texts
 
         d = self.dissectors[dname]
         res, _ = self.cache.get_or_compute("text", dict(dissector=d.fingerprint(), texts=texts),
@@ -526,8 +526,8 @@ class Executor:
         if not self.opt.calibration:
             return
         try:
-            from dissect_study.engine import calibration as cal
-            from dissect_study.engine.similarity import compute_similarity, concept_activation_matrix
+            from dissect_study.engine.analyses import calibration as cal
+            from dissect_study.engine.scores.similarity import compute_similarity, concept_activation_matrix
         except ImportError:
             return
         for x in self.plan.dissections:
@@ -562,7 +562,7 @@ class Executor:
 
     # ------------------------------------------------------------------ analyses
     def analyses(self) -> None:
-        from dissect_study.engine.analysis import AnalysisInput, AnalysisRequest, resolve_filter, run_analysis
+        from dissect_study.engine.analyses.frames import AnalysisInput, AnalysisRequest, resolve_filter, run_analysis
 
         frames = {t: pd.concat(self.record.frames.get(t, [pd.DataFrame()]), ignore_index=True)
                   for t in ("layers", "neurons", "neuron_labels", "top_images", "concepts", "dissections")}
@@ -632,7 +632,7 @@ class Executor:
             from dissect_study.engine.report.overlay import activation_overlay_png
         except ImportError:
             return
-        from dissect_study.engine.spatial import spatial_maps
+        from dissect_study.engine.passes.spatial import spatial_maps
 
         for model, layer, unit, top in self.neuron_requests:
             x = next(d for d in self.plan.dissections if d.target == model)
@@ -695,7 +695,7 @@ class Executor:
 
 
 def run_study(study: Any, options: RunOptions) -> RunResult:
-    from dissect_study.engine.plan import build_plan
+    from dissect_study.engine.plan.steps import build_plan
 
     plan = build_plan(study)
     return Executor(plan, study, options).execute()

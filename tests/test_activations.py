@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from dissect_study.engine.activations import (
+from dissect_study.engine.passes.activations import (
     ActivationError,
     ProbeDataset,
     collate_skipping,

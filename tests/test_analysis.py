@@ -21,8 +21,8 @@ import duckdb
 import pandas as pd
 import pytest
 
-from dissect_study.engine import store
-from dissect_study.engine.analysis import (
+from dissect_study.engine.store import database as store
+from dissect_study.engine.analyses.frames import (
     AnalysisError,
     AnalysisInput,
     AnalysisRequest,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dissect_study.engine.calibration import (
+from dissect_study.engine.analyses.calibration import (
     STORE_COLUMNS,
     assign_ground_truth,
     auc_columns,

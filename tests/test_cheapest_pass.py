@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from dissect_study.engine import cheapest_pass
-from dissect_study.engine.cheapest_pass import RowUser, choose_rows
+from dissect_study.engine.plan import cheapest_pass
+from dissect_study.engine.plan.cheapest_pass import RowUser, choose_rows
 from dissect_study.dsl import check_file
 from dissect_study.engine.run import RunOptions, run_study
 from test_run import TinyDissector, TinyTarget, tiny_models  # noqa: F401  (fixture)
@@ -119,10 +119,10 @@ def test_run_embeds_the_union_and_stores_the_same_S(tmp_path: Path, tiny_models,
     line = next(l for l in out.splitlines() if "top-k-only similarity" in l)
     n_embedded = int(line.split("embedding ")[1].split(" of ")[0])
     assert n_embedded < 30  # 2 neurons x top-5 images (top_images) + 4 sampled rows at most
-    from dissect_study.engine.activations import embed_images, embed_texts, extract_activations
+    from dissect_study.engine.passes.activations import embed_images, embed_texts, extract_activations
     from dissect_study.engine.concepts import load_concept_set
     from dissect_study.engine.phantom.probe import PhantomProbe
-    from dissect_study.engine.similarity import compute_similarity, concept_activation_matrix
+    from dissect_study.engine.scores.similarity import compute_similarity, concept_activation_matrix
 
     probe = PhantomProbe(30, 5, 64)
     X = extract_activations(TinyTarget("B", 2), probe, ["6"], progress=False).acts["6"]

@@ -85,7 +85,7 @@ def test_demo_study_resolves_what_the_engine_needs():
 
 
 def test_language_manual_covers_the_vocabulary():
-    from dissect_study.engine import registry as R
+    from dissect_study.dsl import vocabulary as R
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "LANGUAGE.md").read_text(encoding="utf-8")
     words = [f"`{f.name}(" for table in R.SOURCES.values() for f in table.values()]

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from dissect_study.engine import kernels
-from dissect_study.engine.similarity import ranked_top_k, soft_wpmi, wpmi
+from dissect_study.engine.scores import kernels
+from dissect_study.engine.scores.similarity import ranked_top_k, soft_wpmi, wpmi
 from test_similarity import close, make, naive_soft_wpmi, naive_wpmi, with_ties
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason=f"compiled path off: {kernels.why_unavailable()}")
@@ -216,7 +216,7 @@ def test_kernel_matches_formula_at_a_glance():
 
 
 def test_finite_check_survives_overflowing_sums_and_catches_bad_values():
-    from dissect_study.engine.similarity import _all_finite
+    from dissect_study.engine.scores.similarity import _all_finite
 
     big = torch.full((100, 10), 3e38)  # finite, but the float32 sum overflows to inf
     assert _all_finite(big)

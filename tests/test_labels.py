@@ -7,7 +7,7 @@ import statistics
 import pytest
 import torch
 
-from dissect_study.engine.labels import (
+from dissect_study.engine.scores.labels import (
     TAU_STATISTICS,
     layer_tau,
     layer_threshold,
@@ -16,8 +16,8 @@ from dissect_study.engine.labels import (
     top_images,
     topk_image_union,
 )
-from dissect_study.engine.registry import THRESHOLD_STATISTICS
-from dissect_study.engine.similarity import soft_wpmi, wpmi
+from dissect_study.dsl.vocabulary import THRESHOLD_STATISTICS
+from dissect_study.engine.scores.similarity import soft_wpmi, wpmi
 
 NAN = float("nan")
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from dissect_study.engine.labels import top_concepts
-from dissect_study.engine.similarity import compute_similarity, concept_activation_matrix
+from dissect_study.engine.scores.labels import top_concepts
+from dissect_study.engine.scores.similarity import compute_similarity, concept_activation_matrix
 
 N, M, D = 400, 50, 32
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from dissect_study.engine.probes import ProbeError, build_probe
 from dissect_study.engine.probes.base import ImageUnreadable
-from dissect_study.engine.registry import PROBE_SOURCES
+from dissect_study.dsl.vocabulary import PROBE_SOURCES
 
 from test_probes_decode import ramp16, write_dicom
 

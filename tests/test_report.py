@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from dissect_study.engine.report.overlay import activation_overlay_png, heat_colours, normalise01, upsample_bilinear
-from dissect_study.engine.store import RunRecord, connect, write_run
+from dissect_study.engine.store.database import RunRecord, connect, write_run
 
 # ============================================================================ synthetic runs
 

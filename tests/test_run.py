@@ -21,7 +21,7 @@ from dissect_study.dsl import check_file
 from dissect_study.engine import models as model_factories
 from dissect_study.engine.models.base import Dissector, LayerInfo, Preprocess, Target
 from dissect_study.engine.run import RunError, RunOptions, run_study
-from dissect_study.engine.similarity import compute_similarity, concept_activation_matrix
+from dissect_study.engine.scores.similarity import compute_similarity, concept_activation_matrix
 
 SIZE = (48, 29)
 
@@ -152,7 +152,7 @@ def test_run_stores_results_consistent_with_the_math(tmp_path: Path, tiny_models
         ) s USING (model, layer, unit) WHERE n.concept_id <> s.best""").fetchone()[0]
     assert bad == 0
     # recompute S of one layer independently from the same tensors and compare
-    from dissect_study.engine.activations import embed_images, embed_texts, extract_activations
+    from dissect_study.engine.passes.activations import embed_images, embed_texts, extract_activations
     from dissect_study.engine.concepts import load_concept_set
     from dissect_study.engine.phantom.probe import PhantomProbe
 
@@ -195,7 +195,7 @@ def test_second_run_uses_the_cache_and_adds_a_run(tmp_path: Path, tiny_models, c
 
 def test_failed_run_writes_nothing(tmp_path: Path, tiny_models, monkeypatch: pytest.MonkeyPatch) -> None:
     _run(tmp_path, reports=False)
-    import dissect_study.engine.analysis as analysis
+    import dissect_study.engine.analyses.frames as analysis
 
     def boom(*a, **k):
         raise RuntimeError("analysis crashed")
@@ -221,7 +221,7 @@ def test_unknown_layer_and_unset_env_are_clear(tmp_path: Path, tiny_models, monk
 def test_mammi_template_prefixes_prompts_and_subtracts_the_template(tmp_path: Path, tiny_models) -> None:
     text = STUDY.replace("using soft_wpmi(top_k=8)", 'using mammi(alpha=90, template="a mammogram showing")')
     _, db = _run(tmp_path, text, reports=False)
-    from dissect_study.engine.activations import embed_images, embed_texts, extract_activations
+    from dissect_study.engine.passes.activations import embed_images, embed_texts, extract_activations
     from dissect_study.engine.concepts import load_concept_set
     from dissect_study.engine.phantom.probe import PhantomProbe
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from dissect_study.engine.similarity import (
+from dissect_study.engine.scores.similarity import (
     SIMILARITY_FUNCTIONS,
     compute_similarity,
     concept_activation_matrix,
@@ -198,7 +198,7 @@ SOFT_SETTINGS = [
 
 
 def test_product_group_bounds_underflow():
-    from dissect_study.engine.similarity import _product_group
+    from dissect_study.engine.scores.similarity import _product_group
 
     assert _product_group(0.002, 1e-7) == 10
     assert _product_group(1e-7, 1e-7) == 4

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from dissect_study.engine import store
+from dissect_study.engine.store import database as store
 from dissect_study.engine.cli import cli
 
 
@@ -80,7 +80,7 @@ def test_sigkill_during_write_leaves_earlier_runs_intact(tmp_path: Path) -> None
     script = textwrap.dedent(f"""
         import time, pandas as pd
         from pathlib import Path
-        from dissect_study.engine import store
+        from dissect_study.engine.store import database as store
         real = store._insert
         def slow(con, table, df):
             real(con, table, df)

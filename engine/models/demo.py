@@ -288,7 +288,7 @@ def _fingerprint(state: dict[str, torch.Tensor], extra: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- metrics
 def binary_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """ROC AUC by the rank-sum formula (ties get average ranks); NaN with one class only."""
-    from dissect_study.engine.calibration import auc_columns
+    from dissect_study.engine.analyses.calibration import auc_columns
 
     return float(auc_columns(np.asarray(scores, dtype=np.float64)[:, None], np.asarray(labels, bool))[0])
 

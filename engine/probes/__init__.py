@@ -50,7 +50,7 @@ def build_probe(name: str, func: str, params: dict[str, Any], ctx: Any,
         probe = build_union(name, params, ctx, probes or {})
         build = None
     else:
-        from dissect_study.engine.registry import PROBE_SOURCES
+        from dissect_study.dsl.vocabulary import PROBE_SOURCES
 
         raise ProbeError(
             f"probe {name!r}: unknown source function {func!r}; known sources are "

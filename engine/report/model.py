@@ -26,7 +26,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from dissect_study.engine.registry import REPORT_SECTIONS
+from dissect_study.dsl.vocabulary import REPORT_SECTIONS
 from dissect_study.engine.report import charts
 from dissect_study.engine.report.charts import Palette
 from dissect_study.engine.report.wordcloud import Word, wordcloud_svg
@@ -934,7 +934,7 @@ def build_report_model(con: duckdb.DuckDBPyConnection, run_id: str | None = None
     `run_id=None` takes the latest run; `sections=None` every section with data.
     Raises LookupError (a user mistake: unknown run or section) with a clear message.
     """
-    from dissect_study.engine.store import latest_run_id
+    from dissect_study.engine.store.database import latest_run_id
 
     if run_id is None:
         run_id = latest_run_id(con)

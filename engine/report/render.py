@@ -86,7 +86,7 @@ def render_pdf(model: ReportModel, path: str | Path, html: str | None = None) ->
 def write_report(db_path: str | Path, out_dir: str | Path, run_id: str | None = None,
                  formats: Sequence[str] = ("html", "pdf"), sections: list[str] | None = None) -> list[Path]:
     """Build the model of one stored run and write `report.html` and/or `report.pdf` into `out_dir`."""
-    from dissect_study.engine.store import connect
+    from dissect_study.engine.store.database import connect
 
     bad = [f for f in formats if f not in ("html", "pdf")]
     if bad:

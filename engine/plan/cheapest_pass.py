@@ -71,7 +71,7 @@ def choose_rows(
 
     Thresholds default to the module constants, read at call time.
     """
-    from dissect_study.engine.labels import topk_image_union
+    from dissect_study.engine.scores.labels import topk_image_union
 
     min_probe = MIN_PROBE_IMAGES if min_probe is None else min_probe
     sanity_sample = SANITY_SAMPLE if sanity_sample is None else sanity_sample

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dissect_study.engine import kernels
+from dissect_study.engine.scores import kernels
 
 #: bytes of the per-chunk working tensor; ~8 MB keeps the gather cache-resident on CPU
 DEFAULT_CHUNK_BYTES = 8 * 2**20
@@ -607,7 +607,7 @@ class SimilarityResult:
 
 
 def _resolve(name: str) -> str:
-    from dissect_study.engine.registry import SIMILARITIES, lookup_similarity
+    from dissect_study.dsl.vocabulary import SIMILARITIES, lookup_similarity
 
     f = lookup_similarity(name)
     if f is None or f.name not in SIMILARITY_FUNCTIONS:
@@ -617,7 +617,7 @@ def _resolve(name: str) -> str:
 
 
 def _params(canonical: str, params: dict[str, Any]) -> dict[str, Any]:
-    from dissect_study.engine.registry import SIMILARITIES
+    from dissect_study.dsl.vocabulary import SIMILARITIES
 
     spec = SIMILARITIES[canonical]
     out = {p.name: p.default for p in spec.params}

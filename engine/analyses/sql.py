@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dissect_study.engine.analysis import DEFAULT_STOPWORDS
+from dissect_study.engine.analyses.frames import DEFAULT_STOPWORDS
 from dissect_study.engine.concepts import MAMMO_CATEGORIES, NON_MAMMO_CATEGORY, category_key
 
 _COMMON = ("models := NULL, layers := NULL, statistic := 'mean_top1', combine := 'max', value := NULL, "

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from dissect_study.engine.similarity import constant_columns, ranked_top_k
+from dissect_study.engine.scores.similarity import constant_columns, ranked_top_k
 
 #: the statistics a study may choose for tau_l (engine/registry.py THRESHOLD_STATISTICS)
 TAU_STATISTICS = ("mean_top1", "mean_all", "median_top1")

@@ -335,7 +335,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     if current is None:
         con.execute("INSERT INTO schema_version VALUES (?, ?)", [SCHEMA_VERSION, _dt.datetime.now()])
     try:  # analysis macros/views live with the analyses; optional until they exist
-        from dissect_study.engine import analysis_sql
+        from dissect_study.engine.analyses import sql as analysis_sql
 
         analysis_sql.install(con)
     except ImportError:

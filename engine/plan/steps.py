@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dissect_study.engine.registry import SIMILARITIES
+from dissect_study.dsl.vocabulary import SIMILARITIES
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,468 @@
+"""The vocabulary of the study language, as data.
+
+Every name a study may use -- the source functions of `concepts`, `probe`,
+`dissector` and `target` declarations, the similarity functions and their
+parameters, pooling modes, threshold statistics, analyses and report sections --
+is listed here once.  The checker (`dsl/checker.py`) validates studies against
+this table and offers "did you mean" suggestions from it; the engine's factories
+receive parameters that have already been validated and defaulted from it; the
+language reference (`docs/LANGUAGE.md`) documents the same entries.
+
+This module must stay import-light (no torch): `dissect-study check` uses it and
+never loads a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+ParamType = Literal["str", "path", "int", "float", "bool", "ref", "refs", "layer", "str_or_ref"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One keyword parameter of a source or similarity function."""
+
+    name: str
+    type: ParamType
+    default: Any = None
+    required: bool = False
+    doc: str = ""
+    choices: tuple[str, ...] | None = None
+    aliases: tuple[str, ...] = ()
+    #: for `ref`/`refs`: which declaration kind the name must refer to
+    ref_kind: str | None = None
+    #: numeric bounds, inclusive, when meaningful
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class Function:
+    """A source function such as `vindr(...)` or a similarity such as `soft_wpmi(...)`."""
+
+    name: str
+    params: tuple[Param, ...]
+    doc: str
+    #: positional arguments are accepted and mapped, in order, onto these parameters
+    positional: tuple[str, ...] = ()
+    #: accepts any number of positional references of `ref_kind` (e.g. `union(a, b, c)`)
+    variadic_ref_kind: str | None = None
+    #: similarity family: top-k-only, sufficient statistics, or full matrix
+    family: str | None = None
+    aliases: tuple[str, ...] = ()
+
+    def param(self, name: str) -> Param | None:
+        for p in self.params:
+            if p.name == name or name in p.aliases:
+                return p
+        return None
+
+    @property
+    def param_names(self) -> list[str]:
+        names: list[str] = []
+        for p in self.params:
+            names.append(p.name)
+            names.extend(p.aliases)
+        return names
+
+
+def _p(name: str, type: ParamType, default: Any = None, doc: str = "", **kw: Any) -> Param:
+    return Param(name=name, type=type, default=default, doc=doc, **kw)
+
+
+def _req(name: str, type: ParamType, doc: str = "", **kw: Any) -> Param:
+    return Param(name=name, type=type, required=True, doc=doc, **kw)
+
+
+TRUST = _p(
+    "trust_checkpoint",
+    "bool",
+    False,
+    "Allow unpickling objects beyond plain tensors and allow-listed config classes. "
+    "Only for files you produced yourself.",
+)
+
+# --------------------------------------------------------------------------- concepts
+CONCEPT_SOURCES: dict[str, Function] = {
+    f.name: f
+    for f in [
+        Function(
+            "shipped",
+            (_req("name", "str", "Name of a concept set shipped in concept_sets/ (e.g. \"mammo_v1\")."),),
+            "A concept set that ships with dissect-study.",
+            positional=("name",),
+        ),
+        Function(
+            "txt",
+            (
+                _req("path", "path", "One concept per line; blank lines are ignored."),
+                _p("categories", "path", None, "Optional JSON or xlsx category map for these concepts."),
+                _p("tasks", "path", None, "Optional JSON map {task: [concept, ...]}."),
+            ),
+            "A plain text file, one concept per line (CLIP-Dissect style).",
+            positional=("path",),
+        ),
+        Function(
+            "csv",
+            (
+                _req("path", "path", "CSV with one row per concept."),
+                _p("concept_column", "str", "concept"),
+                _p("category_column", "str", "category"),
+                _p("subcategory_column", "str", "subcategory"),
+                _p("domain_column", "str", "domain"),
+                _p("tasks_column", "str", "tasks", "Semicolon-separated task tags."),
+                _p("tasks", "path", None, "Optional JSON map {task: [concept, ...]}."),
+            ),
+            "A CSV concept table with category columns.",
+            positional=("path",),
+        ),
+        Function(
+            "xlsx",
+            (
+                _req("path", "path", "Category workbook: one sheet per broad category, one column per subcategory."),
+                _p("concepts", "path", None, "Optional txt file fixing the concept list and its order."),
+                _p("precedence", "str", "last", "Which match wins when a concept is listed twice.", choices=("last", "first")),
+                _p("match", "str", "stripped", "Compare cells after stripping whitespace (default) or exactly as the reference notebook did.", choices=("stripped", "exact")),
+                _p("non_mammography", "str", "Environmental_and_Natural", "Sheet whose concepts are not mammography concepts."),
+                _p("tasks", "path", None, "Optional JSON map {task: [concept, ...]}."),
+            ),
+            "The Mammo-CLIP Dissect category workbook (Extended_Breast_text_categories.xlsx).",
+            positional=("path",),
+        ),
+        Function(
+            "json",
+            (
+                _req("path", "path", "JSON {category: [concept, ...]} or {category: {subcategory: [...]}}."),
+                _p("tasks", "path", None, "Optional JSON map {task: [concept, ...]}."),
+            ),
+            "A JSON category map.",
+            positional=("path",),
+        ),
+    ]
+}
+
+# --------------------------------------------------------------------------- probes
+PROBE_SOURCES: dict[str, Function] = {
+    f.name: f
+    for f in [
+        Function(
+            "folder",
+            (
+                _req("path", "path", "Folder of PNG/JPEG/TIFF images (8 or 16 bit)."),
+                _p("recursive", "bool", True),
+            ),
+            "Every image file under a folder, in sorted path order.",
+            positional=("path",),
+        ),
+        Function(
+            "csv",
+            (
+                _req("path", "path", "CSV manifest, one row per image."),
+                _p("path_column", "str", "path"),
+                _p("id_column", "str", None, "Column with a unique image id (default: the path)."),
+                _p("root", "path", None, "Folder that relative paths are resolved against (default: the CSV's folder)."),
+            ),
+            "A CSV manifest: an image path column plus attribute columns.",
+            positional=("path",),
+        ),
+        Function(
+            "vindr",
+            (
+                _req("root", "path", "Folder holding the images (`<study_id>/<image_id>.png`, or DICOM)."),
+                _req("csv", "path", "breast-level_annotations.csv, finding_annotations.csv or vindr_detection_v1_folds.csv."),
+                _p("split", "str", "test", choices=("test", "training", "all")),
+                _p("findings", "path", None, "finding_annotations.csv, to attach finding categories and boxes."),
+                _p("image_format", "str", "png", choices=("png", "dicom")),
+                _p("keep_duplicate_rows", "bool", False, "Keep repeated image rows (the paper's 4,095-row probe)."),
+            ),
+            "The VinDr-Mammo layout, as published and as preprocessed by Mammo-CLIP.",
+        ),
+        Function(
+            "embed",
+            (
+                _req("csv", "path", "EMBED-style metadata CSV."),
+                _req("root", "path", "Folder the CSV's image paths are relative to."),
+                _p("path_column", "str", "anon_dicom_path"),
+                _p("id_column", "str", None),
+            ),
+            "An EMBED-style CSV of (DICOM or PNG) images.",
+        ),
+        Function(
+            "dicom",
+            (_req("path", "path", "Folder of DICOM files."), _p("recursive", "bool", True)),
+            "A folder of DICOM files (MONOCHROME1 inverted, VOI LUT / windowing applied).",
+            positional=("path",),
+        ),
+        Function(
+            "imagenet",
+            (
+                _req("path", "path", "ImageNet-style folder: one sub-folder per class."),
+                _p("per_class", "int", None, "Keep at most this many images per class.", min=1),
+            ),
+            "ImageNet-style class folders (e.g. ImageNette/ImageWoof, Appendix C/D).",
+            positional=("path",),
+        ),
+        Function(
+            "union",
+            (),
+            "Several probes concatenated in the order given (mixed-domain probes).",
+            variadic_ref_kind="probe",
+        ),
+        Function(
+            "phantom",
+            (
+                _p("n", "int", 400, "Number of synthetic mammograms.", min=1),
+                _p("seed", "int", 0),
+                _p("height", "int", 320, "Image height in pixels; width follows Mammo-CLIP's 1520x912 aspect.", min=32),
+            ),
+            "Procedural mammogram phantoms with ground-truth attributes (synthetic).",
+        ),
+    ]
+}
+
+# --------------------------------------------------------------------------- dissectors
+DISSECTOR_SOURCES: dict[str, Function] = {
+    f.name: f
+    for f in [
+        Function(
+            "mammo_clip",
+            (
+                _req("checkpoint", "path", "Mammo-CLIP checkpoint (b5-model-best-epoch-7.tar or the B2 file)."),
+                _req("text", "path", "Local Bio_ClinicalBERT folder (tokenizer + config; weights come from the checkpoint)."),
+                _p("variant", "str", "auto", choices=("auto", "b5", "b2")),
+                _p("train_mode", "bool", False, "Run the image tower in train mode, as the reference code did (not recommended)."),
+                TRUST,
+            ),
+            "Mammo-CLIP (EfficientNet image tower + BioClinicalBERT text tower).",
+        ),
+        Function(
+            "mammo_clip_general",
+            (
+                _req("imagenet_weights", "path", "Local ImageNet EfficientNet weights (lukemelas or timm layout)."),
+                _req("text", "path", "Local Bio_ClinicalBERT folder with weights."),
+                _p("variant", "str", "b5", choices=("b5", "b2")),
+                _p("projection_seed", "int", 0, "Seed of the randomly initialised projection heads (recorded)."),
+                TRUST,
+            ),
+            "F_general: the Mammo-CLIP architecture initialised from ImageNet weights (G-Mammo-CLIP Dissect).",
+        ),
+        Function(
+            "clip",
+            (_req("path", "path", "Local Hugging Face CLIP folder (config, weights, tokenizer, processor)."),),
+            "A general CLIP model from a local folder (Appendix setups A/B).",
+            positional=("path",),
+        ),
+        Function(
+            "demo",
+            (_p("seed", "int", 0), _p("epochs", "int", None, "Override the training length (default: the tuned value).", min=1)),
+            "The embedded demo dissector: MiniLM text tower + small CNN trained on phantoms. Built on first use, cached.",
+        ),
+    ]
+}
+
+# --------------------------------------------------------------------------- targets
+TARGET_SOURCES: dict[str, Function] = {
+    f.name: f
+    for f in [
+        Function(
+            "image_tower",
+            (_req("dissector", "ref", "The dissector whose image tower is the target.", ref_kind="dissector"),),
+            "A dissector's image encoder (G and M in the paper).",
+            positional=("dissector",),
+        ),
+        Function(
+            "classifier",
+            (
+                _req("checkpoint", "path", "Fine-tuned classifier .pth (Mammo-CLIP BreastClipClassifier)."),
+                _req("base", "ref", "Dissector the classifier was fine-tuned from (architecture, preprocessing).", ref_kind="dissector"),
+                _p("task", "str", None, choices=("density", "birads", "cancer_birads", "mass", "calcification", "cancer")),
+                _p("n_class", "int", None, "Expected number of classes; checked against the file.", min=1),
+                TRUST,
+            ),
+            "A fine-tuned Mammo-CLIP classifier (C1-C4 in the paper).",
+        ),
+        Function(
+            "timm",
+            (
+                _req("model", "str", "timm architecture name, e.g. \"resnet50\"."),
+                _req("weights", "path", "Local weights file (.safetensors or .pth)."),
+                _p("num_classes", "int", None, "Head size, if the weights have a classifier head."),
+                TRUST,
+            ),
+            "Any timm model from a local weight file.",
+        ),
+        Function(
+            "clip_vision",
+            (_req("path", "path", "Local Hugging Face CLIP folder."),),
+            "The vision tower of a local Hugging Face CLIP model (layers `vision_model.encoder.layers.N`, CLS token).",
+            positional=("path",),
+        ),
+        Function(
+            "demo",
+            (
+                _req("variant", "str", "Which demo model.", choices=("G", "M", "C_density", "C_mass", "C_calcification")),
+                _p("seed", "int", 0),
+            ),
+            "The embedded demo targets (G untrained, M the demo dissector's tower, C fine-tuned from M).",
+            positional=("variant",),
+        ),
+    ]
+}
+
+SOURCES: dict[str, dict[str, Function]] = {
+    "concepts": CONCEPT_SOURCES,
+    "probe": PROBE_SOURCES,
+    "dissector": DISSECTOR_SOURCES,
+    "target": TARGET_SOURCES,
+}
+
+# --------------------------------------------------------------------------- similarity
+SIMILARITIES: dict[str, Function] = {
+    f.name: f
+    for f in [
+        Function(
+            "soft_wpmi",
+            (
+                _p("top_k", "int", 100, "Z: images per neuron (the engine uses min(top_k, N) and says so).", min=1),
+                _p("a", "float", 10.0, "Inverse temperature of the concept softmax."),
+                _p("lam", "float", 1.0, "Weight of the neuron prior.", aliases=("lambda",)),
+                _p("min_prob", "float", 1e-7, min=0),
+                _p("p_start", "float", 0.998, min=0, max=1),
+                _p("p_end", "float", 0.97, min=0, max=1),
+            ),
+            "CLIP-Dissect's SoftWPMI (the paper's default).",
+            family="topk",
+        ),
+        Function(
+            "wpmi",
+            (
+                _p("top_k", "int", 28, min=1),
+                _p("a", "float", 2.0),
+                _p("lam", "float", 0.6, aliases=("lambda",)),
+                _p("min_prob", "float", 1e-7, min=0),
+            ),
+            "CLIP-Dissect's WPMI.",
+            family="topk",
+        ),
+        Function("cos", (), "Cosine similarity of activation and concept columns.", family="stats", aliases=("cos_similarity",)),
+        Function(
+            "cos_cubed",
+            (_p("min_norm", "float", 1e-3, min=0),),
+            "Cosine of centred, cubed columns.",
+            family="full",
+            aliases=("cos_similarity_cubed",),
+        ),
+        Function(
+            "rank_reorder",
+            (
+                _p("p", "float", 3.0, min=0),
+                _p("top_fraction", "float", 0.05, min=0, max=1),
+                _p("scale_p", "float", 0.5),
+                _p("n_permutations", "int", 5, min=1),
+                _p("seed", "int", 0),
+            ),
+            "CLIP-Dissect's rank-reorder score.",
+            family="full",
+        ),
+        Function(
+            "mammi",
+            (
+                _p("alpha", "float", 93.0, "Adaptive representative-image threshold, percent.", min=0, max=100),
+                _p("beta", "float", 0.95, "Concept selection threshold as a fraction of the best score.", min=0, max=1),
+                _p("template", "str", "", "Prompt template prefix; its embedding is subtracted (adaptive cosine)."),
+            ),
+            "MAMMI/WWW adaptive selection and adaptive cosine.",
+            # the adaptive representative set can exceed any fixed top-k, so the
+            # dissector must see every probe image
+            family="full",
+            aliases=("mammi_adaptive",),
+        ),
+    ]
+}
+
+
+def lookup_similarity(name: str) -> Function | None:
+    for f in SIMILARITIES.values():
+        if name == f.name or name in f.aliases:
+            return f
+    return None
+
+
+POOLINGS = ("avg", "max", "cls", "none")
+THRESHOLD_STATISTICS = ("mean_top1", "mean_all", "median_top1")
+THRESHOLD_COMBINES = ("max", "own", "fixed")
+THRESHOLD_OPS = (">=", ">")
+COUNT_UNITS = ("concepts", "neurons")
+CATEGORY_LEVELS = ("category", "subcategory", "task", "domain")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
+BUILTIN_LAYER_ALIASES = ("early", "middle", "last")
+
+#: options of a `dissect` statement: name -> Param
+DISSECT_OPTIONS: dict[str, Param] = {
+    p.name: p
+    for p in [
+        _p("pooling", "str", "avg", "Spatial pooling of conv outputs (cls: token 0 of ViT outputs).", choices=POOLINGS),
+        _p("batch", "int", None, "Images per forward pass (default: the model's own).", min=1),
+        _p("device", "str", "auto", choices=DEVICES),
+        _p("precision", "str", "fp32", "bf16 autocast is used on CUDA only.", choices=PRECISIONS),
+        _p("top_concepts", "int", 10, "Concepts stored per neuron.", min=1),
+        _p("top_images", "int", 5, "Probe images stored per neuron.", min=1),
+        _p("dedup_images", "bool", True, "De-duplicate probe rows by image id."),
+        _p("dissector_train_mode", "bool", False, "Reference parity: run the dissector image tower in train mode."),
+        _p("workers", "int", 0, "DataLoader worker processes.", min=0),
+    ]
+}
+
+#: analyses: name -> one-line description. A study statement, a Python function in
+#: engine/analysis.py and a DuckDB table/view carry the same name.
+ANALYSES: dict[str, str] = {
+    "layer_thresholds": "tau per (model, layer) under the study's statistic; its evolution across layers (Fig. 4a/8).",
+    "captured_concepts": "Concepts a (model, layer) encodes under a threshold rule, with the neurons carrying them.",
+    "category_counts": "Captured concepts per broad category, subcategory, domain and task (Fig. 4b, 9).",
+    "top_categories": "The top three broad categories per (model, layer) (Fig. 4c).",
+    "concept_changes": "Concepts unique to each model and shared, per layer and category (Table 3).",
+    "missed_concepts": "Concepts never captured at any analysed layer, after the overlap de-dup (Fig. 10, 11).",
+    "neuron_profile": "Top concepts and top images of one neuron (Fig. 6, 7).",
+    "keyword_neurons": "Neurons whose top-k labels share one keyword.",
+}
+
+REPORT_FORMATS = ("html", "pdf")
+REPORT_SECTIONS = (
+    "summary",
+    "sanity",
+    "methods",
+    "thresholds",
+    "domains",
+    "top_categories",
+    "wordclouds",
+    "tasks",
+    "changes",
+    "learned",
+    "missed",
+    "neurons",
+    "keywords",
+    "calibration",
+    "appendix",
+)
+
+
+def suggestion_pool(kind: str) -> list[str]:
+    """Candidate names for a misspelling of `kind` (e.g. 'similarity', 'probe')."""
+    if kind in SOURCES:
+        return list(SOURCES[kind])
+    if kind == "similarity":
+        return [n for f in SIMILARITIES.values() for n in (f.name, *f.aliases)]
+    if kind == "pooling":
+        return list(POOLINGS)
+    if kind == "statistic":
+        return list(THRESHOLD_STATISTICS)
+    if kind == "analysis":
+        return list(ANALYSES)
+    if kind == "section":
+        return list(REPORT_SECTIONS)
+    if kind == "dissect_option":
+        return list(DISSECT_OPTIONS)
+    return []

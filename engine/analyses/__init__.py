@@ -1,0 +1,1 @@
+"""Analyses over scored labels (captured concepts, comparisons, categories, calibration)."""

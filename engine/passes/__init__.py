@@ -1,0 +1,1 @@
+"""Model passes: probe images through targets (hooked, pooled) and through the dissector."""

@@ -1,0 +1,1 @@
+"""Scores: similarity functions over activations and the dissector's image-concept matrix, then labels."""

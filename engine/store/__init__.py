@@ -1,0 +1,1 @@
+"""The DuckDB results store: schema, the run transaction, read-only queries."""
