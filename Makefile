@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install check bench clean
+.PHONY: demo test lint install check bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "error: $(PY) not found; install Python 3.11 or run 'make PY=python3 ...'"; exit 2; }
@@ -20,6 +20,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The repository root is the `dissect_study` package; mypy finds it through a
+# link named for the package (an editable install's import hook is invisible to it).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	@mkdir -p .mypy_root && ln -sfn .. .mypy_root/dissect_study
+	cd .mypy_root && MYPYPATH=. ../$(BIN)/mypy -p dissect_study.dsl -p dissect_study.engine -m dissect_study.errors -m dissect_study.plugins
 
 check: $(STAMP)
 	$(BIN)/dissect-study check studies/*.study
