@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from dissect_study.dsl.ast import Span
+from dissect_study.errors import DissectStudyError
 
 ERROR = "error"
 WARNING = "warning"
@@ -38,13 +39,17 @@ class Diagnostic:
         return self.severity == ERROR
 
 
-class StudyError(Exception):
+class StudyError(DissectStudyError):
     """Raised by `parse` when a study cannot be parsed; carries the diagnostics."""
 
     def __init__(self, diagnostics: Sequence[Diagnostic], source: str = "") -> None:
         self.diagnostics = list(diagnostics)
         self.source = source
         super().__init__(render(self.diagnostics, source) if self.diagnostics else "study error")
+
+    def user_message(self) -> str:
+        """The rendered diagnostics already read `path:line:col: error: ...`; no second prefix."""
+        return str(self) if self.diagnostics else f"error: {self}"
 
 
 def did_you_mean(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> str | None:

@@ -34,6 +34,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from dissect_study.errors import DissectStudyError
+
 #: Bump when the on-disk entry layout or key derivation changes: old entries become unreachable.
 CACHE_FORMAT = 1
 _META_KEY = "dissect_study"
@@ -42,7 +44,7 @@ _TMP_PREFIX = ".tmp-"
 _STALE_TMP_S = 3600.0
 
 
-class CacheError(RuntimeError):
+class CacheError(DissectStudyError):
     """The cache folder cannot be used (not writable, not a folder)."""
 
 

@@ -41,6 +41,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from dissect_study.errors import DissectStudyError
+
 MAMMO = "mammography"
 NON_MAMMO = "non-mammography"
 DOMAINS = (MAMMO, NON_MAMMO)
@@ -60,7 +62,7 @@ NON_MAMMO_CATEGORY = "Environmental and natural"
 _EXAMPLES = 8
 
 
-class ConceptSetError(Exception):
+class ConceptSetError(DissectStudyError):
     """A concept-set file that cannot be used; the message says which file/key and how to fix it."""
 
 

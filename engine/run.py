@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import platform
 import time
 from dataclasses import dataclass, field
@@ -26,9 +27,10 @@ from dissect_study.engine.store import database as store
 from dissect_study.engine.cache import Cache, default_cache_dir
 from dissect_study.engine.plan.steps import Plan, layer_item_text
 from dissect_study.dsl.vocabulary import SIMILARITIES
+from dissect_study.errors import DissectStudyError
 
 
-class RunError(Exception):
+class RunError(DissectStudyError):
     """A run-time problem the user can fix (missing file, unset variable, bad layer)."""
 
 
@@ -54,20 +56,28 @@ class RunResult:
     seconds: float = 0.0
 
 
+logger = logging.getLogger(__name__)
+
+
 class _Log:
-    """One-line summaries per finished step; quiet mode keeps only warnings."""
+    """The run's voice on top of `logging`: one line per finished step, and warnings the run keeps.
+
+    Why a class and not the bare logger: a warning also lands in the run's `warnings`
+    table, so it is recorded here as well as logged.  `quiet` (RunOptions) demotes step
+    summaries to DEBUG, so a library caller can silence them without touching the
+    logging configuration; the CLI's -v still shows them.
+    """
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
         self.warnings: list[tuple[str, str]] = []
 
     def info(self, msg: str) -> None:
-        if not self.quiet:
-            print(msg, flush=True)
+        logger.log(logging.DEBUG if self.quiet else logging.INFO, msg)
 
     def warn(self, step: str, msg: str) -> None:
         self.warnings.append((step, msg))
-        print(f"warning: {msg}", flush=True)
+        logger.warning(msg)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -38,6 +38,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from dissect_study.engine.concepts import category_key, category_order
+from dissect_study.errors import DissectStudyError
 
 STATISTICS = ("mean_top1", "mean_all", "median_top1")
 COMBINES = ("max", "own", "fixed")
@@ -64,7 +65,7 @@ THRESHOLD_COLUMNS = ["model", "layer", "layer_index", "alias", "n_neurons", "tau
                      "tau_mean_top1", "tau_mean_all", "tau_median_top1"]
 
 
-class AnalysisError(Exception):
+class AnalysisError(DissectStudyError):
     """An analysis that cannot be computed from this run; the message says why and what to change."""
 
 

@@ -30,8 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from dissect_study.errors import DissectStudyError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(DissectStudyError):
     """A checkpoint or model folder cannot be used; the message says why and what to do."""
 
 

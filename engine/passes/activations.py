@@ -31,12 +31,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from dissect_study.engine.models.base import Dissector, Preprocess, Target
 from dissect_study.engine.probes.base import Probe
+from dissect_study.errors import DissectStudyError
 
 POOLINGS = ("avg", "max", "cls", "none")
 PRECISIONS = ("fp32", "bf16")
 
 
-class ActivationError(RuntimeError):
+class ActivationError(DissectStudyError):
     """A user-facing problem with a layer, pooling mode or preprocessing (one clear paragraph)."""
 
 

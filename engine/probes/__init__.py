@@ -21,8 +21,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from dissect_study.errors import DissectStudyError
 
-class ProbeError(ValueError):
+
+class ProbeError(DissectStudyError):
     """A user mistake in a probe declaration or its files (one-paragraph message)."""
 
 

@@ -25,7 +25,13 @@ class ProbeItem:
 
 
 class ImageUnreadable(Exception):
-    """Raised by `Probe.load` for an image that cannot be decoded (skipped with a warning)."""
+    """Raised by `Probe.load` for an image that cannot be decoded (skipped with a warning).
+
+    Deliberately not a `DissectStudyError`: it is the skip signal between a probe and
+    the activation pass, which turns it into a skipped row (or, under --strict, a
+    `RunError`).  One escaping to the CLI means a caller ignored that contract -- a bug,
+    so it keeps its traceback.
+    """
 
 
 class Probe(abc.ABC):

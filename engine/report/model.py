@@ -30,6 +30,15 @@ from dissect_study.dsl.vocabulary import REPORT_SECTIONS
 from dissect_study.engine.report import charts
 from dissect_study.engine.report.charts import Palette
 from dissect_study.engine.report.wordcloud import Word, wordcloud_svg
+from dissect_study.errors import DissectStudyError
+
+
+class ReportError(DissectStudyError, LookupError):
+    """A report cannot be built from what the user named (no such run, section, format or database).
+
+    LookupError stays a base: callers of `build_report_model` / `write_report` catch it.
+    """
+
 
 #: below this distance from chance a zero-shot sanity metric is called "near chance"
 NEAR_CHANCE = 0.05
@@ -932,22 +941,22 @@ def build_report_model(con: duckdb.DuckDBPyConnection, run_id: str | None = None
     """Read one run from the store and build the report's view model.
 
     `run_id=None` takes the latest run; `sections=None` every section with data.
-    Raises LookupError (a user mistake: unknown run or section) with a clear message.
+    Raises ReportError (a LookupError; a user mistake: unknown run or section) with a clear message.
     """
     from dissect_study.engine.store.database import latest_run_id
 
     if run_id is None:
         run_id = latest_run_id(con)
         if run_id is None:
-            raise LookupError("the results database holds no runs yet; run a study first (dissect-study run FILE.study)")
+            raise ReportError("the results database holds no runs yet; run a study first (dissect-study run FILE.study)")
     elif not con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchone()[0]:
         known = [r[0] for r in con.execute("SELECT run_id FROM runs ORDER BY finished_at DESC LIMIT 5").fetchall()]
-        raise LookupError(f"run {run_id!r} is not in the results database; recent runs: {', '.join(known) or 'none'} "
+        raise ReportError(f"run {run_id!r} is not in the results database; recent runs: {', '.join(known) or 'none'} "
                           "(list them with: dissect-study query \"SELECT run_id, study_title FROM runs\")")
     if sections is not None:
         bad = [x for x in sections if x not in BUILDERS]
         if bad:
-            raise LookupError(f"unknown report section(s) {', '.join(bad)}; choose from {', '.join(REPORT_SECTIONS)}")
+            raise ReportError(f"unknown report section(s) {', '.join(bad)}; choose from {', '.join(REPORT_SECTIONS)}")
     c = _Ctx(con, run_id)
     c.meta_title = str(c.run.get("study_title") or "Untitled study")
     wanted = [x for x in REPORT_SECTIONS if sections is None or x in sections]

@@ -18,7 +18,7 @@ import duckdb
 import jinja2
 from markupsafe import Markup, escape
 
-from dissect_study.engine.report.model import ReportModel, build_report_model
+from dissect_study.engine.report.model import ReportError, ReportModel, build_report_model
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "report_templates"
 
@@ -90,12 +90,12 @@ def write_report(db_path: str | Path, out_dir: str | Path, run_id: str | None = 
 
     bad = [f for f in formats if f not in ("html", "pdf")]
     if bad:
-        raise LookupError(f"unknown report format(s) {', '.join(bad)}; choose from html, pdf")
+        raise ReportError(f"unknown report format(s) {', '.join(bad)}; choose from html, pdf")
     con = connect(db_path, read_only=True)
     try:
         model = build_report_model(con, run_id=run_id, sections=sections)
     except duckdb.CatalogException as e:
-        raise LookupError(f"{db_path}: not a dissect-study results database ({e})") from None
+        raise ReportError(f"{db_path}: not a dissect-study results database ({e})") from None
     finally:
         con.close()
     out = Path(out_dir)

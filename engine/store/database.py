@@ -23,6 +23,8 @@ from typing import Any, Mapping
 import duckdb
 import pandas as pd
 
+from dissect_study.errors import DissectStudyError
+
 SCHEMA_VERSION = 1
 
 #: table name -> DDL.  Columns are documented in README.md ("The results database").
@@ -303,7 +305,7 @@ VIEWS: dict[str, str] = {
 }
 
 
-class StoreError(Exception):
+class StoreError(DissectStudyError):
     """A database that cannot be opened or has an incompatible schema."""
 
 
