@@ -6,7 +6,8 @@ columns of the similarity matrix S.  The reference code parsed the file twice
 (METHOD.md §11.6); here a blank line is dropped, warned about, and never
 counted.
 
-Sources (the `concepts` declaration's functions in engine/registry.py):
+Sources (the `concepts` declaration's functions, `dsl/vocabulary.py`; each loader
+registers itself with `@CONCEPT_LOADERS.register(name)`):
 
 * ``shipped``  a CSV in the `dissect_study.concept_sets` package (``mammo_v1``);
 * ``txt``      one concept per line (CLIP-Dissect's 20k list), optionally with a
@@ -37,10 +38,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
+from dissect_study.dsl.vocabulary import CONCEPT_SOURCES
+from dissect_study.engine.registry import CONCEPT_LOADERS
 from dissect_study.errors import DissectStudyError
 
 MAMMO = "mammography"
@@ -326,6 +329,7 @@ def _read_lines(p: Path, warnings: list[str]) -> list[str]:
     return _dedupe([x for x in texts if x], p.name, warnings)
 
 
+@CONCEPT_LOADERS.register("txt")
 def load_txt(name: str, params: dict[str, Any], base_dir: str | Path) -> ConceptSet:
     p = _resolve(params["path"], base_dir, "path")
     warnings: list[str] = []
@@ -408,6 +412,7 @@ def _load_csv_text(name: str, text: str, where: str, params: dict[str, Any], bas
     return _finish(name, texts, cats, tasks, warnings, source, where)
 
 
+@CONCEPT_LOADERS.register("csv")
 def load_csv(name: str, params: dict[str, Any], base_dir: str | Path) -> ConceptSet:
     p = _resolve(params["path"], base_dir, "path")
     return _load_csv_text(name, _read_text(p), p.name, params, base_dir, {"func": "csv", "path": str(p), **_opt(params, "tasks")})
@@ -418,6 +423,7 @@ def shipped_names() -> list[str]:
     return sorted(e.name[: -len(".csv")] for e in root.iterdir() if e.name.endswith(".csv"))
 
 
+@CONCEPT_LOADERS.register("shipped")
 def load_shipped(name: str, params: dict[str, Any], base_dir: str | Path) -> ConceptSet:
     set_name = params["name"]
     res = importlib.resources.files("dissect_study.concept_sets") / f"{set_name}.csv"
@@ -500,6 +506,7 @@ def _xlsx_categories(
     return cats, order
 
 
+@CONCEPT_LOADERS.register("xlsx")
 def load_xlsx(name: str, params: dict[str, Any], base_dir: str | Path) -> ConceptSet:
     p = _resolve(params["path"], base_dir, "path")
     warnings: list[str] = []
@@ -565,6 +572,7 @@ def _json_categories(p: Path, warnings: list[str]) -> tuple[dict[str, _Cat], lis
     return cats, order
 
 
+@CONCEPT_LOADERS.register("json")
 def load_json(name: str, params: dict[str, Any], base_dir: str | Path) -> ConceptSet:
     p = _resolve(params["path"], base_dir, "path")
     warnings: list[str] = []
@@ -576,22 +584,24 @@ def load_json(name: str, params: dict[str, Any], base_dir: str | Path) -> Concep
 
 # --------------------------------------------------------------------------- entry point
 
-LOADERS = {"shipped": load_shipped, "txt": load_txt, "csv": load_csv, "xlsx": load_xlsx, "json": load_json}
+#: `concepts NAME = func(...)`: (NAME, validated parameters, study folder) -> ConceptSet
+ConceptLoader = Callable[[str, dict[str, Any], "str | Path"], ConceptSet]
 
 
 def load_concept_set(name: str, func: str, params: dict[str, Any], base_dir: str | Path) -> ConceptSet:
     """Load the concept set declared as `concepts <name> = <func>(<params>)`.
 
-    `params` are the registry-validated parameters (paths relative to `base_dir`,
-    the study file's folder).  Raises ConceptSetError with a one-paragraph message
-    for user mistakes.
+    `params` are the checker-validated parameters (paths relative to `base_dir`,
+    the study file's folder); the loader is the one registered as `func`
+    (`@CONCEPT_LOADERS.register`).  Raises ConceptSetError with a one-paragraph
+    message for user mistakes.
     """
-    loader = LOADERS.get(func)
-    if loader is None:
-        raise ConceptSetError(f"concepts {name}: unknown source {func!r}; use one of {', '.join(LOADERS)}.")
-    for key in ("name",) if func == "shipped" else ("path",):
-        if not params.get(key):
-            raise ConceptSetError(f"concepts {name}: {func}(...) needs {key}=...")
-    cs = loader(name, dict(params), base_dir)
+    if func not in CONCEPT_LOADERS:
+        raise ConceptSetError(f"concepts {name}: unknown source {func!r}; use one of {', '.join(CONCEPT_LOADERS.names())}.")
+    spec = CONCEPT_SOURCES.get(func)
+    for p in spec.params if spec is not None else ():
+        if p.required and not params.get(p.name):
+            raise ConceptSetError(f"concepts {name}: {func}(...) needs {p.name}=...")
+    cs = CONCEPT_LOADERS.get(func)(name, dict(params), base_dir)
     cs.source.setdefault("func", func)
     return cs

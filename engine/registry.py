@@ -22,42 +22,24 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import logging
-from importlib import metadata
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Generic, Iterator, TypeVar
 
 from dissect_study.errors import DissectStudyError
+from dissect_study.plugins import PLUGIN_GROUP, load_plugins
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:  # the factory types live with the heavy modules; annotations only
+    from dissect_study.engine.concepts import ConceptLoader
+    from dissect_study.engine.models.base import DissectorFactory, TargetFactory
+    from dissect_study.engine.probes import ProbeFactory
 
 T = TypeVar("T")
 
-#: entry-point group through which other packages extend dissect-study
-PLUGIN_GROUP = "dissect_study.plugins"
+__all__ = ["PLUGIN_GROUP", "Registry", "RegistryError", "load_plugins", "SIMILARITIES", "DISSECTORS", "TARGETS",
+           "PROBES", "CONCEPT_LOADERS", "ANALYSES"]
 
 
 class RegistryError(DissectStudyError):
     """A name has no implementation, or is registered twice."""
-
-
-_plugins_loaded = False
-
-
-def load_plugins() -> None:
-    """Import every module named in the `dissect_study.plugins` entry-point group, once.
-
-    A plugin that fails to import is reported and skipped: a broken third-party
-    package must not stop studies that do not use it.
-    """
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    for ep in metadata.entry_points(group=PLUGIN_GROUP):
-        try:
-            ep.load()
-        except Exception as e:  # noqa: BLE001 -- any failure of foreign code is reported, not raised
-            log.warning("plugin %r (%s) could not be loaded and is skipped: %s", ep.name, ep.value, e)
 
 
 class Registry(Generic[T]):
@@ -143,8 +125,14 @@ def _describe(obj: object) -> str:
 # implementation module is added here once.
 
 SIMILARITIES: Registry = Registry("similarity function", ("dissect_study.engine.scores.similarity",))
-DISSECTORS: Registry = Registry("dissector source", ())
-TARGETS: Registry = Registry("target source", ())
-PROBES: Registry = Registry("probe source", ())
-CONCEPT_LOADERS: Registry = Registry("concept source", ())
+DISSECTORS: Registry[DissectorFactory] = Registry("dissector source", (
+    "dissect_study.engine.models.mammo_clip", "dissect_study.engine.models.clip", "dissect_study.engine.models.demo"))
+TARGETS: Registry[TargetFactory] = Registry("target source", (
+    "dissect_study.engine.models", "dissect_study.engine.models.classifier", "dissect_study.engine.models.timm_target",
+    "dissect_study.engine.models.clip", "dissect_study.engine.models.demo"))
+PROBES: Registry[ProbeFactory] = Registry("probe source", (
+    "dissect_study.engine.probes.folder", "dissect_study.engine.probes.manifest", "dissect_study.engine.probes.vindr",
+    "dissect_study.engine.probes.embed", "dissect_study.engine.probes.dicom", "dissect_study.engine.probes.imagenet",
+    "dissect_study.engine.probes.compose", "dissect_study.engine.phantom.probe"))
+CONCEPT_LOADERS: Registry[ConceptLoader] = Registry("concept source", ("dissect_study.engine.concepts",))
 ANALYSES: Registry = Registry("analysis", ())

@@ -25,6 +25,7 @@ import torch
 from dissect_study import __version__
 from dissect_study.engine.store import database as store
 from dissect_study.engine.cache import Cache, default_cache_dir
+from dissect_study.engine.models.base import HasSentenceEncoder, ReportsTraining, TrainModeSwitch
 from dissect_study.engine.plan.steps import Plan, layer_item_text
 from dissect_study.dsl.vocabulary import SIMILARITIES
 from dissect_study.errors import DissectStudyError
@@ -160,17 +161,6 @@ def resolve_layers(target: Any, items: tuple, study_aliases: dict[str, tuple]) -
     return sorted(out.items(), key=lambda kv: order.get(kv[0], 1 << 30))
 
 
-def _has_ground_truth(probe: Any) -> bool:
-    """Probes whose attributes are ground truth, not annotations (the phantom)."""
-    if getattr(probe, "has_ground_truth", False):
-        return True
-    try:
-        from dissect_study.engine.phantom.probe import PhantomProbe
-    except ImportError:
-        return False
-    return isinstance(probe, PhantomProbe)
-
-
 def _analysis_options(options: Any) -> dict[str, Any]:
     """Study-level option spellings -> engine/analysis.py's (the language says `one_way`)."""
     opts = dict(options or {})
@@ -218,7 +208,7 @@ class Executor:
         device = _device(self.opt.device or self._study_device())
         self.device = device
         ctx = BuildContext(base_dir=self.base_dir, cache_dir=str(self.cache.root), device=device,
-                           log=self.log.info)
+                           log=self.log.info, probes=self.probes)
         self.ctx = ctx
         for step in self.plan.concept_sets:
             _unset_env_check(step.name, step.params)
@@ -229,7 +219,7 @@ class Executor:
             self.log.info(f"concepts  {step.name}: {len(cs.concepts)} concepts ({step.func})")
         for step in self.plan.probes:
             _unset_env_check(step.name, step.params)
-            probe = build_probe(step.name, step.func, step.params, ctx, self.probes, sample=step.sample)
+            probe = build_probe(step.name, step.func, step.params, ctx, sample=step.sample)
             self.probes[step.name] = probe
             self.log.info(f"probe     {step.name}: {len(probe)} images ({step.func})")
         for step in self.plan.dissectors:
@@ -249,7 +239,7 @@ class Executor:
         for x in self.plan.dissections:
             if x.options.get("dissector_train_mode"):
                 d = self.dissectors[x.dissector]
-                if not hasattr(d, "train_mode"):
+                if not isinstance(d, TrainModeSwitch):
                     raise RunError(f"dissect {x.target}: dissector_train_mode=true, but dissector {x.dissector} "
                                    f"has no train mode (only mammo_clip dissectors reproduce that reference bug)")
                 d.train_mode = True
@@ -339,7 +329,7 @@ class Executor:
             d, probe = self.dissectors[dname], self.probes[pname]
             users = [x for x in self.plan.dissections if (x.dissector, x.probe) == (dname, pname)]
             rows = sorted(set().union(*(self.act_rows[(x.target, x.probe)] for x in users)))
-            calibrating = self.opt.calibration and _has_ground_truth(probe)
+            calibrating = self.opt.calibration and probe.has_ground_truth
             row_users = []
             for x in users:
                 spec = SIMILARITIES[x.similarity].param("top_k")
@@ -483,7 +473,7 @@ class Executor:
         for name, d in self.dissectors.items():
             step = next(s for s in self.plan.dissectors if s.name == name)
             details = d.describe()
-            if hasattr(d, "training_report"):  # demo models: zero-shot / Table-2 style numbers
+            if isinstance(d, ReportsTraining):  # demo models: zero-shot / Table-2 style numbers
                 details["training_report"] = d.training_report()
             rec.add("models", dict(model=name, role="dissector", kind=step.func, source=step.params,
                                    sha256=d.fingerprint(), details=details))
@@ -491,7 +481,7 @@ class Executor:
             step = next(s for s in self.plan.targets if s.name == name)
             details = t.describe()
             details["layers"] = [{"name": l.name, "channels": l.channels, "index": l.index} for l in t.layers()]
-            if hasattr(t, "training_report"):
+            if isinstance(t, ReportsTraining):
                 details["training_report"] = t.training_report()
             rec.add("models", dict(model=name, role="target", kind=step.func, source=step.params,
                                    sha256=t.fingerprint(), details=details))
@@ -542,7 +532,7 @@ class Executor:
             return
         for x in self.plan.dissections:
             probe = self.probes[x.probe]
-            if not _has_ground_truth(probe):
+            if not probe.has_ground_truth:
                 continue
             cs = self.concept_sets[x.concepts]
             rows = self.act_rows[(x.target, x.probe)]
@@ -554,7 +544,8 @@ class Executor:
                 continue
             P = concept_activation_matrix(emb[[pos[r] for r in rows]], self.text_emb[(x.dissector, x.concepts)])
             attrs = [probe.items[r].attributes for r in rows]
-            encoder = getattr(self.dissectors[x.dissector], "sentence_encoder", None)
+            dissector = self.dissectors[x.dissector]
+            encoder = dissector.sentence_encoder if isinstance(dissector, HasSentenceEncoder) else None
             t0 = time.perf_counter()
             for layer, _ in self.layer_names[x.target]:
                 X = self.acts[(x.target, x.probe)][layer].float()

@@ -81,6 +81,15 @@ def test_targets(tiny):
     x = torch.randn(2, 3, 64, 38)
     assert torch.allclose(m.forward(x), ctx.dissectors["demo"].encode_images(x), atol=1e-5)
     assert g.fingerprint() != m.fingerprint() != c.fingerprint()
+    # `target M = image_tower(demo)` goes through the HasImageTower capability and is the same M
+    from dissect_study.engine.models import build_target
+    from dissect_study.engine.models.base import HasImageTower
+
+    assert isinstance(ctx.dissectors["demo"], HasImageTower)
+    tower = build_target("M2", "image_tower", {"dissector": "demo"}, ctx)
+    assert tower.name == "M2" and tower.fingerprint() == m.fingerprint()
+    assert torch.allclose(tower.forward(x), m.forward(x), atol=1e-6)
+    assert tower.module is not ctx.dissectors["demo"].net  # a copy: hooks never touch the dissector
     assert c.forward(x).shape == (2, 1)
     assert c.training_report()["heldout"]["n"] == 16
     assert m.aliases() == {"early": "blocks.0", "middle": "blocks.2", "last": "blocks.4"}

@@ -38,6 +38,11 @@ class Sample:  # the DSL's Sample(n, balanced_by, seed), as the factory receives
 
 
 CTX = SimpleNamespace(base_dir=".", cache_dir=".", log=lambda m: LOGS.append(m))
+
+
+def ctx_with(probes):
+    """A build context holding already-built probes, as the executor's does for `union`."""
+    return SimpleNamespace(base_dir=".", cache_dir=".", log=lambda m: LOGS.append(m), probes=probes)
 LOGS: list[str] = []
 
 
@@ -45,7 +50,7 @@ LOGS: list[str] = []
 def test_union_concatenates_in_order_and_dispatches_load():
     a = ListProbe("a", [{"label": "x"}] * 2)
     b = ListProbe("b", [{"view": "CC"}] * 3)
-    u = build_probe("mix", "union", {"refs": ["b", "a"]}, CTX, probes={"a": a, "b": b})
+    u = build_probe("mix", "union", {"refs": ["b", "a"]}, ctx_with({"a": a, "b": b}))
     assert [i.image_id for i in u.items] == ["b:img000", "b:img001", "b:img002", "a:img000", "a:img001"]
     assert [i.attributes["probe"] for i in u.items] == ["b", "b", "b", "a", "a"]
     assert u.items[0].attributes["view"] == "CC" and u.items[4].attributes["label"] == "x"
@@ -58,11 +63,11 @@ def test_union_concatenates_in_order_and_dispatches_load():
 def test_union_errors():
     a = ListProbe("a", [{}])
     with pytest.raises(ProbeError, match="not declared before it"):
-        build_probe("u", "union", {"refs": ["a", "zz"]}, CTX, probes={"a": a})
+        build_probe("u", "union", {"refs": ["a", "zz"]}, ctx_with({"a": a}))
     with pytest.raises(ProbeError, match="more than once"):
-        build_probe("u", "union", {"refs": ["a", "a"]}, CTX, probes={"a": a})
+        build_probe("u", "union", {"refs": ["a", "a"]}, ctx_with({"a": a}))
     with pytest.raises(ProbeError, match="at least one"):
-        build_probe("u", "union", {"refs": []}, CTX, probes={"a": a})
+        build_probe("u", "union", {"refs": []}, ctx_with({"a": a}))
 
 
 # --------------------------------------------------------------------------- sampling

@@ -9,13 +9,22 @@ of the activation matrix always refer to the same probe image).
 
 Adapters in this package (Mammo-CLIP, classifiers, timm, CLIP, the demo models)
 implement these interfaces; the engine never needs to know which one it holds.
+What only some adapters can do is declared once, as a `typing.Protocol` per
+capability (`HasImageTower`, `TrainModeSwitch`, `ReportsTraining`,
+`HasSentenceEncoder`), and the engine asks `isinstance(model, Capability)`
+instead of probing attribute names.
+
+A factory registers under the source-function name a study uses
+(`@DISSECTORS.register("mammo_clip")`, `@TARGETS.register("classifier")` from
+`engine/registry.py`) and has the shape `DissectorFactory` / `TargetFactory`:
+`(declared name, validated and defaulted parameters, BuildContext) -> model`.
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -143,3 +152,66 @@ class BuildContext:
     device: str = "cpu"
     dissectors: dict[str, Dissector] = field(default_factory=dict)
     log: Callable[[str], None] = print
+    #: already-built probes by study name (`union(a, b)` refers to them)
+    probes: dict[str, Any] = field(default_factory=dict)
+
+
+#: `dissector NAME = func(...)`: (NAME, validated parameters, context) -> Dissector
+DissectorFactory = Callable[[str, dict[str, Any], BuildContext], Dissector]
+#: `target NAME = func(...)`: (NAME, validated parameters, context) -> Target
+TargetFactory = Callable[[str, dict[str, Any], BuildContext], Target]
+
+
+# --------------------------------------------------------------------------- optional capabilities
+
+
+@runtime_checkable
+class HasImageTower(Protocol):
+    """A dissector whose own image encoder can be dissected as a target.
+
+    `target M = image_tower(mammo)` calls `image_tower()`; the target it returns
+    shares the dissector's weights and preprocessing (the paper's G and M).
+    Mammo-CLIP, CLIP and the demo dissector have one.
+    """
+
+    def image_tower(self) -> Target: ...
+
+
+@runtime_checkable
+class TrainModeSwitch(Protocol):
+    """A dissector that can embed images with its image tower in train mode.
+
+    Set by the dissect option `dissector_train_mode=true`, which reproduces the
+    reference code's BatchNorm-in-train-mode behaviour (METHOD.md 11.1): the
+    embeddings then depend on the batch.  Only Mammo-CLIP dissectors offer it;
+    asking it of another dissector is a user error.
+    """
+
+    train_mode: bool
+
+
+@runtime_checkable
+class ReportsTraining(Protocol):
+    """A model trained by dissect-study itself (the demo models).
+
+    `training_report()` returns JSON-able facts about that training (held-out
+    zero-shot AUCs, accuracies, epochs); they are stored in the `models` table
+    and shown in the report's methods section.
+    """
+
+    def training_report(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class HasSentenceEncoder(Protocol):
+    """A dissector with a raw sentence encoder besides its projected text tower.
+
+    The calibration bench reports the mean cosine, in this space, between a
+    neuron's predicted labels and its ground-truth concept phrases
+    (`sentence_encoder(texts) -> (M, d)` tensor; column `mean_label_cosine`);
+    without it that column is NaN.  The demo dissector has one (its MiniLM
+    before the projection).
+    """
+
+    @property
+    def sentence_encoder(self) -> Callable[[list[str]], torch.Tensor]: ...

@@ -31,6 +31,7 @@ from dissect_study.engine.models.checkpoint import (
 )
 from dissect_study.engine.models.efficientnet import EfficientNet, detect_config
 from dissect_study.engine.models.mammo_clip import EfficientNetTarget, MammoClipDissector
+from dissect_study.engine.registry import TARGETS
 
 #: classes per task (section 2.1); binary tasks use one logit (sigmoid)
 TASK_CLASSES: dict[str, int] = {
@@ -120,6 +121,7 @@ def load_classifier(checkpoint: Path, base: Dissector, *, task: str | None = Non
                               head=model.classifier, owner=model, facts=facts)
 
 
+@TARGETS.register("classifier")
 def build_classifier(name: str, params: dict[str, Any], ctx: BuildContext) -> EfficientNetTarget:
     base_name = params["base"]
     if base_name not in ctx.dissectors:

@@ -21,6 +21,7 @@ from torch import nn
 from dissect_study.engine.models.base import BuildContext, Dissector, LayerInfo, Preprocess, Target
 from dissect_study.engine.models.checkpoint import CheckpointError, config_hash, folder_sha256, resolve_path
 from dissect_study.engine.models.mammo_clip import to_float_image
+from dissect_study.engine.registry import DISSECTORS, TARGETS
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -192,6 +193,7 @@ class ClipVisionTarget(Target):
         return {"name": self.name, "source": "clip_vision", "pooling_hint": "cls"}
 
 
+@DISSECTORS.register("clip")
 def build_clip(name: str, params: dict[str, Any], ctx: BuildContext) -> ClipDissector:
     folder = resolve_path(params["path"], ctx.base_dir, "path", folder=True)
     model, tok = load_clip_folder(folder)
@@ -200,6 +202,7 @@ def build_clip(name: str, params: dict[str, Any], ctx: BuildContext) -> ClipDiss
     return ClipDissector(model, tok, pre, fp, folder, name=name).to(ctx.device)
 
 
+@TARGETS.register("clip_vision")
 def build_clip_vision(name: str, params: dict[str, Any], ctx: BuildContext) -> ClipVisionTarget:
     folder = resolve_path(params["path"], ctx.base_dir, "path", folder=True)
     model, _tok = load_clip_folder(folder)

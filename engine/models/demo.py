@@ -40,6 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dissect_study.engine.models.base import BuildContext, Dissector, LayerInfo, Preprocess, Target
+from dissect_study.engine.registry import DISSECTORS, TARGETS
 
 #: bump when anything that changes trained weights changes (generator, reports, recipe)
 CODE_VERSION = "demo-v2"
@@ -365,6 +366,12 @@ class DemoDissector(Dissector):
     def training_report(self) -> dict[str, Any]:
         return dict(self._report)
 
+    def image_tower(self) -> "DemoTarget":
+        """The image CNN as the demo target `M` (a copy: targets never share the dissector's module)."""
+        net = DemoNet(PROJ_DIM)
+        net.load_state_dict(self.net.state_dict())
+        return DemoTarget(net.eval(), "M", self.training_report(), name=f"{self.name}.image_tower")
+
     @property
     def sentence_encoder(self) -> Callable[[list[str]], torch.Tensor]:
         """The raw MiniLM (no projection): the calibration bench's label-cosine space."""
@@ -628,11 +635,13 @@ def get_dissector(ctx: BuildContext, seed: int = 0, epochs: int | None = None, n
     return d
 
 
+@DISSECTORS.register("demo")
 def build_dissector(name: str, params: dict[str, Any], ctx: BuildContext) -> DemoDissector:
     """Factory for `dissector X = demo(seed=..., epochs=...)`."""
     return get_dissector(ctx, seed=int(params.get("seed") or 0), epochs=params.get("epochs"), name=name)
 
 
+@TARGETS.register("demo")
 def build_target(name: str, params: dict[str, Any], ctx: BuildContext) -> DemoTarget:
     """Factory for `target X = demo(variant, seed=...)`: G, M, C_density, C_mass, C_calcification."""
     variant = params.get("variant")

@@ -48,6 +48,7 @@ from dissect_study.engine.models.efficientnet import (
     lukemelas_to_timm,
     stage_repeats,
 )
+from dissect_study.engine.registry import DISSECTORS
 
 MEAN = 0.3089279
 STD = 0.25053555408335154
@@ -512,6 +513,7 @@ def load_mammo_clip_general(imagenet_weights: Path, text_dir: Path, *, variant: 
                               facts=facts, name="mammo_clip_general")
 
 
+@DISSECTORS.register("mammo_clip")
 def build_mammo_clip(name: str, params: dict[str, Any], ctx: BuildContext) -> MammoClipDissector:
     ckpt = resolve_path(params["checkpoint"], ctx.base_dir, "checkpoint")
     text = resolve_path(params["text"], ctx.base_dir, "text", folder=True)
@@ -523,6 +525,7 @@ def build_mammo_clip(name: str, params: dict[str, Any], ctx: BuildContext) -> Ma
     return d.to(ctx.device)
 
 
+@DISSECTORS.register("mammo_clip_general")
 def build_mammo_clip_general(name: str, params: dict[str, Any], ctx: BuildContext) -> MammoClipDissector:
     weights = resolve_path(params["imagenet_weights"], ctx.base_dir, "imagenet_weights")
     text = resolve_path(params["text"], ctx.base_dir, "text", folder=True)

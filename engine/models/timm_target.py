@@ -28,6 +28,7 @@ from dissect_study.engine.models.checkpoint import (
     strip_prefix,
 )
 from dissect_study.engine.models.mammo_clip import to_float_image
+from dissect_study.engine.registry import TARGETS
 
 
 def timm_preprocess(input_size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]) -> Preprocess:
@@ -161,6 +162,7 @@ def load_timm(arch: str, weights: Path, *, num_classes: int | None = None, trust
                       facts={"weights": str(weights), "num_classes": num_classes})
 
 
+@TARGETS.register("timm")
 def build_timm(name: str, params: dict[str, Any], ctx: BuildContext) -> TimmTarget:
     weights = resolve_path(params["weights"], ctx.base_dir, "weights")
     t = load_timm(params["model"], weights, num_classes=params.get("num_classes"),

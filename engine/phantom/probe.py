@@ -15,10 +15,13 @@ import numpy as np
 from dissect_study.engine.phantom.generator import render, sample_scene, scene_attributes, width_for
 from dissect_study.engine.phantom.reports import make_report
 from dissect_study.engine.probes.base import Probe, ProbeItem
+from dissect_study.engine.registry import PROBES
 
 
 class PhantomProbe(Probe):
     """`n` phantoms of stream `seed` at `height` pixels (width = round(height*912/1520))."""
+
+    has_ground_truth = True
 
     def __init__(self, n: int, seed: int = 0, height: int = 320, name: str = "phantom"):
         if n < 1:
@@ -48,6 +51,7 @@ class PhantomProbe(Probe):
                 "height": self.height, "width": self.width}
 
 
+@PROBES.register("phantom")
 def build_probe(name: str, params: dict[str, Any], ctx: Any = None) -> PhantomProbe:
     """Factory for `probe X = phantom(n=..., seed=..., height=...)` (params validated by the checker)."""
     return PhantomProbe(n=int(params.get("n", 400)), seed=int(params.get("seed", 0)), height=int(params.get("height", 320)), name=name)

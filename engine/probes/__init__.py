@@ -1,10 +1,11 @@
 """Probe factory: a study's `probe` declaration -> a `Probe`.
 
 `build_probe` receives parameters already validated and defaulted from
-`engine/registry.py::PROBE_SOURCES`, builds the probe with the source module
-named for it (folder, manifest, vindr, embed, dicom, imagenet, compose,
-phantom), then applies the declaration's `sample` clause.  Source modules are
-imported lazily so `import dissect_study.engine.probes` stays cheap.
+`dsl/vocabulary.py::PROBE_SOURCES`, builds the probe with the factory registered
+under the source function's name (`@PROBES.register("vindr")` in the module that
+defines it: folder, manifest, vindr, embed, dicom, imagenet, compose, phantom),
+then applies the declaration's `sample` clause.  The registry imports the source
+modules on the first lookup, so `import dissect_study.engine.probes` stays cheap.
 
 Path policy (how we decided what "never resolved outside what the user named"
 means): paths written *in the study* (a folder, a CSV, a root) are the user's
@@ -19,53 +20,37 @@ errors: `load()` raises `ImageUnreadable` and the run skips and records them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
+from dissect_study.engine.registry import PROBES
 from dissect_study.errors import DissectStudyError
+
+if TYPE_CHECKING:
+    from dissect_study.dsl.ast import Sample
+    from dissect_study.engine.probes.base import Probe
 
 
 class ProbeError(DissectStudyError):
     """A user mistake in a probe declaration or its files (one-paragraph message)."""
 
 
-def build_probe(name: str, func: str, params: dict[str, Any], ctx: Any,
-                probes: dict[str, Any] | None = None, sample: Any = None):
-    """Build probe `name` from source function `func`; apply `sample` (DSL Sample) if given."""
-    params = dict(params or {})
-    if func == "folder":
-        from dissect_study.engine.probes.folder import build_folder as build
-    elif func == "csv":
-        from dissect_study.engine.probes.manifest import build_csv as build
-    elif func == "vindr":
-        from dissect_study.engine.probes.vindr import build_vindr as build
-    elif func == "embed":
-        from dissect_study.engine.probes.embed import build_embed as build
-    elif func == "dicom":
-        from dissect_study.engine.probes.dicom import build_dicom as build
-    elif func == "imagenet":
-        from dissect_study.engine.probes.imagenet import build_imagenet as build
-    elif func == "phantom":
-        from dissect_study.engine.phantom.probe import build_probe as build
-    elif func == "union":
-        from dissect_study.engine.probes.compose import build_union
+#: `probe NAME = func(...)`: (NAME, validated parameters, build context) -> Probe.  The context
+#: has `base_dir` (relative paths), `log`, and `probes` (already-built probes, for `union`).
+ProbeFactory = Callable[[str, dict[str, Any], Any], "Probe"]
 
-        probe = build_union(name, params, ctx, probes or {})
-        build = None
-    else:
-        from dissect_study.dsl.vocabulary import PROBE_SOURCES
 
-        raise ProbeError(
-            f"probe {name!r}: unknown source function {func!r}; known sources are "
-            f"{', '.join(sorted(PROBE_SOURCES))}."
-        )
-    if build is not None:
-        probe = build(name, params, ctx)
+def build_probe(name: str, func: str, params: dict[str, Any], ctx: Any, sample: Sample | None = None) -> Probe:
+    """Build probe `name` with the source registered as `func`, then apply the declaration's `sample` clause."""
+    if func not in PROBES:
+        raise ProbeError(f"probe {name!r}: unknown source function {func!r}; known sources are "
+                         f"{', '.join(PROBES.names())}.")
+    probe = PROBES.get(func)(name, dict(params or {}), ctx)
     probe.name = name
     if sample is not None:
         from dissect_study.engine.probes.compose import apply_sample
 
-        probe = apply_sample(probe, sample, log=getattr(ctx, "log", None))
+        probe = apply_sample(probe, sample, log=ctx.log)
     return probe
 
 
-__all__ = ["ProbeError", "build_probe"]
+__all__ = ["ProbeError", "ProbeFactory", "build_probe"]

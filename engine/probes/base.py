@@ -36,6 +36,9 @@ class ImageUnreadable(Exception):
 
 class Probe(abc.ABC):
     name: str = "probe"
+    #: True when item attributes are ground truth, not annotations (the phantom):
+    #: only such probes feed the calibration bench
+    has_ground_truth: bool = False
 
     @property
     @abc.abstractmethod

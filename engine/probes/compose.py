@@ -23,6 +23,7 @@ import numpy as np
 from dissect_study.engine.probes import ProbeError
 from dissect_study.engine.probes.base import Probe, ProbeItem
 from dissect_study.engine.probes.folder import attribute_counts
+from dissect_study.engine.registry import PROBES
 
 
 # --------------------------------------------------------------------------- union
@@ -52,7 +53,10 @@ class UnionProbe(Probe):
                 "parts": [p.describe() for _, p in self._parts], "counts": attribute_counts(self._items)}
 
 
-def build_union(name: str, params: dict[str, Any], ctx: Any, probes: dict[str, Probe]) -> UnionProbe:
+@PROBES.register("union")
+def build_union(name: str, params: dict[str, Any], ctx: Any) -> UnionProbe:
+    """`probe X = union(a, b, ...)`: the probes named, already built and held in `ctx.probes`."""
+    probes: dict[str, Probe] = ctx.probes
     refs = list(params.get("refs") or [])
     if len(refs) < 1:
         raise ProbeError(f"probe {name}: union() needs at least one probe name, e.g. union(imagenette, vindr_test).")

@@ -18,6 +18,7 @@ from dissect_study.engine.probes.base import ProbeItem
 from dissect_study.engine.probes.decode import decode_dicom, is_dicom_file
 from dissect_study.engine.probes.folder import FileProbe, iter_image_files, user_path
 from dissect_study.engine.probes.manifest import parse_laterality, parse_view
+from dissect_study.engine.registry import PROBES
 
 #: DICOM keyword -> attribute name (no patient identifiers)
 HEADER_ATTRIBUTES = {
@@ -54,6 +55,7 @@ def header_attributes(path: Path) -> dict[str, Any]:
     return attrs
 
 
+@PROBES.register("dicom")
 def build_dicom(name: str, params: dict[str, Any], ctx: Any) -> FileProbe:
     """`dicom(path, recursive=true)`: every DICOM file under a folder, sorted by relative path."""
     root = user_path(params.get("path"), ctx, f"probe {name}: path", kind="dir")

@@ -23,6 +23,7 @@ from dissect_study.engine.probes import ProbeError
 from dissect_study.engine.probes.base import ProbeItem
 from dissect_study.engine.probes.folder import FileProbe, is_inside, resolve_inside, user_path
 from dissect_study.engine.probes.manifest import parse_laterality, parse_view, read_csv_text, require_columns, row_attributes
+from dissect_study.engine.registry import PROBES
 
 #: EMBED `asses` letters -> BI-RADS assessment category
 ASSES_TO_BIRADS = {"A": 0, "N": 1, "B": 2, "P": 3, "S": 4, "M": 5, "K": 6}
@@ -54,6 +55,7 @@ def embed_attributes(row: dict[str, str], skip: list[str], where: str) -> dict[s
     return attrs
 
 
+@PROBES.register("embed")
 def build_embed(name: str, params: dict[str, Any], ctx: Any) -> FileProbe:
     """`embed(csv, root, path_column="anon_dicom_path", id_column=none)`, rows in file order."""
     what = f"probe {name}"

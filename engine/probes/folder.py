@@ -18,6 +18,7 @@ import numpy as np
 from dissect_study.engine.probes import ProbeError
 from dissect_study.engine.probes.base import Probe, ProbeItem
 from dissect_study.engine.probes.decode import IMAGE_SUFFIXES, decode_any
+from dissect_study.engine.registry import PROBES
 
 #: attributes whose value counts `describe()` reports (the shared vocabulary + common extras)
 COUNTED_ATTRIBUTES = ("view", "laterality", "density", "birads", "mass", "calcification", "split", "label", "probe")
@@ -160,6 +161,7 @@ class FileProbe(Probe):
         return d
 
 
+@PROBES.register("folder")
 def build_folder(name: str, params: dict[str, Any], ctx: Any) -> FileProbe:
     """`folder(path, recursive=true)`: every PNG/JPEG/TIFF/BMP file, sorted by relative path.
 

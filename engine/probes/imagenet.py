@@ -14,8 +14,10 @@ from typing import Any
 from dissect_study.engine.probes import ProbeError
 from dissect_study.engine.probes.base import ProbeItem
 from dissect_study.engine.probes.folder import FileProbe, iter_image_files, user_path
+from dissect_study.engine.registry import PROBES
 
 
+@PROBES.register("imagenet")
 def build_imagenet(name: str, params: dict[str, Any], ctx: Any) -> FileProbe:
     """`imagenet(path, per_class=none)`: attributes `label` (class folder name) and `class_index`."""
     root = user_path(params.get("path"), ctx, f"probe {name}: path", kind="dir")

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable
 from dissect_study.engine.probes import ProbeError
 from dissect_study.engine.probes.base import ProbeItem
 from dissect_study.engine.probes.folder import FileProbe, resolve_inside, user_path
+from dissect_study.engine.registry import PROBES
 
 _INT = re.compile(r"^[+-]?(0|[1-9][0-9]*)$")
 _FLOAT = re.compile(r"^[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?$")
@@ -186,6 +187,7 @@ def row_attributes(row: dict[str, str], skip: Iterable[str], where: str) -> dict
 
 
 # --------------------------------------------------------------------------- csv(...) source
+@PROBES.register("csv")
 def build_csv(name: str, params: dict[str, Any], ctx: Any) -> FileProbe:
     """`csv(path, path_column="path", id_column=none, root=none)`, rows in file order."""
     what = f"probe {name}"

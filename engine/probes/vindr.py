@@ -42,6 +42,7 @@ from dissect_study.engine.probes.manifest import (
     read_csv_text,
     require_columns,
 )
+from dissect_study.engine.registry import PROBES
 
 NO_FINDING = "No Finding"
 CALCIFICATION = "Suspicious Calcification"
@@ -186,6 +187,7 @@ def _image_path(root: Path, study_id: str, image_id: str, image_format: str, whe
     return resolve_inside(root, candidates[0], where, cache), False
 
 
+@PROBES.register("vindr")
 def build_vindr(name: str, params: dict[str, Any], ctx: Any) -> FileProbe:
     """`vindr(root, csv, split="test", findings=none, image_format="png", keep_duplicate_rows=false)`."""
     what = f"probe {name}"
