@@ -36,5 +36,10 @@ class DissectStudyError(Exception):
     exit_code: int = 1
 
     def user_message(self) -> str:
-        """The paragraph the CLI prints to stderr; a subclass whose message is already rendered overrides it."""
-        return f"error: {self}"
+        """The paragraph the CLI prints to stderr: `error: <first line>`, further lines indented, no blank lines.
+
+        Why reshape: messages wrap foreign text (DuckDB's, a decoder's) whose blank lines
+        would split the paragraph.  A subclass whose message is already rendered overrides it.
+        """
+        lines = [line.rstrip() for line in str(self).splitlines() if line.strip()] or [type(self).__name__]
+        return "\n".join([f"error: {lines[0]}", *(f"  {line}" for line in lines[1:])])

@@ -2,20 +2,137 @@
 
 Commands are thin: each parses options, calls one library function and turns
 its outcome into output and an exit status (0 ok, 1 the input has errors, 2
-usage).  Heavy imports (torch, transformers, weasyprint) happen inside the
-commands so `check`, `fmt` and `--help` stay fast.
+usage, 130 interrupted).  Heavy imports (torch, transformers, weasyprint) happen
+inside the commands so `check`, `fmt` and `--help` stay fast.
+
+Output and messages are kept apart: what a command produces (check verdicts,
+query rows, the run summary, report paths) is echoed to stdout; what the library
+says while it works goes through `logging` to stderr, at INFO by default, WARNING
+with -q, DEBUG with -v.  A `DissectStudyError` is caught in one place
+(`_Group.invoke`) and printed as one paragraph; anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
 from dissect_study import __version__
+from dissect_study.errors import DissectStudyError
+
+#: `Context.meta` is shared by a group's context and its command's: keys set while a
+#: command parses or runs are seen by the group's error handler.
+_QUIET = "dissect_study.quiet"
+_VERBOSE = "dissect_study.verbose"
+_NOTE = "dissect_study.error_note"  # a sentence added to an error or interrupt (what the failure left behind)
+
+#: filesystem errors that name a path: the user's environment (a missing folder, no permission), not a bug
+_PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+class _LineFormatter(logging.Formatter):
+    """Plain lines: INFO as it is, anything else prefixed by its level ('warning: ...')."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno == logging.INFO else f"{record.levelname.lower()}: {text}"
+
+
+class _StderrHandler(logging.Handler):
+    """Writes each record with `click.echo(err=True)`.
+
+    Why not a StreamHandler: it would hold the `sys.stderr` of the moment it was made,
+    while click's test runner and redirections swap the stream between invocations.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(self.format(record), err=True)
+        except Exception:  # noqa: BLE001 -- logging's contract: report, never raise
+            self.handleError(record)
+
+
+@contextmanager
+def _logging_to_stderr(level: int) -> Iterator[None]:
+    """Send the `dissect_study` loggers to stderr at `level` for one command, then restore them.
+
+    Only our package's loggers: third-party libraries keep their own defaults (their
+    warnings still reach stderr through logging's last-resort handler).
+    """
+    pkg = logging.getLogger("dissect_study")
+    handler = _StderrHandler()
+    handler.setFormatter(_LineFormatter("%(message)s"))
+    old_level = pkg.level
+    pkg.addHandler(handler)
+    pkg.setLevel(level)
+    try:
+        yield
+    finally:
+        pkg.removeHandler(handler)
+        pkg.setLevel(old_level)
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    ctx.meta[f"dissect_study.{param.name}"] = value
+    return value
+
+
+class _Command(click.Command):
+    """A command with -q/--quiet and -v/--verbose, run under the logging they choose."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=_remember,
+                                        help="Warnings and errors only: no progress bars or step summaries."))
+        self.params.append(click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, callback=_remember,
+                                        help="Also debug messages (and the traceback of an error)."))
+
+    def invoke(self, ctx: click.Context) -> Any:
+        quiet, verbose = ctx.meta.get(_QUIET, False), ctx.meta.get(_VERBOSE, False)
+        if quiet and verbose:
+            raise click.UsageError("-q/--quiet and -v/--verbose exclude each other", ctx)
+        level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+        with _logging_to_stderr(level):
+            return super().invoke(ctx)
+
+
+class _Group(click.Group):
+    """The one place user errors become messages and exit statuses."""
+
+    command_class = _Command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            note = ctx.meta.get(_NOTE)
+            click.echo("\ninterrupted" + (f": {note}" if note else ""), err=True)
+            ctx.exit(130)
+        except DissectStudyError as e:
+            _fail(ctx, e.user_message(), e.exit_code)
+        except _PATH_ERRORS as e:
+            if e.filename is None:
+                raise  # no path named: nothing tells the user what to fix, so it is a bug
+            _fail(ctx, f"error: {e.filename}: {e.strerror or e}", 1)
+
+
+def _fail(ctx: click.Context, message: str, code: int) -> None:
+    """Print one paragraph (plus the command's note) to stderr and exit; -v adds the traceback first."""
+    if ctx.meta.get(_VERBOSE):
+        click.echo(traceback.format_exc().rstrip(), err=True)
+    note = ctx.meta.get(_NOTE)
+    click.echo(message.rstrip() + (f"\n  note: {note}" if note else ""), err=True)
+    ctx.exit(code)
 
 EXAMPLES = """
 \b
@@ -29,7 +146,7 @@ Examples:
 """
 
 
-@click.group(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dissect-study")
 def cli() -> None:
     """Concept-based dissection of mammography vision models, declared in .study files."""
@@ -121,11 +238,11 @@ def fmt(files: tuple[str, ...], check_only: bool, stdout: bool) -> None:
 @click.option("--threads", type=click.IntRange(min=1),
               help="CPU threads for torch and the compiled kernels (default: torch's choice). "
                    "On a loaded shared machine 1 can beat 2: parallel ops wait for descheduled threads.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars or step summaries; warnings and errors only.")
 def run(file: str, db: str | None, cache_dir: str | None, no_cache: bool, device: str | None,
-        batch_size: int | None, strict: bool, no_report: bool, dry_run: bool, threads: int | None,
-        quiet: bool) -> None:
+        batch_size: int | None, strict: bool, no_report: bool, dry_run: bool, threads: int | None) -> None:
     """Execute the study FILE: dissect, analyse, store in DuckDB, render reports."""
+    ctx = click.get_current_context()
+    quiet = bool(ctx.meta.get(_QUIET))
     n_errors, studies = _check_paths((file,), quiet_ok=True)
     if n_errors or studies[0] is None:
         sys.exit(1)
@@ -135,7 +252,7 @@ def run(file: str, db: str | None, cache_dir: str | None, no_cache: bool, device
     if dry_run:
         click.echo(build_plan(study).describe())
         return
-    from dissect_study.engine.run import RunError, RunOptions, run_study
+    from dissect_study.engine.run import RunOptions, run_study
 
     if threads:
         import torch
@@ -153,42 +270,13 @@ def run(file: str, db: str | None, cache_dir: str | None, no_cache: bool, device
     opts = RunOptions(db=Path(db) if db else None, cache_dir=Path(cache_dir) if cache_dir else None,
                       use_cache=not no_cache, device=device, batch_size=batch_size, quiet=quiet,
                       strict=strict, reports=not no_report)
-    try:
-        result = run_study(study, opts)
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted: nothing was written; earlier runs are intact (cached work is kept)", err=True)
-        sys.exit(130)
-    except RunError as e:
-        click.echo(f"error: {e}", err=True)
-        click.echo("nothing was written; earlier runs are intact", err=True)
-        sys.exit(1)
-    except _user_errors() as e:
-        click.echo(f"error: {e}", err=True)
-        click.echo("nothing was written; earlier runs are intact", err=True)
-        sys.exit(1)
+    ctx.meta[_NOTE] = "earlier runs are intact; a run is stored only once computed (cached work is kept)"
+    result = run_study(study, opts)
     click.echo(f"run {result.run_id} finished in {result.seconds:.1f}s -> {result.db}")
     for p in result.reports:
         click.echo(f"report: {p}")
     if result.warnings:
         click.echo(f"{len(result.warnings)} warning(s); see: dissect-study query \"SELECT * FROM warnings WHERE run_id = '{result.run_id}'\" --db {result.db}")
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that carry a user-facing message (bad files, bad checkpoints)."""
-    types: list[type[BaseException]] = [FileNotFoundError, PermissionError, IsADirectoryError]
-    for mod, name in (("dissect_study.engine.models.checkpoint", "CheckpointError"),
-                      ("dissect_study.engine.probes", "ProbeError"),
-                      ("dissect_study.engine.concepts", "ConceptSetError"),
-                      ("dissect_study.engine.store.database", "StoreError"),
-                      ("dissect_study.engine.passes.activations", "ActivationError"),
-                      ("dissect_study.engine.cache", "CacheError"),
-                      ("dissect_study.engine.analyses.frames", "AnalysisError")):
-        try:
-            module = __import__(mod, fromlist=[name])
-            types.append(getattr(module, name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(types)
 
 
 # ------------------------------------------------------------------------- query
@@ -210,11 +298,7 @@ def query(sql: str, db: str, fmt_: str) -> None:
 
     from dissect_study.engine.store.database import StoreError, connect
 
-    try:
-        con = connect(db, read_only=True)
-    except StoreError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+    con = connect(db, read_only=True)
     try:
         # no file access from a query: `query` must not write (COPY ... TO) or read outside the database
         con.execute("SET enable_external_access = false")
@@ -223,8 +307,7 @@ def query(sql: str, db: str, fmt_: str) -> None:
             return
         df = rel.df()
     except duckdb.Error as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+        raise StoreError(str(e)) from None
     finally:
         con.close()
     if fmt_ == "csv":
@@ -249,7 +332,6 @@ def query(sql: str, db: str, fmt_: str) -> None:
 def report(db: str, run_id: str | None, out: str, formats: str, sections: str | None) -> None:
     """Render the report of a stored run to HTML and/or PDF."""
     from dissect_study.dsl.vocabulary import REPORT_FORMATS, REPORT_SECTIONS
-    from dissect_study.engine.store.database import StoreError
 
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     bad = [f for f in fmts if f not in REPORT_FORMATS]
@@ -262,11 +344,7 @@ def report(db: str, run_id: str | None, out: str, formats: str, sections: str | 
             raise click.UsageError(f"unknown section(s) {', '.join(bad)}; choose from {', '.join(REPORT_SECTIONS)}")
     from dissect_study.engine.report import write_report
 
-    try:
-        paths = write_report(db, out, run_id=run_id, formats=fmts, sections=secs)
-    except (StoreError, LookupError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+    paths = write_report(db, out, run_id=run_id, formats=fmts, sections=secs)
     for p in paths:
         click.echo(f"report: {p}")
 
@@ -281,11 +359,7 @@ def inspect(path: str, as_json: bool, trust_checkpoint: bool) -> None:
     """Recognise a checkpoint or model folder and list its hookable layers."""
     from dissect_study.engine.models.inspect import format_inspect, inspect_path
 
-    try:
-        info = inspect_path(path, trust_checkpoint=trust_checkpoint)
-    except _user_errors() as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+    info = inspect_path(path, trust_checkpoint=trust_checkpoint)
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
     else:

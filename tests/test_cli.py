@@ -101,3 +101,79 @@ def test_run_threads_option_sets_torch_threads(tmp_path: Path, monkeypatch) -> N
     assert res.exit_code == 1 and "stop here" in res.output
     assert seen == {"threads": 1}
     assert CliRunner().invoke(cli, ["run", str(_write(tmp_path, GOOD)), "--threads", "0"]).exit_code == 2
+
+
+# ------------------------------------------------------------------------- verbosity: -q / -v map to log levels
+
+def _fake_logging_run(monkeypatch, seen: dict) -> None:
+    """run_study stand-in that speaks like the real one: `_Log` steps and warnings, a debug detail."""
+    import logging
+
+    import dissect_study.engine.run as run_mod
+
+    def fake_run_study(study, opts):
+        seen["quiet"] = opts.quiet
+        log = run_mod._Log(opts.quiet)
+        log.info("concepts  c: 767 concepts (shipped)")
+        logging.getLogger("dissect_study.engine.run").debug("detail for -v")
+        log.warn("sanity", "dissector is near chance")
+        return run_mod.RunResult(run_id="r1", db=Path("r.duckdb"), warnings=[m for _, m in log.warnings])
+
+    monkeypatch.setattr(run_mod, "run_study", fake_run_study)
+
+
+def test_run_log_levels_default_quiet_verbose(tmp_path: Path, monkeypatch) -> None:
+    seen: dict = {}
+    _fake_logging_run(monkeypatch, seen)
+    study = str(_write(tmp_path, GOOD))
+    runner = CliRunner()
+
+    default = runner.invoke(cli, ["run", study])
+    assert default.exit_code == 0, default.output
+    assert seen["quiet"] is False
+    assert "concepts  c: 767 concepts (shipped)" in default.stderr  # messages on stderr ...
+    assert "warning: dissector is near chance" in default.stderr
+    assert "detail for -v" not in default.stderr
+    assert default.stdout.startswith("run r1 finished")  # ... the program's output on stdout
+    assert "concepts  c" not in default.stdout
+
+    quiet = runner.invoke(cli, ["run", study, "-q"])
+    assert quiet.exit_code == 0 and seen["quiet"] is True
+    assert "concepts  c" not in quiet.output and "detail for -v" not in quiet.output
+    assert "warning: dissector is near chance" in quiet.stderr
+    assert "run r1 finished" in quiet.stdout and "1 warning(s)" in quiet.stdout  # the summary stays
+
+    verbose = runner.invoke(cli, ["run", study, "--verbose"])
+    assert verbose.exit_code == 0 and seen["quiet"] is False
+    assert "concepts  c: 767 concepts (shipped)" in verbose.stderr
+    assert "debug: detail for -v" in verbose.stderr
+
+    both = runner.invoke(cli, ["run", study, "-q", "-v"])
+    assert both.exit_code == 2 and "exclude each other" in both.output
+
+
+def test_every_command_takes_quiet_and_verbose() -> None:
+    for name in cli.commands:
+        h = CliRunner().invoke(cli, [name, "--help"])
+        assert h.exit_code == 0 and "--quiet" in h.output and "--verbose" in h.output, name
+
+
+def test_logging_setup_does_not_outlive_a_command(tmp_path: Path, monkeypatch) -> None:
+    import logging
+
+    _fake_logging_run(monkeypatch, {})
+    pkg = logging.getLogger("dissect_study")
+    before = (pkg.level, list(pkg.handlers))
+    assert CliRunner().invoke(cli, ["run", str(_write(tmp_path, GOOD)), "-v"]).exit_code == 0
+    assert (pkg.level, list(pkg.handlers)) == before
+
+
+def test_check_imports_no_torch(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom dissect_study.engine.cli import cli\n"
+            f"r = CliRunner().invoke(cli, ['check', '-v', {str(_write(tmp_path, GOOD))!r}])\n"
+            "assert r.exit_code == 0, r.output\nprint(sorted(m for m in ('torch', 'transformers', 'duckdb') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
