@@ -1,9 +1,10 @@
 """`dissect-study inspect PATH`: what is this checkpoint or model folder?
 
-Recognises Mammo-CLIP CLIP checkpoints (B5/B2), fine-tuned classifiers (task guessed
-from the head size), ImageNet EfficientNets (lukemelas or timm layout), other
-state dicts, Hugging Face CLIP and text folders.  Loads with the same safe loader as
-the engine (memory-mapped, weights_only), so inspecting never runs code from a file.
+Recognises Mammo-CLIP CLIP checkpoints (B5/B2, with the epoch and the training
+config's load-time values), fine-tuned classifiers (task guessed from the head size),
+ImageNet EfficientNets (lukemelas or timm layout), other state dicts, Hugging Face
+CLIP and text folders.  Loads with the same restricted loader as the engine
+(memory-mapped, no pickled code run), so inspecting never runs code from a file.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dissect_study.engine.models.checkpoint import (
     strip_prefix,
 )
 from dissect_study.engine.models.efficientnet import CONFIGS, EfficientNet, detect_config, lukemelas_to_timm
+from dissect_study.engine.models.mammo_clip import checkpoint_config
 
 _TASK_GUESS = {1: "binary (mass, calcification or cancer)", 3: "birads", 4: "density", 5: "cancer_birads"}
 
@@ -136,6 +138,7 @@ def inspect_path(path: str | Path, trust_checkpoint: bool = False) -> dict[str, 
         return _inspect_folder(p)
     if not p.is_file():
         raise CheckpointError(f"{str(p)!r}: no such file or folder.")
+    training_config: dict[str, Any] = {}
     if p.suffix == ".safetensors":
         sd, top = load_weights_file(p, param=None), {}
     else:
@@ -143,7 +146,12 @@ def inspect_path(path: str | Path, trust_checkpoint: bool = False) -> dict[str, 
         top = {k: _scalarise(v) for k, v in obj.items() if k != "model"} if isinstance(obj, dict) else {}
         top = {k: v for k, v in top.items() if k not in ("optimizer", "scheduler", "config")}
         sd = strip_prefix(extract_state_dict(obj, p, None), "module.")
+        training_config = checkpoint_config(obj)
     info = _inspect_state_dict(sd, top)
+    if top.get("epoch") is not None:
+        info["epoch"] = top["epoch"]
+    if training_config:
+        info["training_config"] = training_config
     info["path"] = str(p)
     info["size_bytes"] = p.stat().st_size
     return info
@@ -160,7 +168,7 @@ def format_inspect(info: dict[str, Any]) -> str:
     lines = [f"{info.get('path')}: {kind_names.get(info.get('kind'), info.get('kind'))}"]
     if info.get("variant"):
         lines.append(f"  variant: EfficientNet-{str(info['variant']).upper()}")
-    for key in ("n_parameters", "n_tensors", "n_class", "task_guess", "logit_scale", "model_type",
+    for key in ("epoch", "n_parameters", "n_tensors", "n_class", "task_guess", "logit_scale", "model_type",
                 "vocab_size", "n_layers", "do_lower_case", "weight_files", "size_bytes"):
         if info.get(key) is not None:
             val = f"{info[key]:,}" if isinstance(info[key], int) and not isinstance(info[key], bool) else info[key]
@@ -169,6 +177,8 @@ def format_inspect(info: dict[str, Any]) -> str:
         lines.append("  embedding sizes: " + ", ".join(f"{k} {v}" for k, v in info["embedding"].items()))
     if info.get("file_entries"):
         lines.append("  file entries: " + ", ".join(f"{k}={v}" for k, v in info["file_entries"].items()))
+    if info.get("training_config"):
+        lines.append("  training config: " + ", ".join(f"{k} {v}" for k, v in info["training_config"].items()))
     layers = info.get("layers") or []
     if layers:
         lines.append(f"  hookable layers ({len(layers)}):")

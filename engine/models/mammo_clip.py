@@ -3,9 +3,9 @@
 The module tree mirrors the checkpoint's key layout exactly -- `logit_scale`,
 `image_encoder.*` (lukemelas EfficientNet), `text_encoder.text_encoder.*` (HF
 BertModel), `image_projection.projection.*`, `text_projection.projection.*` -- so
-`ckpt['model']` loads strictly with no renaming (MAMMO_CLIP_FORMAT.md section 1.3).
+`ckpt['model']` loads strictly with no renaming (docs/CHECKPOINTS.md).
 
-Inference follows section 4: images are per-image min-max scaled and z-scored with
+Inference follows docs/METHOD.md §7.1 and §7.3: images are per-image min-max scaled and z-scored with
 Mammo-CLIP's scalar mean/std at 1520x912; texts are tokenised by whatever
 AutoTokenizer does for the user's local Bio_ClinicalBERT folder (max_length 256)
 and pooled at the last real token ([SEP], "eos" pooling); both go through their
@@ -16,6 +16,7 @@ normalises when it forms P).
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 from pathlib import Path
@@ -36,6 +37,7 @@ from dissect_study.engine.models.checkpoint import (
     load_strict,
     load_torch_file,
     load_weights_file,
+    plain_value,
     resolve_path,
     select_prefix,
     strip_prefix,
@@ -59,6 +61,8 @@ MIN_RANGE = 1e-8  # per-image min-max guard: a blank image becomes all zeros, no
 
 #: keys a CLIP checkpoint may carry beyond the module's own (old transformers buffer)
 TOLERATED_EXTRAS = ("text_encoder.text_encoder.embeddings.position_ids",)
+
+logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- preprocess
@@ -90,7 +94,7 @@ def mammo_clip_normalise(x: torch.Tensor) -> torch.Tensor:
     """Per-image min-max over all channels, then Mammo-CLIP's scalar z-score, in float32.
 
     The order of float32 operations follows the reference path exactly, so a
-    1520x912 image gives bit-identical tensors (REFERENCE.md section 2.2).
+    1520x912 image gives bit-identical tensors (tests/test_fidelity.py).
     """
     x = x - x.min()
     top = x.max()
@@ -327,7 +331,7 @@ class MammoClipDissector(Dissector):
 
     @property
     def train_mode(self) -> bool:
-        """Reference parity (METHOD.md 11.1): BN batch statistics, dropout, stochastic depth."""
+        """Reference parity (docs/METHOD.md §11.1): BN batch statistics, dropout, stochastic depth."""
         return self._train_mode
 
     @train_mode.setter
@@ -350,7 +354,7 @@ class MammoClipDissector(Dissector):
 
     def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
         # train_mode reproduces the reference code's bug (BN batch statistics, dropout);
-        # eval is the default (METHOD.md section 11.1).
+        # eval is the default (docs/METHOD.md §11.1).
         self.model.eval()
         self.model.image_encoder.train(self.train_mode)
         with torch.no_grad():
@@ -418,12 +422,78 @@ def _variant_config(sd_image: dict[str, torch.Tensor], variant: str, path: Path,
     return cfg
 
 
+#: where the training config keeps the values that matter at load time (section 1.2)
+CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
+    "image_encoder": ("model", "image_encoder", "name"),
+    "text_encoder": ("model", "text_encoder", "name"),
+    "text_pooling": ("model", "text_encoder", "pooling"),
+    "projection_dim": ("model", "projection_head", "proj_dim"),
+    "temperature": ("model", "temperature"),
+    "image_size_h": ("base", "image_size_h"),
+    "image_size_w": ("base", "image_size_w"),
+    "mean": ("base", "mean"),
+    "std": ("base", "std"),
+    "text_max_length": ("base", "text_max_length"),
+}
+#: the training code's image encoder names; `-v2-detect` is lukemelas B2 despite its name
+CONFIG_ENCODERS = {"tf_efficientnet_b5_ns-detect": "b5", "tf_efficientnetv2-detect": "b2"}
+
+
+def checkpoint_config(obj: Any) -> dict[str, Any]:
+    """The training config's load-time values from a checkpoint dict ({} when it has none).
+
+    Reads the plain dicts the trainer saved; inert omegaconf stand-ins are unwrapped.
+    """
+    cfg = obj.get("config") if isinstance(obj, dict) else None
+    out: dict[str, Any] = {}
+    if not isinstance(cfg, dict):
+        return out
+    for name, path in CONFIG_FIELDS.items():
+        value: Any = cfg
+        for part in path:
+            value = plain_value(value)
+            value = value.get(part) if isinstance(value, dict) else None
+        value = plain_value(value)
+        if isinstance(value, (str, int, float, bool)):
+            out[name] = value
+    return out
+
+
+def _check_config(cfg: dict[str, Any], variant: str, proj_dim: int, path: Path,
+                  log: Callable[[str], None] | None) -> None:
+    """Refuse what we would compute wrongly; warn where the file disagrees with itself or us."""
+    pooling = cfg.get("text_pooling")
+    if pooling is not None and pooling != "eos":
+        raise CheckpointError(
+            f"checkpoint = {str(path)!r}: config model.text_encoder.pooling = {pooling!r}, but this loader "
+            "implements Mammo-CLIP's 'eos' pooling (the last real token, as in the released checkpoints). "
+            "Embeddings would be wrong; use a checkpoint trained with pooling 'eos'."
+        )
+    notes = []
+    named = CONFIG_ENCODERS.get(str(cfg.get("image_encoder")))
+    if named is not None and named != variant:
+        notes.append(f"its config names image encoder {cfg['image_encoder']!r} (EfficientNet-{named.upper()}) "
+                     f"but the weights are EfficientNet-{variant.upper()}; the weights are used")
+    if cfg.get("projection_dim") not in (None, proj_dim):
+        notes.append(f"its config says proj_dim {cfg['projection_dim']} but the projection weights give "
+                     f"{proj_dim}; the weights are used")
+    for key, ours in (("mean", MEAN), ("std", STD), ("image_size_h", IMAGE_SIZE[0]), ("image_size_w", IMAGE_SIZE[1])):
+        if key in cfg and not math.isclose(float(cfg[key]), float(ours), rel_tol=1e-6):
+            notes.append(f"its config has base.{key} = {cfg[key]} but Mammo-CLIP preprocessing uses {ours}")
+    for note in notes:
+        message = f"checkpoint {path}: {note}"
+        logger.warning(message)
+        if log is not None:
+            log(message)
+
+
 def load_mammo_clip(checkpoint: Path, text_dir: Path, *, variant: str = "auto", trust: bool = False,
                     log: Callable[[str], None] | None = None,
                     image_size: tuple[int, int] = IMAGE_SIZE) -> MammoClipDissector:
     """Build the F_mammo dissector from a CLIP checkpoint and a local Bio_ClinicalBERT folder."""
     obj = load_torch_file(checkpoint, param="checkpoint", trust=trust, log=log)
     sd = strip_prefix(extract_state_dict(obj, checkpoint, "checkpoint", key="model"), "module.")
+    train_cfg = checkpoint_config(obj)
     if "image_encoder._conv_stem.weight" not in sd or not any(k.startswith("text_encoder.text_encoder.") for k in sd):
         kind = "a fine-tuned classifier" if "classifier.classification_head.weight" in sd else "not a Mammo-CLIP CLIP file"
         raise CheckpointError(
@@ -435,7 +505,9 @@ def load_mammo_clip(checkpoint: Path, text_dir: Path, *, variant: str = "auto", 
     bert_cfg = load_text_config(text_dir)
     tokenizer = load_tokenizer(text_dir)
     proj = sd.get("image_projection.projection.weight")
-    model = MammoClipModel(cfg, new_bert(bert_cfg), proj_dim=int(proj.shape[0]) if proj is not None else 512)
+    proj_dim = int(proj.shape[0]) if proj is not None else 512
+    _check_config(train_cfg, cfg.name, proj_dim, checkpoint, log)
+    model = MammoClipModel(cfg, new_bert(bert_cfg), proj_dim=proj_dim)
     load_strict(model, sd, checkpoint, param="checkpoint",
                 what=f"Mammo-CLIP {cfg.name.upper()} model with the text tower of {text_dir}",
                 ignore=TOLERATED_EXTRAS)
@@ -446,7 +518,9 @@ def load_mammo_clip(checkpoint: Path, text_dir: Path, *, variant: str = "auto", 
         "embed_dim": int(model.image_projection.projection.out_features),
         "logit_scale": float(model.logit_scale.detach()), "text_pooling": "eos ([SEP])",
         "text_max_length": TEXT_MAX_LENGTH, "epoch": obj.get("epoch") if isinstance(obj, dict) else None,
+        "training_config": train_cfg,
     }
+    del obj, sd  # the file's memory map goes with them; the model holds copies
     return MammoClipDissector(model, tokenizer, mammo_clip_preprocess(image_size), fingerprint=fp, facts=facts)
 
 
@@ -467,7 +541,7 @@ def load_mammo_clip_general(imagenet_weights: Path, text_dir: Path, *, variant: 
                             image_size: tuple[int, int] = IMAGE_SIZE) -> MammoClipDissector:
     """F_general: ImageNet image tower + Bio_ClinicalBERT + *seeded* random projections.
 
-    The reference left the projections unseeded (METHOD.md section 11.2); we seed them
+    The reference left the projections unseeded (docs/METHOD.md §11.2); we seed them
     with `projection_seed` and record the seed and the initialisation in `describe()`.
     """
     cfg = CONFIGS[variant]
