@@ -20,7 +20,7 @@ accumulates in float64 (a float32 loop is itself ~3e-5 from the float64 truth, s
 "identical to 1e-5" can only be judged against a loop that is not).
 
 The per-neuron loops below follow the structure of the CLIP-Dissect reference code
-(one neuron per Python iteration, formulas as METHOD.md §3 writes them; for SoftWPMI the
+(one neuron per Python iteration, formulas as docs/METHOD.md §3 writes them; for SoftWPMI the
 factor is also timed in the reference's float32 form, see ``loop_soft_wpmi``) but are
 written for this benchmark.  Like the reference, they select every neuron's top images
 with one batched ``torch.topk``, here followed by a stable re-rank of tied columns
@@ -67,7 +67,7 @@ def _prior(rows: list[torch.Tensor], lam: float) -> torch.Tensor:
 
 def loop_soft_wpmi(P, X, top_k=100, a=10.0, lam=1.0, min_prob=1e-7, p_start=0.998, p_end=0.97, reference_form=False,
                    accumulate=None, selection="torch"):
-    """One neuron per iteration.  ``reference_form`` evaluates the factor as METHOD.md writes it,
+    """One neuron per iteration.  ``reference_form`` evaluates the factor as docs/METHOD.md §3.1 writes it,
     1 + r (q - 1) + min_prob, which cancels catastrophically in float32 (r ~ 0.998, q ~ 1/M);
     the default evaluates the same number as (1 - r + min_prob) + r q with r and 1 - r formed in
     float64, like the batched code, so the comparison measures batching, not the formula.

@@ -43,7 +43,7 @@ ANALYSIS_OPTIONS: dict[str, dict[str, R.Param]] = {
     "gained": {},
     "thresholds": {},
     "learned": {
-        "dedup": R.Param("dedup", "str", "one_way", doc="Near-duplicate rule for missed concepts (METHOD.md 5.6).",
+        "dedup": R.Param("dedup", "str", "one_way", doc="Near-duplicate rule for missed concepts (docs/METHOD.md §5.8).",
                          choices=("one_way", "both", "none")),
     },
     "keywords": {

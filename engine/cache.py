@@ -1,7 +1,7 @@
 """A content-keyed, crash-safe disk cache for embeddings and activations.
 
 Why content keys: the reference code named cached activations after the run
-setup, so a G or C run silently read M's activations (METHOD.md section 11.5).
+setup, so a G or C run silently read M's activations (docs/METHOD.md §11.5).
 Here an entry's name is the sha256 of *everything that determines it* (weights
 fingerprint, preprocessing description, probe manifest hash, rows, layer,
 pooling, precision ...), so a stale entry cannot be addressed at all.

@@ -3,7 +3,7 @@
 A concept set is parsed ONCE into a list of `Concept`s whose positions are the
 columns of the similarity matrix S.  The reference code parsed the file twice
 (with and without blank lines) and shifted every label after a blank line
-(METHOD.md §11.6); here a blank line is dropped, warned about, and never
+(docs/METHOD.md §11.6); here a blank line is dropped, warned about, and never
 counted.
 
 Sources (the `concepts` declaration's functions, `dsl/vocabulary.py`; each loader
@@ -14,7 +14,7 @@ registers itself with `@CONCEPT_LOADERS.register(name)`):
                JSON/xlsx category map and a JSON task map;
 * ``csv``      one row per concept with category columns;
 * ``xlsx``     the Mammo-CLIP Dissect category workbook: one sheet per broad
-               category, one column per subcategory (METHOD.md §6.2);
+               category, one column per subcategory (docs/METHOD.md §6.3);
 * ``json``     ``{category: [concept, ...]}`` or ``{category: {subcategory: [...]}}``.
 
 Normalisation is the same everywhere: surrounding whitespace stripped, runs of
@@ -25,7 +25,7 @@ blank lines, overlapping forms ("density"/"densities") and uncategorised
 concepts, so the report can show them.
 
 Task tags (mass / calcification / density) are explicit lists in the set; they
-are never guessed from substrings (METHOD.md §6.3: no substring rule reproduces
+are never guessed from substrings (docs/METHOD.md §6.4: no substring rule reproduces
 the paper's 73/79/38).
 """
 
@@ -192,7 +192,7 @@ def _dedupe(texts: list[str], where: str, warnings: list[str]) -> list[str]:
 def overlap_warnings(texts: list[str], where: str) -> list[str]:
     """Name groups of concepts that differ only by plural/hyphen/case ("density"/"densities").
 
-    They are kept (the paper keeps them by design, §6.1) but they split neurons
+    They are kept (the paper keeps them by design, docs/METHOD.md §6.3) but they split neurons
     between near-identical labels, so the user should know.
     """
     groups: dict[str, list[str]] = {}
@@ -242,7 +242,7 @@ def _parse_tasks(cell: str | None) -> tuple[str, ...]:
 
 def _domain_for(category: str | None, non_mammo: str = NON_MAMMO_CATEGORY) -> str:
     """Non-mammography iff the category is the non-mammography block; uncategorised
-    concepts count as mammography (the reference notebook's NaN rule, §5.4)."""
+    concepts count as mammography (the reference notebook's NaN rule, docs/METHOD.md §5.4)."""
     if category is not None and category_key(category) == category_key(non_mammo):
         return NON_MAMMO
     return MAMMO
@@ -447,7 +447,7 @@ def _xlsx_categories(
 
     Sheet (stripped) = broad category, row-1 header = subcategory, one concept per
     cell below, workbook order sheet -> column -> row.  Cells are matched after
-    stripping (so "questionable mass " matches, METHOD.md §6.2); cross-listed
+    stripping (so "questionable mass " matches, docs/METHOD.md §6.3); cross-listed
     concepts are resolved by `precedence` ("last" = the reference notebook's
     last-match-wins, which reproduces the paper's 369/394).  `match="exact"`
     keeps cells unstripped, like the notebook's `isin`: a cell with stray spaces
@@ -523,7 +523,7 @@ def load_xlsx(name: str, params: dict[str, Any], base_dir: str | Path) -> Concep
     else:
         texts = _dedupe(order, p.name, warnings)
     tasks = _task_map(params.get("tasks"), base_dir, texts, warnings) or {}
-    note = "; the reference notebook counts them as mammography too (METHOD.md §5.4)"
+    note = "; the reference notebook counts them as mammography too (docs/METHOD.md §5.4)"
     source = {"func": "xlsx", "path": str(p), "precedence": params.get("precedence", "last"),
               "non_mammography": params.get("non_mammography", "Environmental_and_Natural"),
               "match": params.get("match", "stripped"), **_opt(params, "concepts", "tasks")}

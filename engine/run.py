@@ -1,6 +1,6 @@
 """Execute a plan: build, embed, hook, score, label, analyse, store, report.
 
-The order follows the data flow in DESIGN.md.  Every expensive step goes
+The order follows the data flow of docs/METHOD.md §1.  Every expensive step goes
 through the content-keyed cache, so an interrupted run loses nothing but time
 and a re-run recomputes nothing.  All results are gathered in a `RunRecord`
 and written to DuckDB in one transaction at the very end (engine/store.py):
@@ -378,7 +378,7 @@ class Executor:
             tmpl = x.similarity_params.get("template") if x.similarity == "mammi" else None
             if tmpl:
                 # MAMMI's prompts are "<template> <concept>"; the template's own embedding
-                # is subtracted below (adaptive cosine, METHOD.md section 8.2)
+                # is subtracted below (adaptive cosine, docs/METHOD.md §3.6)
                 text = self._embed_prompts(x.dissector, [f"{tmpl} {c}" for c in cs.texts])
             # P over the target's rows; rows the dissector skipped (top-k-only pass) stay 0:
             # top-k-only functions never read them (engine/labels.topk_image_union)

@@ -219,7 +219,7 @@ def test_published_workbook_reproduces_paper_sizes(shared_dir):
                        "Interpretations": 140, "Action or follow up": 9, "Environmental_and_Natural": 394}
     exact = load_concept_set("paper", "xlsx", {"path": "Extended_Breast_text_categories.xlsx",
                                                "concepts": "Specific_concepts_sorted.txt", "match": "exact"}, ref)
-    assert Counter(c.category for c in exact.concepts)["Findings and characterizations"] == 139  # METHOD.md §6.2
+    assert Counter(c.category for c in exact.concepts)["Findings and characterizations"] == 139  # docs/METHOD.md §6.3
     assert Counter(c.category for c in exact.concepts)["Interpretations"] == 139
     # the paper's task sizes (73/79/38) are not in the workbook: no task tags without a task map
     assert not any(c.tasks for c in cs.concepts)

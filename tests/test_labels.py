@@ -1,4 +1,4 @@
-"""Labels, top images and layer thresholds (METHOD.md §4, §5.1) on inputs with known answers."""
+"""Labels, top images and layer thresholds (docs/METHOD.md §4, §5.1) on inputs with known answers."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def test_layer_tau_odd_median_and_bad_statistic():
 
 
 def test_paper_and_code_thresholds_differ_for_soft_wpmi():
-    # §5.1: with lam = 1 the full-matrix mean is <= 0 while the mean top-1 is > 0
+    # docs/METHOD.md §5.1: with lam = 1 the full-matrix mean is <= 0 while the mean top-1 is > 0
     g = torch.Generator().manual_seed(2)
     P = torch.rand(80, 15, generator=g) * 0.5
     X = torch.randn(80, 20, generator=g)

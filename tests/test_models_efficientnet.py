@@ -47,7 +47,7 @@ def test_keys_shapes_order_and_timm_names_match_key_map(shared_dir, variant, n_p
 
 
 def test_same_padding_known_values():
-    # MAMMO_CLIP_FORMAT 3.3: the stem pads (0,1,0,1) for 456; block 13's depthwise (1,1,1,1)
+    # docs/CHECKPOINTS.md: the stem pads (0,1,0,1) for 456; block 13's depthwise (1,1,1,1)
     assert same_padding((456, 456), 3, 2) == (0, 1, 0, 1)
     assert same_padding((57, 57), 3, 2) == (1, 1, 1, 1)
     assert same_padding((190, 114), 3, 2) == (0, 1, 0, 1)  # dynamic TF-SAME at 1520x912 differs

@@ -1,7 +1,7 @@
 """Builders shared by the test_models_* files: tiny checkpoints and model folders.
 
 Everything is random and built at test time, with exactly the key names and
-layout of the real Mammo-CLIP files (MAMMO_CLIP_FORMAT.md), so loaders are exercised
+layout of the real Mammo-CLIP files (docs/CHECKPOINTS.md), so loaders are exercised
 the way real files exercise them.  No tests live here.
 """
 

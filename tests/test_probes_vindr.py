@@ -1,6 +1,6 @@
 """VinDr-Mammo probes against the real published CSVs (../shared/data/vindr) with stand-in images.
 
-Known answers: METHOD.md section 10 (4,000 test images, 2,000 CC + 2,000 MLO,
+Known answers: docs/METHOD.md §8.1 (4,000 test images, 2,000 CC + 2,000 MLO,
 L/R balanced, density A 20 / B 380 / C 3,060 / D 540; finding_annotations has
 4,095 test rows for 4,000 images).  Per-finding counts are recomputed here
 from the raw files with the csv module, independently of the probe code.

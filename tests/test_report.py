@@ -311,7 +311,7 @@ def test_category_colours_normalised_and_deterministic():
              ("Action or follow up", "Action or follow-up"), ("Environmental_and_Natural", "Environmental and natural")]
     for a, b in pairs:
         assert p.colour(a) == p.colour(b), (a, b)
-    assert p.colour("Environmental_and_Natural") == "#2ca02c"  # METHOD.md §5.8: green
+    assert p.colour("Environmental_and_Natural") == "#2ca02c"  # docs/METHOD.md §5.10: green
     assert p.colour("Breast_anatomy_or_structure") == "#8c564b"  # brown
     assert normalise_category("  Action_or-follow  up ") == "action or follow up"
     # extras: fixed palette in sorted order, independent of input order

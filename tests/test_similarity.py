@@ -1,4 +1,4 @@
-"""Similarity functions against naive float64 implementations written from METHOD.md §1, §3, §8.
+"""Similarity functions against naive float64 implementations written from docs/METHOD.md §1.1, §3.
 
 Each naive version below is a per-neuron, per-concept loop in numpy written straight
 from the formula (not from engine/similarity.py), with the documented tie-break: among
@@ -234,7 +234,7 @@ def test_wpmi_matches_naive(params, ties):
 
 
 def test_soft_wpmi_prior_makes_concept_means_nonpositive():
-    # §3.1: with lam = 1, mean_k S_km <= 0 for every concept (Jensen)
+    # docs/METHOD.md §3.1: with lam = 1, mean_k S_km <= 0 for every concept (Jensen)
     P, X = make(n=60, m=9, k=12, seed=3)
     S = soft_wpmi(P, X, top_k=8)
     assert (S.mean(0) <= 1e-12).all()

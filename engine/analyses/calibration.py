@@ -8,7 +8,7 @@ as its true group.  Each similarity function's label is then graded against it:
 
 * top1_hit / top5_hit -- fraction of selective neurons whose top-1 / any top-5
   label lies in the true group (CLIP-Dissect style labelling);
-* MAMMI's metrics (METHOD.md 8.3): the predicted set is MAMMI's selection
+* MAMMI's metrics (docs/METHOD.md §9.2): the predicted set is MAMMI's selection
   (scores > beta * max, none when max <= 0) for `mammi`, the top-1 label for
   every other function (how P-MAMMI evaluated the CLIP-Dissect baseline);
   hit-rate, per-neuron precision / recall / F1 (mean, and s.e. on request);
@@ -112,7 +112,7 @@ def _norm(s: str) -> str:
 
 
 def mammi_selection(scores: np.ndarray, beta: float = 0.95) -> np.ndarray:
-    """Indices MAMMI selects: score > beta * max, best first; none when max <= 0 (METHOD.md 8.2)."""
+    """Indices MAMMI selects: score > beta * max, best first; none when max <= 0 (docs/METHOD.md §3.6)."""
     mx = float(np.max(scores))
     if not np.isfinite(mx) or mx <= 0:
         return np.array([], dtype=int)

@@ -5,8 +5,8 @@ store table and a DuckDB table macro (engine/analysis_sql.py) that computes the
 same rows from the base tables, so a user can re-run an analysis in SQL with a
 different threshold rule.
 
-Where the paper's text and its code disagree (METHOD.md §5, §12, §13) both
-readings are offered and the default is §12's:
+Where the paper's text and its code disagree (docs/METHOD.md §5, §12, §13) both
+readings are offered and the default is the one of docs/METHOD.md §12:
 
 * τ_l statistic: ``mean_top1`` (code/figures; default), ``mean_all`` (paper
   text; needs the full S, so it is read from `layers.tau_mean_all`),
@@ -16,9 +16,9 @@ readings are offered and the default is §12's:
 * counts: every count comes both as unique concepts (``n_concepts``, paper
   text) and as neurons (``n_neurons``, reference notebook).
 * "learned": union of captured concepts over all dissected layers (default).
-* missed-concept de-dup: the deterministic rule of §5.6 (see `dedup_overlaps`).
+* missed-concept de-dup: the deterministic rule of docs/METHOD.md §5.8 (see `dedup_overlaps`).
 
-Only the top-1 label of a neuron is ever counted (§5.3).  Neurons flagged
+Only the top-1 label of a neuron is ever counted (docs/METHOD.md §5.3).  Neurons flagged
 ``constant`` (activation constant over the probe: the label is meaningless) are
 left out of captured concepts unless ``include_constant``; they still enter τ,
 as every neuron did in the reference code.
@@ -328,7 +328,7 @@ def thresholds_for(inp: AnalysisInput, models: Sequence[str] | None, layers: Seq
 def captured_concepts(inp: AnalysisInput, models: Sequence[str] | None, layers: Sequence[str] | None,
                       rule: dict[str, Any] | None, filter: tuple[str, str] | None = None,
                       include_constant: bool = False) -> pd.DataFrame:
-    """Concepts each (model, layer) encodes: top-1 labels of neurons whose score passes τ (§5.3)."""
+    """Concepts each (model, layer) encodes: top-1 labels of neurons whose score passes τ (docs/METHOD.md §5.3)."""
     r = normalise_rule(rule)
     thr = thresholds_for(inp, models, layers, r)
     rows = []
@@ -463,7 +463,7 @@ def concept_changes(captured: pd.DataFrame, models: Sequence[str], layers: Seque
 
 
 def normalise_phrase(text: str) -> str:
-    """§5.6 normal form: lower-case, hyphens to spaces, collapsed spaces, a final "s"
+    """docs/METHOD.md §5.8 normal form: lower-case, hyphens to spaces, collapsed spaces, a final "s"
     stripped from EVERY word (per word, so the paper's own example
     "amorphous" / "amorphous calcification" matches)."""
     s = re.sub(r"\s+", " ", text.lower().replace("-", " ")).strip()

@@ -1,9 +1,9 @@
 """The two model roles of a dissection, as small abstract interfaces.
 
 A *dissector* is a vision-language model: it embeds probe images and concept
-strings into one space (P = cos(image, text), METHOD.md section 1).  A *target* is
+strings into one space (P = cos(image, text), docs/METHOD.md §1.1).  A *target* is
 the network whose neurons are labelled: the engine hooks its layers and pools
-their outputs (section 2).  Both own their preprocessing, because the same probe
+their outputs (docs/METHOD.md §2).  Both own their preprocessing, because the same probe
 image reaches each model through that model's own pipeline (row i of P and row i
 of the activation matrix always refer to the same probe image).
 
@@ -182,7 +182,7 @@ class TrainModeSwitch(Protocol):
     """A dissector that can embed images with its image tower in train mode.
 
     Set by the dissect option `dissector_train_mode=true`, which reproduces the
-    reference code's BatchNorm-in-train-mode behaviour (METHOD.md 11.1): the
+    reference code's BatchNorm-in-train-mode behaviour (docs/METHOD.md §11.1): the
     embeddings then depend on the batch.  Only Mammo-CLIP dissectors offer it;
     asking it of another dissector is a user error.
     """

@@ -1,6 +1,6 @@
 """Fine-tuned Mammo-CLIP classifiers (C1-C4) as targets.
 
-A classifier `.pth` (MAMMO_CLIP_FORMAT.md section 2) holds the 852 `image_encoder.*`
+A classifier `.pth` (docs/CHECKPOINTS.md) holds the 852 `image_encoder.*`
 tensors of the same lukemelas EfficientNet plus `classifier.classification_head`
 (Linear(out_dim, n_class)); its top level adds numpy predictions and a metric, so it
 needs the numpy allow-list of `checkpoint.py`.  The file is self-contained for

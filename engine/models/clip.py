@@ -1,9 +1,9 @@
 """A general CLIP from a local Hugging Face folder: dissector and vision-tower target.
 
-For the paper's Appendix setups A/B (METHOD.md section 1.4).  Unlike the reference
+For the paper's Appendix setups A/B (docs/METHOD.md §1.3).  Unlike the reference
 code, images reach CLIP through CLIP's own preprocessing (resize shortest side,
 centre crop, CLIP mean/std from the folder's preprocessor_config.json), never
-through another model's transform (section 11.8).
+through another model's transform (docs/METHOD.md §11.8).
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ TEXT_DIM = 384
 #: phantom streams used for training / held-out evaluation (probe seeds are small ints, so never these)
 TRAIN_STREAM = 1_000_003
 HELDOUT_STREAM = 2_000_003
-#: Mammo-CLIP's z-score after per-image min-max (METHOD.md 9.2)
+#: Mammo-CLIP's z-score after per-image min-max (docs/METHOD.md §7.1)
 MEAN, STD = 0.3089279, 0.25053555408335154
 #: the CNN's blocks: (out channels, stride)
 BLOCKS = ((16, 2), (32, 2), (48, 2), (64, 1), (96, 1))

@@ -4,7 +4,7 @@ Why our own module: Mammo-CLIP's image tower is the lukemelas (efficientnet-pyto
 layout with TF-"SAME" padding computed *once* for the model's nominal resolution
 (456 px for B5, 260 px for B2) and then applied to every input size.  timm's
 `tf_efficientnet_b5` pads dynamically and differs from block 13 on at 1520x912
-(MAMMO_CLIP_FORMAT.md section 3.3), so a key rename is not enough.  This module
+(docs/CHECKPOINTS.md), so a key rename is not enough.  This module
 keeps the checkpoint's parameter names (`_conv_stem`, `_blocks.i._expand_conv`, ...)
 so a Mammo-CLIP state dict loads with no renaming, and the hook paths are those
 used by Mammo-CLIP Dissect (`_blocks.0` ... `_blocks.38`).

@@ -2,7 +2,7 @@
 
 Before trusting a dissector's concept scores on a probe, check that it sees the
 probe's labelled findings at all.  Scoring follows Mammo-CLIP's evaluator
-(METHOD.md section 9.4): L2-normalised embeddings, cosine to each prompt of a
+(docs/METHOD.md §7.4): L2-normalised embeddings, cosine to each prompt of a
 group, softmax over the group's cosines *without* a logit scale; binary groups are
 scored by AUC on the positive prompt's probability, density by accuracy of the
 argmax.

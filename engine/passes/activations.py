@@ -1,16 +1,16 @@
 """Target activations and dissector embeddings: one streamed pass over a probe.
 
-METHOD.md section 2: a forward hook on each requested layer pools its output to
+docs/METHOD.md §2: a forward hook on each requested layer pools its output to
 (B, C) per batch; batches are concatenated in probe order, so row i of every
 layer's matrix -- and of the dissector's image embeddings -- is the same probe
-image (section 1.1).  Differences from the reference code, on purpose:
+image (docs/METHOD.md §1).  Differences from the reference code, on purpose:
 
 * every requested layer is hooked at once, so the target runs once per probe
   (not once per layer), and only pooled (B, C) tensors leave the device;
 * layers are resolved with `nn.Module.get_submodule` (never `eval`) and hooks are
   removed in `finally`, so none outlives a run even when the forward raises;
 * pooling is explicit per output rank (see `pool`), tuple outputs are unwrapped
-  for every mode (the reference forgot it for `max`, section 11.17);
+  for every mode (the reference forgot it for `max`, docs/METHOD.md §11.14);
 * unreadable images are skipped and reported, never silently re-ordered.
 """
 

@@ -3,8 +3,8 @@
 Why: the demo dissector is trained contrastively on image-report pairs, as
 Mammo-CLIP was.  Mammo-CLIP synthesised reports for VinDr images from their
 labels with templates; we do the same from the phantom's attributes.  Reports
-are lower-case and have no periods (Mammo-CLIP's "wo_period" text, METHOD.md
-9.5); sentences appear in random order with varied wording, and negatives ("no
+are lower-case and have no periods (Mammo-CLIP's "wo_period" text,
+docs/METHOD.md §7.3); sentences appear in random order with varied wording, and negatives ("no
 mass") are sometimes stated, so the zero-shot prompt pairs of Mammo-CLIP mean
 something to the model.
 """

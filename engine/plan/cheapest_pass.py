@@ -1,4 +1,4 @@
-"""Which probe rows a dissector must embed: the "cheapest pass" of DESIGN.md's performance stance.
+"""Which probe rows a dissector must embed: the "cheapest pass" (docs/METHOD.md §10).
 
 Top-k-only similarities (``soft_wpmi``, ``wpmi``) read row i of P only if image i is
 among some neuron's top-k images (``labels.topk_image_union``), so on a large probe the

@@ -19,7 +19,7 @@ Return conventions (documented because models rely on them):
   -> MONOCHROME1 inverted.  Float because windowing yields fractional values and
   [0, 1] because the window, not the bit depth, defines the display range.
 * `decode_dicom(..., mammo_clip_offline=True)`: uint8, 2-D -- Mammo-CLIP's
-  offline PNG recipe (MAMMO_CLIP_FORMAT.md section 4.1 steps 1-4): raw stored
+  offline PNG recipe (docs/METHOD.md §7.2): raw stored
   pixels, 5 px border crop, MONOCHROME1 inversion, min-max to uint8, breast ROI
   crop.  The final resize to 1520x912 is left to the model's Preprocess.
 """
@@ -36,7 +36,7 @@ from dissect_study.engine.probes.base import ImageUnreadable
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
-#: Mammo-CLIP's offline recipe (METHOD.md section 9.1)
+#: Mammo-CLIP's offline recipe (docs/METHOD.md §7.2)
 BORDER_CROP_PX = 5
 ROI_BACKGROUND_MAX = 40
 ROI_CENTRAL_FRACTION = 0.8
@@ -210,7 +210,7 @@ def _display_pixels(arr: np.ndarray, ds, photometric: str) -> np.ndarray:
 
 # --------------------------------------------------------------------------- Mammo-CLIP offline recipe
 def mammo_clip_offline_pixels(raw: np.ndarray, monochrome1: bool) -> np.ndarray:
-    """Border crop -> MONOCHROME1 inversion -> min-max uint8 -> breast ROI crop (METHOD.md 9.1)."""
+    """Border crop -> MONOCHROME1 inversion -> min-max uint8 -> breast ROI crop (docs/METHOD.md §7.2)."""
     x = np.asarray(raw, dtype=np.float64)
     b = BORDER_CROP_PX
     if x.shape[0] > 2 * b and x.shape[1] > 2 * b:
@@ -242,7 +242,7 @@ def _central(n: int, fraction: float) -> slice:
 
 def extract_breast_roi(img: np.ndarray, background_max: int = ROI_BACKGROUND_MAX,
                        central: float = ROI_CENTRAL_FRACTION) -> np.ndarray:
-    """Crop a uint8 mammogram to the breast (our implementation of METHOD.md 9.1's prose).
+    """Crop a uint8 mammogram to the breast (our implementation of docs/METHOD.md §7.2).
 
     Detection runs on a copy with pixels <= `background_max` set to 0 (labels,
     noise and the dark background become one constant).  A column belongs to

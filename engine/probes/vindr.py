@@ -17,7 +17,7 @@ Three layouts are recognised by their columns:
 
 By default rows are de-duplicated by image_id (first-occurrence order; the
 findings and boxes of repeated rows merged) because a repeated image can take
-two of a neuron's top-Z slots (METHOD.md section 11 item 18);
+two of a neuron's top-Z slots (docs/METHOD.md §11.15);
 `keep_duplicate_rows=true` keeps one item per CSV row for reference parity.
 Images resolve as `<root>/<study_id>/<image_id>.png` (or `.dicom`/`.dcm`),
 falling back to `<root>/<image_id>.<ext>`.  DICOM files are decoded with

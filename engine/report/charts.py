@@ -1,9 +1,9 @@
 """Report charts: Altair specs rendered offline to SVG with vl-convert.
 
 Why one module: every chart in a report must agree on two things a reader
-relies on -- the colour of a category (METHOD.md §5.8, identical in bar charts
+relies on -- the colour of a category (docs/METHOD.md §5.10, identical in bar charts
 and word clouds) and the order of layers (by depth, never alphabetically:
-the reference notebook's lexicographic bug, METHOD.md §11).  Both live here,
+the reference notebook's lexicographic bug, docs/METHOD.md §11.11).  Both live here,
 in `Palette` and in the `layer_order` every chart receives.
 
 Charts are exported with `vl_convert.vegalite_to_svg` (no CDN, no browser) and
@@ -23,7 +23,7 @@ import pandas as pd
 
 FONT = "DejaVu Sans"  # installed locally (fc-list); embedded by WeasyPrint in the PDF
 
-#: METHOD.md §5.8 colours for the paper's broad categories, keyed by normalised name
+#: docs/METHOD.md §5.10 colours for the paper's broad categories, keyed by normalised name
 CATEGORY_COLOURS: dict[str, str] = {
     "breast anatomy or structure": "#8c564b",  # brown
     "breast locations": "#ff7f0e",  # orange

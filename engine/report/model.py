@@ -1,6 +1,6 @@
 """The report view model: one JSON-serialisable tree built from a stored run.
 
-Why a view model (great_expectations' render layer, STYLE.md): every number a
+Why a view model (great_expectations' render layer): every number a
 reader sees is chosen here, from the DuckDB store, once; the Jinja templates
 only lay it out, and the HTML and the PDF are rendered from the same HTML, so
 they can never disagree.  The tree is plain dataclasses (`to_dict()` for
@@ -64,7 +64,7 @@ SECTION_TITLES = {
 }
 
 STATISTIC_TEXT = {
-    "mean_top1": "the mean over the layer's neurons of their top-1 similarity (reference code and figures, METHOD.md §5.1)",
+    "mean_top1": "the mean over the layer's neurons of their top-1 similarity (reference code and figures, docs/METHOD.md §5.1)",
     "mean_all": "the mean of all neuron × concept similarities of the layer (the paper's text)",
     "median_top1": "the median over the layer's neurons of their top-1 similarity (Dorszewski et al.)",
 }

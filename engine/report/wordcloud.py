@@ -1,6 +1,6 @@
 """Word clouds of captured concepts (Fig. 5), as a small deterministic SVG layout.
 
-Size is proportional to a concept's weight (METHOD.md §5.7: the maximum
+Size is proportional to a concept's weight (docs/METHOD.md §5.10: the maximum
 similarity over the neurons carrying the label), colour is its broad category
 from the report's one `Palette`.  Placement takes, for each word, the free spot of an occupancy grid nearest
 the centre (a dense spiral, vectorised); words are placed largest first with a name tie-break, so the same input

@@ -1,4 +1,4 @@
-"""Per-neuron labels and per-layer thresholds from a similarity matrix (METHOD.md §4, §5.1).
+"""Per-neuron labels and per-layer thresholds from a similarity matrix (docs/METHOD.md §4, §5.1).
 
 Pure functions over tensors; the engine turns their outputs into the typed DuckDB
 tables (``labels``, ``top_images``, ``layer_thresholds``).  Every ranking here breaks
@@ -65,7 +65,7 @@ class TopImages(NamedTuple):
 def top_images(X: Tensor, k: int = 5) -> TopImages:
     """The k most activating probe images per neuron (lower image index first on ties).
 
-    k is clamped to N.  ``constant`` marks dead/constant neurons (METHOD.md §3.7): their
+    k is clamped to N.  ``constant`` marks dead/constant neurons (docs/METHOD.md §4.2): their
     "top images" are the first k probe rows and should be shown as such, not as evidence.
     """
     if not isinstance(X, Tensor) or X.dim() != 2 or X.shape[0] == 0 or X.shape[1] == 0:
@@ -85,7 +85,7 @@ def _top1(S: Tensor) -> Tensor:
 
 
 def layer_tau(S: Tensor, statistic: str = "mean_top1") -> float:
-    """tau_l of one layer (METHOD.md §5.1).
+    """tau_l of one layer (docs/METHOD.md §5.1).
 
     * ``mean_top1`` (default; what the paper's figures use): mean over neurons of max_m S_km;
     * ``mean_all`` (the paper's text): mean of every finite entry of S;

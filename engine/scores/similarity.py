@@ -1,4 +1,4 @@
-"""Neuron x concept similarity functions (METHOD.md §1, §3, §8), batched over neurons.
+"""Neuron x concept similarity functions (docs/METHOD.md §1.1, §3), batched over neurons.
 
 Inputs everywhere: ``clip_feats`` = P (N probe images x M concepts, the dissector's
 image/text cosines) and ``target_feats`` = X (N images x K neurons, pooled target
@@ -225,7 +225,7 @@ def constant_columns(values: Tensor) -> Tensor:
 def concept_activation_matrix(image_emb: Tensor, text_emb: Tensor, eps: float = 1e-12) -> Tensor:
     """P (N x M) = cosine of every probe image embedding with every concept embedding.
 
-    METHOD.md §1: both sides are the dissector's *projected* embeddings, L2-normalised
+    docs/METHOD.md §1.1: both sides are the dissector's *projected* embeddings, L2-normalised
     along the feature axis, with no logit scale or temperature.  Prompt handling (raw
     concept string, or a MAMMI template prefix) happens before the text embedding is
     computed; this function only sees vectors.  ``eps`` guards zero vectors (their
@@ -246,7 +246,7 @@ def concept_activation_matrix(image_emb: Tensor, text_emb: Tensor, eps: float = 
 
 # ----------------------------------------------------------------------------- top-k family
 def _pmi_prior(log_lik: Tensor, lam: float, inplace: bool = False) -> Tensor:
-    """S = L - lam * (logsumexp_k L - log K): PMI against the layer's neuron prior (§3.1 step 5-6).
+    """S = L - lam * (logsumexp_k L - log K): PMI against the layer's neuron prior (docs/METHOD.md §3.1, steps 5-6).
 
     ``inplace`` overwrites ``log_lik`` (the kernels' private output) instead of allocating.
     """
@@ -267,7 +267,7 @@ def soft_wpmi(
     chunk_neurons: int | None = None,
     backend: str = "auto",
 ) -> Tensor:
-    """CLIP-Dissect's SoftWPMI (METHOD.md §3.1), batched over neurons.
+    """CLIP-Dissect's SoftWPMI (docs/METHOD.md §3.1), batched over neurons.
 
     q = softmax(a P) over concepts; for neuron k with top-Z images i_0..i_{Z-1} (descending,
     lower index first on ties), L_km = sum_j log(1 + r_j (q_{i_j m} - 1) + min_prob) with
@@ -352,7 +352,7 @@ def wpmi(
     chunk_neurons: int | None = None,
     backend: str = "auto",
 ) -> Tensor:
-    """CLIP-Dissect's WPMI (METHOD.md §3.2): L_km = sum over the top-Z images of log(q_im + min_prob).
+    """CLIP-Dissect's WPMI (docs/METHOD.md §3.2): L_km = sum over the top-Z images of log(q_im + min_prob).
 
     The sum is accumulated in float64 (compiled gather-sum on CPU, chunked torch elsewhere).
     """
@@ -380,7 +380,7 @@ def wpmi(
 
 # ----------------------------------------------------------------------------- cosine family
 def cos_similarity(clip_feats: Tensor, target_feats: Tensor, chunk_neurons: int | None = None) -> Tensor:
-    """Cosine of each activation column with each concept column over the probe (§3.4).
+    """Cosine of each activation column with each concept column over the probe (docs/METHOD.md §3.4).
 
     No centring.  An all-zero neuron has no direction: its row is NaN (the reference
     divides by zero too).  A zero concept column (impossible for real cosines) scores 0.
@@ -412,7 +412,7 @@ def _centre_cube(t: Tensor, min_norm: float) -> Tensor:
 def cos_similarity_cubed(
     clip_feats: Tensor, target_feats: Tensor, min_norm: float = 1e-3, chunk_neurons: int | None = None
 ) -> Tensor:
-    """Cosine of centred, element-wise cubed columns (§3.5); norms floored at ``min_norm``.
+    """Cosine of centred, element-wise cubed columns (docs/METHOD.md §3.5); norms floored at ``min_norm``.
 
     A constant neuron centres to zero and therefore scores 0 for every concept (as in the
     reference); ``compute_similarity`` flags it.
@@ -442,7 +442,7 @@ def rank_reorder(
     seed: int = 0,
     chunk_neurons: int | None = None,
 ) -> Tensor:
-    """CLIP-Dissect's rank-reorder score (METHOD.md §3.3), deterministic and NaN-safe.
+    """CLIP-Dissect's rank-reorder score (docs/METHOD.md §3.3), deterministic and NaN-safe.
 
     n = floor(N * top_fraction) top images of neuron k (activations a, descending; lower
     index first on ties); C = P on those rows; c_m = mean of column m of C; rho_m(i) = the
@@ -508,7 +508,7 @@ def rank_reorder(
 def representative_mask(target_feats: Tensor, alpha: float = 93) -> Tensor:
     """Bool (N x K): image o is representative of neuron i iff X_oi > tau_i (strict).
 
-    tau_i = max_i - (1 - alpha/100)(max_i - min_i) (METHOD.md §8.1).  A constant neuron
+    tau_i = max_i - (1 - alpha/100)(max_i - min_i) (docs/METHOD.md §3.6).  A constant neuron
     selects nothing; alpha = 100 selects nothing for any neuron (tau = max, strict >).
     """
     if not 0 <= alpha <= 100:
@@ -527,7 +527,7 @@ def mammi_adaptive(
     alpha: float = 93,
     beta: float = 0.95,
 ) -> Tensor:
-    """MAMMI/WWW adaptive cosine (METHOD.md §8.1-8.2), all neurons in one matrix product.
+    """MAMMI/WWW adaptive cosine (docs/METHOD.md §3.6), all neurons in one matrix product.
 
     s_ij = (1/n_i) sum_{o in R_i} [P_oj - template_o], R_i = the representative images of
     neuron i (``representative_mask``), template_o = cos(image o, template embedding)
