@@ -67,7 +67,7 @@ def test_dry_run_prints_deduplicated_plan(tmp_path: Path) -> None:
 
 
 def test_fmt_check_and_rewrite(tmp_path: Path) -> None:
-    messy = _write(tmp_path, GOOD.replace("target M = demo(\"M\")", "target   M=demo( \"M\" )"))
+    messy = _write(tmp_path, GOOD.replace('target M = demo("M")', 'target   M=demo( "M" )'))
     runner = CliRunner()
     assert runner.invoke(cli, ["fmt", "--check", str(messy)]).exit_code == 1
     assert runner.invoke(cli, ["fmt", str(messy)]).exit_code == 0
@@ -104,6 +104,7 @@ def test_run_threads_option_sets_torch_threads(tmp_path: Path, monkeypatch) -> N
 
 
 # ------------------------------------------------------------------------- verbosity: -q / -v map to log levels
+
 
 def _fake_logging_run(monkeypatch, seen: dict) -> None:
     """run_study stand-in that speaks like the real one: `_Log` steps and warnings, a debug detail."""
@@ -172,8 +173,10 @@ def test_check_imports_no_torch(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    code = ("import sys\nfrom click.testing import CliRunner\nfrom dissect_study.engine.cli import cli\n"
-            f"r = CliRunner().invoke(cli, ['check', '-v', {str(_write(tmp_path, GOOD))!r}])\n"
-            "assert r.exit_code == 0, r.output\nprint(sorted(m for m in ('torch', 'transformers', 'duckdb') if m in sys.modules))")
+    code = (
+        "import sys\nfrom click.testing import CliRunner\nfrom dissect_study.engine.cli import cli\n"
+        f"r = CliRunner().invoke(cli, ['check', '-v', {str(_write(tmp_path, GOOD))!r}])\n"
+        "assert r.exit_code == 0, r.output\nprint(sorted(m for m in ('torch', 'transformers', 'duckdb') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -47,12 +47,27 @@ def test_every_exception_class_is_under_the_root_or_a_documented_signal() -> Non
     """Public exception classes; a private one (`_Name`) is a module's own control flow, caught where raised."""
     classes = _all_exception_classes()
     # the stages' error classes are found (the walk really imported them) ...
-    for name in ("StudyError", "ProbeError", "CheckpointError", "ModelBuildError", "ActivationError", "RunError",
-                 "StoreError", "AnalysisError", "CacheError", "ConceptSetError", "RegistryError", "ReportError"):
+    for name in (
+        "StudyError",
+        "ProbeError",
+        "CheckpointError",
+        "ModelBuildError",
+        "ActivationError",
+        "RunError",
+        "StoreError",
+        "AnalysisError",
+        "CacheError",
+        "ConceptSetError",
+        "RegistryError",
+        "ReportError",
+    ):
         assert any(q.endswith("." + name) for q in classes), f"{name} not found"
     # ... and each one is a DissectStudyError unless it is a documented internal signal
-    stray = sorted(q for q, c in classes.items() if not issubclass(c, DissectStudyError)
-                   and q not in INTERNAL_SIGNALS and not c.__name__.startswith("_"))
+    stray = sorted(
+        q
+        for q, c in classes.items()
+        if not issubclass(c, DissectStudyError) and q not in INTERNAL_SIGNALS and not c.__name__.startswith("_")
+    )
     assert stray == [], f"exception classes outside the DissectStudyError root: {stray}"
     from dissect_study.engine.probes.base import ImageUnreadable
 
@@ -71,7 +86,7 @@ def _assert_one_paragraph(res: Result, *fragments: str, code: int = 1) -> list[s
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     errors = [i for i, line in enumerate(lines) if line.startswith("error:")]
     assert len(errors) == 1, res.stderr
-    paragraph = lines[errors[0]:]
+    paragraph = lines[errors[0] :]
     assert all(line.startswith("  ") for line in paragraph[1:]), res.stderr  # nothing after it but its own lines
     for fragment in fragments:
         assert fragment in "\n".join(paragraph), res.stderr
@@ -152,7 +167,9 @@ def test_run_with_a_broken_concept_set(tmp_path: Path) -> None:
     (tmp_path / "bad.csv").write_text("name,group\nmass,findings\n", encoding="utf-8")
     res = _run(tmp_path, concepts='csv("bad.csv")')
     paragraph = _assert_one_paragraph(res, "bad.csv", "no column 'concept'")
-    assert paragraph[1:] == ["  note: earlier runs are intact; a run is stored only once computed (cached work is kept)"]
+    assert paragraph[1:] == [
+        "  note: earlier runs are intact; a run is stored only once computed (cached work is kept)"
+    ]
 
 
 def test_run_with_a_bad_probe_folder(tmp_path: Path) -> None:
@@ -217,7 +234,8 @@ def test_a_bug_keeps_its_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_a_path_error_naming_a_file_is_one_line_but_without_a_path_it_is_a_bug(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _fake_run(monkeypatch, PermissionError(13, "Permission denied", "/reports/out"))
     res = _invoke(["run", _good(tmp_path)])
     _assert_one_paragraph(res, "error: /reports/out: Permission denied")
@@ -231,7 +249,8 @@ def test_interrupt_exits_130_with_one_line(tmp_path: Path, monkeypatch: pytest.M
     res = _invoke(["run", _good(tmp_path)])
     assert res.exit_code == 130 and "Traceback" not in res.output and "Aborted" not in res.output
     assert [line for line in res.stderr.splitlines() if line.strip()] == [
-        "interrupted: earlier runs are intact; a run is stored only once computed (cached work is kept)"]
+        "interrupted: earlier runs are intact; a run is stored only once computed (cached work is kept)"
+    ]
 
 
 def test_verbose_adds_the_traceback_of_a_user_error(tmp_path: Path) -> None:
@@ -260,7 +279,9 @@ def test_run_log_speaks_through_logging(caplog: pytest.LogCaptureFixture) -> Non
     quiet.info("step two")
     quiet.warn("build", "careful")
     got = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
-    assert got == [("dissect_study.engine.run", logging.INFO, "step one"),
-                   ("dissect_study.engine.run", logging.DEBUG, "step two"),
-                   ("dissect_study.engine.run", logging.WARNING, "careful")]
+    assert got == [
+        ("dissect_study.engine.run", logging.INFO, "step one"),
+        ("dissect_study.engine.run", logging.DEBUG, "step two"),
+        ("dissect_study.engine.run", logging.WARNING, "careful"),
+    ]
     assert quiet.warnings == [("build", "careful")] and loud.warnings == []
