@@ -189,19 +189,42 @@ def _dedupe(texts: list[str], where: str, warnings: list[str]) -> list[str]:
     return out
 
 
-def overlap_warnings(texts: list[str], where: str) -> list[str]:
+#: CSV column in which a concept declares itself a deliberate variant of another ("densities" -> "density")
+VARIANT_COLUMN = "variant_of"
+
+
+def overlap_warnings(texts: list[str], where: str, variants: dict[str, str] | None = None) -> list[str]:
     """Name groups of concepts that differ only by plural/hyphen/case ("density"/"densities").
 
-    They are kept (the paper keeps them by design, docs/METHOD.md §6.3) but they split neurons
-    between near-identical labels, so the user should know.
+    They are kept (the paper keeps them by design, docs/METHOD.md §6.3) but they
+    split neurons between near-identical labels, so the user should know -- unless
+    the set declares the pair intended: `variants` maps a concept (lower case) to
+    the concept it is a deliberate variant of (a CSV's `variant_of` column).  A
+    group stays silent only when every member but one is declared a variant of
+    another member of the same group; a declaration naming no concept of the set
+    is itself a warning, so a typo cannot silence anything.
     """
+    declared = {k.lower(): clean_text(v).lower() for k, v in (variants or {}).items() if clean_text(v)}
+    present = {t.lower() for t in texts}
+    dangling = [f"{t!r} -> {declared[t.lower()]!r}" for t in texts
+                if t.lower() in declared and declared[t.lower()] not in present]
     groups: dict[str, list[str]] = {}
     for t in texts:
         groups.setdefault(fold_forms(t), []).append(t)
-    multi = [" / ".join(g) for g in groups.values() if len(g) > 1]
-    if not multi:
-        return []
-    return [f"{where}: {len(multi)} group(s) of overlapping forms (kept; labels may split between them): {_examples(multi)}"]
+    multi = []
+    for g in groups.values():
+        members = {t.lower() for t in g}
+        undeclared = [t for t in g if declared.get(t.lower()) not in members - {t.lower()}]
+        if len(g) > 1 and len(undeclared) > 1:
+            multi.append(" / ".join(g))
+    out = []
+    if dangling:
+        out.append(f"{where}: {len(dangling)} {VARIANT_COLUMN} entr(y/ies) name no concept of the set and were "
+                   f"ignored: {_examples(dangling)}")
+    if multi:
+        out.append(f"{where}: {len(multi)} group(s) of overlapping forms (kept; labels may split between them; "
+                   f"a {VARIANT_COLUMN} column declares intended ones): {_examples(multi)}")
+    return out
 
 
 # --------------------------------------------------------------------------- reading helpers
@@ -289,6 +312,7 @@ def _finish(
     source: dict[str, Any],
     where: str,
     uncategorised_note: str = "",
+    variants: dict[str, str] | None = None,
 ) -> ConceptSet:
     """Build the ConceptSet from de-duplicated texts and lookups keyed by lower-case text."""
     concepts: list[Concept] = []
@@ -303,7 +327,7 @@ def _finish(
         warnings.append(
             f"{where}: {len(missing)} concept(s) in no category (counted as domain 'mammography'{uncategorised_note}): {_examples(missing)}"
         )
-    warnings.extend(overlap_warnings(texts, where))
+    warnings.extend(overlap_warnings(texts, where, variants))
     # a subcategory name under two categories would merge in subcategory counts
     owners: dict[str, set[str]] = {}
     for c in concepts:
@@ -382,6 +406,7 @@ def _load_csv_text(name: str, text: str, where: str, params: dict[str, Any], bas
     texts: list[str] = []
     cats: dict[str, _Cat] = {}
     tasks: dict[str, tuple[str, ...]] = {}
+    variants: dict[str, str] = {}  # intended overlapping forms, declared in a `variant_of` column
     blank = 0
     bad_domain: list[str] = []
     for r in rows:
@@ -401,6 +426,8 @@ def _load_csv_text(name: str, text: str, where: str, params: dict[str, Any], bas
             dom = None
         cats[k] = _Cat(cat, sub, dom or _domain_for(cat))
         tasks[k] = _parse_tasks(r.get(col["tasks"]))
+        if r.get(VARIANT_COLUMN):
+            variants[k] = r[VARIANT_COLUMN]
     if bad_domain:
         raise ConceptSetError(f"{where}: domain must be 'mammography' or 'non-mammography'; found {_examples(bad_domain)}.")
     if blank:
@@ -409,7 +436,7 @@ def _load_csv_text(name: str, text: str, where: str, params: dict[str, Any], bas
     extra = _task_map(params.get("tasks"), base_dir, texts, warnings)
     if extra is not None:
         tasks = {k: tuple(dict.fromkeys(tasks.get(k, ()) + extra.get(k, ()))) for k in set(tasks) | set(extra)}
-    return _finish(name, texts, cats, tasks, warnings, source, where)
+    return _finish(name, texts, cats, tasks, warnings, source, where, variants=variants)
 
 
 @CONCEPT_LOADERS.register("csv")

@@ -44,7 +44,7 @@ def shipped():
 def test_shipped_file_is_well_formed(repo_dir):
     with open(repo_dir / "concept_sets" / "mammo_v1.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["concept", "category", "subcategory", "domain", "tasks"]
+    assert list(rows[0]) == ["concept", "category", "subcategory", "domain", "tasks", "variant_of"]
     texts = [r["concept"] for r in rows]
     assert len({t.lower() for t in texts}) == len(texts), "case-insensitive duplicates"
     assert all(t == t.strip() and "  " not in t for t in texts)
@@ -75,8 +75,9 @@ def test_shipped_set_sizes_and_categories(shipped):
     df = shipped.to_frame()
     assert list(df.columns) == ["concept_set", "concept_id", "concept", "category", "subcategory", "domain", "tasks"]
     assert list(df["concept_id"]) == list(range(len(shipped))) and shipped.texts[5] == df["concept"][5]
-    # overlapping forms are kept, but named
-    assert any("density / densities" in w for w in shipped.warnings)
+    # the shipped set passes its own checks: its overlapping forms are declared intended (variant_of)
+    assert shipped.warnings == []
+    assert {"density", "densities", "mass", "masses"} <= set(shipped.texts)
 
 
 def test_category_order_mixes_naming_styles():
@@ -234,3 +235,40 @@ def test_published_workbook_reproduces_paper_sizes(shared_dir):
     txt = load_concept_set("paper", "txt", {"path": "Specific_concepts_sorted.txt"}, ref)
     assert len(txt) == 763 and not any("duplicate" in w or "empty line" in w for w in txt.warnings)
     assert any("densities / density" in w for w in txt.warnings)
+
+
+# --------------------------------------------------------------------------- intended overlapping forms
+
+
+def test_overlapping_forms_warn_in_a_users_set_unless_declared(tmp_path):
+    header = "concept,category,variant_of\n"
+    rows = "density,Findings,\ndensities,Findings,{d}\nmass,Findings,\nmasses,Findings,{m}\noval mass,Findings,\n"
+    (tmp_path / "plain.csv").write_text("concept,category\ndensity,Findings\ndensities,Findings\nmass,Findings\n"
+                                        "masses,Findings\noval mass,Findings\n", encoding="utf-8")
+    plain = load_concept_set("u", "csv", {"path": "plain.csv"}, tmp_path)
+    assert [w for w in plain.warnings if "overlapping forms" in w] == [
+        "plain.csv: 2 group(s) of overlapping forms (kept; labels may split between them; a variant_of column "
+        "declares intended ones): density / densities, mass / masses"]
+    # one pair declared: only the other is named
+    (tmp_path / "half.csv").write_text(header + rows.format(d="density", m=""), encoding="utf-8")
+    half = load_concept_set("u", "csv", {"path": "half.csv"}, tmp_path)
+    named = [w for w in half.warnings if "overlapping forms" in w or "name no concept" in w]
+    assert len(named) == 1 and "1 group(s)" in named[0] and named[0].endswith("declares intended ones): mass / masses")
+    # both declared (case and spacing of the target do not matter): silent
+    (tmp_path / "both.csv").write_text(header + rows.format(d=" Density ", m="mass"), encoding="utf-8")
+    both = load_concept_set("u", "csv", {"path": "both.csv"}, tmp_path)
+    assert not [w for w in both.warnings if "overlapping" in w or "name no concept" in w]
+    assert both.texts == ["density", "densities", "mass", "masses", "oval mass"]
+
+
+def test_a_variant_of_typo_silences_nothing_and_is_named(tmp_path):
+    (tmp_path / "c.csv").write_text("concept,category,variant_of\nmass,Findings,\nmasses,Findings,mas\n"
+                                    "oval mass,Findings,\n", encoding="utf-8")
+    cs = load_concept_set("u", "csv", {"path": "c.csv"}, tmp_path)
+    assert any("variant_of entr(y/ies) name no concept" in w and "'masses' -> 'mas'" in w for w in cs.warnings)
+    assert any("overlapping forms" in w and "mass / masses" in w for w in cs.warnings)
+    # declaring a variant of a concept outside its group does not silence the group either
+    (tmp_path / "d.csv").write_text("concept,category,variant_of\nmass,Findings,\nmasses,Findings,oval mass\n"
+                                    "oval mass,Findings,\n", encoding="utf-8")
+    cs = load_concept_set("u", "csv", {"path": "d.csv"}, tmp_path)
+    assert any("overlapping forms" in w and "mass / masses" in w for w in cs.warnings)
