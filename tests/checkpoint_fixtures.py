@@ -25,13 +25,13 @@ fidelity test.  No tests live here.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import textwrap
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -332,6 +332,8 @@ def shaped_state_dict(entries: Iterable[Mapping[str, Any]]) -> OrderedDict[str, 
     for e in entries:
         dtype = torch.int64 if e["dtype"] == "int64" else torch.float32
         value = 1.0 if e["key"].endswith(("running_var", ".weight")) and len(e["shape"]) <= 1 else 0.0
+        if e["key"] == "logit_scale":
+            value = math.log(1 / 0.07)
         out[e["key"]] = torch.tensor(value, dtype=dtype).expand(e["shape"])
     return out
 
@@ -393,11 +395,8 @@ def recipe_image() -> np.ndarray:
     return np.where(inside, v, 20).astype(np.uint8)
 
 
-@lru_cache(maxsize=1)
-def b5_recipe(key_list: str) -> dict[str, np.ndarray]:
-    """The B5 CLIP recipe weights for the key list file at `key_list`, built once per process."""
-    import json
-
+def recipe_from_key_list(key_list: Path) -> dict[str, np.ndarray]:
+    """The recipe weights for every tensor of a published key list file (B5: 553 MB)."""
     return recipe(json.loads(Path(key_list).read_text())["tensors"])
 
 

@@ -13,13 +13,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
+from checkpoint_fixtures import (
+    RTOL,
+    Checker,
+    bio_clinical_bert_folder,
+    compact_optimizer_state,
+    hydra_style_config,
+    recipe_from_key_list,
+    recipe_image,
+    save_real_clip_checkpoint,
+    sha_all,
+    write_shaped_real_clip,
+    write_tiny_real_clip,
+)
 from test_models_helpers import (
     grey_image,
     make_text_folder,
     random_state_dict,
     save_classifier,
     save_clip_checkpoint,
+    tiny_bert_config,
     tiny_classifier_state_dict,
     tiny_clip_state_dict,
 )
@@ -223,9 +236,10 @@ def test_train_mode_dissector_gives_target_its_own_copy(files):
 
 
 def test_f_general_seeded_projections(tmp_path):
+    from safetensors.torch import save_file
+
     from dissect_study.engine.models.efficientnet import CONFIGS, EfficientNet, lukemelas_to_timm
     from dissect_study.engine.models.mammo_clip import load_mammo_clip_general
-    from safetensors.torch import save_file
 
     text = make_text_folder(tmp_path / "bert", with_weights=True)
     enc = EfficientNet(CONFIGS["b2"])
@@ -272,3 +286,141 @@ def test_real_b5_key_list_loads_strictly(shared_dir, tmp_path):
     assert (facts["variant"], facts["image_dim"], facts["text_dim"], facts["embed_dim"]) == ("b5", 2048, 768, 512)
     assert len(d.image_tower().layers()) == 39 and d.image_tower().layers()[38].channels == 512
     assert d.preprocess.describe["resize"]["size_hw"] == [1520, 912]
+
+
+# --------------------------------------------------------------------------- real-format training checkpoints
+
+
+def _tiny_model(sd: dict[str, torch.Tensor]) -> torch.nn.Module:
+    from dissect_study.engine.models.efficientnet import CONFIGS
+    from dissect_study.engine.models.mammo_clip import MammoClipModel, new_bert
+
+    model = MammoClipModel(CONFIGS["tiny"], new_bert(tiny_bert_config()), proj_dim=8)
+    model.load_state_dict(sd)
+    return model
+
+
+@pytest.fixture(scope="module")
+def real_tar(files):
+    """The tiny model's weights in a file written the way Mammo-CLIP's trainer writes it."""
+    return write_tiny_real_clip(files["root"] / "real" / "b5-model-best-epoch-7.tar", _tiny_model(files["sd"]))
+
+
+def test_real_format_tar_builds_the_dissector_without_trust(files, dissector, real_tar):
+    ctx = BuildContext(base_dir=str(real_tar.parent), cache_dir=str(files["root"] / "cache"), log=lambda m: None)
+    d = build_dissector("mammo", "mammo_clip", {"checkpoint": real_tar.name, "text": str(files["text"]),
+                                               "variant": "auto", "trust_checkpoint": False,
+                                               "image_size": list(SIZE)}, ctx)
+    batch = torch.stack([d.preprocess(grey_image(*SIZE, seed=s)) for s in range(2)])
+    torch.testing.assert_close(d.encode_images(batch), dissector.encode_images(batch), rtol=0, atol=0)
+    texts = ["mass", "no suspicious calcification"]
+    torch.testing.assert_close(d.encode_texts(texts), dissector.encode_texts(texts), rtol=0, atol=0)
+    facts = d.describe()
+    assert facts["epoch"] == 7
+    assert facts["training_config"] == {
+        "image_encoder": "tf_efficientnet_b5_ns-detect", "text_encoder": "tiny-bert", "text_pooling": "eos",
+        "projection_dim": 8, "temperature": 0.07, "image_size_h": 1520, "image_size_w": 912,
+        "mean": MEAN, "std": STD, "text_max_length": 256}
+    json.dumps(facts)  # stored as run details
+
+
+def test_config_disagreements_refuse_or_warn(files, tmp_path, caplog):
+    model = _tiny_model(files["sd"])
+    mean_pooled = write_tiny_real_clip(tmp_path / "mean.tar", model, pooling="mean")
+    with pytest.raises(CheckpointError, match=r"pooling = 'mean'.*'eos' pooling"):
+        load_mammo_clip(mean_pooled, files["text"], image_size=SIZE)
+    other_dim = write_tiny_real_clip(tmp_path / "dim.tar", model, proj_dim=512)
+    logged: list[str] = []
+    load_mammo_clip(other_dim, files["text"], image_size=SIZE, log=logged.append)
+    assert any("proj_dim 512 but the projection weights give 8" in m for m in logged)
+    assert any("proj_dim 512" in r.getMessage() for r in caplog.records)
+
+
+def test_file_without_model_key_lists_its_keys(files, tmp_path):
+    p = tmp_path / "b5-model-best-epoch-7.tar"
+    torch.save({"state_dict": files["sd"], "epoch": 7, "train_loss": torch.tensor(0.3)}, p)
+    with pytest.raises(CheckpointError, match=r"no `model` key; keys are state_dict, epoch, train_loss\. "):
+        load_mammo_clip(p, files["text"])
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+@pytest.mark.parametrize("variant,epoch,blocks,last_channels,image_features", [
+    ("b5", 7, 39, 512, 2048),
+    ("b2", 10, 23, 352, 1408),
+])
+def test_inspect_cli_on_real_format_clip_files(shared_dir, tmp_path, variant, epoch, blocks, last_channels,
+                                                image_features):
+    """`dissect-study inspect FILE.tar --json` through the installed entry point, no trust flag."""
+    import shutil
+    import subprocess
+    import sys
+
+    entries = json.loads((shared_dir / f"data/mammo_clip/clip_{variant}_state_dict.json").read_text())["tensors"]
+    path = write_shaped_real_clip(tmp_path / f"{variant}-model-best-epoch-{epoch}.tar", entries, variant, epoch)
+    exe = Path(sys.executable).with_name("dissect-study")
+    cmd = [str(exe) if exe.exists() else shutil.which("dissect-study"), "inspect", str(path), "--json"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert (info["kind"], info["variant"], info["epoch"]) == ("mammo_clip", variant, epoch)
+    rows = json.loads((shared_dir / f"data/mammo_clip/effnet_{variant}_blocks.json").read_text())
+    assert len(info["layers"]) == len(rows) == blocks
+    assert info["layers"][-1] == {"name": f"_blocks.{blocks - 1}", "channels": last_channels,
+                                  "aliases": [rows[-1]["timm_name"]]}
+    assert [(lay["name"], lay["channels"]) for lay in info["layers"]] == [
+        (r["lukemelas_name"], r["out_channels"]) for r in rows]
+    assert info["embedding"] == {"image_features": image_features, "text_features": 768, "projection": 512,
+                                 "text_vocab": 28996}
+    assert info["training_config"]["projection_dim"] == 512 and info["training_config"]["text_pooling"] == "eos"
+    assert info["file_entries"]["epoch"] == epoch
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_real_format_b5_tar_reproduces_original_code_outputs(shared_dir, tmp_path):
+    """The fidelity fixture's recipe weights, saved as the trainer saves them, through `mammo_clip`.
+
+    One image at 1520x912 (the B5 forward is the cost) and both texts; the image and
+    text embeddings and their similarities must match the original code's outputs.
+    """
+    import hashlib
+
+    ref = json.loads((shared_dir / "data/mammo_clip/reference/reference_outputs.json").read_text())
+    key_list = shared_dir / "data/mammo_clip/clip_b5_state_dict.json"
+    entries = json.loads(key_list.read_text())["tensors"]
+    weights = recipe_from_key_list(key_list)
+    assert sha_all(weights[e["key"]] for e in entries) == ref["weights_check"]["sha256_all_clip"]
+    sd = {e["key"]: torch.from_numpy(weights[e["key"]]) for e in entries}
+    optimizer, scheduler = compact_optimizer_state(sd)
+    path = save_real_clip_checkpoint(tmp_path / "b5-model-best-epoch-7.tar", sd, config=hydra_style_config(
+        tmp_path / "hydra"), optimizer=optimizer, scheduler=scheduler, epoch=7)
+    del weights, sd
+    bio_clinical_bert_folder(tmp_path / "bioclinicalbert")
+    ctx = BuildContext(base_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), log=lambda m: None)
+    d = build_dissector("mammo", "mammo_clip", {"checkpoint": path.name, "text": "bioclinicalbert",
+                                               "variant": "auto", "trust_checkpoint": False}, ctx)
+    path.unlink()  # the model holds copies of the memory-mapped tensors
+    assert (d.describe()["variant"], d.describe()["epoch"]) == ("b5", 7)
+
+    img = recipe_image()
+    assert hashlib.sha256(img.tobytes()).hexdigest() == ref["inputs"]["image_0"]["uint8_sha256_row_major"]
+    image = d.encode_images(d.preprocess(np.repeat(img[:, :, None], 3, axis=2))[None])[0].double()
+    t = ref["inputs"]["text"]
+    tok = {k: torch.tensor([t["text_0"][k], t["text_1"][k]]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    with torch.no_grad():
+        text = d.model.encode_text(tok["input_ids"], tok["attention_mask"], tok["token_type_ids"]).double()
+
+    chk = Checker()
+    r_img = ref["image_encoder"]
+    chk.scalar("image_projection_prenorm_l2", float(image.norm()), r_img["image_projection_prenorm_l2"]["image_0"],
+               RTOL * r_img["image_projection_prenorm_l2"]["image_0"])
+    chk.summary("image_embedding_512", (image / image.norm()).numpy(), r_img["image_embedding_512"]["image_0"])
+    for j in (0, 1):
+        r = ref["text_encoder"][f"text_{j}"]
+        chk.scalar(f"text_{j}.prenorm_l2", float(text[j].norm()), r["text_projection_prenorm_l2"],
+                   RTOL * r["text_projection_prenorm_l2"])
+        chk.summary(f"text_{j}.text_embedding_512", (text[j] / text[j].norm()).numpy(), r["text_embedding_512"])
+        sim = float((image / image.norm()) @ (text[j] / text[j].norm()))
+        chk.scalar(f"P[0,{j}]", sim, ref["similarity"]["P_image_x_text"][0][j], 1e-5)
+    assert chk.n > 40 and not chk.fails, "\n".join(chk.fails[:20])
