@@ -8,6 +8,7 @@ random sample.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import duckdb
@@ -110,12 +111,13 @@ def _run_logged(tmp_path: Path, text: str, **kw) -> Path:
     return db
 
 
-def test_run_embeds_the_union_and_stores_the_same_S(tmp_path: Path, tiny_models, monkeypatch, capsys) -> None:
+def test_run_embeds_the_union_and_stores_the_same_S(tmp_path: Path, tiny_models, monkeypatch, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="dissect_study")
     monkeypatch.setattr(cheapest_pass, "MIN_PROBE_IMAGES", 10)
     monkeypatch.setattr(cheapest_pass, "SANITY_SAMPLE", 4)
     monkeypatch.setattr(cheapest_pass, "MAX_FRACTION", 1.0)
     db = _run_logged(tmp_path, STUDY_LAST, calibration=False)
-    out = capsys.readouterr().out
+    out = caplog.text
     line = next(l for l in out.splitlines() if "top-k-only similarity" in l)
     n_embedded = int(line.split("embedding ")[1].split(" of ")[0])
     assert n_embedded < 30  # 2 neurons x top-5 images (top_images) + 4 sampled rows at most
@@ -138,11 +140,12 @@ def test_run_embeds_the_union_and_stores_the_same_S(tmp_path: Path, tiny_models,
     assert ns and max(ns) <= 4  # the zero-shot check saw the random sample only
 
 
-def test_run_with_calibration_embeds_every_image(tmp_path: Path, tiny_models, monkeypatch, capsys) -> None:
+def test_run_with_calibration_embeds_every_image(tmp_path: Path, tiny_models, monkeypatch, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="dissect_study")
     monkeypatch.setattr(cheapest_pass, "MIN_PROBE_IMAGES", 10)
     monkeypatch.setattr(cheapest_pass, "MAX_FRACTION", 1.0)
     db = _run_logged(tmp_path, STUDY_LAST)
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "embedding all 30 images (the calibration bench" in out
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT count(*) FROM calibration").fetchone()[0] > 0

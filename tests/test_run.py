@@ -9,6 +9,7 @@ from the same tensors.
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import duckdb
@@ -181,12 +182,14 @@ def test_run_stores_results_consistent_with_the_math(tmp_path: Path, tiny_models
     assert "engine end to end" in result.reports[0].read_text(encoding="utf-8")
 
 
-def test_second_run_uses_the_cache_and_adds_a_run(tmp_path: Path, tiny_models, capsys) -> None:
+def test_second_run_uses_the_cache_and_adds_a_run(tmp_path: Path, tiny_models, caplog) -> None:
     _run(tmp_path, reports=False)
+    caplog.set_level(logging.INFO, logger="dissect_study")
+    caplog.clear()
     path = tmp_path / "s.study"
     study, _ = check_file(str(path))
     run_study(study, RunOptions(db=tmp_path / "r.duckdb", cache_dir=tmp_path / "cache", reports=False))
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "concepts embedded (cache)" in out and "images embedded (cache)" in out
     assert out.count("(cache, ") == 2  # both target passes
     con = duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True)
