@@ -281,11 +281,39 @@ def run(file: str, db: str | None, cache_dir: str | None, no_cache: bool, device
 
 # ------------------------------------------------------------------------- query
 
+_DB_HELP = ("Results database (default: ./results.duckdb, else the most recently written results.duckdb "
+            "up to 3 folders below, e.g. studies/results.duckdb after `make demo`; named on stderr).")
+
+
+def _results_db(db: str | None) -> str:
+    """The --db given, or the one `locate_results_db` finds from here (said on stderr)."""
+    if db:
+        return db
+    from dissect_study.engine.store.locate import describe, locate_results_db
+
+    located = locate_results_db(".")
+    if located.how != "cwd":
+        logging.getLogger(__name__).info(describe(located))
+    return str(located.path)
+
+
+def _ellipsis() -> str:
+    """'…' where stdout can print it, '...' elsewhere."""
+    try:
+        "…".encode(sys.stdout.encoding or "ascii")
+    except (LookupError, UnicodeEncodeError):
+        return "..."
+    return "…"
+
+
 @cli.command()
 @click.argument("sql")
-@click.option("--db", default="results.duckdb", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--db", type=click.Path(dir_okay=False), help=_DB_HELP)
 @click.option("--format", "fmt_", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-def query(sql: str, db: str, fmt_: str) -> None:
+@click.option("--max-width", type=click.IntRange(min=0),
+              help="Widest line of a table; long cells are cut with an ellipsis (default: the terminal's width, "
+                   "120 when not a terminal; 0: no limit).")
+def query(sql: str, db: str | None, fmt_: str, max_width: int | None) -> None:
     """Run read-only SQL against a results database.
 
     \b
@@ -298,7 +326,7 @@ def query(sql: str, db: str, fmt_: str) -> None:
 
     from dissect_study.engine.store.database import StoreError, connect
 
-    con = connect(db, read_only=True)
+    con = connect(_results_db(db), read_only=True)
     try:
         # no file access from a query: `query` must not write (COPY ... TO) or read outside the database
         con.execute("SET enable_external_access = false")
@@ -314,22 +342,36 @@ def query(sql: str, db: str, fmt_: str) -> None:
         click.echo(df.to_csv(index=False), nl=False)
     elif fmt_ == "json":
         click.echo(df.to_json(orient="records", date_format="iso", default_handler=str))
+    elif not len(df):
+        click.echo("(no rows)")
     else:
-        import pandas as pd
+        import shutil
 
-        with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 200):
-            click.echo(df.to_string(index=False) if len(df) else "(no rows)")
+        from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+        from dissect_study.engine.text_table import render_table
+
+        width = shutil.get_terminal_size((120, 24)).columns if max_width is None else max_width
+        numeric = [is_numeric_dtype(df[c]) and not is_bool_dtype(df[c]) for c in df.columns]
+        table = render_table([str(c) for c in df.columns], df.itertuples(index=False, name=None), numeric,
+                             max_width=width, mark=_ellipsis())
+        click.echo(table.text)
+        if table.n_elided or table.n_hidden_columns:
+            hidden = f", {table.n_hidden_columns} column(s) left out" if table.n_hidden_columns else ""
+            logging.getLogger(__name__).info(
+                f"({table.n_elided} cell(s) cut{hidden} to fit {width} characters; "
+                "--max-width 0 or --format csv shows everything)")
 
 
 # ------------------------------------------------------------------------- report
 
 @cli.command()
-@click.option("--db", default="results.duckdb", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--db", type=click.Path(dir_okay=False), help=_DB_HELP)
 @click.option("--run", "run_id", help="Run id (default: the latest run).")
 @click.option("--out", default="report", show_default=True, type=click.Path(file_okay=False))
 @click.option("--format", "formats", default="html,pdf", show_default=True, help="Comma-separated: html, pdf.")
 @click.option("--sections", help="Comma-separated sections (default: every section with data).")
-def report(db: str, run_id: str | None, out: str, formats: str, sections: str | None) -> None:
+def report(db: str | None, run_id: str | None, out: str, formats: str, sections: str | None) -> None:
     """Render the report of a stored run to HTML and/or PDF."""
     from dissect_study.dsl.vocabulary import REPORT_FORMATS, REPORT_SECTIONS
 
@@ -344,7 +386,7 @@ def report(db: str, run_id: str | None, out: str, formats: str, sections: str | 
             raise click.UsageError(f"unknown section(s) {', '.join(bad)}; choose from {', '.join(REPORT_SECTIONS)}")
     from dissect_study.engine.report import write_report
 
-    paths = write_report(db, out, run_id=run_id, formats=fmts, sections=secs)
+    paths = write_report(_results_db(db), out, run_id=run_id, formats=fmts, sections=secs)
     for p in paths:
         click.echo(f"report: {p}")
 
