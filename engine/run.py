@@ -25,8 +25,12 @@ import torch
 from dissect_study import __version__
 from dissect_study.engine.store import database as store
 from dissect_study.engine.cache import Cache, default_cache_dir
-from dissect_study.engine.models.base import HasSentenceEncoder, ReportsTraining, TrainModeSwitch
-from dissect_study.engine.plan.steps import Plan, layer_item_text
+from dissect_study.dsl import ast
+from dissect_study.dsl.checker import CheckedAnalysis, CheckedStudy, UnsetEnv
+from dissect_study.engine.concepts import ConceptSet
+from dissect_study.engine.models.base import Dissector, HasSentenceEncoder, ReportsTraining, Target, TrainModeSwitch
+from dissect_study.engine.probes.base import Probe
+from dissect_study.engine.plan.steps import Plan
 from dissect_study.dsl.vocabulary import SIMILARITIES
 from dissect_study.errors import DissectStudyError
 
@@ -85,11 +89,10 @@ class _Log:
 
 def _unset_env_check(name: str, params: dict[str, Any]) -> None:
     for key, value in params.items():
-        if type(value).__name__ == "UnsetEnv":
-            span = getattr(value, "span", None)
-            where = f"{span.path}:{span.line}:{span.col}: " if span is not None else ""
+        if isinstance(value, UnsetEnv):
+            span = value.span
             raise RunError(
-                f"{where}{name}: parameter '{key}' comes from the environment variable "
+                f"{span.path}:{span.line}:{span.col}: {name}: parameter '{key}' comes from the environment variable "
                 f"{value.var}, which is not set.\n  hint: export {value.var}=... before running, "
                 f"or give a default: env(\"{value.var}\", \"/path\")"
             )
@@ -103,7 +106,7 @@ def _device(requested: str) -> str:
     return requested
 
 
-def _dedup_indices(probe: Any) -> list[int]:
+def _dedup_indices(probe: Probe) -> list[int]:
     seen: set[str] = set()
     keep: list[int] = []
     for i, item in enumerate(probe.items):
@@ -114,7 +117,8 @@ def _dedup_indices(probe: Any) -> list[int]:
     return keep
 
 
-def resolve_layers(target: Any, items: tuple, study_aliases: dict[str, tuple]) -> list[tuple[str, str | None]]:
+def resolve_layers(target: Target, items: tuple[ast.LayerItem, ...],
+                   study_aliases: dict[str, tuple[ast.LayerItem, ...]]) -> list[tuple[str, str | None]]:
     """Symbolic layer items -> [(canonical layer name, alias or None)] in depth order."""
     infos = target.layers()
     names = [l.name for l in infos]
@@ -142,21 +146,22 @@ def resolve_layers(target: Any, items: tuple, study_aliases: dict[str, tuple]) -
                 f"({len(names)} layers: {', '.join(names[:4])} ... {', '.join(names[-2:])})."
             ) from None
 
-    for item in items:
-        cls = type(item).__name__
-        if cls == "LayerAll":
+    def resolve_item(item: ast.LayerItem, alias: str | None) -> None:
+        if isinstance(item, ast.LayerAll):
             for n in names:
-                add(n, None)
-        elif cls == "LayerRange":
-            for i in range(item.start, item.end + 1):
-                resolve_one(f"{item.prefix}{i}", None)
+                add(n, alias)
+        elif isinstance(item, ast.LayerRange):
+            for layer in item.names():
+                resolve_one(layer, alias)
         else:
-            text = layer_item_text(item)
-            if text in study_aliases:
-                for sub in study_aliases[text]:
-                    resolve_one(layer_item_text(sub), text)
-            else:
-                resolve_one(text, text if text in builtin else None)
+            resolve_one(item.text, alias or (item.text if item.text in builtin else None))
+
+    for item in items:
+        if isinstance(item, ast.LayerName) and item.text in study_aliases:
+            for sub in study_aliases[item.text]:  # the checker has already inlined nested aliases
+                resolve_item(sub, item.text)
+        else:
+            resolve_item(item, None)
     order = {n: i for i, n in enumerate(names)}
     return sorted(out.items(), key=lambda kv: order.get(kv[0], 1 << 30))
 
@@ -173,20 +178,21 @@ def _analysis_options(options: Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- executor
 
 class Executor:
-    def __init__(self, plan: Plan, study: Any, options: RunOptions):
+    """Runs one plan; the plan is its only input besides the run options (no study object)."""
+
+    def __init__(self, plan: Plan, options: RunOptions):
         self.plan = plan
-        self.study = study
         self.opt = options
         self.log = _Log(options.quiet)
         self.base_dir = str(Path(plan.study_path).resolve().parent)
         self.cache = Cache(Path(options.cache_dir or default_cache_dir()), enabled=options.use_cache)
         self.run_id = store.new_run_id()
         self.record = store.RunRecord(self.run_id, {})
-        self.concept_sets: dict[str, Any] = {}
-        self.probes: dict[str, Any] = {}
+        self.concept_sets: dict[str, ConceptSet] = {}
+        self.probes: dict[str, Probe] = {}
         self.probe_rows: dict[str, list[int]] = {}
-        self.dissectors: dict[str, Any] = {}
-        self.targets: dict[str, Any] = {}
+        self.dissectors: dict[str, Dissector] = {}
+        self.targets: dict[str, Target] = {}
         self.acts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
         self.act_rows: dict[tuple[str, str], list[int]] = {}
         #: probe rows asked of each target pass (act_rows holds those actually read)
@@ -197,6 +203,8 @@ class Executor:
         self.sanity_rows: dict[tuple[str, str], list[int] | None] = {}
         self.layer_names: dict[str, list[tuple[str, str | None]]] = {}
         self.S: dict[tuple[str, str], torch.Tensor] = {}
+        #: (model, layer, unit, top) of each `show neuron`, filled by the analyses
+        self.neuron_requests: list[tuple[str, str, int, int]] = []
 
     # ------------------------------------------------------------------ build
     def build(self) -> None:
@@ -392,7 +400,7 @@ class Executor:
             if tmpl:
                 t_emb = self._embed_prompts(x.dissector, [tmpl])
                 template = concept_activation_matrix(emb[[pos[r] for r in rows if r in pos]], t_emb)[:, 0]
-            tau_stat = self._tau_statistic()
+            tau_stat = self.plan.tau_statistic
             for layer, alias in self.layer_names[x.target]:
                 X = self.acts[(x.target, x.probe)][layer].float()
                 params = {k: v for k, v in x.similarity_params.items() if k != "template"}
@@ -450,17 +458,6 @@ class Executor:
                                            lambda: {"emb": embed_texts(d, texts)})
         return res["emb"].float()
 
-    def _tau_statistic(self) -> str:
-        rule = getattr(self.study, "default_threshold", None)
-        stat = getattr(rule, "statistic", None) if rule is not None else None
-        if stat:
-            return stat
-        for a in self.plan.analyses:
-            th = getattr(a, "threshold", None)
-            if th is not None and getattr(th, "statistic", None):
-                return th.statistic
-        return "mean_top1"
-
     def _layer_index(self, target: str, layer: str) -> int:
         for info in self.targets[target].layers():
             if info.name == layer:
@@ -498,10 +495,8 @@ class Executor:
                 attributes=[json.dumps(it.attributes, default=str, sort_keys=True) for it in items])))
 
     def sanity(self) -> None:
-        try:
-            from dissect_study.engine.models.zero_shot import zero_shot_sanity
-        except ImportError:
-            return
+        from dissect_study.engine.models.zero_shot import zero_shot_sanity
+
         for dname, pname in self.plan.image_passes:
             emb, rows = self.img_emb[(dname, pname)]
             sample = self.sanity_rows.get((dname, pname))
@@ -525,11 +520,9 @@ class Executor:
         """Ground-truth calibration bench, for probes that carry ground truth (the phantom)."""
         if not self.opt.calibration:
             return
-        try:
-            from dissect_study.engine.analyses import calibration as cal
-            from dissect_study.engine.scores.similarity import compute_similarity, concept_activation_matrix
-        except ImportError:
-            return
+        from dissect_study.engine.analyses import calibration as cal
+        from dissect_study.engine.scores.similarity import compute_similarity, concept_activation_matrix
+
         for x in self.plan.dissections:
             probe = self.probes[x.probe]
             if not probe.has_ground_truth:
@@ -602,17 +595,17 @@ class Executor:
                 self.record.add(table, df)
         self.log.info(f"analyses  {len(self.plan.analyses)} statement(s) evaluated")
 
-    def _analysis_layers(self, a: Any, models: list[str]) -> list[str]:
+    def _analysis_layers(self, a: CheckedAnalysis, models: list[str]) -> list[str]:
         per_model = []
         for m in models:
             if m not in self.layer_names:
-                raise RunError(f"{getattr(a, 'text', '')}: model {m} is not dissected in this study")
+                raise RunError(f"{a.text}: model {m} is not dissected in this study")
             dissected = [n for n, _ in self.layer_names[m]]
             if a.layers:
                 names = [n for n, _ in resolve_layers(self.targets[m], tuple(a.layers), self.plan.layer_aliases)]
                 bad = [n for n in names if n not in dissected]
                 if bad:
-                    raise RunError(f"line {getattr(a.span, 'line', '?')}: {a.text!r} asks for layer(s) "
+                    raise RunError(f"line {a.span.line}: {a.text!r} asks for layer(s) "
                                    f"{', '.join(bad)} of {m}, which the dissect statement does not cover "
                                    f"(dissected: {', '.join(dissected)})")
             else:
@@ -620,20 +613,17 @@ class Executor:
             per_model.append(names)
         common = [n for n in per_model[0] if all(n in p for p in per_model[1:])]
         if per_model and len(common) < len(per_model[0]) and a.layers:
-            raise RunError(f"line {getattr(a.span, 'line', '?')}: {a.text!r}: the models do not share the "
+            raise RunError(f"line {a.span.line}: {a.text!r}: the models do not share the "
                            f"layer names {sorted(set(per_model[0]) - set(common))}; compare models of one architecture")
         return common
 
     # ------------------------------------------------------------------ neuron cards
     def neuron_images(self) -> None:
         """Thumbnails with activation-map overlays for the neurons a study looks up."""
-        if not getattr(self, "neuron_requests", None):
-            return
-        try:
-            from dissect_study.engine.report.overlay import activation_overlay_png
-        except ImportError:
+        if not self.neuron_requests:
             return
         from dissect_study.engine.passes.spatial import spatial_maps
+        from dissect_study.engine.report.overlay import activation_overlay_png
 
         for model, layer, unit, top in self.neuron_requests:
             x = next(d for d in self.plan.dissections if d.target == model)
@@ -670,7 +660,7 @@ class Executor:
             self.record.add("warnings", dict(step=step, message=msg))
         self.record.run = dict(
             study_path=str(Path(self.plan.study_path).resolve()), study_title=self.plan.title,
-            study_sha256=self.plan.study_sha256, study_text=getattr(self.study, "source", ""),
+            study_sha256=self.plan.study_sha256, study_text=self.plan.study_text,
             started_at=started, finished_at=_dt.datetime.now(), status="ok", tool_version=__version__,
             params=dict(device=self.device, cache=str(self.cache.root) if self.opt.use_cache else None,
                         batch_size=self.opt.batch_size, strict=self.opt.strict, torch=torch.__version__,
@@ -695,8 +685,8 @@ class Executor:
         return result
 
 
-def run_study(study: Any, options: RunOptions) -> RunResult:
+def run_study(study: CheckedStudy, options: RunOptions) -> RunResult:
+    """Plan a checked study and execute the plan."""
     from dissect_study.engine.plan.steps import build_plan
 
-    plan = build_plan(study)
-    return Executor(plan, study, options).execute()
+    return Executor(build_plan(study), options).execute()

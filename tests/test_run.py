@@ -242,3 +242,37 @@ def test_mammi_template_prefixes_prompts_and_subtracts_the_template(tmp_path: Pa
     np.testing.assert_allclose(stored, S.numpy(), rtol=1e-5, atol=1e-6)
     params = con.execute("SELECT similarity_params FROM dissections WHERE model='A'").fetchone()[0]
     assert '"template": "a mammogram showing"' in params
+
+
+def test_resolve_layers_expands_ranges_all_and_study_aliases():
+    """Layer selectors against a model with known layers: ranges and `all` inside a study alias too."""
+    from dissect_study.dsl import ast
+    from dissect_study.engine.models.base import LayerInfo
+    from dissect_study.engine.run import RunError, resolve_layers
+
+    span = ast.Span("<t>", 1, 1, 1, 2)
+
+    class Five:  # five layers b.0..b.4; early/middle/last as the base Target derives them
+        name = "T"
+
+        def layers(self):
+            return [LayerInfo(f"b.{i}", 4, i) for i in range(5)]
+
+        def aliases(self):
+            return {"early": "b.0", "middle": "b.2", "last": "b.4"}
+
+        def resolve_layer(self, text):
+            if text in {f"b.{i}" for i in range(5)}:
+                return text
+            raise KeyError(text)
+
+    t = Five()
+    name, rng, everything = ast.LayerName("last", span), ast.LayerRange("b.", 1, 2, span), ast.LayerAll(span)
+    assert resolve_layers(t, (name, ast.LayerName("b.0", span)), {}) == [("b.0", None), ("b.4", "last")]
+    assert resolve_layers(t, (rng,), {}) == [("b.1", None), ("b.2", None)]
+    assert [n for n, _ in resolve_layers(t, (everything,), {})] == [f"b.{i}" for i in range(5)]
+    # a study alias whose items are a range and a builtin alias: every layer it names carries its name
+    aliases = {"mine": (rng, ast.LayerName("last", span))}
+    assert resolve_layers(t, (ast.LayerName("mine", span),), aliases) == [("b.1", "mine"), ("b.2", "mine"), ("b.4", "mine")]
+    with pytest.raises(RunError, match="has no layer 'b.9'"):
+        resolve_layers(t, (ast.LayerName("b.9", span),), {})

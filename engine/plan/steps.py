@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from dissect_study.dsl import ast
+from dissect_study.dsl.checker import CheckedAnalysis, CheckedReport, CheckedStudy, ResolvedDecl
 from dissect_study.dsl.vocabulary import SIMILARITIES
 
 
@@ -26,8 +28,9 @@ class DeclStep:
     kind: str
     name: str
     func: str
+    #: checked and defaulted; a value may be a `dsl.checker.UnsetEnv` the executor reports if used
     params: dict[str, Any]
-    sample: Any = None
+    sample: ast.Sample | None = None
     line: int = 0
 
 
@@ -36,7 +39,7 @@ class DissectionStep:
     """Label the neurons of one target: its layers, by a dissector, on a probe."""
 
     target: str
-    layers: tuple  # symbolic layer items from the DSL
+    layers: tuple[ast.LayerItem, ...]  # symbolic: resolved against the built model by the executor
     dissector: str
     probe: str
     concepts: str
@@ -52,9 +55,19 @@ class DissectionStep:
 
 @dataclass
 class Plan:
+    """Everything the executor needs, and nothing it must look up elsewhere.
+
+    dbt-style: the compiled plan is the runner's only input, so a run can be
+    planned, printed (`--dry-run`) and executed without the study object.
+    """
+
     title: str
     study_path: str
     study_sha256: str
+    #: the study's source text, stored with the run (`runs.study_text`)
+    study_text: str = ""
+    #: statistic behind each layer's tau in the `layers` table (the study threshold's)
+    tau_statistic: str = "mean_top1"
     concept_sets: list[DeclStep] = field(default_factory=list)
     probes: list[DeclStep] = field(default_factory=list)
     dissectors: list[DeclStep] = field(default_factory=list)
@@ -66,9 +79,9 @@ class Plan:
     image_passes: list[tuple[str, str]] = field(default_factory=list)
     #: (target, probe) pairs: one hooked pass each, all layers at once
     target_passes: list[tuple[str, str]] = field(default_factory=list)
-    analyses: list[Any] = field(default_factory=list)
-    reports: list[Any] = field(default_factory=list)
-    layer_aliases: dict[str, tuple] = field(default_factory=dict)
+    analyses: list[CheckedAnalysis] = field(default_factory=list)
+    reports: list[CheckedReport] = field(default_factory=list)
+    layer_aliases: dict[str, tuple[ast.LayerItem, ...]] = field(default_factory=dict)
 
     def needed(self) -> tuple[set[str], set[str], set[str], set[str]]:
         """Names of the concept sets, probes, dissectors and targets the dissections use."""
@@ -93,31 +106,30 @@ class Plan:
             params = ", ".join(f"{k}={v}" for k, v in x.similarity_params.items())
             lines.append(f"  dissect     : {x.target} by {x.dissector} on {x.probe} with {x.concepts} using {x.similarity}({params})")
         for a in self.analyses:
-            lines.append(f"  analysis    : {getattr(a, 'text', a)}")
+            lines.append(f"  analysis    : {a.text}")
         for r in self.reports:
-            lines.append(f"  report      : {getattr(r, 'out', r)} as {', '.join(getattr(r, 'formats', ()))}")
+            lines.append(f"  report      : {r.out} as {', '.join(r.formats)}")
         return "\n".join(lines)
 
 
-def layer_item_text(item: Any) -> str:
+def layer_item_text(item: ast.LayerItem) -> str:
     """Source-like text of a DSL layer item (LayerName / LayerRange / LayerAll)."""
-    cls = type(item).__name__
-    if cls == "LayerAll":
+    if isinstance(item, ast.LayerAll):
         return "all"
-    if cls == "LayerRange":
+    if isinstance(item, ast.LayerRange):
         return f"{item.prefix}{item.start}-{item.end}"
-    return str(getattr(item, "text", item))
+    return item.text
 
 
-def _decl(kind: str, rd: Any) -> DeclStep:
-    return DeclStep(kind=kind, name=rd.name, func=rd.func, params=dict(rd.params),
-                    sample=getattr(rd, "sample", None), line=getattr(getattr(rd, "span", None), "line", 0))
+def _decl(kind: str, rd: ResolvedDecl) -> DeclStep:
+    return DeclStep(kind=kind, name=rd.name, func=rd.func, params=dict(rd.params), sample=rd.sample, line=rd.span.line)
 
 
-def build_plan(study: Any) -> Plan:
+def build_plan(study: CheckedStudy) -> Plan:
     """Turn a CheckedStudy (dsl/checker.py) into a Plan with shared work deduplicated."""
     plan = Plan(title=study.title or "", study_path=str(study.path), study_sha256=study.sha256,
-                layer_aliases=dict(getattr(study, "layer_aliases", {}) or {}))
+                study_text=study.source, tau_statistic=study.default_threshold.statistic,
+                layer_aliases=dict(study.layer_aliases))
     for d in study.dissections:
         for t in d.targets:
             plan.dissections.append(
@@ -125,7 +137,7 @@ def build_plan(study: Any) -> Plan:
                     target=t, layers=tuple(d.layers), dissector=d.dissector, probe=d.probe,
                     concepts=d.concepts, similarity=d.similarity,
                     similarity_params=dict(d.similarity_params), options=dict(d.options),
-                    line=getattr(d.span, "line", 0),
+                    line=d.span.line,
                 )
             )
     cs, pr, di, ta = plan.needed()
@@ -143,7 +155,7 @@ def build_plan(study: Any) -> Plan:
     plan.dissectors = [_decl("dissector", rd) for n, rd in study.dissectors.items() if n in di]
     plan.targets = [_decl("target", rd) for n, rd in study.targets.items() if n in ta]
 
-    seen: set = set()
+    seen: set[tuple[int, tuple[str, str]]] = set()
     for x in plan.dissections:
         for key, bucket in (((x.dissector, x.concepts), plan.text_passes),
                             ((x.dissector, x.probe), plan.image_passes),
@@ -157,7 +169,7 @@ def build_plan(study: Any) -> Plan:
     return plan
 
 
-def _probe_closure(probes: dict[str, Any], wanted: set[str]) -> set[str]:
+def _probe_closure(probes: dict[str, ResolvedDecl], wanted: set[str]) -> set[str]:
     out: set[str] = set()
     stack = list(wanted)
     while stack:
