@@ -391,6 +391,40 @@ def report(db: str | None, run_id: str | None, out: str, formats: str, sections:
         click.echo(f"report: {p}")
 
 
+# ------------------------------------------------------------------------- init
+
+@cli.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--images", type=click.Path(file_okay=False), help="Folder of probe images (with --csv: the root of its paths).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="CSV manifest: one row per image, a path column and attribute columns.")
+@click.option("--path-column", default="path", show_default=True, help="The CSV's image-path column.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Mammo-CLIP checkpoint (default: $MAMMOCLIP_CHECKPOINT at run time).")
+@click.option("--text", type=click.Path(file_okay=False), help="Bio_ClinicalBERT folder (default: $BIOCLINICALBERT at run time).")
+@click.option("--classifier", "classifiers", multiple=True, metavar="TASK=CHECKPOINT",
+              help="A fine-tuned classifier to dissect too, e.g. calcification=c4.pth (repeatable).")
+@click.option("--title", help="The study's title.")
+@click.option("--force", is_flag=True, help="Overwrite STUDY_FILE if it exists.")
+def init(study_file: str, images: str | None, csv_path: str | None, path_column: str, checkpoint: str | None,
+         text: str | None, classifiers: tuple[str, ...], title: str | None, force: bool) -> None:
+    """Write a commented study skeleton for your images and checkpoints, and check it."""
+    from dissect_study.engine.init import SkeletonSpec, write_skeleton
+
+    pairs = []
+    for c in classifiers:
+        task, sep, path = c.partition("=")
+        if not sep or not task or not path:
+            raise click.BadParameter(f"{c!r}: write TASK=CHECKPOINT, e.g. calcification=c4.pth", param_hint="--classifier")
+        pairs.append((task.strip(), path.strip()))
+    spec = SkeletonSpec(Path(study_file), images=images, csv=csv_path, path_column=path_column, checkpoint=checkpoint,
+                        text=text, classifiers=pairs, title=title)
+    write_skeleton(spec, force=force)
+    n_errors, _ = _check_paths((study_file,))
+    if n_errors:  # a skeleton that does not check is a bug of `init`; say so rather than hide it
+        click.echo(f"{study_file}: the skeleton has errors; please report this", err=True)
+        sys.exit(1)
+    click.echo(f"next: dissect-study run {study_file} --dry-run")
+
+
 # ------------------------------------------------------------------------- inspect
 
 @cli.command()
