@@ -2,13 +2,16 @@
 
 `check(study)` is one pass over the AST that resolves every name against the
 declarations of the right kind, validates every function and parameter against
-`engine/registry.py` (the single vocabulary of the language), fills defaults,
+`dsl/vocabulary.py` (the single vocabulary of the language, plugins' entries
+included), fills defaults,
 resolves `let` values, `${name}` interpolation and `env(...)`, and collects *all*
 mistakes of a file as diagnostics (a user fixing a study wants the whole list,
 not one error per run).  It never loads a model or opens a data file; the only
 file it may read is a shipped concept table, to validate category filters.
 
-The result, `CheckedStudy`, is what the engine's planner consumes.
+The result, `CheckedStudy`, is what the engine's planner consumes.  Each
+statement kind has its own method (`check_let`, `check_decl`, `check_dissect`,
+...), dispatched by node type, so no function grows with the language.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ import csv
 import hashlib
 import os
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from dissect_study.dsl import ast
-from dissect_study.dsl.diagnostics import ERROR, WARNING, Diagnostic, suggest_hint
 from dissect_study.dsl import vocabulary as R
+from dissect_study.dsl.diagnostics import ERROR, WARNING, Diagnostic, suggest_hint
+from dissect_study.plugins import load_plugins
 
 CONCEPT_SET_DIR = Path(__file__).resolve().parent.parent / "concept_sets"
 
@@ -188,6 +193,10 @@ class _Checker:
         self.warned_env: set[tuple[str, int, int]] = set()
         # target -> (dissect statement, expanded layer names or None when not statically known)
         self.dissected: dict[str, tuple[ast.Dissect, set[str] | None]] = {}
+        self.let_nodes: dict[str, ast.Value] = {}
+        self.aliases_expanded: dict[str, tuple[ast.LayerItem, ...]] = {}
+        self.title_span: ast.Span | None = None
+        self.default_stmt: ast.DefaultThreshold | None = None
 
     # ------------------------------------------------------------------ helpers
     def error(self, code: str, message: str, span: ast.Span, hint: str | None = None,
@@ -272,7 +281,7 @@ class _Checker:
 
     # ------------------------------------------------------------------ parameters
     def coerce(self, param: R.Param, node: ast.Value, where: str) -> tuple[bool, Any]:
-        """Check one argument against its registry entry; returns (ok, python value)."""
+        """Check one argument against its vocabulary entry; returns (ok, python value)."""
         t = param.type
         if t in ("ref", "str_or_ref") and isinstance(node, ast.Ident) and node.name not in self.lets:
             if param.ref_kind and (t == "ref" or self.kind_of(node.name)):
@@ -286,49 +295,56 @@ class _Checker:
             return False, None
         val = self.value(node)
         if isinstance(val, ast.Ident):
-            if param.choices and t == "str":
-                val = val.name  # bare word such as `split=test`
-            else:
-                other = self.kind_of(val.name)
-                if other:
-                    self.error("wrong-kind", f"'{val.name}' is a {_KIND_WORD[other]}, not a value for '{param.name}'", val.span,
-                               "use a string in double quotes, or a `let` name")
-                else:
-                    self.error("unknown-let", f"unknown name '{val.name}'", val.span,
-                               suggest_hint(val.name, self.lets) or "a bare name refers to a `let`; write a string in double quotes")
+            if not (param.choices and t == "str"):
+                self.bad_bare_word(param, val)
                 return False, None
+            val = val.name  # bare word such as `split=test`
         if val is None:
             return False, None
         if isinstance(val, UnsetEnv):
             return True, val
-        from_env = isinstance(node, ast.Env) or (isinstance(node, ast.Ident) and isinstance(val, str) and isinstance(self.let_nodes.get(node.name), ast.Env))
+        ok, val = self.convert(param, node, val, where)
+        if not ok:
+            return False, None
+        return self.check_range(param, node, val, where)
+
+    def bad_bare_word(self, param: R.Param, val: ast.Ident) -> None:
+        """A bare name where a value belongs: a declaration's name, or an unknown `let`."""
+        other = self.kind_of(val.name)
+        if other:
+            self.error("wrong-kind", f"'{val.name}' is a {_KIND_WORD[other]}, not a value for '{param.name}'", val.span,
+                       "use a string in double quotes, or a `let` name")
+        else:
+            self.error("unknown-let", f"unknown name '{val.name}'", val.span,
+                       suggest_hint(val.name, self.lets) or "a bare name refers to a `let`; write a string in double quotes")
+
+    def from_env(self, node: ast.Value, val: Any) -> bool:
+        """Whether `val` came from the environment (directly or through a `let`): text may then be a number."""
+        if isinstance(node, ast.Env):
+            return True
+        return isinstance(node, ast.Ident) and isinstance(val, str) and isinstance(self.let_nodes.get(node.name), ast.Env)
+
+    def convert(self, param: R.Param, node: ast.Value, val: Any, where: str) -> tuple[bool, Any]:
+        """Check `val` against the parameter's type; environment text is converted to int/float/bool."""
+        t = param.type
         if t in ("str", "path", "layer", "str_or_ref"):
-            if not isinstance(val, str):
-                self.error("type", f"{where} parameter '{param.name}' takes a string, not {_pytype(val)}", node.span,
-                           f"write {param.name}=\"{val}\"" if not isinstance(val, bool) else None)
-                return False, None
-        elif t == "int":
-            if isinstance(val, str) and from_env and re.fullmatch(r"[+-]?\d+", val.strip()):
-                val = int(val)
-            if isinstance(val, bool) or not isinstance(val, int):
-                self.error("type", f"{where} parameter '{param.name}' takes a whole number, not {_pytype(val)}", node.span)
-                return False, None
-        elif t == "float":
-            if isinstance(val, str) and from_env:
-                try:
-                    val = float(val)
-                except ValueError:
-                    pass
-            if isinstance(val, bool) or not isinstance(val, (int, float)):
-                self.error("type", f"{where} parameter '{param.name}' takes a number, not {_pytype(val)}", node.span)
-                return False, None
-            val = float(val)
-        elif t == "bool":
-            if isinstance(val, str) and from_env and val.strip().lower() in ("1", "0", "true", "false", "yes", "no"):
-                val = val.strip().lower() in ("1", "true", "yes")
-            if not isinstance(val, bool):
-                self.error("type", f"{where} parameter '{param.name}' takes true or false, not {_pytype(val)}", node.span)
-                return False, None
+            if isinstance(val, str):
+                return True, val
+            self.error("type", f"{where} parameter '{param.name}' takes a string, not {_pytype(val)}", node.span,
+                       f"write {param.name}=\"{val}\"" if not isinstance(val, bool) else None)
+            return False, None
+        convert = _CONVERTERS.get(t)
+        if convert is None:
+            return True, val
+        text = val.strip() if isinstance(val, str) and self.from_env(node, val) else None
+        ok, out = convert(val, text)
+        if not ok:
+            self.error("type", f"{where} parameter '{param.name}' takes {_TYPE_WORD[t]}, not {_pytype(val)}", node.span)
+            return False, None
+        return True, out
+
+    def check_range(self, param: R.Param, node: ast.Value, val: Any, where: str) -> tuple[bool, Any]:
+        """Choices and numeric bounds of a parameter."""
         if param.choices is not None and val not in param.choices:
             self.error("choice", f"{where} parameter '{param.name}' cannot be '{val}'", node.span,
                        suggest_hint(str(val), param.choices) or "choose one of: " + ", ".join(param.choices))
@@ -348,31 +364,12 @@ class _Checker:
         refs: list[str] = []
         positional = list(fn.positional)
         for arg in call.args:
-            if arg.name is None:
-                if fn.variadic_ref_kind:
-                    if isinstance(arg.value, ast.Ident):
-                        name = self.ref(arg.value, fn.variadic_ref_kind, f"{where}")
-                        if name:
-                            refs.append(name)
-                    else:
-                        self.error("expected-name", f"{where} takes the names of {_KIND_WORD[fn.variadic_ref_kind]}s, without quotes", arg.span)
-                    continue
-                if not positional:
-                    self.error("too-many-positional", f"{where} takes no more positional arguments", arg.span,
-                               f"name it: {fn.params[0].name}=..." if fn.params else f"{fn.name}() takes no arguments")
-                    continue
-                pname = positional.pop(0)
-                param = fn.param(pname)
-            else:
-                param = fn.param(arg.name)
-                if param is None:
-                    self.error("unknown-param", f"{where} has no parameter '{arg.name}'", arg.name_span or arg.span,
-                               suggest_hint(arg.name, fn.param_names)
-                               or ("parameters: " + ", ".join(p.name for p in fn.params) if fn.params else f"{fn.name}() takes no parameters"))
-                    continue
-                if param.name in positional:
-                    positional.remove(param.name)
-            assert param is not None
+            if arg.name is None and fn.variadic_ref_kind:
+                self.variadic_ref(fn.variadic_ref_kind, arg, where, refs)
+                continue
+            param = self.param_for(fn, arg, positional, where)
+            if param is None:
+                continue
             if param.name in given:
                 self.error("duplicate-param", f"{where} parameter '{param.name}' is given twice", arg.span,
                            None, [("first given", given[param.name])])
@@ -381,19 +378,52 @@ class _Checker:
             ok, val = self.coerce(param, arg.value, where)
             if ok:
                 params[param.name] = val
-        for p in fn.params:
-            if p.name not in given:
-                if p.required:
-                    self.error("missing-param", f"{where} needs parameter '{p.name}'", call.func_span or call.span,
-                               f"add {p.name}=... ({p.doc})" if p.doc else f"add {p.name}=...")
-                else:
-                    params[p.name] = p.default
+        self.fill_defaults(fn, call, given, params, where)
         if fn.variadic_ref_kind:
             params["refs"] = refs
             if not refs and not any(a.name is None for a in call.args):
                 self.error("missing-param", f"{where} needs at least one {_KIND_WORD[fn.variadic_ref_kind]}", call.func_span or call.span,
                            f"for example {fn.name}(a, b)")
         return params
+
+    def variadic_ref(self, kind: str, arg: ast.Arg, where: str, refs: list[str]) -> None:
+        """One positional name of a variadic function such as `union(a, b, c)`."""
+        if isinstance(arg.value, ast.Ident):
+            name = self.ref(arg.value, kind, where)
+            if name:
+                refs.append(name)
+        else:
+            self.error("expected-name", f"{where} takes the names of {_KIND_WORD[kind]}s, without quotes", arg.span)
+
+    def param_for(self, fn: R.Function, arg: ast.Arg, positional: list[str], where: str) -> R.Param | None:
+        """The parameter an argument sets: the next positional slot, or its name (consuming that slot)."""
+        if arg.name is None:
+            if not positional:
+                self.error("too-many-positional", f"{where} takes no more positional arguments", arg.span,
+                           f"name it: {fn.params[0].name}=..." if fn.params else f"{fn.name}() takes no arguments")
+                return None
+            return fn.param(positional.pop(0))
+        param = fn.param(arg.name)
+        if param is None:
+            self.error("unknown-param", f"{where} has no parameter '{arg.name}'", arg.name_span or arg.span,
+                       suggest_hint(arg.name, fn.param_names)
+                       or ("parameters: " + ", ".join(p.name for p in fn.params) if fn.params else f"{fn.name}() takes no parameters"))
+            return None
+        if param.name in positional:
+            positional.remove(param.name)
+        return param
+
+    def fill_defaults(self, fn: R.Function, call: ast.Call, given: dict[str, ast.Span], params: dict[str, Any],
+                      where: str) -> None:
+        """Defaults for parameters not given; an error for each required one missing."""
+        for p in fn.params:
+            if p.name in given:
+                continue
+            if p.required:
+                self.error("missing-param", f"{where} needs parameter '{p.name}'", call.func_span or call.span,
+                           f"add {p.name}=... ({p.doc})" if p.doc else f"add {p.name}=...")
+            else:
+                params[p.name] = p.default
 
     # ------------------------------------------------------------------ layers
     def expand_layers(self, items: Iterable[ast.LayerItem], for_alias: str | None = None) -> tuple[ast.LayerItem, ...]:
@@ -474,75 +504,36 @@ class _Checker:
         st = self.study
         out = CheckedStudy(title="", path=st.path, source=st.source,
                            sha256=hashlib.sha256(st.source.encode("utf-8", "surrogatepass")).hexdigest())
-        title_span: ast.Span | None = None
-        default_stmt: ast.DefaultThreshold | None = None
-        self.let_nodes: dict[str, ast.Value] = {}
-        self.aliases_expanded: dict[str, tuple[ast.LayerItem, ...]] = {}
-
         # Pass 1: declarations, so references may point forward.
         for s in st.statements:
             if isinstance(s, ast.Decl):
-                table = self.decls[s.kind]
-                if s.name in table:
-                    first = table[s.name]
-                    self.error("duplicate", f"{_KIND_WORD[s.kind]} '{s.name}' is declared twice", s.name_span or s.span,
-                               "rename one of them", [("earlier declaration", first.name_span or first.span)])
-                else:
-                    table[s.name] = s
+                self.declare(s)
             elif isinstance(s, ast.LayerAliasDef):
-                if s.name in self.aliases:
-                    first = self.aliases[s.name]
-                    self.error("duplicate", f"layer alias '{s.name}' is defined twice", s.name_span or s.span,
-                               "rename one of them", [("earlier declaration", first.name_span or first.span)])
-                elif s.name in R.BUILTIN_LAYER_ALIASES:
-                    self.error("builtin-alias", f"'{s.name}' is a built-in layer alias and cannot be redefined", s.name_span or s.span,
-                               "choose another name; early/middle/last are resolved per model by the engine")
-                else:
-                    self.aliases[s.name] = s
-
-        # Pass 2: statements in order.
+                self.declare_alias(s)
+        # Pass 2: statements in order, one method per statement kind.
+        handlers: dict[type, Callable[[Any, CheckedStudy], None]] = {
+            ast.StudyTitle: self.check_title,
+            ast.Let: self.check_let,
+            ast.Decl: self.check_decl,
+            ast.LayerAliasDef: self.check_alias,
+            ast.Dissect: self.check_dissect,
+            ast.DefaultThreshold: self.check_default_threshold,
+        }
         for s in st.statements:
-            if isinstance(s, ast.StudyTitle):
-                if title_span is not None:
-                    self.error("duplicate", "the study title is given twice", s.span, "keep one `study \"...\"` line",
-                               [("earlier title", title_span)])
-                else:
-                    title_span, out.title = s.span, s.title
-            elif isinstance(s, ast.Let):
-                if s.name in self.let_spans:
-                    self.error("duplicate", f"'{s.name}' is defined twice", s.name_span or s.span, "rename one of them",
-                               [("earlier definition", self.let_spans[s.name])])
-                    continue
-                val = self.value(s.value)
-                if isinstance(val, ast.Ident):
-                    self.error("unknown-let", f"unknown name '{val.name}'", val.span,
-                               suggest_hint(val.name, self.lets) or "a bare name refers to an earlier `let`; write a string in double quotes")
-                    val = None
-                self.lets[s.name] = val
-                self.let_nodes[s.name] = s.value
-                self.let_spans[s.name] = s.name_span or s.span
-            elif isinstance(s, ast.Decl):
-                if self.decls[s.kind].get(s.name) is not s:
-                    continue
-                self.check_decl(s, out)
-            elif isinstance(s, ast.LayerAliasDef):
-                if self.aliases.get(s.name) is s:
-                    self.aliases_expanded[s.name] = self.expand_layers(s.layers, for_alias=s.name)
-                    out.layer_aliases[s.name] = self.aliases_expanded[s.name]
-            elif isinstance(s, ast.Dissect):
-                self.check_dissect(s, out)
-            elif isinstance(s, ast.DefaultThreshold):
-                if default_stmt is not None:
-                    self.error("duplicate", "the study threshold is given twice", s.span,
-                               "keep one study-wide `threshold` statement; give others per analysis",
-                               [("earlier threshold", default_stmt.span)])
-                    continue
-                default_stmt = s
-                if self.check_rule(s.rule):
-                    out.default_threshold = s.rule
-                out.default_count = self.check_count(s.count, s.count_span) or "concepts"
+            handler = handlers.get(type(s))
+            if handler is not None:
+                handler(s, out)
         self.check_union_cycles()
+        # Pass 3: analyses and reports, which refer to what the dissect statements cover.
+        self.check_outputs(out)
+        if not any(isinstance(s, ast.Dissect) for s in st.statements):
+            self.warning("nothing-to-do", "this study has no dissect statement", ast.Span(st.path, 1, 1, 1, 2),
+                         "add `dissect TARGET at layers ... by DISSECTOR on PROBE with concepts SET`")
+        out.lets = dict(self.lets)
+        return out
 
+    def check_outputs(self, out: CheckedStudy) -> None:
+        st = self.study
         index = 0
         for s in st.statements:
             if isinstance(s, (ast.Analysis, ast.ShowNeuron)):
@@ -552,22 +543,77 @@ class _Checker:
                     out.analyses.append(checked)
             elif isinstance(s, ast.Report):
                 out.reports.append(self.check_report(s))
-        if not any(isinstance(s, ast.Dissect) for s in st.statements):
-            self.warning("nothing-to-do", "this study has no dissect statement", ast.Span(st.path, 1, 1, 1, 2),
-                         "add `dissect TARGET at layers ... by DISSECTOR on PROBE with concepts SET`")
-        out.lets = dict(self.lets)
-        return out
+
+    # ------------------------------------------------------------------ pass 1: names
+    def declare(self, s: ast.Decl) -> None:
+        table = self.decls[s.kind]
+        if s.name in table:
+            first = table[s.name]
+            self.error("duplicate", f"{_KIND_WORD[s.kind]} '{s.name}' is declared twice", s.name_span or s.span,
+                       "rename one of them", [("earlier declaration", first.name_span or first.span)])
+        else:
+            table[s.name] = s
+
+    def declare_alias(self, s: ast.LayerAliasDef) -> None:
+        if s.name in self.aliases:
+            first = self.aliases[s.name]
+            self.error("duplicate", f"layer alias '{s.name}' is defined twice", s.name_span or s.span,
+                       "rename one of them", [("earlier declaration", first.name_span or first.span)])
+        elif s.name in R.BUILTIN_LAYER_ALIASES:
+            self.error("builtin-alias", f"'{s.name}' is a built-in layer alias and cannot be redefined", s.name_span or s.span,
+                       "choose another name; early/middle/last are resolved per model by the engine")
+        else:
+            self.aliases[s.name] = s
+
+    # ------------------------------------------------------------------ pass 2: statements
+    def check_title(self, s: ast.StudyTitle, out: CheckedStudy) -> None:
+        if self.title_span is not None:
+            self.error("duplicate", "the study title is given twice", s.span, "keep one `study \"...\"` line",
+                       [("earlier title", self.title_span)])
+        else:
+            self.title_span, out.title = s.span, s.title
+
+    def check_let(self, s: ast.Let, out: CheckedStudy) -> None:
+        if s.name in self.let_spans:
+            self.error("duplicate", f"'{s.name}' is defined twice", s.name_span or s.span, "rename one of them",
+                       [("earlier definition", self.let_spans[s.name])])
+            return
+        val = self.value(s.value)
+        if isinstance(val, ast.Ident):
+            self.error("unknown-let", f"unknown name '{val.name}'", val.span,
+                       suggest_hint(val.name, self.lets) or "a bare name refers to an earlier `let`; write a string in double quotes")
+            val = None
+        self.lets[s.name] = val
+        self.let_nodes[s.name] = s.value
+        self.let_spans[s.name] = s.name_span or s.span
+
+    def check_alias(self, s: ast.LayerAliasDef, out: CheckedStudy) -> None:
+        if self.aliases.get(s.name) is s:  # a duplicate was reported in pass 1
+            self.aliases_expanded[s.name] = self.expand_layers(s.layers, for_alias=s.name)
+            out.layer_aliases[s.name] = self.aliases_expanded[s.name]
+
+    def check_default_threshold(self, s: ast.DefaultThreshold, out: CheckedStudy) -> None:
+        if self.default_stmt is not None:
+            self.error("duplicate", "the study threshold is given twice", s.span,
+                       "keep one study-wide `threshold` statement; give others per analysis",
+                       [("earlier threshold", self.default_stmt.span)])
+            return
+        self.default_stmt = s
+        if self.check_rule(s.rule):
+            out.default_threshold = s.rule
+        out.default_count = self.check_count(s.count, s.count_span) or "concepts"
 
     def check_decl(self, s: ast.Decl, out: CheckedStudy) -> None:
-        table = R.SOURCES[s.kind]
-        fn = table.get(s.source.func)
+        if self.decls[s.kind].get(s.name) is not s:  # a duplicate was reported in pass 1
+            return
+        fn = R.lookup_function(s.kind, s.source.func)
         where = f"{s.source.func}()"
         if fn is None:
             self.error("unknown-function", f"unknown {_KIND_WORD[s.kind]} source '{s.source.func}'", s.source.func_span or s.source.span,
-                       suggest_hint(s.source.func, R.suggestion_pool(s.kind)) or f"{s.kind} sources: " + ", ".join(table))
+                       suggest_hint(s.source.func, R.suggestion_pool(s.kind)) or f"{s.kind} sources: " + ", ".join(R.SOURCES[s.kind]))
             return
         params = self.call_params(fn, s.source, where)
-        if fn.name == "union" and s.name in params.get("refs", []):
+        if fn.variadic_ref_kind == "probe" and s.name in params.get("refs", []):
             self.error("self-reference", f"probe '{s.name}' cannot include itself", s.source.span)
         if s.sample is not None and s.kind != "probe":
             self.error("sample-not-probe", f"only probes can be sampled, not a {_KIND_WORD[s.kind]}", s.sample.span,
@@ -597,6 +643,22 @@ class _Checker:
             visit(n, [])
 
     def check_dissect(self, s: ast.Dissect, out: CheckedStudy) -> None:
+        targets, ok = self.dissect_targets(s)
+        layers = self.expand_layers(s.layers)
+        dissector = self.ref(s.dissector, "dissector", "the `by` part")
+        probe = self.ref(s.probe, "probe", "the `on` part")
+        concepts = self.ref(s.concepts, "concepts", "the `with concepts` part")
+        similarity = self.dissect_similarity(s.similarity)
+        options = self.dissect_options(s.options)
+        known = self.layer_names(layers)
+        for t in targets:
+            self.dissected[t] = (s, known)
+        if ok and similarity is not None and dissector and probe and concepts and targets:
+            sim_name, sim_params = similarity
+            out.dissections.append(CheckedDissect(targets, layers, dissector, probe, concepts, sim_name, sim_params, options, s.span))
+
+    def dissect_targets(self, s: ast.Dissect) -> tuple[list[str], bool]:
+        """The targets of a dissect statement, each dissected once; False when one is unusable."""
         ok = True
         targets: list[str] = []
         for t in s.targets:
@@ -614,26 +676,24 @@ class _Checker:
                 self.error("duplicate", f"target '{name}' is listed twice", t.span)
                 continue
             targets.append(name)
-        layers = self.expand_layers(s.layers)
-        dissector = self.ref(s.dissector, "dissector", "the `by` part")
-        probe = self.ref(s.probe, "probe", "the `on` part")
-        concepts = self.ref(s.concepts, "concepts", "the `with concepts` part")
-        sim_name, sim_params = "soft_wpmi", {}
-        if s.similarity is not None:
-            fn = R.lookup_similarity(s.similarity.func)
-            if fn is None:
-                self.error("unknown-similarity", f"unknown similarity function '{s.similarity.func}'",
-                           s.similarity.func_span or s.similarity.span,
-                           suggest_hint(s.similarity.func, R.suggestion_pool("similarity")) or "similarities: " + ", ".join(R.SIMILARITIES))
-                ok = False
-            else:
-                sim_name = fn.name
-                sim_params = self.call_params(fn, s.similarity, f"{fn.name}()")
-        else:
-            sim_params = {p.name: p.default for p in R.SIMILARITIES["soft_wpmi"].params}
+        return targets, ok
+
+    def dissect_similarity(self, call: ast.Call | None) -> tuple[str, dict[str, Any]] | None:
+        """(canonical name, checked parameters) of the `using` clause; SoftWPMI with defaults when absent."""
+        if call is None:
+            return "soft_wpmi", {p.name: p.default for p in R.SIMILARITIES["soft_wpmi"].params}
+        fn = R.lookup_similarity(call.func)
+        if fn is None:
+            self.error("unknown-similarity", f"unknown similarity function '{call.func}'", call.func_span or call.span,
+                       suggest_hint(call.func, R.suggestion_pool("similarity")) or "similarities: " + ", ".join(R.SIMILARITIES))
+            return None
+        return fn.name, self.call_params(fn, call, f"{fn.name}()")
+
+    def dissect_options(self, given_options: tuple[ast.Arg, ...]) -> dict[str, Any]:
+        """The `option value` pairs of a dissect statement, checked, with every default filled in."""
         options: dict[str, Any] = {}
         given: dict[str, ast.Span] = {}
-        for opt in s.options:
+        for opt in given_options:
             assert opt.name is not None
             param = R.DISSECT_OPTIONS.get(opt.name)
             if param is None:
@@ -645,16 +705,12 @@ class _Checker:
                            [("first given", given[opt.name])])
                 continue
             given[opt.name] = opt.span
-            good, val = self.coerce(param, opt.value, "dissect option" if False else "dissect")
+            good, val = self.coerce(param, opt.value, "dissect")
             if good:
                 options[opt.name] = val
         for name, p in R.DISSECT_OPTIONS.items():
             options.setdefault(name, p.default)
-        known = self.layer_names(layers)
-        for t in targets:
-            self.dissected[t] = (s, known)
-        if ok and dissector and probe and concepts and targets:
-            out.dissections.append(CheckedDissect(targets, layers, dissector, probe, concepts, sim_name, sim_params, options, s.span))
+        return options
 
     def check_analysis(self, s: ast.Analysis | ast.ShowNeuron, index: int, out: CheckedStudy) -> CheckedAnalysis | None:
         before = sum(1 for d in self.diags if d.is_error)
@@ -813,6 +869,36 @@ class _Checker:
         return CheckedReport(out if out is not None else s.out.value, s.formats, s.sections, s.span)
 
 
+def _to_int(val: Any, env_text: str | None) -> tuple[bool, Any]:
+    if env_text is not None and re.fullmatch(r"[+-]?\d+", env_text):
+        val = int(env_text)
+    return isinstance(val, int) and not isinstance(val, bool), val
+
+
+def _to_float(val: Any, env_text: str | None) -> tuple[bool, Any]:
+    if env_text is not None:
+        try:
+            val = float(env_text)
+        except ValueError:
+            pass
+    if isinstance(val, bool) or not isinstance(val, (int, float)):
+        return False, val
+    return True, float(val)
+
+
+def _to_bool(val: Any, env_text: str | None) -> tuple[bool, Any]:
+    if env_text is not None and env_text.lower() in ("1", "0", "true", "false", "yes", "no"):
+        val = env_text.lower() in ("1", "true", "yes")
+    return isinstance(val, bool), val
+
+
+#: parameter type -> (value, stripped text when it came from the environment) -> (ok, value)
+_CONVERTERS: dict[str, Callable[[Any, str | None], tuple[bool, Any]]] = {
+    "int": _to_int, "float": _to_float, "bool": _to_bool,
+}
+_TYPE_WORD = {"int": "a whole number", "float": "a number", "bool": "true or false"}
+
+
 def _pytype(val: Any) -> str:
     if isinstance(val, bool):
         return "true/false"
@@ -828,7 +914,12 @@ def _fmt_num(v: float | int) -> str:
 
 
 def check(study: ast.Study, env: Mapping[str, str] | None = None) -> tuple[CheckedStudy | None, list[Diagnostic]]:
-    """Validate a parsed study; returns (CheckedStudy or None when there are errors, all diagnostics)."""
+    """Validate a parsed study; returns (CheckedStudy or None when there are errors, all diagnostics).
+
+    Plugins (the `dissect_study.plugins` entry points) are loaded first, so names
+    they add to the vocabulary are known.
+    """
+    load_plugins()
     checker = _Checker(study, os.environ if env is None else env)
     result = checker.run()
     diags = sorted(checker.diags, key=lambda d: (d.span.line, d.span.col))

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from dissect_study.errors import DissectStudyError
+
 ParamType = Literal["str", "path", "int", "float", "bool", "ref", "refs", "layer", "str_or_ref"]
 
 
@@ -449,20 +451,56 @@ REPORT_SECTIONS = (
 )
 
 
+def lookup_function(kind: str, name: str) -> Function | None:
+    """The function a study names `name` (its name or an alias); `kind` is a declaration kind or "similarity"."""
+    table = SIMILARITIES if kind == "similarity" else SOURCES[kind]
+    for f in table.values():
+        if name == f.name or name in f.aliases:
+            return f
+    return None
+
+
 def suggestion_pool(kind: str) -> list[str]:
-    """Candidate names for a misspelling of `kind` (e.g. 'similarity', 'probe')."""
-    if kind in SOURCES:
-        return list(SOURCES[kind])
-    if kind == "similarity":
-        return [n for f in SIMILARITIES.values() for n in (f.name, *f.aliases)]
-    if kind == "pooling":
-        return list(POOLINGS)
-    if kind == "statistic":
-        return list(THRESHOLD_STATISTICS)
-    if kind == "analysis":
-        return list(ANALYSES)
-    if kind == "section":
-        return list(REPORT_SECTIONS)
-    if kind == "dissect_option":
-        return list(DISSECT_OPTIONS)
-    return []
+    """Every spelling a study may use for a function of `kind` ("probe", ..., "similarity"): the
+    candidates for "did you mean"."""
+    table = SIMILARITIES if kind == "similarity" else SOURCES[kind]
+    return [n for f in table.values() for n in (f.name, *f.aliases)]
+
+
+# --------------------------------------------------------------------------- extension
+
+#: the function tables a plugin may add to: declaration kinds, and "similarity"
+FUNCTION_KINDS = (*SOURCES, "similarity")
+SIMILARITY_FAMILIES = ("topk", "stats", "full")
+
+
+class VocabularyError(DissectStudyError):
+    """A plugin tried to add a function the language cannot take (unknown kind, name taken)."""
+
+
+def register_function(kind: str, function: Function) -> Function:
+    """Add a source or similarity function to the language, so `dissect-study check` accepts it.
+
+    Why here and not in the engine: the checker validates studies without
+    importing torch, so a plugin's vocabulary (name, parameters, defaults) must be
+    data on the language side; its implementation registers separately in
+    `engine/registry.py`.  `kind` is "concepts", "probe", "dissector", "target" or
+    "similarity".  Registering an equal `Function` again is a no-op (a module
+    imported twice); a different function under a taken name or alias is an
+    error, so a plugin can never silently replace a built-in.  See docs/EXTENDING.md.
+    """
+    if kind not in FUNCTION_KINDS:
+        raise VocabularyError(f"cannot register {function.name!r}: kind must be one of {', '.join(FUNCTION_KINDS)}, "
+                              f"not {kind!r}")
+    if kind == "similarity" and function.family not in SIMILARITY_FAMILIES:
+        raise VocabularyError(f"similarity {function.name!r}: family must be one of {', '.join(SIMILARITY_FAMILIES)}, "
+                              f"not {function.family!r} (it decides which probe images the dissector must embed)")
+    table = SIMILARITIES if kind == "similarity" else SOURCES[kind]
+    taken = {n: f for f in table.values() for n in (f.name, *f.aliases)}
+    for n in (function.name, *function.aliases):
+        other = taken.get(n)
+        if other is not None and other != function:
+            raise VocabularyError(f"cannot register {kind} function {function.name!r}: the name {n!r} is already "
+                                  f"taken by {other.name!r}")
+    table[function.name] = function
+    return function

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import TYPE_CHECKING, Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from dissect_study.errors import DissectStudyError
 from dissect_study.plugins import PLUGIN_GROUP, load_plugins

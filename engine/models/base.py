@@ -23,8 +23,9 @@ A factory registers under the source-function name a study uses
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -81,7 +82,7 @@ class Dissector(abc.ABC):
     def fingerprint(self) -> str:
         """Content hash of weights + configuration (cache keys, `models.sha256`)."""
 
-    def to(self, device: torch.device | str) -> "Dissector":
+    def to(self, device: torch.device | str) -> Dissector:
         return self
 
     def describe(self) -> dict[str, Any]:
@@ -129,7 +130,7 @@ class Target(abc.ABC):
                 return info.name
         raise KeyError(name)
 
-    def to(self, device: torch.device | str) -> "Target":
+    def to(self, device: torch.device | str) -> Target:
         self.module.to(device)
         return self
 

@@ -20,7 +20,8 @@ errors: `load()` raises `ImageUnreadable` and the run skips and records them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from dissect_study.engine.registry import PROBES
 from dissect_study.errors import DissectStudyError
