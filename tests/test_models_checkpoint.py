@@ -326,3 +326,27 @@ def test_views_share_one_storage_and_broadcasts_load(tmp_path):
     obj = load_torch_file(p)
     assert torch.equal(obj["a"], base[2:8].view(2, 3)) and obj["e"].shape == (4, 5)
     assert obj["a"].untyped_storage().data_ptr() == obj["b"].untyped_storage().data_ptr()
+
+
+def test_old_format_files_use_torch_safe_loader_and_trust(tmp_path, monkeypatch):
+    plain = tmp_path / "old.pth"
+    torch.save({"model": {"w": torch.arange(3.0)}, "epoch": 2}, plain, _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(plain)
+    assert torch.equal(load_torch_file(plain)["model"]["w"], torch.arange(3.0))
+    Payload = _fake_module(monkeypatch, "vendor_lib.sched", "WarmupPolicy")
+    odd = tmp_path / "old_odd.pth"
+    torch.save({"model": {"w": torch.ones(1)}, "x": Payload()}, odd, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match=r"old-format .*trust_checkpoint=true"):
+        load_torch_file(odd)
+    assert isinstance(load_torch_file(odd, trust=True)["x"], Payload)
+
+
+def test_trusted_files_get_torchs_own_tensor_rebuilds(tmp_path, monkeypatch):
+    Tagged = _fake_module(monkeypatch, "vendor_lib.tensors", "Tagged", base=torch.Tensor)
+    p = tmp_path / "sub.pth"
+    t = torch.ones(2).as_subclass(Tagged)
+    torch.save({"t": t}, p)
+    with pytest.raises(CheckpointError, match=r"unpicklable object vendor_lib\.tensors\.Tagged.*trust_checkpoint"):
+        load_torch_file(p)
+    loaded = load_torch_file(p, trust=True)["t"]
+    assert type(loaded) is Tagged and torch.equal(loaded.as_subclass(torch.Tensor), torch.ones(2))

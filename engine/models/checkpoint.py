@@ -34,6 +34,8 @@ import pickle
 import struct
 import sys
 import tarfile
+import types
+import typing
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -418,9 +420,11 @@ class _Archive:
             start = self._data_offset(info)
             if start + nbytes > self.size:
                 raise pickle.UnpicklingError(f"storage record data/{key} runs past the end of the file")
-            if self._whole is None:
-                self._whole = torch.UntypedStorage.from_file(str(self.path), False, self.size)
-            untyped = self._whole[start:start + nbytes]
+            whole = self._whole
+            if whole is None:
+                whole = self._whole = typing.cast(
+                    torch.UntypedStorage, torch.UntypedStorage.from_file(str(self.path), False, self.size))
+            untyped = whole[start:start + nbytes]
         else:  # re-compressed by some other tool: no mapping possible, read it
             with zipfile.ZipFile(self.path) as zf:
                 raw = bytearray(zf.read(info)[:nbytes])
@@ -463,22 +467,28 @@ class _CheckpointUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         full = _pickled_name(module, name)
         table = allowed_globals()
+        if self.trust and isinstance(table.get(full), (_TypeTag, types.FunctionType)) and full.startswith("torch."):
+            return self._import(full)  # trusted: torch's own rebuilds (tensor subclasses, hooks)
         if full in table:
             return table[full]
         if full.startswith(INERT_PREFIXES):
             return _standin(full)
         if self.trust:
-            mod, _, attr = full.rpartition(".")
-            try:
-                obj: Any = importlib.import_module(mod)
-            except ImportError as exc:
-                raise _MissingModule(mod, full) from exc
-            for part in attr.split("."):
-                obj = getattr(obj, part)
             self.imported.append(full)
-            return obj
+            return self._import(full)
         self.refused.append(full)
         return _standin(full, RefusedGlobal)
+
+    @staticmethod
+    def _import(full: str) -> Any:
+        mod, _, attr = full.rpartition(".")
+        try:
+            obj: Any = importlib.import_module(mod)
+        except ImportError as exc:
+            raise _MissingModule(mod, full) from exc
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj
 
     def persistent_load(self, pid: Any) -> Any:
         if self.archive is None:
@@ -677,7 +687,8 @@ def _load_zip(p: Path, where: str, trust: bool, log: Callable[[str], None] | Non
 
 def _torch_weights_only(p: Path) -> Any | None:
     """torch's own weights_only loader (numpy entries allowed), or None if it refuses the file."""
-    entries = [(v, n) for n, v in _numpy_entries().items()]
+    entries: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+        (v, n) for n, v in _numpy_entries().items()]
     try:
         with torch.serialization.safe_globals(entries):
             obj = torch.load(p, weights_only=True, map_location="cpu", mmap=zipfile.is_zipfile(p))
