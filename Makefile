@@ -15,8 +15,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Ends with where the report is and two queries that work as printed, from here.
 demo: $(STAMP)
 	$(BIN)/dissect-study run studies/demo.study
+	@echo ''
+	@echo 'Report: studies/out/demo/report.html (report.pdf beside it)'
+	@echo 'Try (query finds studies/results.duckdb from here; . $(BIN)/activate puts dissect-study on your PATH):'
+	@echo '  $(BIN)/dissect-study query "SELECT model, layer, tau FROM layer_thresholds ORDER BY model, layer_index"'
+	@echo '  $(BIN)/dissect-study query "SELECT model, layer, unit, label, score FROM neurons ORDER BY score DESC LIMIT 10"'
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
