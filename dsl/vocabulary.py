@@ -485,8 +485,8 @@ def register_function(kind: str, function: Function) -> Function:
     importing torch, so a plugin's vocabulary (name, parameters, defaults) must be
     data on the language side; its implementation registers separately in
     `engine/registry.py`.  `kind` is "concepts", "probe", "dissector", "target" or
-    "similarity".  Registering an equal `Function` again is a no-op (a module
-    imported twice); a different function under a taken name or alias is an
+    "similarity".  Registering an equal `Function` again is a no-op that returns
+    the one registered first (a module imported twice); a different function under a taken name or alias is an
     error, so a plugin can never silently replace a built-in.  See docs/EXTENDING.md.
     """
     if kind not in FUNCTION_KINDS:
@@ -496,6 +496,8 @@ def register_function(kind: str, function: Function) -> Function:
         raise VocabularyError(f"similarity {function.name!r}: family must be one of {', '.join(SIMILARITY_FAMILIES)}, "
                               f"not {function.family!r} (it decides which probe images the dissector must embed)")
     table = SIMILARITIES if kind == "similarity" else SOURCES[kind]
+    if table.get(function.name) == function:
+        return table[function.name]
     taken = {n: f for f in table.values() for n in (f.name, *f.aliases)}
     for n in (function.name, *function.aliases):
         other = taken.get(n)
