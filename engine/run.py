@@ -213,6 +213,9 @@ class Executor:
         from dissect_study.engine.models.base import BuildContext
         from dissect_study.engine.probes import build_probe
 
+        if self.opt.reports:  # refuse before hours of work, not after
+            for r in self.plan.reports:
+                _unset_env_check("report", {"out": r.out})
         device = _device(self.opt.device or self._study_device())
         self.device = device
         ctx = BuildContext(base_dir=self.base_dir, cache_dir=str(self.cache.root), device=device,
@@ -673,6 +676,7 @@ class Executor:
             from dissect_study.engine.report import write_report
 
             for r in self.plan.reports:
+                assert isinstance(r.out, str)  # build() refused unset report paths
                 out = Path(r.out)
                 if not out.is_absolute():
                     out = Path(self.base_dir) / out

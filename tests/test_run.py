@@ -276,3 +276,19 @@ def test_resolve_layers_expands_ranges_all_and_study_aliases():
     assert resolve_layers(t, (ast.LayerName("mine", span),), aliases) == [("b.1", "mine"), ("b.2", "mine"), ("b.4", "mine")]
     with pytest.raises(RunError, match="has no layer 'b.9'"):
         resolve_layers(t, (ast.LayerName("b.9", span),), {})
+
+
+def test_an_unset_report_path_is_refused_before_any_work(tmp_path: Path, monkeypatch):
+    """`report "${out}"` with `out` from an unset variable used to fail after the whole run."""
+    from dissect_study.dsl import check_text
+    from dissect_study.engine.run import RunError, RunOptions, run_study
+
+    monkeypatch.delenv("H4_UNSET_OUT", raising=False)
+    text = ('let out = env("H4_UNSET_OUT")\nconcepts c = shipped("mammo_v1")\nprobe p = phantom(n=4, height=64)\n'
+            'dissector d = demo()\ntarget G = demo("G")\ndissect G at layers last by d on p with concepts c\n'
+            'report "${out}/r" as html\n')
+    study, diags = check_text(text, str(tmp_path / "s.study"))
+    assert study is not None and any(d.code == "env-unset" for d in diags)
+    with pytest.raises(RunError, match="report: parameter 'out' comes from the environment variable H4_UNSET_OUT"):
+        run_study(study, RunOptions(db=tmp_path / "r.duckdb", cache_dir=tmp_path / "cache"))
+    assert not (tmp_path / "r.duckdb").exists() and not (tmp_path / "cache").exists()

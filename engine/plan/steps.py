@@ -155,18 +155,18 @@ def build_plan(study: CheckedStudy) -> Plan:
     plan.dissectors = [_decl("dissector", rd) for n, rd in study.dissectors.items() if n in di]
     plan.targets = [_decl("target", rd) for n, rd in study.targets.items() if n in ta]
 
-    seen: set[tuple[int, tuple[str, str]]] = set()
-    for x in plan.dissections:
-        for key, bucket in (((x.dissector, x.concepts), plan.text_passes),
-                            ((x.dissector, x.probe), plan.image_passes),
-                            ((x.target, x.probe), plan.target_passes)):
-            tagged = (id(bucket), key)
-            if tagged not in seen:
-                seen.add(tagged)
-                bucket.append(key)
+    for x in plan.dissections:  # shared work once, in the order the study first asks for it
+        _append_once(plan.text_passes, (x.dissector, x.concepts))
+        _append_once(plan.image_passes, (x.dissector, x.probe))
+        _append_once(plan.target_passes, (x.target, x.probe))
     plan.analyses = list(study.analyses)
     plan.reports = list(study.reports)
     return plan
+
+
+def _append_once(bucket: list[tuple[str, str]], key: tuple[str, str]) -> None:
+    if key not in bucket:
+        bucket.append(key)
 
 
 def _probe_closure(probes: dict[str, ResolvedDecl], wanted: set[str]) -> set[str]:
