@@ -59,8 +59,9 @@ def test_omegaconf_objects_become_inert_standins(tmp_path, monkeypatch):
     lc = ListConfig()
     lc.__dict__.update({"_content": [AnyNode(), AnyNode()], "_metadata": {"ref_type": dict}})
     p = tmp_path / "b5-model-best-epoch-7.tar"
-    torch.save({"model": {"logit_scale": torch.tensor(2.0)},
-                "config": {"transform": {"affine_scale": lc}}, "epoch": 7}, p)
+    torch.save(
+        {"model": {"logit_scale": torch.tensor(2.0)}, "config": {"transform": {"affine_scale": lc}}, "epoch": 7}, p
+    )
     for name in ("omegaconf.listconfig", "omegaconf.nodes", "omegaconf"):
         monkeypatch.delitem(sys.modules, name)
     obj = load_torch_file(p)
@@ -72,8 +73,15 @@ def test_omegaconf_objects_become_inert_standins(tmp_path, monkeypatch):
 
 def test_numpy_entries_of_classifier_files_load(tmp_path):
     p = tmp_path / "clf.pth"
-    torch.save({"model": {"w": torch.ones(2)}, "predictions": np.arange(3, dtype=np.int64),
-                "accuracy": np.float64(0.75), "f1": np.float32(0.5)}, p)
+    torch.save(
+        {
+            "model": {"w": torch.ones(2)},
+            "predictions": np.arange(3, dtype=np.int64),
+            "accuracy": np.float64(0.75),
+            "f1": np.float32(0.5),
+        },
+        p,
+    )
     obj = load_torch_file(p)
     assert obj["accuracy"] == 0.75 and obj["predictions"].tolist() == [0, 1, 2]
 
@@ -90,12 +98,15 @@ def test_unknown_globals_are_refused_unless_trusted(tmp_path, monkeypatch):
     assert isinstance(obj["x"], Payload) and "trust_checkpoint" in logged[0]
 
 
-@pytest.mark.parametrize("case,pattern", [
-    ("truncated", r"truncated zip archive \(the file has [\d,]+ of at least [\d,]+ bytes\)"),
-    ("tar", "real tar archive"),
-    ("png", "not a PyTorch checkpoint"),
-    ("empty", "file is empty"),
-])
+@pytest.mark.parametrize(
+    "case,pattern",
+    [
+        ("truncated", r"truncated zip archive \(the file has [\d,]+ of at least [\d,]+ bytes\)"),
+        ("tar", "real tar archive"),
+        ("png", "not a PyTorch checkpoint"),
+        ("empty", "file is empty"),
+    ],
+)
 def test_bad_files_get_one_paragraph_errors(tmp_path, case, pattern):
     good = tmp_path / "good.pth"
     torch.save({"model": {"w": torch.randn(1000)}}, good)
@@ -167,9 +178,18 @@ def test_real_format_file_is_what_the_training_code_writes(real_tar):
         assert zf.namelist()[0] == "model-epoch-7/data.pkl"  # saved under another name, then renamed
     import omegaconf
 
-    entries = [omegaconf.ListConfig, omegaconf.DictConfig, omegaconf.base.ContainerMetadata,
-               omegaconf.base.Metadata, omegaconf.nodes.AnyNode, typing.Any, dict, list, int,
-               __import__("collections").defaultdict]
+    entries = [
+        omegaconf.ListConfig,
+        omegaconf.DictConfig,
+        omegaconf.base.ContainerMetadata,
+        omegaconf.base.Metadata,
+        omegaconf.nodes.AnyNode,
+        typing.Any,
+        dict,
+        list,
+        int,
+        __import__("collections").defaultdict,
+    ]
     with torch.serialization.safe_globals(entries), pytest.raises(Exception, match="Can only SETITEM"):
         torch.load(real_tar, weights_only=True)
 
@@ -247,8 +267,11 @@ def test_disallowed_global_in_config_names_it_and_its_key(tmp_path, monkeypatch)
     cfg["scheduler"]["policy"] = Payload()
     p = tmp_path / "odd.tar"
     torch.save({"model": {"w": torch.ones(2)}, "config": cfg, "epoch": 3}, p)
-    with pytest.raises(CheckpointError, match=r"unpicklable config object vendor_lib\.sched\.WarmupPolicy at key "
-                                              r"config\.scheduler\.policy\. .*trust_checkpoint=true"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"unpicklable config object vendor_lib\.sched\.WarmupPolicy at key "
+        r"config\.scheduler\.policy\. .*trust_checkpoint=true",
+    ):
         load_torch_file(p)
 
 
@@ -284,8 +307,11 @@ def test_no_model_key_lists_the_keys(tmp_path):
 
     p = tmp_path / "b5-model-best-epoch-7.tar"
     torch.save({"state_dict_ema": {"w": torch.ones(1)}, "optimizer": {}, "epoch": 7}, p)
-    with pytest.raises(CheckpointError, match=r"no `model` key; keys are state_dict_ema, optimizer, epoch\. .*"
-                                              r"torch\.save\(\{'model': model\.state_dict\(\)\}"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"no `model` key; keys are state_dict_ema, optimizer, epoch\. .*"
+        r"torch\.save\(\{'model': model\.state_dict\(\)\}",
+    ):
         extract_state_dict(load_torch_file(p), p, "checkpoint", key="model")
 
 
@@ -308,9 +334,21 @@ def test_truncated_real_file_reports_bytes_present_and_needed(real_tar, tmp_path
 def test_inert_standins_cover_typing_generics_bytes_and_sets(tmp_path):
     p = tmp_path / "misc.pth"
     alias = typing.Dict[str, int]  # noqa: UP006 - a typing alias is what omegaconf metadata pickles
-    torch.save({"model": {"w": torch.ones(1)}, "t": alias, "b": b"\x00\xffab",
-                "s": {1, 2}, "c": 1 + 2j, "dev": torch.device("cpu"), "size": torch.Size([2, 3]),
-                "path": Path("/a/b"), "dt": torch.float16, "p": torch.nn.Parameter(torch.ones(2))}, p)
+    torch.save(
+        {
+            "model": {"w": torch.ones(1)},
+            "t": alias,
+            "b": b"\x00\xffab",
+            "s": {1, 2},
+            "c": 1 + 2j,
+            "dev": torch.device("cpu"),
+            "size": torch.Size([2, 3]),
+            "path": Path("/a/b"),
+            "dt": torch.float16,
+            "p": torch.nn.Parameter(torch.ones(2)),
+        },
+        p,
+    )
     obj = load_torch_file(p)
     assert isinstance(obj["t"], InertPickled) and obj["b"] == b"\x00\xffab" and obj["s"] == {1, 2}
     assert obj["c"] == 1 + 2j and obj["dev"] == torch.device("cpu") and obj["size"] == (2, 3)

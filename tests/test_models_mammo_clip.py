@@ -140,24 +140,43 @@ def test_b5_aliases_are_the_papers_layers():
 
 def test_factories_resolve_relative_paths_and_build_targets(files):
     ctx = BuildContext(base_dir=str(files["root"]), cache_dir=str(files["root"] / "cache"), log=lambda m: None)
-    d = build_dissector("mammo", "mammo_clip", {"checkpoint": files["ckpt"].name, "text": "bert",
-                                               "variant": "auto", "train_mode": False, "trust_checkpoint": False}, ctx)
+    d = build_dissector(
+        "mammo",
+        "mammo_clip",
+        {
+            "checkpoint": files["ckpt"].name,
+            "text": "bert",
+            "variant": "auto",
+            "train_mode": False,
+            "trust_checkpoint": False,
+        },
+        ctx,
+    )
     assert d.name == "mammo" and d.describe()["variant"] == "tiny"
     ctx.dissectors["mammo"] = d
     m = build_target("M", "image_tower", {"dissector": "mammo"}, ctx)
     assert m.name == "M" and m.fingerprint() != d.fingerprint()
-    clf_path = save_classifier(files["root"] / "clf_density.pth",
-                               tiny_classifier_state_dict(files["sd"], 4), binary=False)
-    c = build_target("C1", "classifier", {"checkpoint": clf_path.name, "base": "mammo", "task": "density",
-                                          "n_class": None, "trust_checkpoint": False}, ctx)
+    clf_path = save_classifier(
+        files["root"] / "clf_density.pth", tiny_classifier_state_dict(files["sd"], 4), binary=False
+    )
+    c = build_target(
+        "C1",
+        "classifier",
+        {"checkpoint": clf_path.name, "base": "mammo", "task": "density", "n_class": None, "trust_checkpoint": False},
+        ctx,
+    )
     logits = c.forward(torch.stack([d.preprocess(grey_image(*SIZE))]))
     assert logits.shape == (1, 4)
     assert c.describe()["file_metrics"]["accuracy"] == pytest.approx(0.7)
     assert c.preprocess is d.preprocess
     # classifier encoder weights are the file's, not the base's
     with pytest.raises(CheckpointError, match="Wrong number of classes"):
-        build_target("C3", "classifier", {"checkpoint": clf_path.name, "base": "mammo", "task": "mass",
-                                          "n_class": None, "trust_checkpoint": False}, ctx)
+        build_target(
+            "C3",
+            "classifier",
+            {"checkpoint": clf_path.name, "base": "mammo", "task": "mass", "n_class": None, "trust_checkpoint": False},
+            ctx,
+        )
     with pytest.raises(CheckpointError, match=r"checkpoint: file .*nope\.tar"):
         build_dissector("x", "mammo_clip", {"checkpoint": "nope.tar", "text": "bert"}, ctx)
     with pytest.raises(CheckpointError, match="text: folder"):
@@ -247,8 +266,11 @@ def test_f_general_seeded_projections(tmp_path):
     luke = tmp_path / "efficientnet-b2.pth"
     torch.save({**sd, "_fc.weight": torch.zeros(1000, 1408), "_fc.bias": torch.zeros(1000)}, luke)
     timm_file = tmp_path / "tf_efficientnet_b2.safetensors"
-    save_file({lukemelas_to_timm(k, enc.specs): v.contiguous() for k, v in sd.items()}
-              | {"classifier.weight": torch.zeros(1000, 1408), "classifier.bias": torch.zeros(1000)}, str(timm_file))
+    save_file(
+        {lukemelas_to_timm(k, enc.specs): v.contiguous() for k, v in sd.items()}
+        | {"classifier.weight": torch.zeros(1000, 1408), "classifier.bias": torch.zeros(1000)},
+        str(timm_file),
+    )
     a = load_mammo_clip_general(luke, text, variant="b2", projection_seed=1, image_size=(96, 64))
     b = load_mammo_clip_general(timm_file, text, variant="b2", projection_seed=1, image_size=(96, 64))
     c = load_mammo_clip_general(timm_file, text, variant="b2", projection_seed=2, image_size=(96, 64))
@@ -261,8 +283,9 @@ def test_f_general_seeded_projections(tmp_path):
     from transformers import BertModel
 
     ref = BertModel.from_pretrained(str(text), local_files_only=True)
-    assert torch.equal(a.model.text_encoder.text_encoder.embeddings.word_embeddings.weight,
-                       ref.embeddings.word_embeddings.weight)
+    assert torch.equal(
+        a.model.text_encoder.text_encoder.embeddings.word_embeddings.weight, ref.embeddings.word_embeddings.weight
+    )
     with pytest.raises(CheckpointError, match="imagenet_weights"):
         load_mammo_clip_general(luke, text, variant="b5")
 
@@ -275,12 +298,15 @@ def test_real_b5_key_list_loads_strictly(shared_dir, tmp_path):
     sd = {}
     for e in meta["tensors"]:  # cheap values: only names/shapes/dtypes matter here
         dt = torch.int64 if e["dtype"] == "int64" else torch.float32
-        sd[e["key"]] = torch.ones(e["shape"], dtype=dt) if "running_var" in e["key"] else torch.zeros(e["shape"], dtype=dt)
+        sd[e["key"]] = (
+            torch.ones(e["shape"], dtype=dt) if "running_var" in e["key"] else torch.zeros(e["shape"], dtype=dt)
+        )
     assert len(sd) == 1056
     path = save_clip_checkpoint(tmp_path / "b5-model-best-epoch-7.tar", sd)
     text = make_text_folder(tmp_path / "bert")
-    BertConfig(vocab_size=28996, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-               intermediate_size=3072).save_pretrained(text)
+    BertConfig(
+        vocab_size=28996, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
+    ).save_pretrained(text)
     d = load_mammo_clip(path, text)
     facts = d.describe()
     assert (facts["variant"], facts["image_dim"], facts["text_dim"], facts["embed_dim"]) == ("b5", 2048, 768, 512)
@@ -308,9 +334,18 @@ def real_tar(files):
 
 def test_real_format_tar_builds_the_dissector_without_trust(files, dissector, real_tar):
     ctx = BuildContext(base_dir=str(real_tar.parent), cache_dir=str(files["root"] / "cache"), log=lambda m: None)
-    d = build_dissector("mammo", "mammo_clip", {"checkpoint": real_tar.name, "text": str(files["text"]),
-                                               "variant": "auto", "trust_checkpoint": False,
-                                               "image_size": list(SIZE)}, ctx)
+    d = build_dissector(
+        "mammo",
+        "mammo_clip",
+        {
+            "checkpoint": real_tar.name,
+            "text": str(files["text"]),
+            "variant": "auto",
+            "trust_checkpoint": False,
+            "image_size": list(SIZE),
+        },
+        ctx,
+    )
     batch = torch.stack([d.preprocess(grey_image(*SIZE, seed=s)) for s in range(2)])
     torch.testing.assert_close(d.encode_images(batch), dissector.encode_images(batch), rtol=0, atol=0)
     texts = ["mass", "no suspicious calcification"]
@@ -318,9 +353,17 @@ def test_real_format_tar_builds_the_dissector_without_trust(files, dissector, re
     facts = d.describe()
     assert facts["epoch"] == 7
     assert facts["training_config"] == {
-        "image_encoder": "tf_efficientnet_b5_ns-detect", "text_encoder": "tiny-bert", "text_pooling": "eos",
-        "projection_dim": 8, "temperature": 0.07, "image_size_h": 1520, "image_size_w": 912,
-        "mean": MEAN, "std": STD, "text_max_length": 256}
+        "image_encoder": "tf_efficientnet_b5_ns-detect",
+        "text_encoder": "tiny-bert",
+        "text_pooling": "eos",
+        "projection_dim": 8,
+        "temperature": 0.07,
+        "image_size_h": 1520,
+        "image_size_w": 912,
+        "mean": MEAN,
+        "std": STD,
+        "text_max_length": 256,
+    }
     json.dumps(facts)  # stored as run details
 
 
@@ -345,12 +388,16 @@ def test_file_without_model_key_lists_its_keys(files, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.shared
-@pytest.mark.parametrize("variant,epoch,blocks,last_channels,image_features", [
-    ("b5", 7, 39, 512, 2048),
-    ("b2", 10, 23, 352, 1408),
-])
-def test_inspect_cli_on_real_format_clip_files(shared_dir, tmp_path, variant, epoch, blocks, last_channels,
-                                                image_features):
+@pytest.mark.parametrize(
+    "variant,epoch,blocks,last_channels,image_features",
+    [
+        ("b5", 7, 39, 512, 2048),
+        ("b2", 10, 23, 352, 1408),
+    ],
+)
+def test_inspect_cli_on_real_format_clip_files(
+    shared_dir, tmp_path, variant, epoch, blocks, last_channels, image_features
+):
     """`dissect-study inspect FILE.tar --json` through the installed entry point, no trust flag."""
     import shutil
     import subprocess
@@ -366,12 +413,20 @@ def test_inspect_cli_on_real_format_clip_files(shared_dir, tmp_path, variant, ep
     assert (info["kind"], info["variant"], info["epoch"]) == ("mammo_clip", variant, epoch)
     rows = json.loads((shared_dir / f"data/mammo_clip/effnet_{variant}_blocks.json").read_text())
     assert len(info["layers"]) == len(rows) == blocks
-    assert info["layers"][-1] == {"name": f"_blocks.{blocks - 1}", "channels": last_channels,
-                                  "aliases": [rows[-1]["timm_name"]]}
+    assert info["layers"][-1] == {
+        "name": f"_blocks.{blocks - 1}",
+        "channels": last_channels,
+        "aliases": [rows[-1]["timm_name"]],
+    }
     assert [(lay["name"], lay["channels"]) for lay in info["layers"]] == [
-        (r["lukemelas_name"], r["out_channels"]) for r in rows]
-    assert info["embedding"] == {"image_features": image_features, "text_features": 768, "projection": 512,
-                                 "text_vocab": 28996}
+        (r["lukemelas_name"], r["out_channels"]) for r in rows
+    ]
+    assert info["embedding"] == {
+        "image_features": image_features,
+        "text_features": 768,
+        "projection": 512,
+        "text_vocab": 28996,
+    }
     assert info["training_config"]["projection_dim"] == 512 and info["training_config"]["text_pooling"] == "eos"
     assert info["file_entries"]["epoch"] == epoch
 
@@ -393,13 +448,23 @@ def test_real_format_b5_tar_reproduces_original_code_outputs(shared_dir, tmp_pat
     assert sha_all(weights[e["key"]] for e in entries) == ref["weights_check"]["sha256_all_clip"]
     sd = {e["key"]: torch.from_numpy(weights[e["key"]]) for e in entries}
     optimizer, scheduler = compact_optimizer_state(sd)
-    path = save_real_clip_checkpoint(tmp_path / "b5-model-best-epoch-7.tar", sd, config=hydra_style_config(
-        tmp_path / "hydra"), optimizer=optimizer, scheduler=scheduler, epoch=7)
+    path = save_real_clip_checkpoint(
+        tmp_path / "b5-model-best-epoch-7.tar",
+        sd,
+        config=hydra_style_config(tmp_path / "hydra"),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        epoch=7,
+    )
     del weights, sd
     bio_clinical_bert_folder(tmp_path / "bioclinicalbert")
     ctx = BuildContext(base_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), log=lambda m: None)
-    d = build_dissector("mammo", "mammo_clip", {"checkpoint": path.name, "text": "bioclinicalbert",
-                                               "variant": "auto", "trust_checkpoint": False}, ctx)
+    d = build_dissector(
+        "mammo",
+        "mammo_clip",
+        {"checkpoint": path.name, "text": "bioclinicalbert", "variant": "auto", "trust_checkpoint": False},
+        ctx,
+    )
     path.unlink()  # the model holds copies of the memory-mapped tensors
     assert (d.describe()["variant"], d.describe()["epoch"]) == ("b5", 7)
 
@@ -413,13 +478,21 @@ def test_real_format_b5_tar_reproduces_original_code_outputs(shared_dir, tmp_pat
 
     chk = Checker()
     r_img = ref["image_encoder"]
-    chk.scalar("image_projection_prenorm_l2", float(image.norm()), r_img["image_projection_prenorm_l2"]["image_0"],
-               RTOL * r_img["image_projection_prenorm_l2"]["image_0"])
+    chk.scalar(
+        "image_projection_prenorm_l2",
+        float(image.norm()),
+        r_img["image_projection_prenorm_l2"]["image_0"],
+        RTOL * r_img["image_projection_prenorm_l2"]["image_0"],
+    )
     chk.summary("image_embedding_512", (image / image.norm()).numpy(), r_img["image_embedding_512"]["image_0"])
     for j in (0, 1):
         r = ref["text_encoder"][f"text_{j}"]
-        chk.scalar(f"text_{j}.prenorm_l2", float(text[j].norm()), r["text_projection_prenorm_l2"],
-                   RTOL * r["text_projection_prenorm_l2"])
+        chk.scalar(
+            f"text_{j}.prenorm_l2",
+            float(text[j].norm()),
+            r["text_projection_prenorm_l2"],
+            RTOL * r["text_projection_prenorm_l2"],
+        )
         chk.summary(f"text_{j}.text_embedding_512", (text[j] / text[j].norm()).numpy(), r["text_embedding_512"])
         sim = float((image / image.norm()) @ (text[j] / text[j].norm()))
         chk.scalar(f"P[0,{j}]", sim, ref["similarity"]["P_image_x_text"][0][j], 1e-5)

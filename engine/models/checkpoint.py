@@ -58,8 +58,9 @@ def _where(path: str | os.PathLike[str], param: str | None) -> str:
     return f"{param} = {str(path)!r}" if param else repr(str(path))
 
 
-def resolve_path(value: str | os.PathLike[str], base_dir: str | os.PathLike[str], param: str,
-                 *, folder: bool = False) -> Path:
+def resolve_path(
+    value: str | os.PathLike[str], base_dir: str | os.PathLike[str], param: str, *, folder: bool = False
+) -> Path:
     """Resolve a study path parameter against the study's folder and check it exists."""
     p = Path(os.path.expanduser(str(value)))
     if not p.is_absolute():
@@ -225,13 +226,27 @@ def _no_hooks(hooks: Any) -> None:
         raise pickle.UnpicklingError("a tensor carries backward hooks; refusing to restore them")
 
 
-def _rebuild_tensor_v2(storage: Any, storage_offset: int, size: Any, stride: Any, requires_grad: bool,
-                       backward_hooks: Any, metadata: Any = None) -> torch.Tensor:
+def _rebuild_tensor_v2(
+    storage: Any,
+    storage_offset: int,
+    size: Any,
+    stride: Any,
+    requires_grad: bool,
+    backward_hooks: Any,
+    metadata: Any = None,
+) -> torch.Tensor:
     """torch's own rebuild, after checking that it only receives data."""
     _check_storage(storage)
     _no_hooks(backward_hooks)
-    return torch._utils._rebuild_tensor_v2(storage, int(storage_offset), tuple(size), tuple(stride),
-                                           bool(requires_grad), collections.OrderedDict(), metadata)
+    return torch._utils._rebuild_tensor_v2(
+        storage,
+        int(storage_offset),
+        tuple(size),
+        tuple(stride),
+        bool(requires_grad),
+        collections.OrderedDict(),
+        metadata,
+    )
 
 
 def _rebuild_tensor(storage: Any, storage_offset: int, size: Any, stride: Any) -> torch.Tensor:
@@ -255,8 +270,11 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> to
     if state:
         raise pickle.UnpicklingError("a tensor carries Python attributes; refusing to restore them")
     t = func(*args)
-    return nn.Parameter(t, requires_grad=t.requires_grad) if new_type is _PARAMETER and not isinstance(
-        t, nn.Parameter) else t
+    return (
+        nn.Parameter(t, requires_grad=t.requires_grad)
+        if new_type is _PARAMETER and not isinstance(t, nn.Parameter)
+        else t
+    )
 
 
 def _latin1(text: Any, encoding: str = "latin1") -> bytes:
@@ -275,6 +293,7 @@ def _bytes_like(kind: type) -> Any:
         if isinstance(args[0], str) and len(args) == 2 and isinstance(args[1], str):
             return kind(_latin1(args[0], args[1]))
         raise pickle.UnpicklingError(f"{kind.__name__}() with arguments other than data")
+
     return build
 
 
@@ -329,10 +348,19 @@ def _torch_entries() -> dict[str, Any]:
 
 
 _BUILTINS: dict[str, Any] = {
-    "builtins.dict": dict, "builtins.list": list, "builtins.tuple": tuple, "builtins.set": set,
-    "builtins.frozenset": frozenset, "builtins.int": int, "builtins.float": float, "builtins.complex": complex,
-    "builtins.str": str, "builtins.bool": bool, "builtins.NoneType": type(None),
-    "builtins.bytes": _bytes_like(bytes), "builtins.bytearray": _bytes_like(bytearray),
+    "builtins.dict": dict,
+    "builtins.list": list,
+    "builtins.tuple": tuple,
+    "builtins.set": set,
+    "builtins.frozenset": frozenset,
+    "builtins.int": int,
+    "builtins.float": float,
+    "builtins.complex": complex,
+    "builtins.str": str,
+    "builtins.bool": bool,
+    "builtins.NoneType": type(None),
+    "builtins.bytes": _bytes_like(bytes),
+    "builtins.bytearray": _bytes_like(bytearray),
 }
 
 
@@ -343,17 +371,21 @@ def allowed_globals() -> dict[str, Any]:
     Names under INERT_PREFIXES are not listed: any of them becomes an inert stand-in.
     """
     out: dict[str, Any] = dict(_BUILTINS)
-    out.update({
-        "collections.OrderedDict": collections.OrderedDict,
-        "collections.Counter": collections.Counter,
-        "collections.defaultdict": InertDefaultDict,
-        "_codecs.encode": _latin1,
-        "operator.getitem": _typing_getitem,
-        "_operator.getitem": _typing_getitem,
-        "pathlib.PurePosixPath": pathlib.PurePosixPath, "pathlib.PosixPath": pathlib.PurePosixPath,
-        "pathlib.PureWindowsPath": pathlib.PureWindowsPath, "pathlib.WindowsPath": pathlib.PureWindowsPath,
-        "pathlib.Path": pathlib.PurePosixPath,
-    })
+    out.update(
+        {
+            "collections.OrderedDict": collections.OrderedDict,
+            "collections.Counter": collections.Counter,
+            "collections.defaultdict": InertDefaultDict,
+            "_codecs.encode": _latin1,
+            "operator.getitem": _typing_getitem,
+            "_operator.getitem": _typing_getitem,
+            "pathlib.PurePosixPath": pathlib.PurePosixPath,
+            "pathlib.PosixPath": pathlib.PurePosixPath,
+            "pathlib.PureWindowsPath": pathlib.PureWindowsPath,
+            "pathlib.WindowsPath": pathlib.PureWindowsPath,
+            "pathlib.Path": pathlib.PurePosixPath,
+        }
+    )
     out.update(_torch_entries())
     out.update(_numpy_entries())
     return out
@@ -390,7 +422,7 @@ class _Archive:
             if not pkl:
                 raise _NotTorchZip([i.filename for i in infos][:8])
             self.prefix = pkl[0].filename[: -len("data.pkl")]
-            self.records = {i.filename[len(self.prefix):]: i for i in infos if i.filename.startswith(self.prefix)}
+            self.records = {i.filename[len(self.prefix) :]: i for i in infos if i.filename.startswith(self.prefix)}
             self.pickle_bytes = zf.read(pkl[0])
             order = self.records.get("byteorder")
             self.byteorder = zf.read(order).decode() if order is not None else "little"
@@ -415,7 +447,8 @@ class _Archive:
             raise pickle.UnpicklingError(f"storage record data/{key} is missing from the archive")
         if info.file_size < nbytes:
             raise pickle.UnpicklingError(
-                f"storage record data/{key} holds {info.file_size} bytes but the pickle expects {nbytes}")
+                f"storage record data/{key} holds {info.file_size} bytes but the pickle expects {nbytes}"
+            )
         if info.compress_type == zipfile.ZIP_STORED:
             start = self._data_offset(info)
             if start + nbytes > self.size:
@@ -423,8 +456,9 @@ class _Archive:
             whole = self._whole
             if whole is None:
                 whole = self._whole = typing.cast(
-                    torch.UntypedStorage, torch.UntypedStorage.from_file(str(self.path), False, self.size))
-            untyped = whole[start:start + nbytes]
+                    torch.UntypedStorage, torch.UntypedStorage.from_file(str(self.path), False, self.size)
+                )
+            untyped = whole[start : start + nbytes]
         else:  # re-compressed by some other tool: no mapping possible, read it
             with zipfile.ZipFile(self.path) as zf:
                 raw = bytearray(zf.read(info)[:nbytes])
@@ -556,8 +590,10 @@ def _truncation_message(path: Path, where: str) -> str:
         got = f"the file has {size:,} of at least {need:,} bytes"
     else:
         got = f"the file has {size:,} bytes and its zip directory (at the end) is missing"
-    return (f"{where}: truncated zip archive ({got}). The download or copy was interrupted; "
-            "copy the file again and compare its size with the source.")
+    return (
+        f"{where}: truncated zip archive ({got}). The download or copy was interrupted; "
+        "copy the file again and compare its size with the source."
+    )
 
 
 def _bytes_needed(path: Path) -> int | None:
@@ -582,8 +618,7 @@ def _bytes_needed(path: Path) -> int | None:
         def persistent_load(self, pid: Any) -> Any:
             if isinstance(pid, tuple) and len(pid) == 5 and isinstance(pid[1], _StorageType):
                 sizes[str(pid[2])] = int(pid[4]) * torch._utils._element_size(pid[1].dtype)
-            return torch.storage.TypedStorage(wrap_storage=torch.UntypedStorage(0), dtype=torch.uint8,
-                                              _internal=True)
+            return torch.storage.TypedStorage(wrap_storage=torch.UntypedStorage(0), dtype=torch.uint8, _internal=True)
 
         def find_class(self, module: str, name: str) -> Any:
             full = _pickled_name(module, name)
@@ -687,8 +722,7 @@ def _load_zip(p: Path, where: str, trust: bool, log: Callable[[str], None] | Non
 
 def _torch_weights_only(p: Path) -> Any | None:
     """torch's own weights_only loader (numpy entries allowed), or None if it refuses the file."""
-    entries: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
-        (v, n) for n, v in _numpy_entries().items()]
+    entries: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [(v, n) for n, v in _numpy_entries().items()]
     try:
         with torch.serialization.safe_globals(entries):
             obj = torch.load(p, weights_only=True, map_location="cpu", mmap=zipfile.is_zipfile(p))
@@ -719,8 +753,13 @@ def _load_legacy(p: Path, where: str, trust: bool, log: Callable[[str], None] | 
         ) from exc
 
 
-def load_torch_file(path: str | os.PathLike[str], *, param: str | None = "checkpoint",
-                    trust: bool = False, log: Callable[[str], None] | None = None) -> Any:
+def load_torch_file(
+    path: str | os.PathLike[str],
+    *,
+    param: str | None = "checkpoint",
+    trust: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Any:
     """A torch.save file's content, without running code from it; tensors are memory-mapped.
 
     Zip-format files go through our restricted unpickler (real Mammo-CLIP `.tar`
@@ -737,8 +776,9 @@ def load_torch_file(path: str | os.PathLike[str], *, param: str | None = "checkp
     return _load_legacy(p, where, trust, log)
 
 
-def load_weights_file(path: str | os.PathLike[str], *, param: str | None = "weights",
-                      trust: bool = False, log: Any = None) -> dict[str, torch.Tensor]:
+def load_weights_file(
+    path: str | os.PathLike[str], *, param: str | None = "weights", trust: bool = False, log: Any = None
+) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors or a torch file (`state_dict`/`model` sub-dicts unwrapped)."""
     p = Path(path)
     if p.suffix == ".safetensors":
@@ -754,8 +794,9 @@ def load_weights_file(path: str | os.PathLike[str], *, param: str | None = "weig
     return extract_state_dict(load_torch_file(p, param=param, trust=trust, log=log), p, param)
 
 
-def extract_state_dict(obj: Any, path: str | os.PathLike[str], param: str | None = "checkpoint",
-                       key: str | None = None) -> dict[str, torch.Tensor]:
+def extract_state_dict(
+    obj: Any, path: str | os.PathLike[str], param: str | None = "checkpoint", key: str | None = None
+) -> dict[str, torch.Tensor]:
     """The tensor dict inside a checkpoint: `obj[key]`, else `model`/`state_dict`, else obj."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(
@@ -770,8 +811,11 @@ def extract_state_dict(obj: Any, path: str | os.PathLike[str], param: str | None
             break
     else:
         if key:
-            what = (f"its `{key}` entry is a {type(obj[key]).__name__}, not a dict of tensors" if key in obj
-                    else f"no `{key}` key; keys are {_list_keys(top)}")
+            what = (
+                f"its `{key}` entry is a {type(obj[key]).__name__}, not a dict of tensors"
+                if key in obj
+                else f"no `{key}` key; keys are {_list_keys(top)}"
+            )
             raise CheckpointError(
                 f"{_where(path, param)}: {what}. Mammo-CLIP checkpoints keep the weights under `{key}` "
                 f"(the trainer saves {{model, optimizer, scheduler, config, epoch, train_loss}}); point the "
@@ -797,18 +841,25 @@ def _list_keys(obj: Mapping[Any, Any], limit: int = 12) -> str:
 def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """Drop `prefix` from every key that has it (e.g. DDP's `module.`)."""
     if sd and all(k.startswith(prefix) for k in sd):
-        return {k[len(prefix):]: v for k, v in sd.items()}
+        return {k[len(prefix) :]: v for k, v in sd.items()}
     return dict(sd)
 
 
 def select_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The sub-dict under `prefix`, with the prefix removed."""
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], path: str | os.PathLike[str],
-                *, param: str | None = "checkpoint", what: str = "model", prefix: str = "",
-                ignore: Iterable[str] = ()) -> None:
+def load_strict(
+    module: nn.Module,
+    sd: Mapping[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    *,
+    param: str | None = "checkpoint",
+    what: str = "model",
+    prefix: str = "",
+    ignore: Iterable[str] = (),
+) -> None:
     """Load with no missing, unexpected or mis-shaped keys; `ignore` lists tolerated extras.
 
     `prefix` is only used in messages, so they name the key as stored in the file.

@@ -30,8 +30,15 @@ _TASK_GUESS = {1: "binary (mass, calcification or cancer)", 3: "birads", 4: "den
 
 
 def _n_params(sd: dict[str, torch.Tensor]) -> int:
-    return int(sum(v.numel() for k, v in sd.items() if not k.endswith("num_batches_tracked")
-                   and not k.endswith("running_mean") and not k.endswith("running_var")))
+    return int(
+        sum(
+            v.numel()
+            for k, v in sd.items()
+            if not k.endswith("num_batches_tracked")
+            and not k.endswith("running_mean")
+            and not k.endswith("running_var")
+        )
+    )
 
 
 def _effnet_layers(sd_image: dict[str, torch.Tensor]) -> tuple[str | None, list[dict]]:
@@ -47,8 +54,11 @@ def _timm_effnet_variant(sd: dict[str, torch.Tensor]) -> str | None:
     for name in ("b5", "b2", "b0"):
         m = EfficientNet(CONFIGS[name])
         own = m.state_dict()
-        if all(tuple(getattr(sd.get(lukemelas_to_timm(k, m.specs)), "shape", ())) == tuple(v.shape)
-               for k, v in own.items() if v.dim() > 0):
+        if all(
+            tuple(getattr(sd.get(lukemelas_to_timm(k, m.specs)), "shape", ())) == tuple(v.shape)
+            for k, v in own.items()
+            if v.dim() > 0
+        ):
             return name
     return None
 
@@ -59,20 +69,30 @@ def _inspect_state_dict(sd: dict[str, torch.Tensor], top: dict[str, Any]) -> dic
         variant, layers = _effnet_layers(select_prefix(sd, "image_encoder."))
         ip = sd.get("image_projection.projection.weight")
         we = sd.get("text_encoder.text_encoder.embeddings.word_embeddings.weight")
-        info.update(kind="mammo_clip", variant=variant, layers=layers, embedding={
-            "image_features": int(ip.shape[1]) if ip is not None else None,
-            "text_features": int(we.shape[1]) if we is not None else None,
-            "projection": int(ip.shape[0]) if ip is not None else None,
-            "text_vocab": int(we.shape[0]) if we is not None else None,
-        })
+        info.update(
+            kind="mammo_clip",
+            variant=variant,
+            layers=layers,
+            embedding={
+                "image_features": int(ip.shape[1]) if ip is not None else None,
+                "text_features": int(we.shape[1]) if we is not None else None,
+                "projection": int(ip.shape[0]) if ip is not None else None,
+                "text_vocab": int(we.shape[0]) if we is not None else None,
+            },
+        )
         if "logit_scale" in sd:
             info["logit_scale"] = float(sd["logit_scale"])
     elif "classifier.classification_head.weight" in sd:
         w = sd["classifier.classification_head.weight"]
         variant, layers = _effnet_layers(select_prefix(sd, "image_encoder."))
-        info.update(kind="classifier", variant=variant, layers=layers, n_class=int(w.shape[0]),
-                    task_guess=_TASK_GUESS.get(int(w.shape[0]), "unknown"),
-                    embedding={"image_features": int(w.shape[1])})
+        info.update(
+            kind="classifier",
+            variant=variant,
+            layers=layers,
+            n_class=int(w.shape[0]),
+            task_guess=_TASK_GUESS.get(int(w.shape[0]), "unknown"),
+            embedding={"image_features": int(w.shape[1])},
+        )
     elif "_conv_stem.weight" in sd:
         variant, layers = _effnet_layers(sd)
         info.update(kind="efficientnet_lukemelas", variant=variant, layers=layers)
@@ -104,20 +124,34 @@ def _inspect_folder(p: Path) -> dict[str, Any]:
     cfg = json.loads(cfg_path.read_text())
     mt = cfg.get("model_type")
     weights = sorted(f.name for f in p.iterdir() if f.suffix in (".safetensors", ".bin"))
-    info: dict[str, Any] = {"path": str(p), "model_type": mt, "weight_files": weights,
-                            "tokenizer": any((p / f).is_file() for f in ("vocab.txt", "tokenizer.json", "vocab.json"))}
+    info: dict[str, Any] = {
+        "path": str(p),
+        "model_type": mt,
+        "weight_files": weights,
+        "tokenizer": any((p / f).is_file() for f in ("vocab.txt", "tokenizer.json", "vocab.json")),
+    }
     if mt == "clip":
         v, t = cfg.get("vision_config", {}), cfg.get("text_config", {})
         nv = int(v.get("num_hidden_layers", 12))
         dv = int(v.get("hidden_size", 768))
-        info.update(kind="clip_folder", embedding={"projection": cfg.get("projection_dim", 512),
-                                                   "vision_hidden": dv, "text_hidden": t.get("hidden_size", 512)},
-                    layers=[{"name": f"vision_model.encoder.layers.{i}", "channels": dv, "aliases": []}
-                            for i in range(nv)])
+        info.update(
+            kind="clip_folder",
+            embedding={
+                "projection": cfg.get("projection_dim", 512),
+                "vision_hidden": dv,
+                "text_hidden": t.get("hidden_size", 512),
+            },
+            layers=[{"name": f"vision_model.encoder.layers.{i}", "channels": dv, "aliases": []} for i in range(nv)],
+        )
     else:
-        info.update(kind="hf_text_folder", embedding={"text_features": cfg.get("hidden_size")},
-                    n_layers=cfg.get("num_hidden_layers"), vocab_size=cfg.get("vocab_size"),
-                    do_lower_case=_lower_case(p), layers=[])
+        info.update(
+            kind="hf_text_folder",
+            embedding={"text_features": cfg.get("hidden_size")},
+            n_layers=cfg.get("num_hidden_layers"),
+            vocab_size=cfg.get("vocab_size"),
+            do_lower_case=_lower_case(p),
+            layers=[],
+        )
     return info
 
 
@@ -160,16 +194,32 @@ def inspect_path(path: str | Path, trust_checkpoint: bool = False) -> dict[str, 
 def format_inspect(info: dict[str, Any]) -> str:
     """Human-readable report of `inspect_path`'s result."""
     kind_names = {
-        "mammo_clip": "Mammo-CLIP CLIP checkpoint", "classifier": "fine-tuned Mammo-CLIP classifier",
+        "mammo_clip": "Mammo-CLIP CLIP checkpoint",
+        "classifier": "fine-tuned Mammo-CLIP classifier",
         "efficientnet_lukemelas": "EfficientNet weights (lukemelas layout)",
-        "timm_efficientnet": "EfficientNet weights (timm layout)", "timm_or_state_dict": "state dict (timm-like)",
-        "state_dict": "state dict", "clip_folder": "Hugging Face CLIP folder", "hf_text_folder": "Hugging Face text model folder",
+        "timm_efficientnet": "EfficientNet weights (timm layout)",
+        "timm_or_state_dict": "state dict (timm-like)",
+        "state_dict": "state dict",
+        "clip_folder": "Hugging Face CLIP folder",
+        "hf_text_folder": "Hugging Face text model folder",
     }
     lines = [f"{info.get('path')}: {kind_names.get(info.get('kind'), info.get('kind'))}"]
     if info.get("variant"):
         lines.append(f"  variant: EfficientNet-{str(info['variant']).upper()}")
-    for key in ("epoch", "n_parameters", "n_tensors", "n_class", "task_guess", "logit_scale", "model_type",
-                "vocab_size", "n_layers", "do_lower_case", "weight_files", "size_bytes"):
+    for key in (
+        "epoch",
+        "n_parameters",
+        "n_tensors",
+        "n_class",
+        "task_guess",
+        "logit_scale",
+        "model_type",
+        "vocab_size",
+        "n_layers",
+        "do_lower_case",
+        "weight_files",
+        "size_bytes",
+    ):
         if info.get(key) is not None:
             val = f"{info[key]:,}" if isinstance(info[key], int) and not isinstance(info[key], bool) else info[key]
             lines.append(f"  {key.replace('_', ' ')}: {val}")
