@@ -11,93 +11,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from checkpoint_fixtures import (
+    RTOL,
+    Checker,
+    bio_clinical_bert_folder,
+    compact_optimizer_state,
+    hydra_style_config,
+    recipe,
+    recipe_image,
+    recipe_tensor,
+    save_real_clip_checkpoint,
+    sha_all,
+)
 
 pytestmark = pytest.mark.slow
-
-RTOL = 1e-4
-
-
-# --------------------------------------------------------------------------- recipe
-
-
-def recipe_tensor(key: str, shape: list[int]) -> np.ndarray:
-    """REFERENCE.md section 1.3, rules R1-R7b, first match wins."""
-    if key == "logit_scale":
-        return np.asarray(np.log(1.0 / 0.07)).astype(np.float32)
-    if key.endswith(".num_batches_tracked"):
-        return np.zeros(shape, dtype=np.int64)
-    d = np.random.default_rng(zlib.crc32(key.encode("utf-8"))).standard_normal(shape, dtype=np.float64)
-    if key.endswith(".running_mean"):
-        v = 0.1 * d
-    elif key.endswith(".running_var"):
-        v = 1.0 + 0.1 * np.abs(d)
-    elif key.endswith(".bias"):
-        v = 0.1 * d
-    elif key.endswith(".weight") and len(shape) == 1:
-        v = 1.0 + 0.1 * d
-    elif key.endswith(".weight") and key.startswith("image_encoder."):
-        v = d * math.sqrt(2.0 / float(np.prod(shape[1:])))
-    elif key.endswith(".weight"):
-        v = 0.02 * d
-    else:
-        raise AssertionError(f"no rule for {key}")
-    return v.astype(np.float32)
-
-
-def recipe(entries: list[dict]) -> dict[str, np.ndarray]:
-    return {e["key"]: recipe_tensor(e["key"], e["shape"]) for e in entries}
-
-
-def sha_all(arrays) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
-    return h.hexdigest()
-
-
-def recipe_image() -> np.ndarray:
-    y, x = np.mgrid[0:1520, 0:912].astype(np.int64)
-    inside = x * x + (y - 800) ** 2 <= 700 * 700
-    v = 60 + (x * y) % 97 + (7 * y + 13 * x) % 64
-    return np.where(inside, v, 20).astype(np.uint8)
-
-
-# --------------------------------------------------------------------------- tolerance rules
-
-
-class Checker:
-    def __init__(self) -> None:
-        self.fails: list[str] = []
-        self.n = 0
-        self.worst = (0.0, "")
-
-    def _one(self, field: str, a: float, r: float, tol: float) -> None:
-        self.n += 1
-        err = abs(a - r)
-        if tol > 0 and err / tol > self.worst[0]:
-            self.worst = (err / tol, field)
-        if not err <= tol:
-            self.fails.append(f"{field}: got {a!r}, reference {r!r}, tol {tol:.3g}")
-
-    def summary(self, field: str, vec: np.ndarray, ref: dict) -> None:
-        vec = np.asarray(vec, dtype=np.float64)
-        assert vec.shape == (ref["dim"],), (field, vec.shape, ref["dim"])
-        first = [k for k in ref if k.startswith("first")][0]
-        for i, r in enumerate(ref[first]):
-            self._one(f"{field}.{first}[{i}]", float(vec[i]), r, RTOL * abs(r) + RTOL * ref["rms"])
-        self._one(f"{field}.sum", float(vec.sum()), ref["sum"], RTOL * abs(ref["sum"]) + RTOL * ref["l2"])
-        self._one(f"{field}.l2", float(np.linalg.norm(vec)), ref["l2"], RTOL * abs(ref["l2"]))
-
-    def scalar(self, field: str, a: float, r: float, tol: float) -> None:
-        self._one(field, float(a), float(r), tol)
-
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -120,23 +52,26 @@ def clip_recipe(clip_entries: list[dict]) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def text_dir(tmp_path_factory) -> Path:
     """A Bio_ClinicalBERT-shaped config folder (token ids are fed directly; vocab is a stub)."""
-    from transformers import BertConfig
-
-    d = tmp_path_factory.mktemp("bioclinicalbert")
-    BertConfig(vocab_size=28996, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-               intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2,
-               layer_norm_eps=1e-12, hidden_act="gelu").save_pretrained(d)
-    (d / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "mass"]) + "\n")
-    return d
+    return bio_clinical_bert_folder(tmp_path_factory.mktemp("bioclinicalbert"))
 
 
 @pytest.fixture(scope="module")
 def dissector(clip_recipe, text_dir, tmp_path_factory):
-    from dissect_study.engine.models.mammo_clip import load_mammo_clip
+    """The recipe weights in a file written the way Mammo-CLIP's trainer writes it (hydra config,
+    optimizer, scheduler), built through the study language's `mammo_clip(...)` factory."""
+    from dissect_study.engine.models import build_dissector
+    from dissect_study.engine.models.base import BuildContext
 
-    path = tmp_path_factory.mktemp("ckpt") / "b5-model-best-epoch-7.tar"
-    torch.save({"model": {k: torch.from_numpy(v) for k, v in clip_recipe.items()}, "epoch": 7}, path)
-    d = load_mammo_clip(path, text_dir, variant="auto")
+    work = tmp_path_factory.mktemp("ckpt")
+    sd = {k: torch.from_numpy(v) for k, v in clip_recipe.items()}
+    optimizer, scheduler = compact_optimizer_state(sd)
+    path = save_real_clip_checkpoint(work / "b5-model-best-epoch-7.tar", sd, config=hydra_style_config(work / "hydra"),
+                                     optimizer=optimizer, scheduler=scheduler, epoch=7)
+    del sd
+    ctx = BuildContext(base_dir=str(work), cache_dir=str(work / "cache"), log=lambda m: None)
+    d = build_dissector("mammo", "mammo_clip", {"checkpoint": path.name, "text": str(text_dir), "variant": "auto",
+                                                "trust_checkpoint": False}, ctx)
+    assert (d.describe()["variant"], d.describe()["epoch"]) == ("b5", 7)
     path.unlink()  # the loaded weights are copies of the memory-mapped file
     return d
 
