@@ -179,6 +179,24 @@ class HasImageTower(Protocol):
 
 
 @runtime_checkable
+class SharesImagePass(Protocol):
+    """A dissector whose image embedding is a cheap function of its image tower's output.
+
+    When a study dissects that tower (`target M = image_tower(mammo)`: same weights,
+    same preprocessing), the target's pass also yields the dissector's embeddings, so
+    one forward pass over the probe serves both instead of two.  `tower_fingerprint()`
+    is the fingerprint `image_tower()` would carry; `embed_tower_output(out)` maps the
+    tower's forward output (rows of pooled features) to the projected, un-normalised
+    embedding `encode_images` returns.  Not used while the dissector runs in train mode
+    (its embeddings then depend on the batch).
+    """
+
+    def tower_fingerprint(self) -> str: ...
+
+    def embed_tower_output(self, out: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
 class TrainModeSwitch(Protocol):
     """A dissector that can embed images with its image tower in train mode.
 

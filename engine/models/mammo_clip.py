@@ -376,13 +376,23 @@ class MammoClipDissector(Dissector):
             return torch.zeros(0, self.model.text_projection.projection.out_features)
         return torch.cat(outs)
 
+    def tower_fingerprint(self) -> str:
+        """The fingerprint `image_tower()` gives its target (`SharesImagePass`)."""
+        return config_hash("image_tower", self._fingerprint)
+
+    def embed_tower_output(self, out: torch.Tensor) -> torch.Tensor:
+        """The image embedding from the tower's pooled features: the projection alone (`SharesImagePass`)."""
+        self.model.eval()
+        with torch.no_grad():
+            return self.model.image_projection(out.to(self.device)).float().cpu()
+
     def image_tower(self) -> EfficientNetTarget:
         """The image encoder as a target, sharing weights and preprocessing.
 
         In train mode the dissector mutates BN statistics, so the target gets its own copy.
         """
         enc = copy.deepcopy(self.model.image_encoder) if self.train_mode else self.model.image_encoder
-        fp = config_hash("image_tower", self._fingerprint)
+        fp = self.tower_fingerprint()
         tower = EfficientNetTarget(enc, self._preprocess, fp, name=f"{self.name}.image_tower",
                                    facts={"source": self.facts.get("source"), "variant": self.facts.get("variant")})
         self._towers.append(tower)
