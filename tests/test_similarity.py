@@ -1,31 +1,40 @@
 """Similarity functions against naive float64 implementations written from docs/METHOD.md §1.1, §3.
 
 Each naive version below is a per-neuron, per-concept loop in numpy written straight
-from the formula (not from engine/similarity.py), with the documented tie-break: among
-equal activations the lower image index ranks first.
+from the formula (not from engine/scores/similarity.py), with the documented tie-break:
+among equal activations the lower image index ranks first.  Top-k selection is checked
+against a sort by (-value, index) written here.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
 
+from dissect_study.dsl import vocabulary
+from dissect_study.engine.registry import SIMILARITIES, RegistryError
 from dissect_study.engine.scores.similarity import (
-    SIMILARITY_FUNCTIONS,
+    SimilarityError,
     compute_similarity,
     concept_activation_matrix,
     cos_similarity,
     cos_similarity_cubed,
     mammi_adaptive,
-    mammi_select,
-    ranked_top_k,
     rank_reorder,
+    ranked_top_k,
+    soft_factors,
     soft_wpmi,
     wpmi,
 )
+from dissect_study.errors import DissectStudyError
+
+#: every implementation, by canonical name (the registry also holds the aliases)
+FUNCTIONS = {name: SIMILARITIES.get(name) for name in vocabulary.SIMILARITIES}
 
 
 # ----------------------------------------------------------------------------- naive references
@@ -197,14 +206,95 @@ SOFT_SETTINGS = [
 ]
 
 
-def test_product_group_bounds_underflow():
-    from dissect_study.engine.scores.similarity import _product_group
+@pytest.mark.parametrize("dtype, limit", [(torch.float32, 1e30), (torch.float64, 1e290)])
+@pytest.mark.parametrize(
+    "z, min_prob, p_start, p_end",
+    [(100, 1e-7, 0.998, 0.97), (100, 1e-7, 1.0, 1.0), (30, 1e-3, 0.5, 0.2), (12, 0.0, 1.0, 0.9), (7, 5.0, 1.0, 0.0)],
+)
+def test_soft_factors_are_the_formula_and_their_products_stay_in_range(dtype, limit, z, min_prob, p_start, p_end):
+    fac = soft_factors(z, min_prob, p_start, p_end, dtype)
+    # the factor 1 + r_j (q - 1) + min_prob in exact rational arithmetic (no float cancellation)
+    qs = [Fraction(v) for v in (0.0, 1e-9, 0.3, 1.0)]
+    log_scale = 0.0
+    for j in range(z):
+        r = Fraction(p_start) - Fraction(j, z) * (Fraction(p_start) - Fraction(p_end))
+        factor = np.array([float(1 + r * (q - 1) + Fraction(min_prob)) for q in qs])
+        ours = np.array([fac.offset[j] + fac.slope[j] * float(q) for q in qs])
+        if fac.offset[j] == 1.0:  # divided by c_j = the factor at q = 0
+            log_scale += math.log(factor[0])
+            np.testing.assert_allclose(ours * factor[0], factor, rtol=1e-12)
+        else:
+            np.testing.assert_allclose(ours, factor, rtol=1e-12, atol=1e-300)
+    assert fac.log_scale == pytest.approx(log_scale, rel=1e-12, abs=0)
+    # the worst product of `group` factors stays inside the dtype's safe range
+    lo = min(min(o, o + s) for o, s in zip(fac.offset, fac.slope))
+    hi = max(max(o, o + s) for o, s in zip(fac.offset, fac.slope))
+    assert 1 <= fac.group <= z
+    if lo > 0:
+        assert lo**fac.group >= 1 / limit and hi**fac.group <= limit
+    else:
+        assert fac.group == 1  # a factor can be 0: one log per factor, log 0 = -inf as the formula says
 
-    assert _product_group(0.002, 1e-7) == 10
-    assert _product_group(1e-7, 1e-7) == 4
-    assert _product_group(0.0, 0.0) == 1
-    for f in (0.5, 0.002, 1e-5, 1e-7, 1e-20):
-        assert f ** _product_group(f, 1e-7) >= 1e-30
+
+def test_soft_factors_group_many_factors_at_the_defaults():
+    # the point of grouping: at the paper's defaults about ten factors share one log in float32
+    assert soft_factors(100, 1e-7, 0.998, 0.97, torch.float32).group >= 10
+    assert soft_factors(100, 1e-7, 0.998, 0.97, torch.float64).group == 100
+
+
+SOFT_CORNERS = [
+    # r = 1: factors are q + 1e-7, many near 1e-7; the rescaled factors reach 1e7
+    dict(top_k=30, a=60, lam=1, min_prob=1e-7, p_start=1.0, p_end=1.0),
+    # min_prob = 0, r = 1: the factor is q itself (raw factors, one log each)
+    dict(top_k=12, a=8, lam=0.5, min_prob=0.0, p_start=1.0, p_end=1.0),
+    # lam != 1: the rescaling's constant must be added back
+    dict(top_k=9, a=3, lam=0.3, min_prob=1e-2, p_start=0.7, p_end=0.1),
+]
+
+
+@pytest.mark.parametrize("params", SOFT_CORNERS)
+@pytest.mark.parametrize("ties", [False, True])
+def test_soft_wpmi_parameter_corners_match_naive(params, ties):
+    P, X = make()
+    if ties:
+        X = with_ties(X)
+    ref = naive_soft_wpmi(P.numpy(), X.numpy(), **params)
+    assert np.isfinite(ref).all()
+    S = soft_wpmi(P, X, **params)
+    assert torch.isfinite(S).all()
+    close(S, ref, rtol=1e-9, atol=1e-9 * max(1.0, np.abs(ref).max()))
+    S32 = soft_wpmi(P.float(), X.float(), **params)
+    assert S32.dtype == torch.float32
+    close(S32, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_soft_wpmi_products_that_underflow_float64_stay_exact():
+    # concept 0 is ~impossible in every image (q ~ 4e-36), so with r = 1 each of its 60
+    # factors is ~1e-7 and their plain product, 1e-420, is below float64's range
+    n, m, k, z = 80, 3, 5, 60
+    g = torch.Generator().manual_seed(4)
+    P = torch.ones(n, m, dtype=torch.float64)
+    P[:, 0] = -1.0
+    P[:, 1:] += 0.01 * torch.rand(n, m - 1, generator=g, dtype=torch.float64)
+    X = torch.rand(n, k, generator=g, dtype=torch.float64)
+    params = dict(top_k=z, a=20, lam=1, min_prob=1e-7, p_start=1.0, p_end=1.0)
+    ref = naive_soft_wpmi(P.numpy(), X.numpy(), **params)
+    assert (1e-7) ** z == 0.0  # the hazard is real
+    S = soft_wpmi(P, X, **params)
+    assert torch.isfinite(S).all()
+    close(S, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
+    S32 = soft_wpmi(P.float(), X.float(), **params)
+    assert torch.isfinite(S32).all()
+    close(S32, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+def test_soft_wpmi_float32_is_close_to_float64_at_scale():
+    # the grouped float32 products lose far less than a float32 log per factor would
+    P, X = make(n=300, m=50, k=40, seed=7)
+    params = dict(top_k=100, a=10, lam=1, min_prob=1e-7, p_start=0.998, p_end=0.97)
+    ref = naive_soft_wpmi(P.float().double().numpy(), X.float().double().numpy(), **params)
+    err = np.abs(soft_wpmi(P.float(), X.float(), **params).double().numpy() - ref).max()
+    assert err <= 1e-6 * np.abs(ref).max()
 
 
 @pytest.mark.parametrize("params", SOFT_SETTINGS)
@@ -222,15 +312,18 @@ def test_soft_wpmi_matches_naive(params, ties):
     close(S32, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("params", [dict(top_k=28, a=2, lam=0.6, min_prob=1e-7), dict(top_k=3, a=10, lam=1, min_prob=1e-4)])
+@pytest.mark.parametrize(
+    "params", [dict(top_k=28, a=2, lam=0.6, min_prob=1e-7), dict(top_k=3, a=10, lam=1, min_prob=1e-4)]
+)
 @pytest.mark.parametrize("ties", [False, True])
 def test_wpmi_matches_naive(params, ties):
     P, X = make()
     if ties:
         X = with_ties(X)
     ref = naive_wpmi(P.numpy(), X.numpy(), **params)
-    for chunk in (None, 2):
-        close(wpmi(P, X, **params, chunk_neurons=chunk), ref, rtol=1e-9, atol=1e-9)
+    close(wpmi(P, X, **params), ref, rtol=1e-9, atol=1e-9)
+    # float32: the centred float32 sums stay within float32 rounding of the float64 truth
+    close(wpmi(P.float(), X.float(), **params), ref, rtol=0, atol=2e-6 * np.abs(ref).max())
 
 
 def test_soft_wpmi_prior_makes_concept_means_nonpositive():
@@ -343,21 +436,31 @@ def test_mammi_matches_naive(alpha, use_template):
     close(res.S, ref, rtol=1e-5, atol=1e-6)
 
 
-def test_mammi_select_matches_rule():
-    S = torch.tensor(
-        [
-            [0.10, 0.096, 0.094, 0.10, -0.2],  # tie at the top: lower index first; 0.094 < 0.095
-            [-0.1, -0.2, -0.05, -0.3, -0.4],  # best <= 0: nothing
-            [float("nan")] * 5,  # undefined neuron: nothing
-            [0.0, 0.5, 0.2, 0.49, 0.476],
-        ]
-    )
-    assert mammi_select(S, 0.95) == [[0, 3, 1], [], [], [1, 3, 4]]
-    assert mammi_select(S, 1.0) == [[], [], [], []]  # strict '>' against beta * max
-    assert mammi_select(S, 0.0)[3] == [1, 3, 4, 2]
+# ----------------------------------------------------------------------------- top-k selection
+def reference_top_k(x: np.ndarray, z: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per column, rows sorted by value descending then row ascending; first z."""
+    rows = np.empty((x.shape[1], z), np.int64)
+    for k in range(x.shape[1]):
+        rows[k] = sorted(range(x.shape[0]), key=lambda i: (-float(x[i, k]), i))[:z]
+    return np.take_along_axis(x.T, rows, axis=1), rows
 
 
-# ----------------------------------------------------------------------------- shared behaviour
+def random_matrix(rng: np.random.Generator, n: int, k: int, dtype) -> np.ndarray:
+    kind = rng.integers(0, 4)
+    if kind == 0:  # continuous, no ties
+        x = rng.standard_normal((n, k))
+    elif kind == 1:  # few distinct values: ties everywhere, also at the top-z boundary
+        x = rng.integers(0, int(rng.integers(1, 5)), size=(n, k)).astype(float)
+    elif kind == 2:  # ReLU-like: many exact zeros
+        x = np.maximum(rng.standard_normal((n, k)), 0.0)
+    else:  # mixture with constant and sorted columns
+        x = rng.standard_normal((n, k))
+        x[:, 0] = 1.5
+        if k > 1:
+            x[:, 1] = np.arange(n)[::-1]
+    return x.astype(dtype)
+
+
 def test_ranked_top_k_breaks_ties_by_lower_index():
     X = torch.tensor([[1.0, 5.0], [3.0, 5.0], [3.0, 5.0], [2.0, 5.0], [3.0, 1.0]])
     vals, idx = ranked_top_k(X, 3)
@@ -365,18 +468,94 @@ def test_ranked_top_k_breaks_ties_by_lower_index():
     assert vals.tolist() == [[3.0, 3.0, 3.0], [5.0, 5.0, 5.0]]
 
 
-@pytest.mark.parametrize("name", sorted(SIMILARITY_FUNCTIONS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ranked_top_k_matches_sorting(dtype):
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        n = int(rng.integers(1, 120))
+        k = int(rng.integers(1, 70))
+        z = int(rng.integers(1, n + 1))
+        x = random_matrix(rng, n, k, dtype)
+        vals, rows = ranked_top_k(torch.from_numpy(x), z)
+        ref_vals, ref_rows = reference_top_k(x, z)
+        assert vals.dtype == torch.from_numpy(x).dtype and rows.dtype == torch.int64
+        np.testing.assert_array_equal(rows.numpy(), ref_rows, err_msg=f"n={n} k={k} z={z}")
+        np.testing.assert_array_equal(vals.numpy(), ref_vals)
+
+
+def test_ranked_top_k_extreme_and_signed_values():
+    # -0.0 == +0.0 must tie (lower row first); a huge outlier, a heavy tail, a tie block that
+    # straddles the boundary, all-negative columns, infinities and float64 extremes
+    rng = np.random.default_rng(12)
+    n, z = 700, 60
+    x = rng.random((n, 8))
+    x[13, 0] = 1e300
+    x[:, 1] = np.where(rng.random(n) < 0.5, -0.0, 0.0)
+    x[:, 2] = np.exp(rng.standard_normal(n) * 8)
+    x[::3, 3] = 0.5
+    x[:, 4] = -rng.random(n)
+    x[[5, 9, 400], 5] = np.inf
+    x[::2, 6] = -np.inf
+    x[:3, 7] = [1e-310, 5e-324, -5e-324]
+    vals, rows = ranked_top_k(torch.from_numpy(x), z)
+    ref_v, ref_r = reference_top_k(x, z)
+    assert np.array_equal(rows.numpy(), ref_r) and np.array_equal(vals.numpy(), ref_v)
+    assert rows[1].tolist() == list(range(z))  # every zero ties: plain row order
+
+
+def test_ranked_top_k_ranks_nan_first_in_row_order():
+    X = torch.tensor([[1.0, 2.0], [float("nan"), 3.0], [5.0, 4.0], [float("nan"), 1.0]])
+    vals, idx = ranked_top_k(X, 3)
+    assert idx.tolist() == [[1, 3, 2], [2, 1, 0]]
+    assert torch.isnan(vals[0, :2]).all() and vals[0, 2] == 5.0
+
+
+def test_finite_check_survives_overflowing_sums_and_catches_bad_values():
+    from dissect_study.engine.scores.similarity import all_finite
+
+    big = torch.full((100, 10), 3e38)  # finite, but the float32 sum overflows to inf
+    assert all_finite(big)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        t = torch.randn(50, 4)
+        t[17, 2] = bad
+        assert not all_finite(t)
+    both = torch.zeros(6, 2)
+    both[0, 0], both[1, 1] = float("inf"), -float("inf")  # sums to NaN: still caught
+    assert not all_finite(both)
+    P, X = make(n=30)
+    soft_wpmi(P, X * 1e300, top_k=5)  # huge but finite activations are accepted
+
+
+# ----------------------------------------------------------------------------- shared behaviour
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
 def test_every_function_rejects_bad_input(name):
-    fn = SIMILARITY_FUNCTIONS[name]
+    fn = FUNCTIONS[name]
     P, X = make(n=40)
-    with pytest.raises(ValueError, match="image rows"):
+    with pytest.raises(SimilarityError, match="image rows"):
         fn(P, X[:-1])
-    Xn = X.clone()
-    Xn[3, 1] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        fn(P, Xn)
-    with pytest.raises(ValueError, match="2-D"):
+    for where in ((0, 0), (3, 1), (39, 5)):
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            Xn = X.clone()
+            Xn[where] = bad
+            with pytest.raises(SimilarityError, match="1 NaN/inf values"):
+                fn(P, Xn)
+    with pytest.raises(SimilarityError, match="2-D"):
         fn(P, X[:, 0])
+    assert issubclass(SimilarityError, DissectStudyError) and issubclass(SimilarityError, ValueError)
+
+
+def test_registry_and_vocabulary_name_the_same_functions():
+    spoken = {n for f in vocabulary.SIMILARITIES.values() for n in (f.name, *f.aliases)}
+    assert set(SIMILARITIES.names()) == spoken
+    for f in vocabulary.SIMILARITIES.values():
+        impl = SIMILARITIES.get(f.name)
+        assert all(SIMILARITIES.get(alias) is impl for alias in f.aliases), f.name
+        # every vocabulary parameter reaches the implementation, except the two that cannot
+        # change S: MAMMI's prompt template (the engine turns it into template_feats) and
+        # its selection threshold beta (applied to S afterwards, by the calibration bench)
+        takes = set(inspect.signature(impl).parameters)
+        missing = {p.name for p in f.params} - takes
+        assert missing <= ({"template", "beta"} if f.name == "mammi" else set()), (f.name, missing)
 
 
 def test_compute_similarity_names_and_params():
@@ -385,25 +564,48 @@ def test_compute_similarity_names_and_params():
     b = soft_wpmi(P, X, top_k=5, lam=0.3)
     torch.testing.assert_close(a.S, b.float())
     assert compute_similarity("cos_similarity_cubed", P, X, {}).S.shape == (6, 7)
-    with pytest.raises(ValueError, match="Known functions"):
+    with pytest.raises(RegistryError, match="Did you mean 'soft_wpmi'"):
         compute_similarity("soft_wmpi", P, X, {})
-    with pytest.raises(ValueError, match="no parameter 'topk'"):
+    with pytest.raises(SimilarityError, match="no parameter 'topk'"):
         compute_similarity("wpmi", P, X, {"topk": 3})
 
 
-def test_functions_are_deterministic_and_device_agnostic_on_cpu():
-    P, X = make(n=64, m=11, k=10, seed=5, dtype=torch.float32)
-    for name, fn in SIMILARITY_FUNCTIONS.items():
-        kw = {"top_k": 16} if name in ("soft_wpmi", "wpmi") else {}
-        s1, s2 = fn(P, X, **kw), fn(P.clone(), X.clone(), **kw)
-        assert torch.equal(torch.nan_to_num(s1), torch.nan_to_num(s2)), name
-        assert s1.device == P.device and s1.shape == (10, 11)
+def test_compute_similarity_notes_a_parameter_that_cannot_change_s():
+    P, X = make()
+    plain = compute_similarity("mammi", P, X, {"beta": 0.95})  # the default, as the checker fills it
+    assert plain.notes == []
+    res = compute_similarity("mammi", P, X, {"beta": 0.5})
+    assert any("beta = 0.5 does not change the scores" in n for n in res.notes)
+    torch.testing.assert_close(res.S, plain.S, equal_nan=True)
+
+
+def test_functions_are_deterministic_and_independent_of_chunking_and_threads():
+    P, X = make(n=300, m=30, k=70, seed=11, dtype=torch.float32)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = {
+            name: fn(P, X, **({"top_k": 16} if name in ("soft_wpmi", "wpmi") else {})) for name, fn in FUNCTIONS.items()
+        }
+        torch.set_num_threads(max(2, before))
+        for name, fn in FUNCTIONS.items():
+            kw = {"top_k": 16} if name in ("soft_wpmi", "wpmi") else {}
+            s1, s2 = fn(P, X, **kw), fn(P.clone(), X.clone(), **kw)
+            assert torch.equal(torch.nan_to_num(s1), torch.nan_to_num(s2)), name
+            assert torch.equal(torch.nan_to_num(s1), torch.nan_to_num(one[name])), name
+            assert s1.device == P.device and s1.shape == (70, 30)
+        # SoftWPMI's steps run on a thread pool: any step size gives the same bits
+        base = soft_wpmi(P, X, top_k=50)
+        for chunk in (1, 7, 64, 70):
+            assert torch.equal(soft_wpmi(P, X, top_k=50, chunk_neurons=chunk), base)
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_cuda_matches_cpu():
     P, X = make(n=64, m=11, k=10, seed=5, dtype=torch.float32)
-    for name, fn in SIMILARITY_FUNCTIONS.items():
+    for name, fn in FUNCTIONS.items():
         kw = {"top_k": 16} if name in ("soft_wpmi", "wpmi") else {}
         cpu = fn(P, X, **kw)
         gpu = fn(P.cuda(), X.cuda(), **kw)

@@ -4,7 +4,7 @@ Pure functions over tensors; the engine turns their outputs into the typed DuckD
 tables (``labels``, ``top_images``, ``layer_thresholds``).  Every ranking here breaks
 ties by the lower index (concept or probe image), so stored labels are reproducible.
 
-NaN rows of S mean "this neuron has no defined score" (see engine/similarity.py): they
+NaN rows of S mean "this neuron has no defined score" (see engine/scores/similarity.py): they
 get NaN scores and index -1 from ``top_concepts`` and are left out of every tau.
 """
 
@@ -16,9 +16,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from dissect_study.engine.scores.similarity import constant_columns, ranked_top_k
+from dissect_study.engine.scores.similarity import all_finite, constant_columns, ranked_top_k
 
-#: the statistics a study may choose for tau_l (engine/registry.py THRESHOLD_STATISTICS)
+#: the statistics a study may choose for tau_l (dsl/vocabulary.py THRESHOLD_STATISTICS)
 TAU_STATISTICS = ("mean_top1", "mean_all", "median_top1")
 
 
@@ -71,7 +71,7 @@ def top_images(X: Tensor, k: int = 5) -> TopImages:
     if not isinstance(X, Tensor) or X.dim() != 2 or X.shape[0] == 0 or X.shape[1] == 0:
         raise ValueError("top_images: X must be a non-empty images x neurons matrix.")
     k = _check_k(k, "top_images")
-    if not bool(torch.isfinite(X).all()):
+    if not all_finite(X):
         raise ValueError("top_images: X contains NaN/inf activations; check the target's precision and inputs.")
     acts, idx = ranked_top_k(X, k)
     return TopImages(acts, idx, constant_columns(X))
@@ -131,7 +131,7 @@ def topk_image_union(X_by_layer: dict[str, Tensor], k: int) -> Tensor:
     """Sorted probe row indices that are among some neuron's top-k images in some layer.
 
     The planner runs the dissector only on these rows for the top-k-only similarities,
-    ``soft_wpmi`` and ``wpmi`` (``similarity.TOPK_ONLY``): their S reads row i of P only if
+    ``soft_wpmi`` and ``wpmi`` (family "topk" in dsl/vocabulary.py): their S reads row i of P only if
     image i is in a neuron's top-Z set, and q (the concept softmax) is per image, so rows
     of P outside the union may hold anything (e.g. zeros) without changing S.  Use k =
     the similarity's effective top_k.  ``rank_reorder`` is top-k-only as well with

@@ -6,13 +6,13 @@ activations).  Every function returns S (K x M): neurons as rows, concepts as co
 the label of neuron k is ``argmax_m S[k, m]``.
 
 Why this module exists instead of the reference code: CLIP-Dissect loops over neurons in
-Python (one gather + five small ops per neuron).  Here each function processes all
-neurons at once.  On CPU the top-k family (``soft_wpmi``, ``wpmi``) and the top-k
-selection run as compiled kernels (``engine/kernels.py``: one pass per neuron, one log per
-(neuron, concept)); elsewhere (CUDA, or ``DISSECT_STUDY_JIT=0``) each function processes a
-*chunk* of neurons per torch call, so peak extra memory is bounded by the chunk size (the
-(chunk, Z, M) gather), not by K.  ``backend="torch"`` / ``"jit"`` force a path.  Nothing
-here hard-codes a device: tensors stay where the caller put them.
+Python (one gather and five small ops per neuron).  Here each function handles many
+neurons per torch call.  There is one implementation per function, in torch, for every
+device: scoring a layer takes tens to hundreds of milliseconds on a CPU, while the model
+passes that produce P and X take minutes to hours, so device-specific kernels would buy
+little and cost a second implementation to keep correct.  Tensors stay where the caller
+put them.  Each function registers itself in ``engine.registry.SIMILARITIES`` under the
+name (and aliases) that ``dsl/vocabulary.py`` gives it.
 
 Conventions shared by all functions (documented once here):
 
@@ -29,23 +29,45 @@ Conventions shared by all functions (documented once here):
   functions keep finite scores (their top-k set is the first Z images by the
   tie-break); ``compute_similarity`` counts them in its notes.
 * **Errors.**  Shape mismatches, non-finite inputs, ``N < top_k`` and out-of-range
-  parameters raise ``ValueError`` with a one-paragraph message.
+  parameters raise ``SimilarityError`` with a one-paragraph message.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from dissect_study.engine.scores import kernels
+from dissect_study.dsl.vocabulary import Function, lookup_similarity
+from dissect_study.engine.registry import SIMILARITIES
+from dissect_study.errors import DissectStudyError
 
-#: bytes of the per-chunk working tensor; ~8 MB keeps the gather cache-resident on CPU
+logger = logging.getLogger(__name__)
+
+#: bytes of the largest temporary of the chunked functions (cos, cos_cubed, rank_reorder)
 DEFAULT_CHUNK_BYTES = 8 * 2**20
+#: elements of each (neurons x concepts) tensor SoftWPMI updates once per rank, on a CPU.
+#: A step's few such tensors (0.6 MiB) stay in L2 across its Z updates, and each torch call
+#: on them is below torch's intra-op grain (32,768 elements), so it runs on the calling
+#: thread: the steps run side by side in a thread pool, with no barrier per call.
+_CPU_RANK_STEP_ELEMS = 2**15
+#: the same on an accelerator, where every update is a kernel launch: in practice all neurons
+_DEVICE_RANK_STEP_ELEMS = 2**26
+
+
+class SimilarityError(DissectStudyError, ValueError):
+    """Input a similarity function cannot score: shapes, NaN/inf values, parameters out of range.
+
+    A ``ValueError`` as well, since every such case is a bad argument value.
+    """
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -53,167 +75,102 @@ def _work_dtype(*ts: Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
 
 
-def _check_matrix(t: Tensor, name: str, fn: str, finite: bool = True) -> None:
+def _check_matrix(t: Tensor, name: str, fn: str) -> None:
     if not isinstance(t, Tensor):
-        raise ValueError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}.")
+        raise SimilarityError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}.")
     if t.dim() != 2:
-        raise ValueError(
+        raise SimilarityError(
             f"{fn}: {name} must be a 2-D matrix (images x columns), got shape {tuple(t.shape)}. "
             "Pool spatial activations before computing similarities."
         )
     if t.shape[0] == 0 or t.shape[1] == 0:
-        raise ValueError(f"{fn}: {name} is empty (shape {tuple(t.shape)}); the probe or layer has no data.")
-    if finite:
-        _check_finite(t, name, fn)
-
-
-def _check_finite(t: Tensor, name: str, fn: str) -> None:
-    if not _all_finite(t):
+        raise SimilarityError(f"{fn}: {name} is empty (shape {tuple(t.shape)}); the probe or layer has no data.")
+    if not all_finite(t):
         n_bad = int((~torch.isfinite(t)).sum())
-        raise ValueError(
+        raise SimilarityError(
             f"{fn}: {name} contains {n_bad} NaN/inf values. Check the model's precision "
             "(bf16 overflow) and the probe images; similarities are undefined on non-finite input."
         )
 
 
-def _all_finite(t: Tensor) -> bool:
+def all_finite(t: Tensor) -> bool:
     """Whether every entry is finite, cheaply: a finite sum implies finite entries.
 
     NaN and +-inf propagate through a sum, so a finite sum proves the matrix finite in one
     vectorised reduction; only a non-finite sum (bad input, or overflow of huge but finite
-    values) pays for the exact element-wise test.  At the paper's scale this is ~10x
-    cheaper than ``torch.isfinite(t).all()``, which materialises a boolean matrix.
+    values) pays for the exact element-wise test, which materialises a boolean matrix.
     """
     if not t.is_floating_point():
         return True
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
-_X_NAME = "target_feats (X, images x neurons)"
-
-
-def _dtype_np(dtype: torch.dtype) -> np.dtype:
-    """numpy's dtype for a torch floating dtype (the kernels speak numpy)."""
-    return np.dtype({torch.float32: np.float32, torch.float64: np.float64}.get(dtype, np.float64))
-
-
-def _check_pair(clip_feats: Tensor, target_feats: Tensor, fn: str, finite_target: bool = True) -> torch.dtype:
-    """Validate P and X; ``finite_target=False`` leaves X's NaN/inf check to ``_pair_top_k``."""
+def _check_pair(clip_feats: Tensor, target_feats: Tensor, fn: str) -> torch.dtype:
+    """Validate P and X (shapes, devices, finiteness); the dtype to work in."""
     _check_matrix(clip_feats, "clip_feats (P, images x concepts)", fn)
-    _check_matrix(target_feats, _X_NAME, fn, finite=finite_target)
+    _check_matrix(target_feats, "target_feats (X, images x neurons)", fn)
     if clip_feats.shape[0] != target_feats.shape[0]:
-        raise ValueError(
+        raise SimilarityError(
             f"{fn}: clip_feats has {clip_feats.shape[0]} image rows but target_feats has "
             f"{target_feats.shape[0]}; row i of both must be the same probe image."
         )
     if clip_feats.device != target_feats.device:
-        raise ValueError(f"{fn}: clip_feats is on {clip_feats.device} but target_feats on {target_feats.device}.")
+        raise SimilarityError(f"{fn}: clip_feats is on {clip_feats.device} but target_feats on {target_feats.device}.")
     return _work_dtype(clip_feats, target_feats)
 
 
 def _check_top_k(top_k: int, n: int, fn: str) -> int:
     if int(top_k) != top_k or top_k < 1:
-        raise ValueError(f"{fn}: top_k must be a positive integer, got {top_k!r}.")
+        raise SimilarityError(f"{fn}: top_k must be a positive integer, got {top_k!r}.")
     if n < top_k:
-        raise ValueError(
+        raise SimilarityError(
             f"{fn}: the probe has N = {n} images but top_k = {top_k}; top_k cannot exceed N. "
             f"Use top_k <= {n} (compute_similarity clamps it to N and records a note)."
         )
     return int(top_k)
 
 
-def _check_top_k_of_pair(top_k: int, target_feats: Tensor, fn: str) -> int:
-    """``_check_top_k`` for a pair whose X finiteness is checked late: NaN/inf is still reported first."""
-    try:
-        return _check_top_k(top_k, target_feats.shape[0], fn)
-    except ValueError:
-        _check_finite(target_feats, _X_NAME, fn)
-        raise
-
-
 def _chunk(k: int, per_neuron_elems: int, itemsize: int, chunk_neurons: int | None) -> int:
+    """Neurons per step: ``chunk_neurons``, else as many as fit ``DEFAULT_CHUNK_BYTES``."""
     if chunk_neurons is not None:
-        if chunk_neurons < 1:
-            raise ValueError(f"chunk_neurons must be >= 1, got {chunk_neurons}.")
-        return min(int(chunk_neurons), k)
+        return _explicit_chunk(k, chunk_neurons)
     return max(1, min(k, DEFAULT_CHUNK_BYTES // max(1, per_neuron_elems * itemsize)))
 
 
-BACKENDS = ("auto", "torch", "jit")
+def _explicit_chunk(k: int, chunk_neurons: int) -> int:
+    if int(chunk_neurons) != chunk_neurons or chunk_neurons < 1:
+        raise SimilarityError(f"chunk_neurons must be a positive integer, got {chunk_neurons!r}.")
+    return min(int(chunk_neurons), k)
 
 
-def _use_jit(backend: str, *ts: Tensor) -> bool:
-    """Whether to run the compiled CPU kernels (``engine/kernels.py``) for these tensors.
-
-    ``auto`` uses them for CPU float32/float64 tensors when numba is available; ``torch``
-    never; ``jit`` always, and says why when it cannot.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}.")
-    if backend == "torch":
-        return False
-    ok_tensors = all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in ts)
-    if backend == "jit":
-        if not kernels.available():
-            raise ValueError(f"backend='jit' requested but the compiled path is unavailable: {kernels.why_unavailable()}.")
-        if not ok_tensors:
-            raise ValueError("backend='jit' needs CPU float32/float64 tensors; use backend='auto' or 'torch' on CUDA.")
-        return True
-    return ok_tensors and kernels.available()
-
-
-def ranked_top_k(values: Tensor, k: int, backend: str = "auto") -> tuple[Tensor, Tensor]:
+def ranked_top_k(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Per column of ``values`` (N x K): the k largest entries, descending, as (K x k) rows.
 
     Among equal values the lower row index comes first, so the result is unique and
     reproducible across devices and chunkings (``torch.topk`` leaves tie order
-    unspecified).  On CPU this is an exact compiled selection (``kernels.top_k_rows``,
-    finite input); otherwise columns without ties take the ``topk`` result unchanged and
-    only columns with a tie inside the top k or at its boundary are re-ranked by a
-    stable sort.
+    unspecified).  One ``torch.topk`` of k + 1 entries finds every column whose order is
+    not unique: equal neighbours within its top k, a (k+1)-th value equal to the k-th (a
+    tie across the boundary), or NaN; only those columns are re-ranked by a stable sort.
+    NaN ranks above every number, as in ``torch.sort``.  k is clamped to N.
     """
-    return _ranked_top_k(values, k, backend)
-
-
-def _pair_top_k(target_feats: Tensor, z: int, jit: bool, fn: str) -> Tensor:
-    """Each neuron's top-z image rows (K x Z) for a top-k similarity, X checked for NaN/inf.
-
-    The compiled selection checks finiteness while it reads X, which saves the top-k family
-    a separate pass over the largest input; the torch path checks first.
-    """
-    if jit:
-        try:
-            return torch.from_numpy(kernels.top_k_rows(target_feats.detach().numpy(), z)[1])
-        except kernels.NonFiniteInput:
-            _check_finite(target_feats, _X_NAME, fn)  # raises the standard error
-            raise  # pragma: no cover - the kernel and _all_finite disagree
-    _check_finite(target_feats, _X_NAME, fn)
-    return _ranked_top_k(target_feats, z, "torch")[1]
-
-
-def _ranked_top_k(values: Tensor, k: int, backend: str) -> tuple[Tensor, Tensor]:
-    """``ranked_top_k``; on the compiled path NaN/inf input raises ``kernels.NonFiniteInput``
-    (the kernel checks as it reads), which the public wrapper answers with the torch path."""
     n = values.shape[0]
     k = min(int(k), n)
-    if _use_jit(backend, values):
-        try:
-            v, i = kernels.top_k_rows(values.detach().numpy(), k)
-            return torch.from_numpy(v), torch.from_numpy(i)
-        except kernels.NonFiniteInput:
-            pass  # NaN ranks first in torch.topk; keep that documented behaviour
-    vals, idx = torch.topk(values, k, dim=0)  # (k, K), descending
-    boundary = vals[-1:]  # (1, K)
-    ties = (values >= boundary).sum(0) > k
+    cols = values.T.contiguous()  # (K, N): topk along contiguous memory is about twice as fast
+    kk = min(k + 1, n)
+    vals, idx = torch.topk(cols, kk, dim=1)
+    ties = torch.isnan(vals).any(1)
+    if kk > k:
+        ties |= vals[:, k] == vals[:, k - 1]
     if k > 1:
-        ties |= (vals[1:] == vals[:-1]).any(0)
+        ties |= (vals[:, 1:k] == vals[:, : k - 1]).any(1)
+    vals, idx = vals[:, :k], idx[:, :k]
     if bool(ties.any()):
-        cols = torch.nonzero(ties).flatten()
-        sub = values[:, cols]
-        order = torch.sort(sub, dim=0, descending=True, stable=True).indices[:k]
-        idx[:, cols] = order
-        vals[:, cols] = torch.gather(sub, 0, order)
-    return vals.T.contiguous(), idx.T.contiguous()
+        tied = torch.nonzero(ties).flatten()
+        sub = cols[tied]
+        order = torch.sort(sub, dim=1, descending=True, stable=True).indices[:, :k]
+        idx[tied] = order
+        vals[tied] = torch.gather(sub, 1, order)
+    return vals.contiguous(), idx.contiguous()
 
 
 def constant_columns(values: Tensor) -> Tensor:
@@ -235,7 +192,7 @@ def concept_activation_matrix(image_emb: Tensor, text_emb: Tensor, eps: float = 
     _check_matrix(image_emb, "image_emb (N x d)", fn)
     _check_matrix(text_emb, "text_emb (M x d)", fn)
     if image_emb.shape[1] != text_emb.shape[1]:
-        raise ValueError(
+        raise SimilarityError(
             f"{fn}: image embeddings are {image_emb.shape[1]}-d but text embeddings are "
             f"{text_emb.shape[1]}-d; both must come from the same dissector's projection heads."
         )
@@ -245,16 +202,62 @@ def concept_activation_matrix(image_emb: Tensor, text_emb: Tensor, eps: float = 
 
 
 # ----------------------------------------------------------------------------- top-k family
-def _pmi_prior(log_lik: Tensor, lam: float, inplace: bool = False) -> Tensor:
-    """S = L - lam * (logsumexp_k L - log K): PMI against the layer's neuron prior (docs/METHOD.md §3.1, steps 5-6).
-
-    ``inplace`` overwrites ``log_lik`` (the kernels' private output) instead of allocating.
-    """
+def _pmi_prior(log_lik: Tensor, lam: float) -> Tensor:
+    """S = L - lam * (logsumexp_k L - log K): PMI against the layer's neuron prior (docs/METHOD.md §3.1, steps 5-6)."""
     k = log_lik.shape[0]
     prior = torch.logsumexp(log_lik, dim=0, keepdim=True) - math.log(k)
-    return log_lik.sub_(lam * prior) if inplace else log_lik - lam * prior
+    return log_lik - lam * prior
 
 
+#: products of SoftWPMI factors stay inside [1/x, x] before a log is taken (float32's
+#: normal range is 1.2e-38 .. 3.4e38, float64's 2.2e-308 .. 1.8e308)
+_PRODUCT_LIMIT = {torch.float32: 1e30, torch.float64: 1e290}
+
+
+@dataclass(frozen=True)
+class SoftFactors:
+    """SoftWPMI's factor of rank j, c_j + r_j q, as ``scale_j * (offset_j + slope_j * q)``.
+
+    Where every c_j > 0 (min_prob > 0 or p_start < 1) the factor is divided by c_j:
+    offset 1, slope r_j / c_j.  Then ``log_scale`` = sum_j log c_j is the same for every
+    (neuron, concept) and cancels in S when lam = 1; the factors are >= 1, and the log of
+    a product of them is small for the many concepts with q << c, so float32 loses less
+    to rounding than with the raw factor.  Otherwise (a factor that can be 0) the raw
+    factor is used: offset c_j, slope r_j, scale 1.
+
+    ``group`` factors are multiplied before one log: the most for which a product of
+    factors in [min, max] stays within ``_PRODUCT_LIMIT`` of the dtype (1 where a factor
+    can be 0, so log 0 = -inf appears as the formula says).
+    """
+
+    offset: tuple[float, ...]
+    slope: tuple[float, ...]
+    log_scale: float
+    group: int
+
+
+def soft_factors(z: int, min_prob: float, p_start: float, p_end: float, dtype: torch.dtype) -> SoftFactors:
+    """The factors of ``soft_wpmi``'s ranks 0..z-1, computed in float64 (see ``SoftFactors``)."""
+    r = [p_start - (j / z) * (p_start - p_end) for j in range(z)]
+    c = [1.0 - rj + min_prob for rj in r]
+    if min(c) > 0:
+        offset, slope, log_scale = [1.0] * z, [rj / cj for rj, cj in zip(r, c)], math.fsum(map(math.log, c))
+    else:
+        offset, slope, log_scale = c, r, 0.0
+    lo = min(min(o, o + s) for o, s in zip(offset, slope))
+    hi = max(max(o, o + s) for o, s in zip(offset, slope))
+    log_limit = math.log(_PRODUCT_LIMIT[dtype])
+    group = z
+    if lo <= 0:
+        group = 1
+    elif lo < 1:
+        group = min(group, int(log_limit / -math.log(lo)))
+    if hi > 1:
+        group = min(group, int(log_limit / math.log(hi)))
+    return SoftFactors(tuple(offset), tuple(slope), log_scale, max(1, group))
+
+
+@SIMILARITIES.register("soft_wpmi")
 def soft_wpmi(
     clip_feats: Tensor,
     target_feats: Tensor,
@@ -265,7 +268,6 @@ def soft_wpmi(
     p_start: float = 0.998,
     p_end: float = 0.97,
     chunk_neurons: int | None = None,
-    backend: str = "auto",
 ) -> Tensor:
     """CLIP-Dissect's SoftWPMI (docs/METHOD.md §3.1), batched over neurons.
 
@@ -275,73 +277,71 @@ def soft_wpmi(
 
     The factor is evaluated as (1 - r_j + min_prob) + r_j q, the same number without the
     catastrophic cancellation of 1 + r(q - 1) in float32 (r ~ 0.998; that form is off by
-    ~2e-3 of max|S| at the paper's scale).  On CPU the compiled kernels multiply the
-    factors (four at a time in float32, then in float64, for float32 inputs at the
-    defaults: ``kernels.soft_wpmi_float32``; in float64 otherwise) and take one log per
-    (neuron, concept).  The torch path (CUDA) multiplies groups of up to 10 factors in the
-    input dtype before one log (``_product_group`` keeps the product far from underflow)
-    and accumulates the sum over the Z images in float64.  ``chunk_neurons`` bounds the
-    torch path's memory.
+    ~2e-3 of max|S| at the paper's scale), and rescaled as ``soft_factors`` describes.
+    A step of neurons keeps one running product per (neuron, concept): rank by rank, the
+    rank's image rows of q are gathered for all neurons of the step and multiplied in
+    (two torch calls per rank), and every ``group`` ranks the product's log is added to a
+    float64 sum.  So there is one log per group of factors, not one per factor, and the
+    K x Z x M factors never exist at once.  ``chunk_neurons`` sets the step; by default
+    a step's tensors fit a CPU core's L2 cache (and the steps run on ``torch.get_num_threads()``
+    threads), or a step takes every neuron on an accelerator.  Each step is computed
+    the same way on any thread, so the result does not depend on the thread count.
     """
     fn = "soft_wpmi"
-    dtype = _check_pair(clip_feats, target_feats, fn, finite_target=False)
+    dtype = _check_pair(clip_feats, target_feats, fn)
     n, m = clip_feats.shape
-    z = _check_top_k_of_pair(top_k, target_feats, fn)
+    z = _check_top_k(top_k, n, fn)
     if not (0 <= p_end <= 1 and 0 <= p_start <= 1):
-        raise ValueError(f"{fn}: p_start and p_end must lie in [0, 1], got p_start={p_start}, p_end={p_end}.")
+        raise SimilarityError(f"{fn}: p_start and p_end must lie in [0, 1], got p_start={p_start}, p_end={p_end}.")
     if min_prob < 0:
-        raise ValueError(f"{fn}: min_prob must be >= 0, got {min_prob}.")
+        raise SimilarityError(f"{fn}: min_prob must be >= 0, got {min_prob}.")
     dev = clip_feats.device
-    jit = _use_jit(backend, clip_feats, target_feats)
-    idx = _pair_top_k(target_feats.to(dtype), z, jit, fn)  # (K, Z)
-    r64 = p_start - torch.arange(z, dtype=torch.float64, device=dev) / z * (p_start - p_end)
-    c64 = 1.0 - r64 + min_prob
-    if jit and kernels.float32_soft_wpmi_applies(_dtype_np(dtype), r64.numpy(), c64.numpy()):
-        # float32 at the defaults: softmax, products, prior and scores in two fused kernels
-        P32 = clip_feats.detach().to(dtype).numpy()
-        return torch.from_numpy(kernels.soft_wpmi_float32(P32, a, idx.numpy(), r64.numpy(), c64.numpy(), lam))
+    ranks = ranked_top_k(target_feats.to(dtype), z)[1].T.contiguous()  # (Z, K): row j = every neuron's rank-j image
     q = torch.softmax(a * clip_feats.to(dtype), dim=1)
-    if jit:  # float64, or factors that could underflow float32 groups
-        log_lik = kernels.soft_wpmi_loglik(q.numpy(), idx.numpy(), r64.numpy(), c64.numpy())
-        return _pmi_prior(torch.from_numpy(log_lik), lam, inplace=True).to(dtype)
-    group = _product_group(float(c64.min()), min_prob)
-    pad = -z % group  # padded ranks get r = 0, c = 1: factor exactly 1, log 0
-    zp = z + pad
-    if pad:
-        r64 = torch.cat([r64, r64.new_zeros(pad)])
-        c64 = torch.cat([c64, c64.new_ones(pad)])
-        idx = torch.cat([idx, idx.new_zeros(idx.shape[0], pad)], dim=1)
-    r = r64.to(dtype).view(1, zp, 1)
-    c = c64.to(dtype).view(1, zp, 1)
-    k_total = idx.shape[0]
-    step = _chunk(k_total, zp * m, q.element_size(), chunk_neurons)
+    fac = soft_factors(z, min_prob, p_start, p_end, dtype)
+    k_total = ranks.shape[1]
     log_lik = torch.empty(k_total, m, dtype=torch.float64, device=dev)
-    for s in range(0, k_total, step):
-        rows = idx[s : s + step]
-        g = q.index_select(0, rows.reshape(-1)).view(rows.shape[0], zp, m)
-        g = torch.addcmul(c, g, r)
-        if group > 1:  # log of a product of `group` factors = sum of their logs, 1/group the logs
-            g = g.view(rows.shape[0], zp // group, group, m).prod(dim=2)
-        g.log_()
-        log_lik[s : s + step] = g.sum(1, dtype=torch.float64)
-    return _pmi_prior(log_lik, lam).to(dtype)
+    on_cpu = dev.type == "cpu"
+    if chunk_neurons is not None:
+        step = _explicit_chunk(k_total, chunk_neurons)
+    else:
+        step = max(1, min(k_total, (_CPU_RANK_STEP_ELEMS if on_cpu else _DEVICE_RANK_STEP_ELEMS) // m))
+    spans = [(s, min(s + step, k_total)) for s in range(0, k_total, step)]
+
+    def run(span: tuple[int, int]) -> None:
+        _soft_wpmi_log_lik(q, ranks[:, span[0] : span[1]], fac, log_lik[span[0] : span[1]])
+
+    workers = min(len(spans), torch.get_num_threads()) if on_cpu else 1
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, spans))
+    else:
+        for span in spans:
+            run(span)
+    S = _pmi_prior(log_lik, lam)
+    if lam != 1:
+        S += (1 - lam) * fac.log_scale  # the rescaling's constant, where the prior does not cancel it
+    return S.to(dtype)
 
 
-def _product_group(min_factor: float, min_prob: float) -> int:
-    """How many SoftWPMI factors may be multiplied before one log without float32 underflow.
+def _soft_wpmi_log_lik(q: Tensor, ranks: Tensor, fac: SoftFactors, out: Tensor) -> None:
+    """out (c x M, float64) = L without ``log_scale`` for the c neurons whose rank-j images are ranks[j]."""
+    c, m = out.shape
+    prod = torch.ones(c, m, dtype=q.dtype, device=q.device)
+    rows, logs = torch.empty_like(prod), torch.empty_like(prod)
+    out.zero_()
+    for j in range(ranks.shape[0]):
+        torch.index_select(q, 0, ranks[j], out=rows)
+        if fac.offset[j] == 1.0:
+            prod.addcmul_(rows, prod, value=fac.slope[j])  # prod *= 1 + slope q, in one pass
+        else:
+            prod.mul_(rows.mul_(fac.slope[j]).add_(fac.offset[j]))
+        if (j + 1) % fac.group == 0 or j == ranks.shape[0] - 1:
+            out.add_(torch.log(prod, out=logs))
+            prod.fill_(1.0)
 
-    Every factor lies in [min_factor, 1 + min_prob].  A product of G factors stays above
-    1e-30 (float32's normal range ends at 1.2e-38) when G <= ln(1e-30) / ln(min_factor):
-    10 for the defaults (min factor 0.002), 4 for p_start = 1 with min_prob = 1e-7, 1 (no
-    grouping) when a factor can be 0 or exceed 2.
-    """
-    if min_factor <= 0 or min_prob > 1:
-        return 1
-    if min_factor >= 1:
-        return 10
-    return max(1, min(10, int(math.log(1e-30) / math.log(min_factor))))
 
-
+@SIMILARITIES.register("wpmi")
 def wpmi(
     clip_feats: Tensor,
     target_feats: Tensor,
@@ -349,36 +349,31 @@ def wpmi(
     a: float = 2,
     lam: float = 0.6,
     min_prob: float = 1e-7,
-    chunk_neurons: int | None = None,
-    backend: str = "auto",
 ) -> Tensor:
     """CLIP-Dissect's WPMI (docs/METHOD.md §3.2): L_km = sum over the top-Z images of log(q_im + min_prob).
 
-    The sum is accumulated in float64 (compiled gather-sum on CPU, chunked torch elsewhere).
+    The gather-and-sum over each neuron's Z rows is one ``embedding_bag`` call.  It sums in
+    the input dtype, so log q is first centred on log(1/M + min_prob), the value of a
+    uniform posterior (added back as Z times it, in float64): the summands are then small
+    and a float32 sum stays close to the float64 one.  The centre is a constant, not a
+    statistic of P, so S still reads P only through the neurons' top-k rows, bit for bit
+    (the cheapest pass relies on that).
     """
     fn = "wpmi"
-    dtype = _check_pair(clip_feats, target_feats, fn, finite_target=False)
-    n, m = clip_feats.shape
-    z = _check_top_k_of_pair(top_k, target_feats, fn)
+    dtype = _check_pair(clip_feats, target_feats, fn)
+    n = clip_feats.shape[0]
+    z = _check_top_k(top_k, n, fn)
     if min_prob < 0:
-        raise ValueError(f"{fn}: min_prob must be >= 0, got {min_prob}.")
+        raise SimilarityError(f"{fn}: min_prob must be >= 0, got {min_prob}.")
     logq = torch.log(torch.softmax(a * clip_feats.to(dtype), dim=1) + min_prob)
-    jit = _use_jit(backend, clip_feats, target_feats)
-    idx = _pair_top_k(target_feats.to(dtype), z, jit, fn)
-    if jit:
-        log_lik = kernels.wpmi_loglik(logq.numpy(), idx.numpy())
-        return _pmi_prior(torch.from_numpy(log_lik), lam, inplace=True).to(dtype)
-    k_total = idx.shape[0]
-    step = _chunk(k_total, z * m, logq.element_size(), chunk_neurons)
-    log_lik = torch.empty(k_total, m, dtype=torch.float64, device=clip_feats.device)
-    for s in range(0, k_total, step):
-        rows = idx[s : s + step]
-        g = logq.index_select(0, rows.reshape(-1)).view(rows.shape[0], z, m)
-        log_lik[s : s + step] = g.sum(1, dtype=torch.float64)
+    centre = math.log(1.0 / clip_feats.shape[1] + min_prob)
+    idx = ranked_top_k(target_feats.to(dtype), z)[1]
+    log_lik = F.embedding_bag(idx, logq - centre, mode="sum").double() + z * centre
     return _pmi_prior(log_lik, lam).to(dtype)
 
 
 # ----------------------------------------------------------------------------- cosine family
+@SIMILARITIES.register("cos", aliases=("cos_similarity",))
 def cos_similarity(clip_feats: Tensor, target_feats: Tensor, chunk_neurons: int | None = None) -> Tensor:
     """Cosine of each activation column with each concept column over the probe (docs/METHOD.md §3.4).
 
@@ -409,6 +404,7 @@ def _centre_cube(t: Tensor, min_norm: float) -> Tensor:
     return t / t.norm(dim=0, keepdim=True).clamp_min(min_norm)
 
 
+@SIMILARITIES.register("cos_cubed", aliases=("cos_similarity_cubed",))
 def cos_similarity_cubed(
     clip_feats: Tensor, target_feats: Tensor, min_norm: float = 1e-3, chunk_neurons: int | None = None
 ) -> Tensor:
@@ -420,7 +416,7 @@ def cos_similarity_cubed(
     fn = "cos_similarity_cubed"
     dtype = _check_pair(clip_feats, target_feats, fn)
     if min_norm <= 0:
-        raise ValueError(f"{fn}: min_norm must be > 0, got {min_norm}.")
+        raise SimilarityError(f"{fn}: min_norm must be > 0, got {min_norm}.")
     p_t = _centre_cube(clip_feats.to(dtype), min_norm)
     x = target_feats.to(dtype)
     k_total = x.shape[1]
@@ -432,6 +428,7 @@ def cos_similarity_cubed(
 
 
 # ----------------------------------------------------------------------------- rank reorder
+@SIMILARITIES.register("rank_reorder")
 def rank_reorder(
     clip_feats: Tensor,
     target_feats: Tensor,
@@ -464,15 +461,15 @@ def rank_reorder(
     dtype = _check_pair(clip_feats, target_feats, fn)
     n_img, m = clip_feats.shape
     if not 0 < top_fraction <= 1:
-        raise ValueError(f"{fn}: top_fraction must lie in (0, 1], got {top_fraction}.")
+        raise SimilarityError(f"{fn}: top_fraction must lie in (0, 1], got {top_fraction}.")
     n = int(math.floor(n_img * top_fraction))
     if n < 1:
-        raise ValueError(
+        raise SimilarityError(
             f"{fn}: floor(N * top_fraction) = floor({n_img} * {top_fraction}) = 0 images per neuron; "
             f"use top_fraction >= {1 / n_img:.4g} or a larger probe."
         )
     if int(n_permutations) != n_permutations or n_permutations < 1:
-        raise ValueError(f"{fn}: n_permutations must be a positive integer, got {n_permutations!r}.")
+        raise SimilarityError(f"{fn}: n_permutations must be a positive integer, got {n_permutations!r}.")
     dev = clip_feats.device
     pf = clip_feats.to(dtype)
     acts, idx = ranked_top_k(target_feats.to(dtype), n)  # (K, n) descending
@@ -512,7 +509,7 @@ def representative_mask(target_feats: Tensor, alpha: float = 93) -> Tensor:
     selects nothing; alpha = 100 selects nothing for any neuron (tau = max, strict >).
     """
     if not 0 <= alpha <= 100:
-        raise ValueError(f"mammi: alpha is a percentage in [0, 100], got {alpha}.")
+        raise SimilarityError(f"mammi: alpha is a percentage in [0, 100], got {alpha}.")
     x = target_feats
     hi = x.max(dim=0).values
     lo = x.min(dim=0).values
@@ -520,12 +517,12 @@ def representative_mask(target_feats: Tensor, alpha: float = 93) -> Tensor:
     return x > tau
 
 
+@SIMILARITIES.register("mammi", aliases=("mammi_adaptive",))
 def mammi_adaptive(
     clip_feats: Tensor,
     target_feats: Tensor,
     template_feats: Tensor | None = None,
     alpha: float = 93,
-    beta: float = 0.95,
 ) -> Tensor:
     """MAMMI/WWW adaptive cosine (docs/METHOD.md §3.6), all neurons in one matrix product.
 
@@ -534,24 +531,22 @@ def mammi_adaptive(
     (``template_feats``, shape (N,); None means no template, i.e. 0).  This is the
     paper's **mean**; the MAMMI code sums, which selects the same concepts whenever the
     best score is positive but makes scores depend on n_i.  A neuron with an empty
-    representative set (constant neuron, alpha = 100) gets a row of NaN.  ``beta`` does
-    not change S; it is accepted so the registry's parameters pass straight through and
-    is used by ``mammi_select``.
+    representative set (constant neuron, alpha = 100) gets a row of NaN.  MAMMI's
+    concept selection (scores above beta times the best) reads S afterwards; it is not
+    part of S (the calibration bench applies it).
     """
     fn = "mammi_adaptive"
     dtype = _check_pair(clip_feats, target_feats, fn)
-    if not 0 <= beta <= 1:
-        raise ValueError(f"{fn}: beta must lie in [0, 1], got {beta}.")
     pf = clip_feats.to(dtype)
     if template_feats is not None:
         t = template_feats.to(device=pf.device, dtype=dtype).reshape(-1)
         if t.shape[0] != pf.shape[0]:
-            raise ValueError(
+            raise SimilarityError(
                 f"{fn}: template_feats has {t.shape[0]} entries but the probe has {pf.shape[0]} images; "
                 "pass cos(image_o, template embedding) for every probe image."
             )
         if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{fn}: template_feats contains NaN/inf values.")
+            raise SimilarityError(f"{fn}: template_feats contains NaN/inf values.")
         pf = pf - t.unsqueeze(1)
     mask = representative_mask(target_feats.to(dtype), alpha).to(dtype)  # (N, K)
     counts = mask.sum(0)  # (K,)
@@ -560,43 +555,7 @@ def mammi_adaptive(
     return s
 
 
-def mammi_select(S: Tensor, beta: float = 0.95) -> list[list[int]]:
-    """MAMMI concept selection: concepts with s_ij > beta * max_j s_ij (strict), best first.
-
-    Ties are ordered by lower concept index.  A neuron whose best score is <= 0 (the
-    threshold would not be below the maximum) or whose row is NaN selects nothing.
-    """
-    if not 0 <= beta <= 1:
-        raise ValueError(f"mammi_select: beta must lie in [0, 1], got {beta}.")
-    if S.dim() != 2:
-        raise ValueError(f"mammi_select: S must be K x M, got shape {tuple(S.shape)}.")
-    s = S.detach().to("cpu", torch.float64)
-    out: list[list[int]] = []
-    for row in s:  # K Python lists are the output; the per-row work is tiny
-        best = row.max()
-        if not bool(torch.isfinite(best)) or best <= 0 or bool(torch.isnan(row).any()):
-            out.append([])
-            continue
-        keep = torch.nonzero(row > beta * best).flatten()
-        order = torch.sort(row[keep], descending=True, stable=True).indices
-        out.append(keep[order].tolist())
-    return out
-
-
 # ----------------------------------------------------------------------------- dispatch
-SIMILARITY_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
-    "soft_wpmi": soft_wpmi,
-    "wpmi": wpmi,
-    "cos": cos_similarity,
-    "cos_cubed": cos_similarity_cubed,
-    "rank_reorder": rank_reorder,
-    "mammi": mammi_adaptive,
-}
-
-#: functions whose S depends on P only through each neuron's top-k rows (see labels.topk_image_union)
-TOPK_ONLY = ("soft_wpmi", "wpmi")
-
-
 @dataclass
 class SimilarityResult:
     """S (K x M, float32) plus what the engine must report about how it was computed."""
@@ -606,28 +565,23 @@ class SimilarityResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _resolve(name: str) -> str:
-    from dissect_study.dsl.vocabulary import SIMILARITIES, lookup_similarity
-
-    f = lookup_similarity(name)
-    if f is None or f.name not in SIMILARITY_FUNCTIONS:
-        known = ", ".join(sorted(SIMILARITIES))
-        raise ValueError(f"Unknown similarity function {name!r}. Known functions: {known}.")
-    return f.name
-
-
-def _params(canonical: str, params: dict[str, Any]) -> dict[str, Any]:
-    from dissect_study.dsl.vocabulary import SIMILARITIES
-
-    spec = SIMILARITIES[canonical]
+def _params(spec: Function | None, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The study's parameters under their canonical names, over the vocabulary's defaults."""
+    if spec is None:  # an implementation a plugin registered without vocabulary: no defaults to fill
+        return dict(params)
     out = {p.name: p.default for p in spec.params}
     for key, value in params.items():
         p = spec.param(key)
         if p is None:
             allowed = ", ".join(spec.param_names) or "(none)"
-            raise ValueError(f"Similarity {canonical!r} has no parameter {key!r}. Allowed: {allowed}.")
+            raise SimilarityError(f"Similarity {name!r} has no parameter {key!r}. Allowed: {allowed}.")
         out[p.name] = value
     return out
+
+
+def _implementation_parameters(impl: Callable[..., Tensor]) -> frozenset[str]:
+    """Keyword parameters an implementation accepts (besides P and X)."""
+    return frozenset(list(inspect.signature(impl).parameters)[2:])
 
 
 def compute_similarity(
@@ -638,37 +592,48 @@ def compute_similarity(
     template_feats: Tensor | None = None,
     chunk_neurons: int | None = None,
 ) -> SimilarityResult:
-    """Run similarity ``name`` (canonical or alias, see engine/registry.py) with defaults.
+    """Run similarity ``name`` (canonical or alias) with the vocabulary's defaults.
 
-    The engine-facing entry point: fills registry defaults, clamps ``top_k`` to N with a
-    note (the paper used Z = N = 84 on its EMBED subset), counts constant and
-    undefined (NaN-row) neurons in ``notes``, and returns S as float32.
+    The engine-facing entry point: looks the implementation up in ``SIMILARITIES``
+    (an unknown name raises ``RegistryError`` with a suggestion), fills defaults from
+    ``dsl/vocabulary.py``, clamps ``top_k`` to N with a note (the paper used Z = N = 84
+    on its EMBED subset), counts constant and undefined (NaN-row) neurons in ``notes``,
+    and returns S as float32.  ``template`` is the engine's (it turns it into
+    ``template_feats``); a vocabulary parameter the implementation does not take cannot
+    change S and is dropped, with a note when the study set it away from its default.
     """
-    canonical = _resolve(name)
-    kw = _params(canonical, dict(params or {}))
+    impl = SIMILARITIES.get(name)
+    spec = lookup_similarity(name)
+    canonical = spec.name if spec is not None else name
+    kw = _params(spec, canonical, dict(params or {}))
+    accepted = _implementation_parameters(impl)
     notes: list[str] = []
+    template = kw.pop("template", "") or ""
+    for key in [k for k in kw if k not in accepted]:
+        value = kw.pop(key)
+        p = spec.param(key) if spec is not None else None
+        if p is None or value != p.default:
+            notes.append(f"{canonical}: {key} = {value!r} does not change the scores; ignored.")
     n = P.shape[0] if P.dim() == 2 else 0
     top_k_used: int | None = None
     if "top_k" in kw:
         top_k_used = int(kw["top_k"])
         if 0 < n < top_k_used:
-            notes.append(
-                f"{canonical}: top_k = {top_k_used} exceeds the probe's N = {n} images; used top_k = N = {n}."
-            )
+            notes.append(f"{canonical}: top_k = {top_k_used} exceeds the probe's N = {n} images; used top_k = N = {n}.")
             top_k_used = n
         kw["top_k"] = top_k_used
-    if canonical == "mammi":
-        template = kw.pop("template", "") or ""
+    if "template_feats" in accepted:
         if template and template_feats is None:
             notes.append(
-                f"mammi: template {template!r} given but no template_feats; the adaptive cosine "
+                f"{canonical}: template {template!r} given but no template_feats; the adaptive cosine "
                 "subtracted nothing (the engine must pass cos(image, template embedding))."
             )
-        S = mammi_adaptive(P, X, template_feats=template_feats, **kw)
-    else:
-        if template_feats is not None:
-            notes.append(f"{canonical}: template_feats ignored (only mammi uses a template).")
-        S = SIMILARITY_FUNCTIONS[canonical](P, X, chunk_neurons=chunk_neurons, **kw)
+        kw["template_feats"] = template_feats
+    elif template_feats is not None:
+        notes.append(f"{canonical}: template_feats ignored (only mammi uses a template).")
+    if "chunk_neurons" in accepted:
+        kw["chunk_neurons"] = chunk_neurons
+    S = impl(P, X, **kw)
     n_const = int(constant_columns(X).sum())
     if n_const:
         notes.append(f"{n_const} of {X.shape[1]} neurons are constant over the probe; their labels are meaningless.")
