@@ -484,13 +484,13 @@ def rank_reorder(
     for s in range(0, k_total, step):
         rows = idx[s : s + step]
         c = rows.shape[0]
-        cmat = pf.index_select(0, rows.reshape(-1)).view(c, n, m)
-        mean_c = cmat.mean(dim=1)  # (c, M)
-        order = torch.sort(cmat, dim=1, stable=True).indices
-        ranks = torch.empty_like(order)
-        ranks.scatter_(1, order, torch.arange(n, device=dev).view(1, n, 1).expand(c, n, m))
-        reorg = torch.gather(a_up[s : s + step].unsqueeze(2).expand(c, n, m), 1, ranks)
-        err = (acts[s : s + step].unsqueeze(2) - reorg).abs().pow(p).mean(dim=1)  # (c, M)
+        cmat = pf.index_select(0, rows.reshape(-1)).view(c, n, m).transpose(1, 2).contiguous()  # (c, M, n)
+        mean_c = cmat.mean(dim=2)  # (c, M)
+        # sum_i |a_i - a_up[rho(i)]|^p = sum_t |a_sigma(t) - a_up[t]|^p with sigma = argsort of C's
+        # column (its inverse is rho): no rank scatter, and sorting along contiguous memory
+        sigma = torch.argsort(cmat, dim=2, stable=True)
+        a_sigma = torch.gather(acts[s : s + step].unsqueeze(1).expand(c, m, n), 2, sigma)
+        err = (a_sigma - a_up[s : s + step].unsqueeze(1)).abs().pow(p).mean(dim=2)  # (c, M)
         b = base[s : s + step].unsqueeze(1)
         err = err / b
         scale = mean_c.clamp_min(torch.finfo(dtype).tiny).pow(scale_p)
