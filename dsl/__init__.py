@@ -10,6 +10,7 @@ Nothing in a study is ever evaluated as Python; the grammar is the whole languag
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Mapping
 
@@ -52,11 +53,20 @@ def read_study_text(path: str | os.PathLike[str]) -> str:
         raise _file_error(name, "is-directory", f"{name} is a folder, not a study file",
                           "pass a .study file, e.g. studies/demo.study")
     try:
-        size = p.stat().st_size
-        if size > MAX_BYTES:
-            raise _file_error(name, "too-large", f"{name} is {size / 1e6:.1f} MB; a study is at most {MAX_BYTES // 1000} kB of text",
+        # Non-blocking open, then fstat the open file: a FIFO must not hang `check`, and a device
+        # (/dev/zero) or a file whose size lies (/proc) is judged by what is read, never by st_size.
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise _file_error(name, "not-a-file", f"{name} is not a regular file (a device, pipe or socket)",
+                                  "pass a .study file saved on disk")
+            data = fh.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            size = max(st.st_size, len(data))
+            raise _file_error(name, "too-large", f"{name} is {size / 1e6:.1f} MB or more; a study is at most "
+                              f"{MAX_BYTES // 1000} kB of text",
                               "is this the right file? a study is a short text file of statements")
-        data = p.read_bytes()
     except StudyError:
         raise
     except OSError as err:

@@ -13,8 +13,13 @@ depends on the environment and on the other statements.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Union
+
+#: `${name}` inside a string: the one spelling of interpolation (the checker expands it; the parser
+#: bounds how long an expansion can get)
+INTERPOLATION = re.compile(r"\$\{([^}]*)\}")
 
 
 @dataclass(frozen=True)

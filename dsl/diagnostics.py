@@ -69,47 +69,92 @@ def suggest_hint(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> s
     return f"did you mean '{best}'?" if best else None
 
 
-def _caret_line(line_text: str, span: Span) -> str:
+#: A file of 20,000 repeated mistakes must not print gigabytes: `render` shows this many, then a count.
+MAX_RENDERED = 100
+#: Source lines longer than this are shown as a window around the caret (a 60 kB line, once per
+#: diagnostic, was most of the 1.8 GB the hostile-input audit saw).
+LINE_WINDOW = 120
+#: Messages and hints longer than this are elided (they may quote a name the user wrote).
+MAX_TEXT = 400
+
+
+def _clip(text: str, limit: int = MAX_TEXT) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 30]} ... ({len(text):,} characters)"
+
+
+def _window(line_text: str, span: Span) -> tuple[str, int, int]:
+    """(shown text, 1-based caret column in it, caret width): long lines cut around the caret."""
     col = max(span.col, 1)
-    # Width of the caret: the token on this line, at least one character.
     if span.end_line == span.line and span.end_col > span.col:
         width = span.end_col - span.col
     else:
-        width = max(len(line_text) - (col - 1), 1)
+        width = len(line_text) - (col - 1)
     width = max(1, min(width, max(len(line_text) - (col - 1), 1)))
+    if len(line_text) <= LINE_WINDOW:
+        return line_text, col, width
+    start = max(0, min(col - 1 - LINE_WINDOW // 3, len(line_text) - LINE_WINDOW))
+    stop = start + LINE_WINDOW
+    head, tail = ("..." if start else ""), ("..." if stop < len(line_text) else "")
+    shown_col = col - start + len(head)
+    return head + line_text[start:stop] + tail, shown_col, max(1, min(width, stop - (col - 1)))
+
+
+def _caret_line(line_text: str, col: int, width: int) -> str:
     # Keep tabs so the caret lines up under tab-indented code.
     prefix = "".join(ch if ch == "\t" else " " for ch in line_text[: col - 1])
     return prefix + "^" + "~" * (width - 1)
 
 
-def render_one(diag: Diagnostic, source: str) -> str:
-    lines = source.splitlines() if source else []
-    out = [f"{diag.span.path}:{diag.span.line}:{diag.span.col}: {diag.severity}: {diag.message}"]
+def render_one(diag: Diagnostic, source: str, lines: Sequence[str] | None = None) -> str:
+    """One diagnostic: `path:line:col: severity: message`, the source line, a caret, hint and notes.
+
+    `lines` is `source.splitlines()` (pass it when rendering many).  Lines are split exactly as the
+    parser splits them (it normalises every `splitlines` break), so the caret sits under the token.
+    """
+    if lines is None:
+        lines = source.splitlines() if source else []
+    out = [f"{diag.span.path}:{diag.span.line}:{diag.span.col}: {diag.severity}: {_clip(diag.message)}"]
     if 1 <= diag.span.line <= len(lines):
-        text = lines[diag.span.line - 1]
+        text, col, width = _window(lines[diag.span.line - 1], diag.span)
         out.append("  " + text)
-        out.append("  " + _caret_line(text, diag.span))
+        out.append("  " + _caret_line(text, col, width))
     elif diag.span.line >= 1 and source is not None and diag.span.line == len(lines) + 1:
         out.append("  ")
         out.append("  ^")
     if diag.hint:
-        out.append(f"hint: {diag.hint}")
-    for message, span in diag.related:
-        out.append(f"note: {message} at {span.path}:{span.line}:{span.col}")
+        out.append(f"hint: {_clip(diag.hint)}")
+    for message, span in diag.related[:10]:
+        out.append(f"note: {_clip(message)} at {span.path}:{span.line}:{span.col}")
     return "\n".join(out)
 
 
-def render(diags: Sequence[Diagnostic], source: str) -> str:
-    """Render diagnostics in source order, errors and warnings alike, plus a summary line."""
-    ordered = sorted(diags, key=lambda d: (d.span.line, d.span.col, d.severity != ERROR))
-    blocks = [render_one(d, source) for d in ordered]
-    n_err = sum(1 for d in diags if d.is_error)
-    n_warn = len(diags) - n_err
-    if diags:
+def unique(diags: Iterable[Diagnostic]) -> list[Diagnostic]:
+    """Diagnostics without repeats (same severity, code, message and place), first occurrence kept."""
+    seen: dict[tuple[str, str, str, str, int, int], Diagnostic] = {}
+    for d in diags:
+        seen.setdefault((d.severity, d.code, d.message, d.span.path, d.span.line, d.span.col), d)
+    return list(seen.values())
+
+
+def render(diags: Sequence[Diagnostic], source: str, limit: int = MAX_RENDERED) -> str:
+    """Render diagnostics in source order, errors and warnings alike, plus a summary line.
+
+    Repeats are dropped and at most `limit` are shown (then "... N more"), so the output stays
+    proportional to what a person can read, whatever the input.
+    """
+    kept = unique(diags)
+    ordered = sorted(kept, key=lambda d: (d.span.line, d.span.col, d.severity != ERROR))
+    lines = source.splitlines() if source else []
+    blocks = [render_one(d, source, lines) for d in ordered[:limit]]
+    if len(ordered) > limit:
+        blocks.append(f"... and {len(ordered) - limit:,} more not shown")
+    n_err = sum(1 for d in kept if d.is_error)
+    n_warn = len(kept) - n_err
+    if kept:
         parts = []
         if n_err:
-            parts.append(f"{n_err} error{'s' if n_err != 1 else ''}")
+            parts.append(f"{n_err:,} error{'s' if n_err != 1 else ''}")
         if n_warn:
-            parts.append(f"{n_warn} warning{'s' if n_warn != 1 else ''}")
+            parts.append(f"{n_warn:,} warning{'s' if n_warn != 1 else ''}")
         blocks.append(", ".join(parts))
     return "\n".join(blocks) + ("\n" if blocks else "")

@@ -7,15 +7,19 @@ the order written, defaults that the user wrote kept.  Formatting is idempotent,
 and parse(format(parse(text))) == parse(text) -- the property tests check both.
 Comments are not part of the AST: `fmt` keeps standalone comment lines that
 precede a statement and end-of-line comments, re-attached by line number.
+
+`format_study` re-parses its own output and refuses (StudyError) when that would
+say something else than the input: a formatter bug must never reach a user's file
+(the hostile-input audit saw a CR-only file formatted into one comment).
 """
 
 from __future__ import annotations
 
-import json
 import re
 
 from dissect_study.dsl import ast
-from dissect_study.dsl.parser import RESERVED
+from dissect_study.dsl.diagnostics import ERROR, Diagnostic, StudyError
+from dissect_study.dsl.parser import RESERVED, parse
 
 _IDENT = re.compile(r"[A-Za-z_]\w*\Z")
 
@@ -200,7 +204,35 @@ def _trailing_comment(line: str) -> str | None:
 
 
 def format_study(study: ast.Study) -> str:
-    """Canonical text of a study; comments from `study.source` are carried over."""
+    """Canonical text of a study; comments from `study.source` are carried over.
+
+    Raises `StudyError` (code `fmt-unsafe`) instead of returning text whose syntax tree differs
+    from `study`'s (positions ignored), so a caller that writes the result never loses meaning.
+    """
+    text = _layout(study)
+    try:
+        again = parse(text, study.path)
+    except StudyError as err:
+        first = err.diagnostics[0] if err.diagnostics else None
+        raise _unsafe(study, first.span.line if first else 1, "its output would not parse"
+                      + (f" ({first.message})" if first else "")) from None
+    for old, new in zip(study.statements, again.statements):
+        if old != new:
+            raise _unsafe(study, old.span.line if old.span else 1, "its output would change this statement")
+    if len(study.statements) != len(again.statements):
+        raise _unsafe(study, 1, "its output would have a different number of statements")
+    return text
+
+
+def _unsafe(study: ast.Study, line: int, why: str) -> StudyError:
+    span = ast.Span(study.path, line, 1, line, 2)
+    return StudyError([Diagnostic(ERROR, "fmt-unsafe", f"cannot format this study safely: {why}", span,
+                                  "the file is left as it is; please report this as a dissect-study bug")],
+                      study.source or "")
+
+
+def _layout(study: ast.Study) -> str:
+    """The canonical text itself (`format_study` checks it before anyone uses it)."""
     leading, trailing = _comments(study.source or "")
     starts = sorted(leading)
     out: list[str] = []

@@ -10,9 +10,12 @@ by matching the parser state against small examples of each mistake).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import re
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from lark import Lark, Token, Transformer, Tree, v_args
@@ -29,6 +32,22 @@ RESERVED = frozenset(
     threshold count compare vs learned missed gained lost over thresholds keywords analyze of
     top show neuron report as sections sample balanced seed all env true false""".split()
 )
+
+#: A layer range names at most this many layers: the deepest real models have a few hundred
+#: hookable layers, and `_blocks.0-999999999` must be an error, not a billion names in memory.
+MAX_RANGE_LAYERS = 10_000
+#: No string value -- literal or after `${name}` interpolation -- may exceed this many characters
+#: (strings name paths and concepts; `let` strings that double each time must not exhaust memory).
+MAX_STRING_CHARS = 1_000_000
+#: An `env(...)` value is unknown when parsing; the string bound counts it as this many characters.
+ENV_VALUE_GUESS = 4096
+#: Integers are stored as 64-bit values; a longer literal is a typo (and int() refuses > 4300 digits).
+MAX_INT = 2**63 - 1
+
+#: Exactly what `str.splitlines` treats as a line break.  The lexer sees each as "\n", so lark's
+#: line:col, the lines `render` shows (it splits with `splitlines`) and fmt's comment lines agree,
+#: whatever the editor saved (CRLF, CR only, U+2028/U+2029/U+0085, form feed, vertical tab).
+_LINE_BREAK = re.compile(r"\r\n|[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 STATEMENT_KEYWORDS = (
     "study", "let", "concepts", "probe", "dissector", "target", "layer", "dissect", "threshold",
@@ -58,10 +77,26 @@ def _unescape(raw: str) -> str:
     return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), body)
 
 
+def normalise_line_breaks(text: str) -> str:
+    """Every line break `str.splitlines` knows becomes "\n" (columns are unchanged)."""
+    return _LINE_BREAK.sub("\n", text)
+
+
+def _short(text: str, limit: int = 40) -> str:
+    """A token as shown in a message: long ones elided, so one huge token cannot flood the output."""
+    return text if len(text) <= limit else f"{text[: limit - 12]}...{text[-8:]} ({len(text):,} characters)"
+
+
 def _number(text: str) -> int | float:
+    """The value of a NUMBER token; ValueError when it is not finite or not a 64-bit integer."""
     if re.fullmatch(r"[+-]?\d+", text):
+        if len(text.lstrip("+-").lstrip("0")) > 19 or abs(int(text)) > MAX_INT:
+            raise ValueError("too large for a whole number (at most 9223372036854775807)")
         return int(text)
-    return float(text)
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("too large: numbers must be finite (at most about 1.8e308)")
+    return value
 
 
 class _Missing:
@@ -85,8 +120,17 @@ class _ToAst(Transformer):
     def _ts(self, tok: Token) -> ast.Span:
         return _tok_span(self.path, tok)
 
+    def _num(self, tok: Token) -> int | float:
+        """A number token's value; an out-of-range one is recorded as a problem (and reads as 0)."""
+        try:
+            return _number(str(tok))
+        except ValueError as err:
+            self.problems.append(Diagnostic(ERROR, "number-range", f"number {_short(str(tok))} is {err}",
+                                            self._ts(tok), "write an ordinary number, e.g. 0.25 or 1e-7"))
+            return 0
+
     def _int(self, tok: Token, what: str, minimum: int = 0) -> int:
-        value = _number(str(tok))
+        value = self._num(tok)
         if not isinstance(value, int) or value < minimum:
             self.problems.append(Diagnostic(ERROR, "not-whole-number", f"{what} must be a whole number >= {minimum}, not {tok}",
                                             self._ts(tok), f"write for example {max(minimum, 1)}"))
@@ -99,11 +143,15 @@ class _ToAst(Transformer):
     # -- values
     def string(self, meta, children):
         (tok,) = children
-        return ast.Str(_unescape(str(tok)), self._ts(tok))
+        value = _unescape(str(tok))
+        if len(value) > MAX_STRING_CHARS:  # `${...}` expansions are bounded by `_string_growth`
+            self.problems.append(_too_long(len(value), self._ts(tok)))
+            value = value[:0]
+        return ast.Str(value, self._ts(tok))
 
     def number(self, meta, children):
         (tok,) = children
-        return ast.Num(_number(str(tok)), self._ts(tok))
+        return ast.Num(self._num(tok), self._ts(tok))
 
     def true(self, meta, children):
         return ast.Bool(True, self._span(meta))
@@ -149,9 +197,23 @@ class _ToAst(Transformer):
 
     def layer_range(self, meta, children):
         tok = children[0]
-        m = re.fullmatch(r"(.*?)(\d+)-(\d+)", str(tok))
-        assert m is not None  # guaranteed by the RANGE terminal
-        return ast.LayerRange(m.group(1), int(m.group(2)), int(m.group(3)), self._ts(tok))
+        return self._range(str(tok), self._ts(tok))
+
+    def _range(self, text: str, span: ast.Span) -> ast.LayerRange:
+        """`prefix<start>-<end>`; a range of more than MAX_RANGE_LAYERS layers is an error (item 2 of
+        the hostile-input audit: `_blocks.0-999999999` must not become a billion names)."""
+        m = re.fullmatch(r"(.*?)(\d+)-(\d+)", text)
+        assert m is not None  # guaranteed by the RANGE terminal and the show statement's split
+        a, b = m.group(2), m.group(3)
+        # compare digit counts first: int() of a 5,000-digit literal raises, and is pointless
+        too_long = max(len(a.lstrip("0")), len(b.lstrip("0"))) > 18
+        start, end = (0, 0) if too_long else (int(a), int(b))
+        if too_long or end - start + 1 > MAX_RANGE_LAYERS:
+            self.problems.append(Diagnostic(
+                ERROR, "range-too-large", f"layer range {_short(text)} names more than {MAX_RANGE_LAYERS:,} layers",
+                span, "a range names layers that exist, e.g. _blocks.0-38; list the layers you mean"))
+            return ast.LayerRange(m.group(1), 0, 0, span)
+        return ast.LayerRange(m.group(1), start, end, span)
 
     def layer_all(self, meta, children):
         return ast.LayerAll(self._span(meta))
@@ -207,7 +269,8 @@ class _ToAst(Transformer):
 
     def fixed_rule(self, meta, children):
         (tok,) = children
-        return dict(combine="fixed", statistic="mean_top1", value=float(tok), combine_span=self._ts(tok), statistic_span=None)
+        return dict(combine="fixed", statistic="mean_top1", value=float(self._num(tok)), combine_span=self._ts(tok),
+                    statistic_span=None)
 
     def threshold_clause(self, meta, children):
         head, op = children
@@ -312,10 +375,9 @@ class _ToAst(Transformer):
         s = self._ts(ref)
         mspan = ast.Span(s.path, s.line, s.col, s.line, s.col + len(model))
         lspan = ast.Span(s.path, s.line, s.col + len(model) + 1, s.end_line, s.end_col)
-        m = re.fullmatch(r"(.*?)(\d+)-(\d+)", layer)
         item: ast.LayerItem
-        if m:
-            item = ast.LayerRange(m.group(1), int(m.group(2)), int(m.group(3)), lspan)
+        if re.fullmatch(r"(.*?)(\d+)-(\d+)", layer):
+            item = self._range(layer, lspan)
         else:
             item = ast.LayerName(layer, lspan)
         return ast.ShowNeuron(ast.Ident(model, mspan), item, self._int(unit, "the unit index"), top[1][0] if top else 5, self._span(meta))
@@ -460,7 +522,7 @@ def _expected_words(expected: set[str] | frozenset[str]) -> str:
 def _describe_token(tok: Token) -> str:
     if tok.type == "$END":
         return "end of file"
-    text = str(tok)
+    text = _short(str(tok))
     if tok.type == "NAME":
         if text in RESERVED:
             return f"keyword '{text}'"
@@ -572,8 +634,69 @@ def syntax_diagnostic(err: UnexpectedInput, text: str, path: str) -> Diagnostic:
     return Diagnostic(ERROR, code, message, span, hint)
 
 
+def _too_long(n: int, span: ast.Span) -> Diagnostic:
+    return Diagnostic(ERROR, "string-too-long", f"this string would be {n:,} characters long; a string is at most "
+                      f"{MAX_STRING_CHARS:,}", span, "strings name files, folders and concepts; check what it inserts "
+                      "with `${...}`")
+
+
+def _walk_strings(node: Any) -> Iterator[ast.Str]:
+    """Every string node below `node` (a statement or a part of one), in field order."""
+    if isinstance(node, ast.Str):
+        yield node
+    elif isinstance(node, tuple):
+        for item in node:
+            yield from _walk_strings(item)
+    elif dataclasses.is_dataclass(node) and not isinstance(node, type):
+        for f in dataclasses.fields(node):
+            if f.compare:  # spans are not compared, and hold no strings
+                yield from _walk_strings(getattr(node, f.name))
+
+
+def _string_growth(statements: tuple[ast.Statement, ...], path: str) -> list[Diagnostic]:
+    """Strings whose `${name}` expansion could exceed MAX_STRING_CHARS, found before anything expands.
+
+    An upper bound per `let` (first definition wins, as in the checker; an unknown name counts 0; an
+    `env(...)` value counts ENV_VALUE_GUESS characters or its default's bound): `let`s that double
+    each time are reported at the string that crosses the limit, in time and memory linear in the text.
+    """
+    bound: dict[str, int] = {}
+
+    def value_bound(v: Any) -> int:
+        if isinstance(v, ast.Str):
+            return str_bound(v)
+        if isinstance(v, ast.Ident):
+            return bound.get(v.name, len(v.name))
+        if isinstance(v, ast.Env):
+            return max(ENV_VALUE_GUESS, value_bound(v.default) if v.default is not None else 0)
+        return len(str(getattr(v, "value", "")))
+
+    def str_bound(s: ast.Str) -> int:
+        total, pos = 0, 0
+        for m in ast.INTERPOLATION.finditer(s.value):
+            total += m.start() - pos + bound.get(m.group(1).strip(), 0)
+            pos = m.end()
+        return total + len(s.value) - pos
+
+    problems: list[Diagnostic] = []
+    for stmt in statements:
+        for s in _walk_strings(stmt):
+            n = str_bound(s)
+            if n > MAX_STRING_CHARS:
+                problems.append(_too_long(n, s.span or ast.Span(path, 1, 1, 1, 2)))
+        if isinstance(stmt, ast.Let) and stmt.name not in bound:
+            n = value_bound(stmt.value)
+            bound[stmt.name] = n if n <= MAX_STRING_CHARS else 0  # reported once, where it crossed the limit
+    return problems
+
+
 def parse(text: str, path: str = "<study>") -> ast.Study:
-    """Parse study text into an AST; raises `StudyError` with diagnostics on a syntax error."""
+    """Parse study text into an AST; raises `StudyError` with diagnostics on a syntax error.
+
+    Line breaks are normalised first (see `_LINE_BREAK`); `Study.source` is the normalised text, so
+    every span indexes it and `render(diags, text)` -- which splits lines the same way -- agrees.
+    """
+    text = normalise_line_breaks(text)
     try:
         tree = lark_parser().parse(text)
     except UnexpectedInput as err:
@@ -584,6 +707,7 @@ def parse(text: str, path: str = "<study>") -> ast.Study:
     except VisitError as err:  # pragma: no cover - the grammar guarantees well-formed trees
         raise StudyError([Diagnostic(ERROR, "internal", f"could not build the syntax tree: {err.orig_exc}",
                                      ast.Span(path, 1, 1, 1, 2))], text) from None
-    if builder.problems:
-        raise StudyError(builder.problems, text)
+    problems = builder.problems + _string_growth(tuple(statements), path)
+    if problems:
+        raise StudyError(problems, text)
     return ast.Study(path=path, source=text, statements=tuple(statements))

@@ -215,7 +215,7 @@ PROBE_SOURCES: dict[str, Function] = {
         Function(
             "phantom",
             (
-                _p("n", "int", 400, "Number of synthetic mammograms.", min=1),
+                _p("n", "int", 400, "Number of synthetic mammograms.", min=1, max=100_000),
                 _p("seed", "int", 0),
                 _p("height", "int", 320, "Image height in pixels; width follows Mammo-CLIP's 1520x912 aspect.", min=32),
             ),

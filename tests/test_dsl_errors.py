@@ -73,7 +73,7 @@ def test_parse_raises_study_error_with_diagnostics():
         (b'study "caf\xe9"\n', "not-utf8"),
         (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, "binary"),
         (b"x" * 10_500_000, "too-large"),
-        ("study \"\u00e9\u4e2d\"\n\u2028 garbage \u00a7\n".encode("utf-8"), "unexpected-character"),
+        ("study \"\u00e9\u4e2d\"\u2028\u00a7 garbage\n".encode("utf-8"), "unexpected-character"),  # U+2028 ends line 1
         (b"{{{{((((" * 1000, "unexpected-character"),
         (b"dissect " + b"a, " * 20000, "syntax-trailing-comma"),
     ],
