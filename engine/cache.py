@@ -9,9 +9,11 @@ pooling, precision ...), so a stale entry cannot be addressed at all.
 Why atomic writes: several runs may share a cache and a run may be killed at
 any moment.  An entry is written to a temporary file in its final directory,
 fsync'ed and then `os.replace`d into place, so readers only ever see a missing
-entry or a complete one.  Each entry also carries a sha256 of its tensor bytes;
-a file damaged any other way (truncated copy, disk error) fails that check on
-load, is deleted and counts as a miss.
+entry or a complete one.  Each entry also carries a sha256 of its tensor bytes
+and metadata; a file damaged any other way (truncated copy, disk error, flipped
+bytes) fails that check on load, is deleted with a logged warning and counts as
+a miss, so it is rebuilt.  `write_entry` / `read_entry` are that entry format on
+its own, for caches with their own file names (the demo models).
 
 Layout: `<root>/<namespace>/<key[:2]>/<key>.safetensors`.  The engine stores
 activations one entry per layer (namespace `acts`, key parts include `layer`),
@@ -23,9 +25,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
-import tempfile
 import time
 from enum import Enum
 from pathlib import Path
@@ -34,14 +36,16 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from dissect_study.engine.atomic import TMP_PREFIX, write_bytes_atomic
 from dissect_study.errors import DissectStudyError
 
 #: Bump when the on-disk entry layout or key derivation changes: old entries become unreachable.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 _META_KEY = "dissect_study"
 _NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-_TMP_PREFIX = ".tmp-"
 _STALE_TMP_S = 3600.0
+
+logger = logging.getLogger(__name__)
 
 
 class CacheError(DissectStudyError):
@@ -154,59 +158,35 @@ def fingerprint_file(path: str | Path, memo_dir: Path | None = None, *, memo: bo
     folder = (memo_dir or default_cache_dir()) / "file-sha256"
     memo_path = folder / f"{ident}.txt"
     try:
-        cached = memo_path.read_text().strip()
-        if re.fullmatch(r"[0-9a-f]{64}", cached):
-            return cached
-    except OSError:
-        pass
+        cached = memo_path.read_text().split()
+    except (OSError, UnicodeDecodeError):
+        cached = []
+    if len(cached) == 2 and re.fullmatch(r"[0-9a-f]{64}", cached[0]) and cached[1] == _memo_check(ident, cached[0]):
+        return cached[0]
+    if cached:
+        logger.warning("file fingerprint memo %s is damaged; hashing %s again", memo_path, p)
     digest = _sha256_file(p)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(memo_path, digest.encode())
+        write_bytes_atomic(memo_path, f"{digest} {_memo_check(ident, digest)}\n".encode())
     except OSError:
         pass  # a read-only cache only costs the re-hash next time
     return digest
 
 
+def _memo_check(ident: str, digest: str) -> str:
+    """Checksum of a memo line: a flipped hex digit must not become a file's recorded sha256."""
+    return hashlib.sha256(f"{ident}|{digest}".encode()).hexdigest()[:16]
+
+
 # ----------------------------------------------------------------------------- atomic files
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, fsync, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
 
 
 def _clean_stale_tmp(folder: Path, max_age_s: float = _STALE_TMP_S) -> None:
     """Remove temp files left by killed writers (old enough that no writer still owns them)."""
     now = time.time()
     try:
-        for p in folder.glob(_TMP_PREFIX + "*"):
+        for p in folder.glob(TMP_PREFIX + "*"):
             try:
                 if now - p.stat().st_mtime > max_age_s:
                     p.unlink()
@@ -272,50 +252,18 @@ class Cache:
     def load_with_meta(self, namespace: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         if not self.enabled:
             return None
-        path = self.path(namespace, key)
-        try:
-            data = path.read_bytes()
-        except OSError:  # missing, or unreadable: a miss either way
-            return None
-        from safetensors.torch import load as st_load
-
-        try:
-            tensors = st_load(data)
-            header = _read_metadata(data)
-            info = json.loads(header[_META_KEY])
-            if info.get("format") != CACHE_FORMAT or info.get("key") != key:
-                raise ValueError("entry written for another key or cache format")
-            if info.get("sha256") != _digest_tensors(tensors):
-                raise ValueError("tensor bytes do not match their recorded sha256")
-        except Exception:
-            self._discard(path)
-            return None
-        return tensors, info.get("meta", {})
-
-    def _discard(self, path: Path) -> None:
-        try:
-            path.unlink()
-        except OSError:
-            pass
+        return read_entry(self.path(namespace, key), key=key)
 
     # -- write
     def save(self, namespace: str, key: str, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None) -> None:
         """Write an entry atomically (temp file in the same folder, fsync, `os.replace`)."""
         if not self.enabled:
             return
-        from safetensors.torch import save as st_save
-
         path = self.path(namespace, key)
         if not tensors:
             raise ValueError(f"cache entry {namespace}/{key[:12]} has no tensors; nothing to save")
-        clean = {name: _storable(t) for name, t in tensors.items()}
-        info = {"format": CACHE_FORMAT, "namespace": namespace, "key": key,
-                "sha256": _digest_tensors(clean), "meta": dict(meta or {}), "created": time.time()}
         try:
-            payload = st_save(clean, metadata={_META_KEY: json.dumps(info, default=_canonical)})
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _clean_stale_tmp(path.parent)
-            _atomic_write_bytes(path, payload)
+            write_entry(path, tensors, meta, key=key, namespace=namespace)
         except OSError as e:
             raise CacheError(
                 f"cannot write the cache entry {path}: {e.strerror or e}. "
@@ -344,6 +292,71 @@ def _parts_summary(parts: Mapping[str, Any], limit: int = 4096) -> dict[str, Any
         text = canonical_json({"v": value})[5:-1]
         out[name] = value if len(text) <= limit // max(1, len(parts)) else f"<{len(text)} chars>"
     return out
+
+
+# ----------------------------------------------------------------------------- the entry format
+
+
+def _entry_digest(tensors: Mapping[str, torch.Tensor], meta_json: str) -> str:
+    """sha256 over the tensors (names, dtypes, shapes, bytes) and the canonical JSON of the metadata."""
+    h = hashlib.sha256(_digest_tensors(tensors).encode())
+    h.update(meta_json.encode("utf-8"))
+    return h.hexdigest()
+
+
+def write_entry(path: Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None, *,
+                key: str | None = None, namespace: str | None = None) -> None:
+    """One self-checking safetensors file, written atomically (temp file, fsync, `os.replace`).
+
+    The header records the format, the key the entry was written for and a sha256 that covers the
+    tensors and `meta` (a JSON-able dict), so `read_entry` can tell a complete entry from any damage.
+    Raises OSError when the folder is not writable.
+    """
+    from safetensors.torch import save as st_save
+
+    clean = {name: _storable(t) for name, t in tensors.items()}
+    meta_json = canonical_json(dict(meta or {}))
+    info = {"format": CACHE_FORMAT, "namespace": namespace, "key": key, "meta": json.loads(meta_json),
+            "sha256": _entry_digest(clean, meta_json), "created": time.time()}
+    payload = st_save(clean, metadata={_META_KEY: json.dumps(info, default=_canonical)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_tmp(path.parent)
+    write_bytes_atomic(path, payload)
+
+
+def read_entry(path: Path, *, key: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """(tensors, meta) of an entry written by `write_entry`, or None when it is missing.
+
+    A damaged entry (truncated, flipped bytes, written for another key or cache format, or without a
+    checksum) is deleted with a logged warning and reads as missing, so the caller rebuilds it.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError:  # missing, or unreadable: a miss either way
+        return None
+    from safetensors.torch import load as st_load
+
+    try:
+        tensors = st_load(data)
+        info = json.loads(_read_metadata(data)[_META_KEY])
+        if info.get("format") != CACHE_FORMAT or info.get("key") != key:
+            raise ValueError("written for another key or cache format")
+        meta = info.get("meta", {})
+        if info.get("sha256") != _entry_digest(tensors, canonical_json(meta)):
+            raise ValueError("its bytes do not match their recorded sha256")
+    except Exception as e:  # noqa: BLE001 -- any way an entry can be broken is the same miss
+        reason = "no checksum" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        logger.warning("cache entry %s is damaged (%s); deleted, it will be rebuilt", path, _short(reason))
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return None
+    return tensors, meta
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _read_metadata(data: bytes) -> dict[str, str]:

@@ -19,15 +19,17 @@ the same roles the paper uses:
 
 Everything is cached under `ctx.cache_dir/demo/` keyed by the code version and
 every training knob (atomic writes: temp file + os.replace), so the second run
-only loads weights.  Training is seeded and reproducible on one machine.
+only loads weights.  Each cached model is one self-checking entry (engine/cache.py:
+a sha256 over weights and training report): a damaged file is rebuilt with a
+warning, never loaded.  Training is seeded and reproducible on one machine.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +41,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from dissect_study.engine.atomic import write_bytes_atomic
+from dissect_study.engine.cache import read_entry, write_entry
 from dissect_study.engine.models.base import BuildContext, Dissector, LayerInfo, Preprocess, Target
 from dissect_study.engine.registry import DISSECTORS, TARGETS
+
+logger = logging.getLogger(__name__)
 
 #: bump when anything that changes trained weights changes (generator, reports, recipe)
 CODE_VERSION = "demo-v2"
@@ -250,32 +256,29 @@ def _key(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _save(path: Path, state: dict[str, torch.Tensor], report: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    _atomic_write(path.with_suffix(".json"), lambda t: Path(t).write_text(json.dumps(report, indent=2, default=float)))
-    _atomic_write(path, lambda t: save_file({k: v.contiguous() for k, v in state.items()}, t))
+    """One self-checking cache entry (weights + training report, sha256 over both; engine/cache.py's
+    entry format), plus a `.json` copy of the report for people -- never read back."""
+    report = json.loads(json.dumps(report, default=float))
+    write_entry(path, state, {"report": report}, key=path.stem)
+    text = json.dumps(report, indent=2).encode()
+    try:
+        write_bytes_atomic(path.with_suffix(".json"), text)
+    except OSError:
+        logger.warning("could not write %s (a copy for reading only)", path.with_suffix(".json"))
 
 
 def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    from safetensors.torch import load_file
-
-    rep = path.with_suffix(".json")
-    if not (path.exists() and rep.exists()):
+    """The cached weights and report, or None when missing or damaged (then logged, deleted, rebuilt)."""
+    got = read_entry(path, key=path.stem)
+    if got is None:
         return None
-    return load_file(str(path)), json.loads(rep.read_text())
+    state, meta = got
+    report = meta.get("report")
+    if not isinstance(report, dict):
+        logger.warning("demo model cache %s holds no training report; it will be rebuilt", path)
+        return None
+    return state, report
 
 
 def _fingerprint(state: dict[str, torch.Tensor], extra: dict[str, Any]) -> str:
