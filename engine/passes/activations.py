@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from dissect_study.engine.models.base import Dissector, Preprocess, Target
 from dissect_study.engine.probes.base import Probe
 from dissect_study.errors import DissectStudyError
+from dissect_study.engine.probes.decode import require_finite
 
 POOLINGS = ("avg", "max", "cls", "none")
 PRECISIONS = ("fp32", "bf16")
@@ -82,8 +83,12 @@ class ProbeDataset(Dataset):
 
     An image whose `probe.load` raises (ImageUnreadable or any decode error)
     becomes a skip marker that `collate_skipping` drops and reports, so one
-    bad file costs one row, not the run.  A failing `preprocess` is *not*
-    swallowed: that is a pipeline bug, and it is raised naming the image.
+    bad file costs one row, not the run.  So does an image that decodes to
+    NaN/inf pixels (whatever probe loaded it), or whose preprocessed tensor is
+    not finite (a float image whose range overflows float32): one such row
+    would otherwise make every score of the dissection NaN.  A failing
+    `preprocess` is *not* swallowed: that is a pipeline bug, and it is raised
+    naming the image.
     """
 
     def __init__(self, probe: Probe, preprocess: Preprocess, indices: Sequence[int] | None = None) -> None:
@@ -102,7 +107,7 @@ class ProbeDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | _Skip:
         index = self.indices[i]
         try:
-            image = self.probe.load(index)
+            image = require_finite(self.probe.load(index), _item_path(self.probe, index))
         except Exception as e:  # noqa: BLE001 -- any decode failure is a skipped image, by contract
             return _Skip(index, f"{type(e).__name__}: {e}")
         try:
@@ -119,6 +124,9 @@ class ProbeDataset(Dataset):
             )
         return x, index
 
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            return _Skip(index, f"ImageUnreadable: {_item_path(self.probe, index)}: preprocessing gave NaN or "
+                                "infinite values (pixel values beyond float32's range?)")
 
 def _item_path(probe: Probe, index: int) -> str:
     try:

@@ -49,6 +49,21 @@ def _require_file(path: str | os.PathLike) -> Path:
     return p
 
 
+def require_finite(pixels: np.ndarray, where: object) -> np.ndarray:
+    """`pixels` unchanged, or ImageUnreadable when a float image holds NaN/inf values.
+
+    A float TIFF or a DICOM (float pixel data, an overflowing rescale) can decode to non-finite
+    values; one such image would turn a whole dissection into NaN, so it is skipped and recorded
+    like an undecodable file (fatal under --strict).
+    """
+    a = np.asarray(pixels)
+    if a.dtype.kind in "fc":
+        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        if bad:
+            raise ImageUnreadable(f"{where}: {bad:,} of {a.size:,} pixel values are NaN or infinite")
+    return pixels
+
+
 # --------------------------------------------------------------------------- PNG / JPEG / TIFF
 def decode_image(path: str | os.PathLike) -> np.ndarray:
     """Pixels of a PNG/JPEG/TIFF/BMP file (see the module docstring for dtypes)."""
@@ -58,7 +73,7 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(p) as im:
             im.load()
-            return _pil_to_array(im)
+            return require_finite(_pil_to_array(im), p)
     except ImageUnreadable:
         raise
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
@@ -177,13 +192,15 @@ def decode_dicom(path: str | os.PathLike, mammo_clip_offline: bool = False) -> n
     if arr.ndim == 3:  # colour DICOM: pydicom already returns RGB
         if mammo_clip_offline:
             raise ImageUnreadable(f"{p}: mammo_clip_offline needs a greyscale DICOM, got {photometric}")
+        require_finite(arr, p)
         return arr.astype(np.uint8) if arr.dtype == np.uint8 else _minmax01(arr).astype(np.float32)
     if arr.ndim != 2 or arr.size == 0:
         raise ImageUnreadable(f"{p}: unexpected pixel array shape {arr.shape}")
+    require_finite(arr, p)  # float pixel data: NaN/inf would pass every LUT below
     if mammo_clip_offline:
         return mammo_clip_offline_pixels(arr, monochrome1=photometric == "MONOCHROME1")
     try:
-        return _display_pixels(arr, ds, photometric)
+        return require_finite(_display_pixels(arr, ds, photometric), f"{p} (after its modality/VOI LUT)")
     except ValueError as exc:
         raise ImageUnreadable(f"{p}: invalid VOI/windowing attributes ({exc})") from exc
 

@@ -8,6 +8,7 @@ paths, keeping manifest paths inside their root (see the policy in
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from pathlib import Path
@@ -19,6 +20,8 @@ from dissect_study.engine.probes import ProbeError
 from dissect_study.engine.probes.base import Probe, ProbeItem
 from dissect_study.engine.probes.decode import IMAGE_SUFFIXES, decode_any
 from dissect_study.engine.registry import PROBES
+
+logger = logging.getLogger(__name__)
 
 #: attributes whose value counts `describe()` reports (the shared vocabulary + common extras)
 COUNTED_ATTRIBUTES = ("view", "laterality", "density", "birads", "mass", "calcification", "split", "label", "probe")
@@ -91,34 +94,61 @@ def resolve_inside(root: Path, rel: str, what: str, cache: dict[str, str] | None
 
 def iter_image_files(root: Path, recursive: bool, suffixes: Iterable[str] = IMAGE_SUFFIXES,
                      log: Callable[[str], None] | None = None) -> list[Path]:
-    """Image files under `root` in sorted relative-path order; hidden names and escaping links skipped."""
+    """Image files under `root` in sorted relative-path order.
+
+    Skipped, and counted in one warning: hidden names, links leaving the root, symlink loops
+    (a link to itself or to a folder already being walked -- never followed twice), and anything
+    that is not a regular file (a FIFO named x.png would hang the decoder).
+    """
     suffixes = tuple(s.lower() for s in suffixes)
     root_real = Path(os.path.realpath(root))
     found: list[Path] = []
     skipped: list[str] = []
+    walking: set[tuple[int, int]] = set()  # (st_dev, st_ino) of the folders on the current path
 
     def visit(folder: Path) -> None:
         try:
+            st = folder.stat()
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
-            skipped.append(f"{folder} ({exc.strerror})")
+            skipped.append(f"{folder} ({exc.strerror or exc})")
             return
-        for e in entries:
-            if e.name.startswith("."):
-                continue
-            p = Path(e.path)
+        ident = (st.st_dev, st.st_ino)
+        if ident in walking:
+            skipped.append(f"{folder} (symlink loop: a folder already being searched)")
+            return
+        walking.add(ident)
+        try:
+            for e in entries:
+                visit_entry(e)
+        finally:
+            walking.discard(ident)
+
+    def visit_entry(e: os.DirEntry) -> None:
+        if e.name.startswith("."):
+            return
+        p = Path(e.path)
+        try:
             if e.is_symlink() and not is_inside(Path(os.path.realpath(p)), root_real):
                 skipped.append(f"{p} (symlink leaving {root_real})")
-                continue
-            if e.is_dir():
-                if recursive:
-                    visit(p)
-            elif p.suffix.lower() in suffixes or (not suffixes):
+                return
+            is_dir, is_file = e.is_dir(), e.is_file()  # follow links; a loop raises ELOOP here
+        except OSError as exc:
+            skipped.append(f"{p} ({exc.strerror or exc})")
+            return
+        if is_dir:
+            if recursive:
+                visit(p)
+        elif p.suffix.lower() in suffixes or not suffixes:
+            if is_file:
                 found.append(p)
+            else:
+                skipped.append(f"{p} (not a regular file)")
 
     visit(Path(os.path.abspath(root)))
-    if skipped and log:
-        log(f"probe folder {root}: skipped {len(skipped)} entries: " + "; ".join(skipped[:5]))
+    if skipped:
+        (log or logger.warning)(f"probe folder {root}: skipped {len(skipped)} entries: " + "; ".join(skipped[:5])
+                                + (f"; ... ({len(skipped) - 5} more)" if len(skipped) > 5 else ""))
     found.sort(key=lambda p: p.relative_to(os.path.abspath(root)).as_posix())
     return found
 
