@@ -32,34 +32,9 @@ from dissect_study.plugins import load_plugins
 
 CONCEPT_SET_DIR = Path(__file__).resolve().parent.parent / "concept_sets"
 
-#: statement kind -> the registry ANALYSES it produces
-ANALYSIS_NAMES: dict[str, tuple[str, ...]] = {
-    "compare": ("captured_concepts", "category_counts", "top_categories", "concept_changes"),
-    "learned": ("captured_concepts", "missed_concepts"),
-    "gained": ("concept_changes",),
-    "thresholds": ("layer_thresholds",),
-    "keywords": ("keyword_neurons",),
-    "neuron": ("neuron_profile",),
-}
-
-#: options an analysis statement accepts (`keywords M ... top 5 min_share 0.6`)
-ANALYSIS_OPTIONS: dict[str, dict[str, R.Param]] = {
-    "compare": {},
-    "gained": {},
-    "thresholds": {},
-    "learned": {
-        "dedup": R.Param("dedup", "str", "one_way", doc="Near-duplicate rule for missed concepts (docs/METHOD.md §5.8).",
-                         choices=("one_way", "both", "none")),
-    },
-    "keywords": {
-        "top": R.Param("top", "int", 5, doc="Top-k labels of a neuron that are compared.", min=1),
-        "min_share": R.Param("min_share", "float", 0.5, doc="Share of the top-k labels that must contain the keyword.",
-                             min=0, max=1),
-    },
-}
-ANALYSIS_OPTIONS["analyze"] = {k: v for opts in ANALYSIS_OPTIONS.values() for k, v in opts.items()}
-
-DEFAULT_RULE = ast.ThresholdRule("max", "mean_top1", None, ">=", ast.Span("<default>", 1, 1, 1, 2))
+#: a study without a `threshold` statement (vocabulary.DEFAULT_THRESHOLD, shared with the analyses' macros)
+DEFAULT_RULE = ast.ThresholdRule(R.DEFAULT_THRESHOLD["combine"], R.DEFAULT_THRESHOLD["statistic"], None,
+                                 R.DEFAULT_THRESHOLD["op"], ast.Span("<default>", 1, 1, 1, 2))
 
 _INTERP = re.compile(r"\$\{([^}]*)\}")
 
@@ -714,8 +689,35 @@ class _Checker:
 
     def check_analysis(self, s: ast.Analysis | ast.ShowNeuron, index: int, out: CheckedStudy) -> CheckedAnalysis | None:
         before = sum(1 for d in self.diags if d.is_error)
+        models = self.analysis_models((s.model,) if isinstance(s, ast.ShowNeuron) else s.models)
+        text = _source_text(self.study.source, s.span)
+        if isinstance(s, ast.ShowNeuron):
+            return self.check_show_neuron(s, index, out, models, text, before)
+        kind = s.kind
+        names = self.analysis_names(s)
+        if kind == "gained" and len(models) == 2 and models[0] == models[1]:
+            self.error("same-model", "gained/lost compares two different models", s.models[1].span)
+        if kind in ("compare", "gained") and len(models) >= 2:
+            self.check_comparable(s, models)
+        layers = None
+        if s.layers is not None:
+            layers = self.expand_layers(s.layers)
+            for m in models:
+                self.check_analysis_layers(m, layers)
+        filt = s.filter
+        if filt is not None:
+            filt = self.check_filter(filt, models)
+        rule = self.analysis_rule(s, out.default_threshold)
+        count = self.check_count(s.count, s.count_span) or out.default_count
+        options = self.analysis_options(s)
+        if sum(1 for d in self.diags if d.is_error) > before:
+            return None
+        return CheckedAnalysis(index, kind, names, models, layers, filt, rule, count, options, None,
+                               options.get("top") if kind == "keywords" else None, text, s.span)
+
+    def analysis_models(self, idents: Iterable[ast.Ident]) -> list[str]:
+        """The dissected models an analysis names, each once."""
         models: list[str] = []
-        idents = (s.model,) if isinstance(s, ast.ShowNeuron) else s.models
         for m in idents:
             name = self.ref(m, "target", "a model")
             if name is None:
@@ -728,86 +730,87 @@ class _Checker:
                            f"add it to a dissect statement: `dissect {name} at layers ... by ...`")
                 continue
             models.append(name)
-        text = _source_text(self.study.source, s.span)
-        if isinstance(s, ast.ShowNeuron):
-            layers = self.expand_layers((s.layer,))
-            if len(layers) != 1 or isinstance(layers[0], (ast.LayerRange, ast.LayerAll)):
-                self.error("neuron-layer", "a neuron look-up needs exactly one layer", s.layer.span,
-                           "name one layer or an alias of one layer, e.g. M.last[242]")
-            for m in models:
-                self.check_analysis_layers(m, layers)
-            if sum(1 for d in self.diags if d.is_error) > before:
-                return None
-            return CheckedAnalysis(index, "neuron", ANALYSIS_NAMES["neuron"], models, layers, None, out.default_threshold,
-                                   out.default_count, {"top": s.top}, s.unit, s.top, text, s.span)
+        return models
 
-        kind = s.kind
-        names: tuple[str, ...]
-        if kind == "analyze":
-            assert s.name is not None
-            if s.name not in R.ANALYSES:
-                self.error("unknown-analysis", f"unknown analysis '{s.name}'", s.name_span or s.span,
-                           suggest_hint(s.name, R.ANALYSES) or "analyses: " + ", ".join(R.ANALYSES))
-                names = ()
-            else:
-                names = (s.name,)
-        else:
-            names = ANALYSIS_NAMES[kind]
-        if kind == "gained" and len(models) == 2 and models[0] == models[1]:
-            self.error("same-model", "gained/lost compares two different models", s.models[1].span)
-        if kind in ("compare", "gained") and len(models) >= 2:
-            first = self.dissected[models[0]][0]
-            for m in models[1:]:
-                other = self.dissected[m][0]
-                for part, word in (("concepts", "concept set"), ("probe", "probe")):
-                    a, b = getattr(first, part).name, getattr(other, part).name
-                    if a != b:
-                        self.error("incomparable", f"{models[0]} and {m} are dissected with different {word}s ('{a}' and '{b}')",
-                                   next(i.span for i in s.models if i.name == m),
-                                   f"dissect the compared models with the same {word}",
-                                   [(f"{models[0]} is dissected", first.span), (f"{m} is dissected", other.span)])
-        layers = None
-        if s.layers is not None:
-            layers = self.expand_layers(s.layers)
-            for m in models:
-                self.check_analysis_layers(m, layers)
-        filt = s.filter
-        if filt is not None:
-            filt = self.check_filter(filt, models)
-        rule = out.default_threshold
-        if s.threshold is not None and s.threshold.span.line > s.span.line and s.threshold.span.col == 1:
+    def check_show_neuron(self, s: ast.ShowNeuron, index: int, out: CheckedStudy, models: list[str], text: str,
+                          before: int) -> CheckedAnalysis | None:
+        layers = self.expand_layers((s.layer,))
+        if len(layers) != 1 or isinstance(layers[0], (ast.LayerRange, ast.LayerAll)):
+            self.error("neuron-layer", "a neuron look-up needs exactly one layer", s.layer.span,
+                       "name one layer or an alias of one layer, e.g. M.last[242]")
+        for m in models:
+            self.check_analysis_layers(m, layers)
+        if sum(1 for d in self.diags if d.is_error) > before:
+            return None
+        return CheckedAnalysis(index, "neuron", R.statement_analyses("neuron"), models, layers, None,
+                               out.default_threshold, out.default_count, {"top": s.top}, s.unit, s.top, text, s.span)
+
+    def analysis_names(self, s: ast.Analysis) -> tuple[str, ...]:
+        """The analyses a statement runs: its kind's (vocabulary.ANALYSES specs), or `analyze NAME`'s one."""
+        if s.kind != "analyze":
+            return R.statement_analyses(s.kind)
+        assert s.name is not None
+        if s.name not in R.ANALYSES:
+            self.error("unknown-analysis", f"unknown analysis '{s.name}'", s.name_span or s.span,
+                       suggest_hint(s.name, R.ANALYSES) or "analyses: " + ", ".join(R.ANALYSES))
+            return ()
+        return (s.name,)
+
+    def check_comparable(self, s: ast.Analysis, models: list[str]) -> None:
+        """Compared models must share the concept set and the probe (concepts are compared by id)."""
+        first = self.dissected[models[0]][0]
+        for m in models[1:]:
+            other = self.dissected[m][0]
+            for part, word in (("concepts", "concept set"), ("probe", "probe")):
+                a, b = getattr(first, part).name, getattr(other, part).name
+                if a != b:
+                    self.error("incomparable",
+                               f"{models[0]} and {m} are dissected with different {word}s ('{a}' and '{b}')",
+                               next(i.span for i in s.models if i.name == m),
+                               f"dissect the compared models with the same {word}",
+                               [(f"{models[0]} is dissected", first.span), (f"{m} is dissected", other.span)])
+
+    def analysis_rule(self, s: ast.Analysis, default: ast.ThresholdRule) -> ast.ThresholdRule:
+        if s.threshold is None:
+            return default
+        if s.threshold.span.line > s.span.line and s.threshold.span.col == 1:
             # The language is newline-insensitive: a `threshold` line right after an analysis is that
             # analysis's clause, which is rarely what a line of its own at column 1 means.
-            self.warning("threshold-attached", f"this threshold applies to the {s.verb or kind} statement above, not to the whole study",
-                         s.threshold.span, "to set the study default, move the `threshold` statement before the analyses; "
-                         "to keep it here, indent it")
-        if s.threshold is not None:
-            if self.check_rule(s.threshold):
-                rule = s.threshold
-        count = self.check_count(s.count, s.count_span) or out.default_count
-        allowed = ANALYSIS_OPTIONS.get(kind, {})
+            self.warning("threshold-attached",
+                         f"this threshold applies to the {s.verb or s.kind} statement above, not to the whole study",
+                         s.threshold.span, "to set the study default, move the `threshold` statement before the "
+                         "analyses; to keep it here, indent it")
+        return s.threshold if self.check_rule(s.threshold) else default
+
+    def analysis_options(self, s: ast.Analysis) -> dict[str, Any]:
+        """The statement's options, validated and completed with each option's one default.
+
+        Which options a statement takes and their defaults are its analyses' specs
+        (vocabulary.ANALYSES); the analyses' macros take the same defaults.
+        """
+        where = s.verb or s.kind
+        allowed = R.statement_options(s.kind, s.name)
         options: dict[str, Any] = {}
         seen: dict[str, ast.Span] = {}
         for opt in s.options:
             assert opt.name is not None
             param = allowed.get(opt.name)
             if param is None:
-                self.error("unknown-option", f"{s.verb or kind} has no option '{opt.name}'", opt.name_span or opt.span,
-                           suggest_hint(opt.name, allowed) or ("options: " + ", ".join(allowed) if allowed else f"{s.verb or kind} takes no options"))
+                self.error("unknown-option", f"{where} has no option '{opt.name}'", opt.name_span or opt.span,
+                           suggest_hint(opt.name, allowed)
+                           or ("options: " + ", ".join(allowed) if allowed else f"{where} takes no options"))
                 continue
             if opt.name in seen:
-                self.error("duplicate-param", f"option '{opt.name}' is given twice", opt.span, None, [("first given", seen[opt.name])])
+                self.error("duplicate-param", f"option '{opt.name}' is given twice", opt.span, None,
+                           [("first given", seen[opt.name])])
                 continue
             seen[opt.name] = opt.span
-            good, val = self.coerce(param, opt.value, s.verb or kind)
+            good, val = self.coerce(param, opt.value, where)
             if good:
                 options[opt.name] = val
         for name, p in allowed.items():
             options.setdefault(name, p.default)
-        if sum(1 for d in self.diags if d.is_error) > before:
-            return None
-        return CheckedAnalysis(index, kind, names, models, layers, filt, rule, count, options, None,
-                               options.get("top") if kind == "keywords" else None, text, s.span)
+        return options
 
     def check_filter(self, f: ast.Filter, models: list[str]) -> ast.Filter | None:
         if f.level not in R.CATEGORY_LEVELS:

@@ -418,18 +418,144 @@ DISSECT_OPTIONS: dict[str, Param] = {
     ]
 }
 
-#: analyses: name -> one-line description. A study statement, a Python function in
-#: engine/analysis.py and a DuckDB table/view carry the same name.
-ANALYSES: dict[str, str] = {
-    "layer_thresholds": "tau per (model, layer) under the study's statistic; its evolution across layers (Fig. 4a/8).",
-    "captured_concepts": "Concepts a (model, layer) encodes under a threshold rule, with the neurons carrying them.",
-    "category_counts": "Captured concepts per broad category, subcategory, domain and task (Fig. 4b, 9).",
-    "top_categories": "The top three broad categories per (model, layer) (Fig. 4c).",
-    "concept_changes": "Concepts unique to each model and shared, per layer and category (Table 3).",
-    "missed_concepts": "Concepts never captured at any analysed layer, after the overlap de-dup (Fig. 10, 11).",
-    "neuron_profile": "Top concepts and top images of one neuron (Fig. 6, 7).",
-    "keyword_neurons": "Neurons whose top-k labels share one keyword.",
+
+# --------------------------------------------------------------------------- analyses
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of an analysis's output: name, DuckDB type, and what it holds."""
+
+    name: str
+    type: str
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """One analysis, as data: what the checker, the store, the report and the docs need, written once.
+
+    `name` is shared by `analyze NAME`, the DuckDB table macro that computes the
+    analysis (`engine/analyses/macros.py`, registered with `engine.registry.ANALYSES`)
+    and, when `stored`, the results table a study fills (its DDL is generated from
+    `columns`, keyed by run_id and analysis_id).  `statements` are the statement
+    kinds that run it besides `analyze`; `options` are its statement options, each
+    with its one default: the checker fills them in, and the macro's parameters take
+    the same defaults from here, so a stored table always equals the macro called
+    with the defaults.  `sections` are the report sections that show it.
+    """
+
+    name: str
+    doc: str
+    columns: tuple[Column, ...]
+    statements: tuple[str, ...] = ()
+    options: tuple[Param, ...] = ()
+    sections: tuple[str, ...] = ()
+    #: False for a view over base tables (layer_thresholds) or a look-up (neuron_profile)
+    stored: bool = True
+
+    def option(self, name: str) -> Param | None:
+        return next((p for p in self.options if p.name == name), None)
+
+
+def _c(name: str, type: str, doc: str = "") -> Column:
+    return Column(name, type, doc)
+
+
+_MODEL, _LAYER = _c("model", "VARCHAR"), _c("layer", "VARCHAR")
+_CONCEPT = (_c("concept_id", "INTEGER"), _c("concept", "VARCHAR"), _c("category", "VARCHAR"),
+            _c("subcategory", "VARCHAR"))
+
+#: the threshold rule of a study without a `threshold` statement, and of the macros
+#: called without one: the paper's comparison rule (docs/METHOD.md §5.2)
+DEFAULT_THRESHOLD: dict[str, str] = {"combine": "max", "statistic": "mean_top1", "op": ">="}
+
+#: every analysis, in the order the store and the docs list them
+ANALYSES: dict[str, AnalysisSpec] = {
+    a.name: a
+    for a in [
+        AnalysisSpec(
+            "layer_thresholds",
+            "tau per (model, layer) under the study's statistic; its evolution across layers (Fig. 4a/8).",
+            (_MODEL, _LAYER, _c("layer_index", "INTEGER", "depth order: sort by this, never by name"),
+             _c("alias", "VARCHAR"), _c("n_neurons", "INTEGER"), _c("tau", "DOUBLE", "under tau_statistic"),
+             _c("tau_statistic", "VARCHAR"), _c("tau_mean_top1", "DOUBLE"), _c("tau_mean_all", "DOUBLE"),
+             _c("tau_median_top1", "DOUBLE")),
+            statements=("thresholds",), sections=("thresholds",), stored=False,
+        ),
+        AnalysisSpec(
+            "captured_concepts",
+            "Concepts a (model, layer) encodes under a threshold rule, with the neurons carrying them.",
+            (_MODEL, _LAYER, *_CONCEPT, _c("domain", "VARCHAR"), _c("tasks", "VARCHAR[]"),
+             _c("n_neurons", "INTEGER", "neurons whose passing top-1 label is this concept"),
+             _c("units", "INTEGER[]"), _c("max_score", "DOUBLE"),
+             _c("threshold", "DOUBLE", "the tau applied to this (model, layer)")),
+            statements=("compare", "learned"), sections=("wordclouds",),
+        ),
+        AnalysisSpec(
+            "category_counts",
+            "Captured concepts per broad category, subcategory, domain and task (Fig. 4b, 9).",
+            (_MODEL, _LAYER, _c("level", "VARCHAR", "category | subcategory | domain | task"), _c("grp", "VARCHAR"),
+             _c("n_concepts", "INTEGER", "unique captured concepts (paper text)"),
+             _c("n_neurons", "INTEGER", "passing neurons (reference notebook)")),
+            statements=("compare",), sections=("domains", "tasks"),
+        ),
+        AnalysisSpec(
+            "top_categories",
+            "The top three broad categories per (model, layer) (Fig. 4c).",
+            (_MODEL, _LAYER, _c("rank", "INTEGER", "1..3; ties broken by fixed category order"),
+             _c("category", "VARCHAR"), _c("n_concepts", "INTEGER"), _c("n_neurons", "INTEGER")),
+            statements=("compare",), sections=("top_categories",),
+        ),
+        AnalysisSpec(
+            "concept_changes",
+            "Concepts unique to each model and shared, per layer and category (Table 3).",
+            (_LAYER, *_CONCEPT, _c("status", "VARCHAR", "'shared' (all models) | 'unique' (one model) | 'partial'"),
+             _c("present_in", "VARCHAR[]", "models capturing it at this layer")),
+            statements=("compare", "gained"), sections=("changes",),
+        ),
+        AnalysisSpec(
+            "missed_concepts",
+            "Concepts never captured at any analysed layer, after the overlap de-dup (Fig. 10, 11).",
+            (_MODEL, *_CONCEPT, _c("domain", "VARCHAR"),
+             _c("status", "VARCHAR", "learned | missed | missed_overlap (dropped by the de-dup rule)"),
+             _c("overlap_with", "VARCHAR", "the learned concept that made it an overlap")),
+            statements=("learned",), sections=("learned", "missed"),
+            options=(_p("dedup", "str", "one_way", "Near-duplicate rule for missed concepts (docs/METHOD.md §5.8).",
+                        choices=("one_way", "both", "none")),),
+        ),
+        AnalysisSpec(
+            "neuron_profile",
+            "Top concepts and top images of one neuron (Fig. 6, 7).",
+            (_c("rank", "INTEGER"), _c("concept_id", "INTEGER"), _c("concept", "VARCHAR"), _c("score", "DOUBLE"),
+             _c("category", "VARCHAR"), _c("subcategory", "VARCHAR"), _c("domain", "VARCHAR")),
+            statements=("neuron",), sections=("neurons",), stored=False,
+            options=(_p("top", "int", 5, "Top concepts and top images shown.", min=1),),
+        ),
+        AnalysisSpec(
+            "keyword_neurons",
+            "Neurons whose top-k labels share one keyword.",
+            (_MODEL, _LAYER, _c("unit", "INTEGER"), _c("keyword", "VARCHAR"),
+             _c("share", "DOUBLE", "fraction of the top-k labels containing the keyword"), _c("labels", "VARCHAR[]")),
+            statements=("keywords",), sections=("keywords",),
+            options=(_p("top", "int", 5, "Top-k labels of a neuron that are compared.", min=1),
+                     _p("min_share", "float", 0.5, "Share of the top-k labels that must contain the keyword.",
+                        min=0, max=1)),
+        ),
+    ]
 }
+
+
+def statement_analyses(kind: str) -> tuple[str, ...]:
+    """The analyses a statement kind (`compare`, `learned`, ...) runs, in ANALYSES order."""
+    return tuple(name for name, a in ANALYSES.items() if kind in a.statements)
+
+
+def statement_options(kind: str, analysis: str | None = None) -> dict[str, Param]:
+    """Options a statement accepts: those of the analyses it runs (`analyze NAME`: of NAME alone)."""
+    names = (analysis,) if kind == "analyze" else statement_analyses(kind)
+    return {p.name: p for n in names if n in ANALYSES for p in ANALYSES[n].options}
+
 
 REPORT_FORMATS = ("html", "pdf")
 REPORT_SECTIONS = (
