@@ -13,7 +13,7 @@ still catch one stage's errors alone:
     engine/concepts.py           ConceptSetError  (a concept-set file)
     engine/cache.py              CacheError       (the cache folder)
     engine/passes/activations.py ActivationError  (a layer or preprocessing the pass cannot use)
-    engine/analyses/frames.py    AnalysisError    (an analysis statement the results cannot answer)
+    engine/analyses/macros.py    AnalysisError    (an analysis statement the results cannot answer)
     engine/store/database.py     StoreError       (a results database)
     engine/report/model.py       ReportError      (no such run, section, format; also a LookupError)
     engine/run.py                RunError         (unset variable, missing device, bad layer, --strict)

@@ -136,4 +136,4 @@ PROBES: Registry[ProbeFactory] = Registry("probe source", (
     "dissect_study.engine.probes.embed", "dissect_study.engine.probes.dicom", "dissect_study.engine.probes.imagenet",
     "dissect_study.engine.probes.compose", "dissect_study.engine.phantom.probe"))
 CONCEPT_LOADERS: Registry[ConceptLoader] = Registry("concept source", ("dissect_study.engine.concepts",))
-ANALYSES: Registry = Registry("analysis", ())
+ANALYSES: Registry = Registry("analysis", ("dissect_study.engine.analyses.macros",))

@@ -166,15 +166,6 @@ def resolve_layers(target: Target, items: tuple[ast.LayerItem, ...],
     return sorted(out.items(), key=lambda kv: order.get(kv[0], 1 << 30))
 
 
-def _analysis_options(options: Any) -> dict[str, Any]:
-    """Study-level option spellings -> engine/analysis.py's (the language says `one_way`)."""
-    opts = dict(options or {})
-    aliases = {"one_way": "forward", "two_way": "both"}
-    if "dedup" in opts:
-        opts["dedup"] = aliases.get(opts["dedup"], opts["dedup"])
-    return opts
-
-
 # ----------------------------------------------------------------------------- executor
 
 class Executor:
@@ -559,44 +550,32 @@ class Executor:
 
     # ------------------------------------------------------------------ analyses
     def analyses(self) -> None:
-        from dissect_study.engine.analyses.frames import AnalysisInput, AnalysisRequest, resolve_filter, run_analysis
+        """Record each analysis statement as an `analyses` row: the arguments of its macros.
 
-        frames = {t: pd.concat(self.record.frames.get(t, [pd.DataFrame()]), ignore_index=True)
-                  for t in ("layers", "neurons", "neuron_labels", "top_images", "concepts", "dissections")}
-        inp = AnalysisInput(layers=frames["layers"], neurons=frames["neurons"],
-                            neuron_labels=frames["neuron_labels"], top_images=frames["top_images"],
-                            concepts=frames["concepts"], dissections=frames["dissections"])
+        The tables are computed by the analyses' SQL macros inside the transaction that
+        stores the run (engine/analyses/macros.py `store_analyses`), so a stored table
+        always equals its macro called with that row's arguments.
+        """
+        from dissect_study.engine.analyses.macros import store_analyses
+
         self.neuron_requests: list[tuple[str, str, int, int]] = []
         for a in self.plan.analyses:
             models = list(a.models)
             layers = self._analysis_layers(a, models)
-            th = a.threshold
-            threshold = dict(combine=getattr(th, "combine", "max"), statistic=getattr(th, "statistic", "mean_top1"),
-                             value=getattr(th, "value", None), op=getattr(th, "op", ">="))
-            flt = a.filter
-            kind = "show_neuron" if a.kind in ("show", "show_neuron", "neuron") else a.kind
-            req = AnalysisRequest(
-                analysis_id=a.index, kind=kind, names=tuple(a.analysis_names), models=models, layers=layers,
-                filter_level=getattr(flt, "level", None), filter_name=getattr(flt, "name", None),
-                threshold=threshold, count=a.count or "concepts", options=_analysis_options(a.options),
-                unit=getattr(a, "unit", None), top=getattr(a, "top", None))
-            span = getattr(a, "span", None)
-            if req.filter_name is not None:  # record the group actually used (e.g. category -> task)
-                resolved = resolve_filter(inp.concepts, req.filter_level, req.filter_name)
-                if resolved is not None:
-                    req.filter_level, req.filter_name = resolved
+            th, flt = a.threshold, a.filter
+            kind = "show_neuron" if a.kind == "neuron" else a.kind
+            options = dict(a.options)
+            if kind == "show_neuron" and a.unit is not None and a.top is not None:
+                options.update(unit=a.unit, top=a.top)
+                self.neuron_requests.extend((models[0], layer, a.unit, a.top) for layer in layers)
             self.record.add("analyses", dict(
                 analysis_id=a.index, kind=kind, analysis_names=list(a.analysis_names), statement=a.text,
-                line=getattr(span, "line", None), models=models, layers=layers,
-                filter_level=req.filter_level, filter_name=req.filter_name, threshold_rule=threshold,
-                count_unit=req.count,
-                options={**req.options, **({"unit": req.unit, "top": req.top} if kind == "show_neuron" else {})}))
-            if kind == "show_neuron":
-                for layer in layers:
-                    self.neuron_requests.append((models[0], layer, int(a.unit), int(a.top or 5)))
-            for table, df in run_analysis(req, inp).items():
-                self.record.add(table, df)
-        self.log.info(f"analyses  {len(self.plan.analyses)} statement(s) evaluated")
+                line=a.span.line, models=models, layers=layers,
+                filter_level=flt.level if flt else None, filter_name=flt.name if flt else None,
+                threshold_rule=dict(combine=th.combine, statistic=th.statistic, value=th.value, op=th.op),
+                count_unit=a.count, options=options))
+        self.record.derive.append(store_analyses)
+        self.log.info(f"analyses  {len(self.plan.analyses)} statement(s); computed in SQL as the run is stored")
 
     def _analysis_layers(self, a: CheckedAnalysis, models: list[str]) -> list[str]:
         per_model = []

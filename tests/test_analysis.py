@@ -1,8 +1,9 @@
-"""Analyses (RQ1-RQ3) on a hand-built run whose answers are worked out by hand below,
-and agreement of the DuckDB macros with the Python functions on the same stored run.
+"""The analyses -- DuckDB table macros, their one implementation -- on hand-built runs whose
+answers are worked out by hand below, and a study run through check + run whose stored
+tables must equal the macros called with no arguments but the run.
 
-The run: concept set "toy" (16 concepts), models M and C, layers b.2 (index 2) and
-b.19 (index 19), four neurons each; top-1 labels and scores:
+The run "run-1": concept set "toy" (16 concepts), models M and C, layers b.2 (index 2)
+and b.19 (index 19), four neurons each; top-1 labels and scores:
 
     M b.2 : u0 nipple 2.5 | u1 wood 2.0 | u2 nipple 3.0 | u3 blue 2.0        mean 2.375  median 2.25
     M b.19: u0 oval mass 5.0 | u1 fine linear 5.5 | u2 extremely dense 3.0 | u3 suspicious 6.0 (constant)
@@ -15,34 +16,30 @@ Comparison τ (max of means): b.2 = 2.375, b.19 = 5.125.
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from pathlib import Path
+from typing import Any
 
 import duckdb
 import pandas as pd
 import pytest
 
+from dissect_study.dsl import check_file
+from dissect_study.dsl import vocabulary as R
+from dissect_study.engine.analyses.macros import AnalysisError, resolve_filter, sql_literal, store_analyses
+from dissect_study.engine.registry import ANALYSES
 from dissect_study.engine.store import database as store
-from dissect_study.engine.analyses.frames import (
-    AnalysisError,
-    AnalysisInput,
-    AnalysisRequest,
-    captured_concepts,
-    category_counts,
-    concept_changes,
-    dedup_overlaps,
-    keyword_neurons,
-    layer_thresholds,
-    missed_concepts,
-    neuron_profile,
-    normalise_phrase,
-    resolve_filter,
-    run_analysis,
-    thresholds_for,
-    top_categories,
-)
 
-ANAT, LOC, FIND, INTERP, ACT, ENV = ("Breast anatomy or structure", "Breast locations", "Findings and characterizations",
-                                     "Interpretations", "Action or follow-up", "Environmental and natural")
+ANAT, LOC, FIND, INTERP, ACT, ENV = (
+    "Breast anatomy or structure",
+    "Breast locations",
+    "Findings and characterizations",
+    "Interpretations",
+    "Action or follow-up",
+    "Environmental and natural",
+)
 CONCEPTS = [  # id, text, category, subcategory, domain, tasks
     (0, "oval mass", FIND, "Mass shape", "mammography", ["mass"]),
     (1, "round mass", FIND, "Mass shape", "mammography", ["mass"]),
@@ -78,83 +75,205 @@ LABELS = {  # top-5 labels of a few neurons (keyword_neurons, neuron_profile)
 RUN = "run-1"
 
 
-def _frames() -> dict[str, pd.DataFrame]:
-    concepts = pd.DataFrame(CONCEPTS, columns=["concept_id", "concept", "category", "subcategory", "domain", "tasks"])
-    concepts.insert(0, "concept_set", "toy")
-    layers, neurons, labels = [], [], []
-    for (m, l), rows in NEURONS.items():
-        scores = [s for _, s, _ in rows]
-        layers.append({"model": m, "layer": l, "layer_index": LAYER_INDEX[l], "alias": "last" if l == "b.19" else None,
-                       "n_neurons": 4, "tau": sum(scores) / 4, "tau_statistic": "mean_top1",
-                       "tau_mean_top1": sum(scores) / 4, "tau_mean_all": -1.0, "tau_median_top1": None})
-        for u, (cid, s, const) in enumerate(rows):
-            neurons.append({"model": m, "layer": l, "unit": u, "concept_id": cid, "label": TEXT[cid], "score": s, "constant": const})
-    for (m, l, u), cids in LABELS.items():
+def _toy(
+    neurons: dict[tuple[str, str], list[tuple[int, float, bool]]],
+    concepts: list[tuple] = CONCEPTS,
+    labels: dict[tuple[str, str, int], list[int]] | None = None,
+    tau_mean_all: float | None = -1.0,
+) -> dict[str, pd.DataFrame]:
+    """Base tables of one run: concept set "toy", the given top-1 labels, stored τ = mean of the top-1 scores."""
+    text = {c[0]: c[1] for c in concepts}
+    cs = pd.DataFrame(concepts, columns=["concept_id", "concept", "category", "subcategory", "domain", "tasks"])
+    cs.insert(0, "concept_set", "toy")
+    layers, rows, lab = [], [], []
+    for (m, l), units in neurons.items():
+        scores = [s for _, s, _ in units]
+        layers.append(
+            {
+                "model": m,
+                "layer": l,
+                "layer_index": LAYER_INDEX.get(l, 0),
+                "alias": "last" if l == "b.19" else None,
+                "n_neurons": len(units),
+                "tau": sum(scores) / len(units),
+                "tau_statistic": "mean_top1",
+                "tau_mean_top1": sum(scores) / len(units),
+                "tau_mean_all": tau_mean_all,
+                "tau_median_top1": None,
+            }
+        )
+        for u, (cid, s, const) in enumerate(units):
+            rows.append(
+                {
+                    "model": m,
+                    "layer": l,
+                    "unit": u,
+                    "concept_id": cid,
+                    "label": text[cid],
+                    "score": s,
+                    "constant": const,
+                }
+            )
+    for (m, l, u), cids in (labels or {}).items():
         for r, cid in enumerate(cids, start=1):
-            labels.append({"model": m, "layer": l, "unit": u, "rank": r, "concept_id": cid, "concept": TEXT[cid], "score": 10.0 - r})
-    top_images = pd.DataFrame([{"model": "M", "layer": "b.19", "unit": 1, "rank": r, "image_idx": i, "activation": 1.0 / r}
-                               for r, i in enumerate([7, 3, 9, 1, 4, 8], start=1)])
-    return {"concepts": concepts, "layers": pd.DataFrame(layers), "neurons": pd.DataFrame(neurons),
-            "neuron_labels": pd.DataFrame(labels), "top_images": top_images,
-            "dissections": pd.DataFrame([{"model": m, "concept_set": "toy"} for m in ("M", "C")])}
+            lab.append(
+                {
+                    "model": m,
+                    "layer": l,
+                    "unit": u,
+                    "rank": r,
+                    "concept_id": cid,
+                    "concept": text[cid],
+                    "score": 10.0 - r,
+                }
+            )
+    top_images = pd.DataFrame(
+        [
+            {"model": "M", "layer": "b.19", "unit": 1, "rank": r, "image_idx": i, "activation": 1.0 / r}
+            for r, i in enumerate([7, 3, 9, 1, 4, 8], start=1)
+        ]
+    )
+    models = sorted({m for m, _ in neurons})
+    return {
+        "concepts": cs,
+        "layers": pd.DataFrame(layers),
+        "neurons": pd.DataFrame(rows),
+        "neuron_labels": pd.DataFrame(lab),
+        "top_images": top_images,
+        "dissections": pd.DataFrame([{"model": m, "concept_set": "toy"} for m in models]),
+    }
 
 
-@pytest.fixture(scope="module")
-def inp() -> AnalysisInput:
-    f = _frames()
-    return AnalysisInput(f["layers"], f["neurons"], f["neuron_labels"], f["top_images"], f["concepts"], f["dissections"])
+def _write(
+    path: Path, run_id: str, tables: dict[str, pd.DataFrame], analyses: list[dict[str, Any]] = (), derive: bool = False
+) -> None:
+    rec = store.RunRecord(run_id=run_id, run={"study_title": run_id, "status": "ok"})
+    for table, df in tables.items():
+        rec.add(table, df)
+    for a in analyses:
+        rec.add("analyses", a)
+    if derive:
+        rec.derive.append(store_analyses)
+    store.write_run(path, rec)
+
+
+# Two more hand-built runs.  "ties": one layer whose captured categories tie (concepts) or
+# not (neurons): Environmental 3 concepts / 9 neurons, Interpretations 3/3, Findings 3/4,
+# Breast anatomy 1/20, uncategorised 5/5, Breast locations 0 (never captured).
+TIE_CONCEPTS = (
+    [(i, f"env {i}", ENV, None, "non-mammography", []) for i in range(3)]
+    + [(3 + i, f"interp {i}", INTERP, None, "mammography", []) for i in range(3)]
+    + [(6 + i, f"finding {i}", FIND, None, "mammography", []) for i in range(3)]
+    + [(9, "anatomy", ANAT, None, "mammography", []), (15, "location", LOC, None, "mammography", [])]
+    + [(10 + i, f"other {i}", None, None, "mammography", []) for i in range(5)]
+)
+TIE_NEURONS = [0] * 3 + [1] * 3 + [2] * 3 + [3, 4, 5] + [6, 7, 8, 8] + [9] * 20 + [10, 11, 12, 13, 14]
+# "dedup": D1 learns DEDUP_1, D2 learns DEDUP_2; every other concept is missed by each.
+DEDUP_1 = ["extremely dense", "amorphous calcification", "fine linear calcifications", "punctate calcifications"]
+DEDUP_2 = ["nipple", "oval mass"]
+DEDUP_MISSED = [
+    "extremely",
+    "amorphous",
+    "calcification",
+    "dense breast",
+    "linear",
+    "round mass",
+    "fine linear calcification",
+    "linea",
+    "nipple retraction",
+    "mass",
+]
+DEDUP_CONCEPTS = [(i, t, FIND, None, "mammography", []) for i, t in enumerate(DEDUP_1 + DEDUP_2 + DEDUP_MISSED)]
 
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory) -> duckdb.DuckDBPyConnection:
     path = tmp_path_factory.mktemp("db") / "results.duckdb"
-    rec = store.RunRecord(run_id=RUN, run={"study_title": "toy", "status": "ok"})
-    for table, df in _frames().items():
-        rec.add(table, df)
-    store.write_run(path, rec)
+    _write(path, RUN, _toy(NEURONS, labels=LABELS))
+    three = {**NEURONS, ("X", "b.2"): NEURONS[("C", "b.2")], ("X", "b.19"): NEURONS[("C", "b.19")]}
+    _write(path, "run-3", _toy(three))
+    _write(path, "ties", _toy({("T", "l"): [(c, 1.0, False) for c in TIE_NEURONS]}, TIE_CONCEPTS))
+    ids = {t: i for i, t, *_ in DEDUP_CONCEPTS}
+    _write(
+        path,
+        "dedup",
+        _toy(
+            {
+                ("D1", "l"): [(ids[t], 1.0, False) for t in DEDUP_1],
+                ("D2", "l"): [(ids[t], 1.0, False) for t in DEDUP_2],
+            },
+            DEDUP_CONCEPTS,
+        ),
+    )
     con = store.connect(path)
     store.ensure_schema(con)
     yield con
     con.close()
 
 
-MAX = {"combine": "max", "statistic": "mean_top1", "op": ">="}
-OWN = {"combine": "own", "statistic": "mean_top1", "op": ">="}
+def _q(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
+    cur = con.execute(sql)
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r)) for r in cur.fetchall()]
 
 
-def _cap_dict(df: pd.DataFrame) -> dict:
-    return {(r.model, r.layer, r.concept): (r.n_neurons, list(r.units), r.max_score, r.threshold) for r in df.itertuples()}
+def _call(con: duckdb.DuckDBPyConnection, name: str, run: str = RUN, *positional: Any, **args: Any) -> list[dict]:
+    """Rows of the table macro `name` called with `args` (Python values)."""
+    given = [sql_literal(run), *(sql_literal(p) for p in positional)]
+    given += [f"{k} := {sql_literal(v)}" for k, v in args.items()]
+    return _q(con, f"FROM {name}({', '.join(given)})")
+
+
+MC = {"models": ["M", "C"]}
+OWN = {"combine": "own"}
+
+
+def _cap(rows: list[dict]) -> dict:
+    return {
+        (r["model"], r["layer"], r["concept"]): (r["n_neurons"], list(r["units"]), r["max_score"], r["threshold"])
+        for r in rows
+    }
 
 
 # --------------------------------------------------------------------------- thresholds
 
 
-def test_layer_thresholds_statistics(inp):
-    lt = layer_thresholds(inp, ["M", "C"], None, "mean_top1")
-    got = {(r.model, r.layer): r.tau for r in lt.itertuples()}
-    assert got == {("M", "b.2"): 2.375, ("M", "b.19"): 4.875, ("C", "b.2"): 2.125, ("C", "b.19"): 5.125}
-    assert list(lt["layer"]) == ["b.2", "b.19", "b.2", "b.19"]  # depth order, not string order
-    med = layer_thresholds(inp, ["M", "C"], None, "median_top1")  # not stored: computed from neurons
-    assert {(r.model, r.layer): r.tau for r in med.itertuples()} == {
-        ("M", "b.2"): 2.25, ("M", "b.19"): 5.25, ("C", "b.2"): 2.25, ("C", "b.19"): 5.25}
-    assert set(layer_thresholds(inp, ["M"], ["b.19"], "mean_all")["tau"]) == {-1.0}
+def test_layer_thresholds_statistics(db):
+    lt = _call(db, "layer_thresholds", **MC)
+    assert {(r["model"], r["layer"]): r["tau"] for r in lt} == {
+        ("M", "b.2"): 2.375,
+        ("M", "b.19"): 4.875,
+        ("C", "b.2"): 2.125,
+        ("C", "b.19"): 5.125,
+    }
+    assert [r["layer"] for r in lt] == ["b.2", "b.19", "b.2", "b.19"]  # depth order, not string order
+    med = _call(db, "layer_thresholds", **MC, statistic="median_top1")  # not stored: computed from neurons
+    assert {(r["model"], r["layer"]): r["tau"] for r in med} == {
+        ("M", "b.2"): 2.25,
+        ("M", "b.19"): 5.25,
+        ("C", "b.2"): 2.25,
+        ("C", "b.19"): 5.25,
+    }
+    assert {r["tau"] for r in _call(db, "layer_thresholds", models=["M"], layers=["b.19"], statistic="mean_all")} == {
+        -1.0
+    }
 
 
-def test_thresholds_for_rules(inp):
-    assert thresholds_for(inp, ["M", "C"], None, MAX) == {
-        ("M", "b.2"): 2.375, ("M", "b.19"): 5.125, ("C", "b.2"): 2.375, ("C", "b.19"): 5.125}
-    assert thresholds_for(inp, ["M", "C"], ["b.19"], OWN) == {("M", "b.19"): 4.875, ("C", "b.19"): 5.125}
-    assert set(thresholds_for(inp, ["M"], None, {"combine": "fixed", "value": 3}).values()) == {3.0}
-    with pytest.raises(AnalysisError, match="fixed threshold needs a value"):
-        thresholds_for(inp, ["M"], None, {"combine": "fixed"})
+def test_applied_thresholds_rules(db):
+    def taus(**args: Any) -> dict:
+        return {(r["model"], r["layer"]): r["threshold"] for r in _call(db, "applied_thresholds", **args)}
+
+    assert taus(**MC) == {("M", "b.2"): 2.375, ("M", "b.19"): 5.125, ("C", "b.2"): 2.375, ("C", "b.19"): 5.125}
+    assert taus(**MC, layers=["b.19"], **OWN) == {("M", "b.19"): 4.875, ("C", "b.19"): 5.125}
+    assert set(taus(models=["M"], combine="fixed", value=3).values()) == {3.0}
 
 
 # --------------------------------------------------------------------------- captured, counts, top, changes
 
 
-def test_captured_concepts_max_rule(inp):
-    cap = captured_concepts(inp, ["M", "C"], None, MAX)
-    assert _cap_dict(cap) == {
+def test_captured_concepts_max_rule(db):
+    cap = _call(db, "captured_concepts", **MC)
+    assert _cap(cap) == {
         ("M", "b.2", "nipple"): (2, [0, 2], 3.0, 2.375),
         ("M", "b.19", "fine linear calcifications"): (1, [1], 5.5, 5.125),
         ("C", "b.2", "left breast"): (1, [0], 3.0, 2.375),
@@ -162,34 +281,37 @@ def test_captured_concepts_max_rule(inp):
         ("C", "b.19", "fine linear calcifications"): (1, [1], 5.5, 5.125),
         ("C", "b.19", "punctate calcifications"): (1, [0], 6.0, 5.125),
     }
-    assert list(cap.columns) == ["model", "layer", "concept_id", "concept", "category", "subcategory", "domain", "tasks",
-                                 "n_neurons", "units", "max_score", "threshold"]
+    assert [(r["model"], r["layer"]) for r in cap][:3] == [("M", "b.2"), ("M", "b.19"), ("C", "b.2")]  # request order
 
 
-def test_captured_concepts_variants(inp):
-    own = _cap_dict(captured_concepts(inp, ["M"], None, OWN))
+def test_captured_concepts_variants(db):
+    own = _cap(_call(db, "captured_concepts", models=["M"], **OWN))
     assert set(own) == {("M", "b.2", "nipple"), ("M", "b.19", "oval mass"), ("M", "b.19", "fine linear calcifications")}
     # op '>' drops neurons exactly at τ: with a fixed 3.0, u2 of M b.19 (3.0) and M b.2 u2 (3.0) go
-    fixed_ge = _cap_dict(captured_concepts(inp, ["M"], None, {"combine": "fixed", "value": 3.0}))
-    fixed_gt = _cap_dict(captured_concepts(inp, ["M"], None, {"combine": "fixed", "value": 3.0, "op": ">"}))
+    fixed_ge = _cap(_call(db, "captured_concepts", models=["M"], combine="fixed", value=3.0))
+    fixed_gt = _cap(_call(db, "captured_concepts", models=["M"], combine="fixed", value=3.0, op=">"))
     assert set(fixed_ge) - set(fixed_gt) == {("M", "b.2", "nipple"), ("M", "b.19", "extremely dense")}
     # the constant neuron (suspicious, 6.0) only with include_constant
-    with_const = _cap_dict(captured_concepts(inp, ["M"], ["b.19"], OWN, include_constant=True))
+    with_const = _cap(_call(db, "captured_concepts", models=["M"], layers=["b.19"], **OWN, include_constant=True))
     assert ("M", "b.19", "suspicious") in with_const and ("M", "b.19", "suspicious") not in own
     # median_top1: M b.2 τ 2.25 -> nipple (2 neurons); M b.19 τ 5.25 -> fine linear only
-    med = _cap_dict(captured_concepts(inp, ["M"], None, {"combine": "own", "statistic": "median_top1"}))
-    assert med == {("M", "b.2", "nipple"): (2, [0, 2], 3.0, 2.25),
-                   ("M", "b.19", "fine linear calcifications"): (1, [1], 5.5, 5.25)}
-    # filter on a task category
-    calc = captured_concepts(inp, ["M", "C"], None, MAX, ("task", "calcification"))
-    assert sorted(calc["concept"]) == ["fine linear calcifications", "fine linear calcifications", "punctate calcifications"]
+    med = _cap(_call(db, "captured_concepts", models=["M"], **OWN, statistic="median_top1"))
+    assert med == {
+        ("M", "b.2", "nipple"): (2, [0, 2], 3.0, 2.25),
+        ("M", "b.19", "fine linear calcifications"): (1, [1], 5.5, 5.25),
+    }
+    # filter on a task
+    calc = _call(db, "captured_concepts", **MC, filter_level="task", filter_name="calcification")
+    assert sorted(r["concept"] for r in calc) == [
+        "fine linear calcifications",
+        "fine linear calcifications",
+        "punctate calcifications",
+    ]
 
 
-def test_category_counts_by_hand(inp):
-    cap = captured_concepts(inp, ["M", "C"], None, MAX)
-    pairs = list(thresholds_for(inp, ["M", "C"], None, MAX))
-    cc = category_counts(cap, inp.concepts, pairs)
-    get = {(r.model, r.layer, r.level, r.grp): (r.n_concepts, r.n_neurons) for r in cc.itertuples()}
+def test_category_counts_by_hand(db):
+    cc = _call(db, "category_counts", **MC)
+    get = {(r["model"], r["layer"], r["level"], r["grp"]): (r["n_concepts"], r["n_neurons"]) for r in cc}
     assert get[("M", "b.2", "category", ANAT)] == (1, 2)  # one concept (nipple), two neurons
     assert get[("M", "b.2", "domain", "mammography")] == (1, 2)
     assert get[("M", "b.2", "domain", "non-mammography")] == (0, 0)
@@ -198,231 +320,361 @@ def test_category_counts_by_hand(inp):
     assert get[("C", "b.19", "subcategory", "Calcification morphology")] == (2, 2)
     assert get[("M", "b.19", "task", "mass")] == (0, 0)
     # zero-filled: every (model, layer) has every group of the set, plus the NULL (uncategorised) group
-    n_groups = {"category": 7, "subcategory": 11, "domain": 2, "task": 3}
-    for lvl, n in n_groups.items():
-        assert (cc[cc["level"] == lvl].groupby(["model", "layer"]).size() == n).all(), lvl
-    cats = list(cc[(cc["model"] == "M") & (cc["layer"] == "b.2") & (cc["level"] == "category")]["grp"])
+    df = pd.DataFrame(cc)
+    for lvl, n in {"category": 7, "subcategory": 11, "domain": 2, "task": 3}.items():
+        assert (df[df["level"] == lvl].groupby(["model", "layer"]).size() == n).all(), lvl
+    cats = [r["grp"] for r in cc if (r["model"], r["layer"], r["level"]) == ("M", "b.2", "category")]
     assert cats == [ANAT, LOC, FIND, INTERP, ACT, ENV, None]  # fixed order, NULL last
 
 
-def test_top_categories_tie_break_is_fixed_order():
-    counts = pd.DataFrame([
-        ("M", "l", "category", ENV, 3, 9), ("M", "l", "category", INTERP, 3, 1), ("M", "l", "category", FIND, 3, 2),
-        ("M", "l", "category", ANAT, 1, 20), ("M", "l", "category", None, 5, 5), ("M", "l", "category", LOC, 0, 0),
-    ], columns=["model", "layer", "level", "grp", "n_concepts", "n_neurons"])
-    t = top_categories(counts, "concepts")
-    # three-way tie at 3 concepts: fixed order Findings < Interpretations < Environmental (not alphabetical)
-    assert list(t["category"]) == [FIND, INTERP, ENV] and list(t["rank"]) == [1, 2, 3]
-    t = top_categories(counts, "neurons", n=2)
-    assert list(t["category"]) == [ANAT, ENV]
+def test_top_categories_tie_break_is_fixed_order(db):
+    t = _call(db, "top_categories", "ties", combine="fixed", value=0.0)
+    # three-way tie at 3 concepts: fixed order Findings < Interpretations < Environmental (not alphabetical);
+    # the uncategorised group (5 concepts) is never ranked
+    assert [(r["rank"], r["category"], r["n_concepts"], r["n_neurons"]) for r in t] == [
+        (1, FIND, 3, 4),
+        (2, INTERP, 3, 3),
+        (3, ENV, 3, 9),
+    ]
+    t = _call(db, "top_categories", "ties", combine="fixed", value=0.0, count_unit="neurons", n=2)
+    assert [r["category"] for r in t] == [ANAT, ENV]
 
 
-def test_concept_changes_table3(inp):
-    cap = captured_concepts(inp, ["M", "C"], None, MAX)
-    ch = concept_changes(cap, ["M", "C"], ["b.2", "b.19"])
-    got = {(r.layer, r.concept): (r.status, r.present_in) for r in ch.itertuples()}
-    assert got == {("b.2", "nipple"): ("shared", ["M", "C"]), ("b.2", "left breast"): ("unique", ["C"]),
-                   ("b.19", "fine linear calcifications"): ("shared", ["M", "C"]),
-                   ("b.19", "punctate calcifications"): ("unique", ["C"])}
-    calc = concept_changes(cap, ["M", "C"], ["b.19"], ("task", "calcification"))
-    assert set(calc["concept"]) == {"fine linear calcifications", "punctate calcifications"}
-    # three models: present in two of three is 'partial'
-    cap3 = pd.concat([cap, cap[cap["model"] == "C"].assign(model="X")], ignore_index=True)
-    three = concept_changes(cap3, ["M", "C", "X"], ["b.2"])
-    assert dict(zip(three["concept"], three["status"])) == {"nipple": "shared", "left breast": "partial"}
+def test_concept_changes_table3(db):
+    ch = _call(db, "concept_changes", **MC, layers=["b.2", "b.19"])
+    assert {(r["layer"], r["concept"]): (r["status"], r["present_in"]) for r in ch} == {
+        ("b.2", "nipple"): ("shared", ["M", "C"]),
+        ("b.2", "left breast"): ("unique", ["C"]),
+        ("b.19", "fine linear calcifications"): ("shared", ["M", "C"]),
+        ("b.19", "punctate calcifications"): ("unique", ["C"]),
+    }
+    assert [r["layer"] for r in ch] == ["b.2", "b.2", "b.19", "b.19"]
+    calc = _call(db, "concept_changes", **MC, layers=["b.19"], filter_level="task", filter_name="calcification")
+    assert {r["concept"] for r in calc} == {"fine linear calcifications", "punctate calcifications"}
+    # three models (X is a copy of C): present in two of three is 'partial'
+    three = _call(db, "concept_changes", "run-3", models=["M", "C", "X"], layers=["b.2"])
+    assert {r["concept"]: (r["status"], r["present_in"]) for r in three} == {
+        "nipple": ("shared", ["M", "C", "X"]),
+        "left breast": ("partial", ["C", "X"]),
+    }
 
 
 # --------------------------------------------------------------------------- learned / missed
 
 
-def test_normalise_and_dedup_rule():
-    assert normalise_phrase("Amorphous  Calcifications") == "amorphou calcification"
-    assert normalise_phrase("fat-containing mass") == "fat containing mas"
-    learned = ["extremely dense", "amorphous calcification", "fine linear calcifications", "punctate calcifications"]
-    missed = ["extremely", "amorphous", "calcification", "dense breast", "linear", "round mass", "fine linear calcification"]
-    fwd = dedup_overlaps(missed, learned, "forward")
-    assert fwd == {"extremely": "extremely dense", "amorphous": "amorphous calcification",
-                   "calcification": "amorphous calcification",  # shortest match; length tie -> alphabetical
-                   "linear": "fine linear calcifications",
-                   "fine linear calcification": "fine linear calcifications"}  # exact normal form
-    assert "dense breast" not in fwd  # "dense" is a sub-word, but "dense breast" is no sub-phrase of a learned one
-    both = dedup_overlaps(["nipple retraction", "mass"], ["nipple", "oval mass"], "both")
-    assert both == {"nipple retraction": "nipple", "mass": "oval mass"}
-    assert dedup_overlaps(["nipple retraction"], ["nipple"], "forward") == {}
-    assert dedup_overlaps(["mass"], ["oval mass"], "none") == {}
-    assert dedup_overlaps(["linea"], ["linear"], "forward") == {}  # whole words only
+def test_normalise_phrase(db):
+    def norm(s: str) -> str:
+        return db.execute("SELECT normalise_phrase(?)", [s]).fetchone()[0]
+
+    assert norm("Amorphous  Calcifications") == "amorphou calcification"
+    assert norm("fat-containing mass") == "fat containing mas"
 
 
-def test_missed_concepts_own_rule(inp):
-    mc = missed_concepts(inp, "M")  # own τ, all layers: learned = oval mass, fine linear, nipple
-    st = dict(zip(mc["concept"], mc["status"]))
+def test_dedup_rule(db):
+    def overlaps(model: str, dedup: str) -> dict[str, str]:
+        rows = _call(db, "missed_concepts", "dedup", models=[model], combine="fixed", value=0.5, dedup=dedup)
+        assert {r["concept"] for r in rows if r["status"] == "learned"} == set(DEDUP_1 if model == "D1" else DEDUP_2)
+        return {r["concept"]: r["overlap_with"] for r in rows if r["status"] == "missed_overlap"}
+
+    assert overlaps("D1", "one_way") == {
+        "extremely": "extremely dense",
+        "amorphous": "amorphous calcification",
+        "calcification": "amorphous calcification",  # shortest match; length tie -> alphabetical
+        "linear": "fine linear calcifications",
+        "fine linear calcification": "fine linear calcifications",
+    }  # exact normal form
+    # not listed: "dense breast" ("dense" is a sub-word, but "dense breast" is no sub-phrase of a learned one),
+    # "linea" (whole words only)
+    assert overlaps("D2", "both") == {"nipple retraction": "nipple", "mass": "oval mass"}
+    assert overlaps("D2", "one_way") == {"mass": "oval mass"}
+    assert overlaps("D2", "none") == {}
+
+
+def test_missed_concepts_own_rule(db):
+    mc = _call(db, "missed_concepts", models=["M"], **OWN)  # learned = oval mass, fine linear, nipple
+    st = {r["concept"]: r["status"] for r in mc}
+    ov = {r["concept"]: r["overlap_with"] for r in mc}
     assert {c for c, s in st.items() if s == "learned"} == {"oval mass", "fine linear calcifications", "nipple"}
-    ov = dict(zip(mc["concept"], mc["overlap_with"]))
     assert st["mass"] == "missed_overlap" and ov["mass"] == "oval mass"
     assert st["calcification"] == "missed_overlap" and ov["calcification"] == "fine linear calcifications"
     assert st["extremely"] == "missed"  # "extremely dense" is not learned under the own rule
     assert st["nipple retraction"] == "missed"
-    assert len(mc) == 16 and (mc["status"] == "missed").sum() == 11
-    both = missed_concepts(inp, "M", dedup="both")
-    assert dict(zip(both["concept"], both["overlap_with"]))["nipple retraction"] == "nipple"
-    fixed = missed_concepts(inp, "M", rule={"combine": "fixed", "value": 3.0})
-    f = dict(zip(fixed["concept"], zip(fixed["status"], fixed["overlap_with"])))
-    assert f["extremely"] == ("missed_overlap", "extremely dense")  # the paper's own example
-    mammo = missed_concepts(inp, "M", filter=("domain", "mammography"))
-    assert "wood" not in set(mammo["concept"]) and len(mammo) == 14
-    # a single layer: only b.2 -> learned = nipple
-    b2 = missed_concepts(inp, "M", layers=["b.2"])
-    assert set(b2.loc[b2["status"] == "learned", "concept"]) == {"nipple"}
+    assert len(mc) == 16 and sum(s == "missed" for s in st.values()) == 11
+    assert [r["concept_id"] for r in mc] == list(range(16))
+    # one model under the default (max) rule uses its own τ
+    assert _call(db, "missed_concepts", models=["M"]) == mc
+    both = {r["concept"]: r["overlap_with"] for r in _call(db, "missed_concepts", models=["M"], **OWN, dedup="both")}
+    assert both["nipple retraction"] == "nipple"
+    fixed = {
+        r["concept"]: (r["status"], r["overlap_with"])
+        for r in _call(db, "missed_concepts", models=["M"], combine="fixed", value=3.0)
+    }
+    assert fixed["extremely"] == ("missed_overlap", "extremely dense")  # the paper's own example
+    mammo = _call(db, "missed_concepts", models=["M"], **OWN, filter_level="domain", filter_name="mammography")
+    assert "wood" not in {r["concept"] for r in mammo} and len(mammo) == 14
+    b2 = _call(db, "missed_concepts", models=["M"], layers=["b.2"], **OWN)  # only b.2 -> learned = nipple
+    assert {r["concept"] for r in b2 if r["status"] == "learned"} == {"nipple"}
+    # several models: each one's rows, in the request's order, learned under the max over all of them
+    two = _call(db, "missed_concepts", models=["C", "M"])
+    assert [r["model"] for r in two] == ["C"] * 16 + ["M"] * 16
+    assert {r["concept"] for r in two if r["model"] == "M" and r["status"] == "learned"} == {
+        "nipple",
+        "fine linear calcifications",
+    }
 
 
 # --------------------------------------------------------------------------- neurons and keywords
 
 
-def test_neuron_profile(inp):
-    cdf, idf = neuron_profile(inp, "M", "b.19", 1, top=5)
-    assert list(cdf["concept"]) == [TEXT[i] for i in LABELS[("M", "b.19", 1)]]
-    assert list(cdf["category"])[:2] == [FIND, FIND] and cdf["category"].iloc[4] is None  # "amorphous" uncategorised
-    assert list(idf["image_idx"]) == [7, 3, 9, 1, 4]
-    with pytest.raises(AnalysisError, match="no neuron"):
-        neuron_profile(inp, "M", "nope", 0)
+def test_neuron_profile(db):
+    cdf = _call(db, "neuron_profile", RUN, "M", "b.19", 1)
+    assert [r["concept"] for r in cdf] == [TEXT[i] for i in LABELS[("M", "b.19", 1)]]
+    assert [r["category"] for r in cdf][:2] == [FIND, FIND] and cdf[4]["category"] is None  # "amorphous"
+    assert [r["image_idx"] for r in _call(db, "neuron_profile_images", RUN, "M", "b.19", 1)] == [7, 3, 9, 1, 4]
+    assert len(_call(db, "neuron_profile", RUN, "M", "b.19", 1, top=3)) == 3
 
 
-def test_keyword_neurons(inp):
-    kw = keyword_neurons(inp, ["M", "C"], None, top=5, min_share=0.6)
-    got = {(r.model, r.layer, r.unit): (r.keyword, r.share) for r in kw.itertuples()}
-    # M b.19 u1: 3 of 5 labels contain calcification(s); M b.19 u0: 3 of 5 contain "mass" (0.6 >= 0.6)
-    assert got == {("M", "b.19", 0): ("mass", 0.6), ("M", "b.19", 1): ("calcification", 0.6)}
-    assert keyword_neurons(inp, ["M", "C"], None, top=5, min_share=0.7).empty
-    # top 4: u1 keeps 3 of 4 calcification labels, u0 only 2 of 4 "mass"
-    top4 = keyword_neurons(inp, ["M"], None, top=4, min_share=0.6)
-    assert list(zip(top4["unit"], top4["keyword"], top4["share"])) == [(1, "calcification", 0.75)]
+def test_keyword_neurons(db):
+    def kw(**args: Any) -> list[tuple]:
+        return [
+            (r["model"], r["layer"], r["unit"], r["keyword"], r["share"]) for r in _call(db, "keyword_neurons", **args)
+        ]
+
+    # M b.19 u0: 3 of 5 labels contain "mass"; u1: 3 of 5 contain calcification(s)
+    assert kw(**MC, min_share=0.6) == [("M", "b.19", 0, "mass", 0.6), ("M", "b.19", 1, "calcification", 0.6)]
+    assert kw(**MC, min_share=0.7) == []
+    # top 4: u1 keeps 3 of 4 calcification labels, u0 only 2 of 4 "mass" -- listed at the default min_share 0.5
+    assert kw(models=["M"], top=4, min_share=0.6) == [("M", "b.19", 1, "calcification", 0.75)]
+    assert kw(models=["M"], top=4) == [("M", "b.19", 0, "mass", 0.5), ("M", "b.19", 1, "calcification", 0.75)]
     # top 3 of C b.19 u0: extremely dense / extremely / left breast -> "extremely" 2 of 3
-    top3 = keyword_neurons(inp, ["C"], None, top=3, min_share=0.6)
-    assert list(zip(top3["keyword"], top3["share"])) == [("extremely", 2 / 3)]
+    assert [(k, s) for *_, k, s in kw(models=["C"], top=3)] == [("extremely", 2 / 3)]
 
 
-# --------------------------------------------------------------------------- dispatch, filters, store round trip
+# --------------------------------------------------------------------------- filters, specs, storing
 
 
-def test_resolve_filter():
-    cs = pd.DataFrame(CONCEPTS, columns=["concept_id", "concept", "category", "subcategory", "domain", "tasks"])
-    assert resolve_filter(cs, "category", "Calcification") == ("task", "calcification")  # the user's example
-    assert resolve_filter(cs, "category", "findings_and_characterizations") == ("category", FIND)
-    assert resolve_filter(cs, None, "mass shape") == ("subcategory", "Mass shape")
+def test_resolve_filter(db):
+    assert resolve_filter(db, RUN, "category", "Calcification") == ("task", "calcification")  # the user's example
+    assert resolve_filter(db, RUN, "category", "findings_and_characterizations") == ("category", FIND)
+    assert resolve_filter(db, RUN, None, "mass shape") == ("subcategory", "Mass shape")
+    assert resolve_filter(db, RUN, "domain", "Non-Mammography") == ("domain", "non-mammography")
     with pytest.raises(AnalysisError, match="no category named 'Nothing'"):
-        resolve_filter(cs, "category", "Nothing")
+        resolve_filter(db, RUN, "category", "Nothing")
 
 
-def test_run_analysis_tables_have_store_columns(inp, db):
-    req = AnalysisRequest(analysis_id=3, kind="compare", names=("compare",), models=["M", "C"], layers=["b.2", "b.19"],
-                          filter_level="category", filter_name="Calcification", threshold=dict(MAX))
-    out = run_analysis(req, inp)
-    assert set(out) == {"captured_concepts", "category_counts", "top_categories", "concept_changes"}
-    learned = run_analysis(AnalysisRequest(4, "learned", models=["M"], threshold={"combine": "own"}), inp)
-    kw = run_analysis(AnalysisRequest(5, "keywords", models=["M", "C"], top=5), inp)
-    assert run_analysis(AnalysisRequest(6, "show_neuron", models=["M"], unit=1), inp) == {}
-    for table, df in [*out.items(), *learned.items(), *kw.items()]:
-        cols = [r[0] for r in db.execute("SELECT column_name FROM information_schema.columns WHERE table_name = ? "
-                                         "ORDER BY ordinal_position", [table]).fetchall()]
-        assert list(df.columns) == [c for c in cols if c != "run_id"], table
-        assert (df["analysis_id"] == df["analysis_id"].iloc[0]).all()
-    # "on category Calcification" resolved to the task: only calcification concepts captured
-    assert set(out["captured_concepts"]["concept"]) == {"fine linear calcifications", "punctate calcifications"}
-    assert set(out["top_categories"]["category"]) == {FIND}
-    assert (learned["missed_concepts"]["status"] == "learned").sum() == 3
+def test_every_analysis_macro_returns_its_spec_columns(db):
+    positional = {"neuron_profile": ("M", "b.19", 1)}
+    assert set(ANALYSES.names()) == set(R.ANALYSES)
+    for name, spec in R.ANALYSES.items():
+        args = ", ".join(sql_literal(v) for v in (RUN, *positional.get(name, ())))
+        got = [(c[0], c[1]) for c in db.execute(f"DESCRIBE FROM {name}({args})").fetchall()]
+        assert got == [(c.name, c.type) for c in spec.columns], name
+        if spec.stored:  # the results table is the spec's columns, keyed by run and statement
+            table = db.execute(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
+                "ORDER BY ordinal_position",
+                [name],
+            ).fetchall()
+            assert table == [("run_id", "VARCHAR"), ("analysis_id", "INTEGER"), *got], name
+        assert all(s in R.REPORT_SECTIONS for s in spec.sections), name
+    view = db.execute("DESCRIBE FROM layer_thresholds").fetchall()  # the stored form of layer_thresholds
+    assert [c[0] for c in view] == ["run_id", *(c.name for c in R.ANALYSES["layer_thresholds"].columns)]
 
 
-def _norm(v):
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    if hasattr(v, "tolist"):
-        v = v.tolist()
-    if isinstance(v, (list, tuple)):
-        return tuple(_norm(x) for x in v)
-    if isinstance(v, float):
-        return round(v, 9)
-    return v
+def test_every_option_default_is_the_macros_default(db):
+    """The checker fills options from the specs; a macro called without them must use the same values."""
+    for name, spec in R.ANALYSES.items():
+        ddl = ANALYSES.get(name).ddl()
+        for p in spec.options:
+            assert f"{p.name} := {sql_literal(p.default)}" in ddl, (name, p.name)
+    rule = R.DEFAULT_THRESHOLD
+    for name in ("captured_concepts", "category_counts", "top_categories", "concept_changes", "missed_concepts"):
+        ddl = ANALYSES.get(name).ddl()
+        assert all(f"{k} := '{v}'" in ddl for k, v in rule.items()), name
+    assert R.statement_options("keywords")["min_share"].default == 0.5  # docs/LANGUAGE.md, docs/METHOD.md §5.9
 
 
-def _rows(df: pd.DataFrame, cols: list[str]) -> list[tuple]:
-    return sorted((tuple(_norm(r[c]) for c in cols) for _, r in df.iterrows()), key=repr)
+def test_the_language_manual_states_each_option_with_its_default():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "LANGUAGE.md").read_text(encoding="utf-8")
+    for spec in R.ANALYSES.values():
+        for p in spec.options:
+            default = re.escape(str(p.default))
+            stated = rf"`{p.name}[^`]*` \(default `?{default}`?\)|`{p.name}` defaults to {default}\b"
+            assert re.search(stated, doc), (spec.name, p.name, p.default)
 
 
-SQL_RULES = [
-    dict(MAX), dict(OWN), {"combine": "own", "statistic": "median_top1", "op": ">"},
-    {"combine": "fixed", "statistic": "mean_top1", "value": 3.0, "op": ">="},
-]
+def _statement(
+    aid: int,
+    kind: str,
+    models: list[str],
+    layers: list[str],
+    rule: dict | None = None,
+    filt: tuple[str, str] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    return dict(
+        analysis_id=aid,
+        kind=kind,
+        analysis_names=list(R.statement_analyses(kind)),
+        statement=f"{kind} ...",
+        models=models,
+        layers=layers,
+        filter_level=filt[0] if filt else None,
+        filter_name=filt[1] if filt else None,
+        threshold_rule={**R.DEFAULT_THRESHOLD, "value": None, **(rule or {})},
+        count_unit="concepts",
+        options=options,
+    )
 
 
-def _sql_args(rule: dict, flt=None, extra: str = "") -> str:
-    a = [f"statistic := '{rule['statistic']}'", f"combine := '{rule['combine']}'", f"op := '{rule.get('op', '>=')}'"]
-    if rule.get("value") is not None:
-        a.append(f"value := {rule['value']}")
-    if flt:
-        a += [f"filter_level := '{flt[0]}'", f"filter_name := '{flt[1]}'"]
-    return ", ".join(a) + extra
+def test_store_analyses_fills_tables_with_the_macros_and_records_the_filter_used(tmp_path):
+    path = tmp_path / "r.duckdb"
+    statements = [
+        _statement(0, "compare", ["M", "C"], ["b.2", "b.19"], filt=("category", "Calcification")),
+        _statement(1, "learned", ["M"], ["b.2", "b.19"], OWN, dedup="both"),
+        _statement(2, "keywords", ["M", "C"], ["b.2", "b.19"], top=4, min_share=0.5),
+        _statement(3, "thresholds", ["M"], ["b.2", "b.19"]),
+    ]
+    _write(path, RUN, _toy(NEURONS, labels=LABELS), statements, derive=True)
+    con = store.connect(path, read_only=True)
+    # "on category Calcification" is the task: recorded as used, and applied
+    assert con.execute("SELECT filter_level, filter_name FROM analyses WHERE analysis_id = 0").fetchone() == (
+        "task",
+        "calcification",
+    )
+    cap = _q(con, "SELECT * EXCLUDE (run_id, analysis_id) FROM captured_concepts WHERE analysis_id = 0")
+    assert {r["concept"] for r in cap} == {"fine linear calcifications", "punctate calcifications"}
+    top = _q(con, "SELECT * FROM top_categories")
+    assert {(r["analysis_id"], r["category"]) for r in top} == {(0, FIND)}
+
+    def stored(table: str, aid: int) -> list[tuple]:
+        return sorted(
+            map(repr, _q(con, f"SELECT * EXCLUDE (run_id, analysis_id) FROM {table} WHERE analysis_id = {aid}"))
+        )
+
+    def computed(name: str, **args: Any) -> list[tuple]:
+        return sorted(map(repr, _call(con, name, **args)))
+
+    calc = {"filter_level": "task", "filter_name": "calcification"}
+    for table in ("captured_concepts", "category_counts", "top_categories", "concept_changes"):
+        assert stored(table, 0) == computed(table, **MC, **calc) != [], table
+    assert stored("missed_concepts", 1) == computed("missed_concepts", models=["M"], **OWN, dedup="both") != []
+    assert stored("captured_concepts", 1) == computed("captured_concepts", models=["M"], **OWN)
+    assert stored("keyword_neurons", 2) == computed("keyword_neurons", **MC, top=4) != []
+    assert con.execute("SELECT count(*) FROM captured_concepts WHERE analysis_id = 3").fetchone()[0] == 0
 
 
-SQL_CASES = [
-    (SQL_RULES[0], None), (SQL_RULES[0], ("category", "findings_and_characterizations")),
-    (SQL_RULES[1], ("task", "calcification")), (SQL_RULES[2], ("domain", "mammography")), (SQL_RULES[3], None),
-]
+def test_a_rule_without_tau_fails_the_run_and_writes_nothing(tmp_path):
+    path = tmp_path / "r.duckdb"
+    statements = [_statement(0, "compare", ["M", "C"], ["b.2", "b.19"], {"statistic": "mean_all"})]
+    with pytest.raises(AnalysisError, match=r"no τ for M b\.2.*under statistic 'mean_all'.*kept S"):
+        _write(path, RUN, _toy(NEURONS, tau_mean_all=None), statements, derive=True)
+    con = store.connect(path, read_only=True)
+    assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM neurons").fetchone()[0] == 0
 
 
-@pytest.mark.parametrize("rule,flt", SQL_CASES, ids=lambda x: str(x))
-def test_sql_matches_python(inp, db, rule, flt):
-    models = ["M", "C"]
-    m = "models := ['M', 'C']"
-    cap = captured_concepts(inp, models, None, rule, flt)
-    sql_cap = db.execute(f"FROM captured_concepts('{RUN}', {m}, {_sql_args(rule, flt)})").df()
-    assert list(sql_cap.columns) == list(cap.columns)
-    assert _rows(sql_cap, list(cap.columns)) == _rows(cap, list(cap.columns))
-    assert len(cap) > 0
+# --------------------------------------------------------------------------- a study, end to end
 
-    counts = category_counts(cap, inp.concepts, list(thresholds_for(inp, models, None, rule)), flt)
-    sql_counts = db.execute(f"FROM category_counts('{RUN}', {m}, {_sql_args(rule, flt)})").df()
-    assert _rows(sql_counts, list(counts.columns)) == _rows(counts, list(counts.columns))
+STUDY = """study "analysis defaults"
+concepts c = csv("concepts.csv")
+probe p = phantom(n=40, seed=3, height=64)
+dissector d = demo()
+target A = demo("G")
+target B = demo("M")
+dissect A, B at layers all by d on p with concepts c using soft_wpmi(top_k=8)
+compare A vs B
+learned A, B
+gained A over B
+keywords A, B
+keywords A, B top 4
+analyze top_categories of A, B
+"""
 
-    for unit in ("concepts", "neurons"):
-        top = top_categories(counts, unit)
-        sql_top = db.execute(f"FROM top_categories('{RUN}', {m}, {_sql_args(rule, flt)}, count_unit := '{unit}')").df()
-        assert _rows(sql_top, list(top.columns)) == _rows(top, list(top.columns))
-
-    ch = concept_changes(cap, models, ["b.2", "b.19"])
-    sql_ch = db.execute(f"FROM concept_changes('{RUN}', {m}, {_sql_args(rule, flt)})").df()
-    assert _rows(sql_ch, list(ch.columns)) == _rows(ch, list(ch.columns))
-
-
-@pytest.mark.parametrize("dedup,rule", [("forward", dict(OWN)), ("both", dict(OWN)), ("none", dict(MAX)),
-                                        ("forward", {"combine": "fixed", "statistic": "mean_top1", "value": 3.0, "op": ">="})])
-def test_sql_missed_matches_python(inp, db, dedup, rule):
-    for model in ("M", "C"):
-        py = missed_concepts(inp, model, None, rule, dedup, None, ["M", "C"])
-        sql = db.execute(f"FROM missed_concepts('{RUN}', '{model}', models := ['M', 'C'], dedup := '{dedup}', "
-                         f"{_sql_args(rule)})").df()
-        assert list(sql.columns) == list(py.columns)
-        assert _rows(sql, list(py.columns)) == _rows(py, list(py.columns))
-        assert (py["status"] == "learned").any()
+# few words in many concepts, so that neurons' top labels share words (keywords) and
+# missed concepts are parts of learned ones (de-dup)
+_NOUNS = {
+    "mass": (FIND, "mammography", "mass"),
+    "calcification": (FIND, "mammography", "calcification"),
+    "nipple": (ANAT, "mammography", ""),
+    "breast": (LOC, "mammography", ""),
+    "wood": (ENV, "non-mammography", ""),
+}
+_ADJECTIVES = ("oval", "round", "fine", "dense", "left", "dark", "bright", "small")
+STUDY_CONCEPTS = "concept,category,subcategory,domain,tasks\n" + "".join(
+    f"{text},{cat},,{dom},{task}\n"
+    for noun, (cat, dom, task) in _NOUNS.items()
+    for text in (noun, *(f"{adj} {noun}" for adj in _ADJECTIVES))
+)
 
 
-def test_sql_thresholds_keywords_profile(inp, db):
-    for stat in ("mean_top1", "median_top1", "mean_all"):
-        py = layer_thresholds(inp, ["M", "C"], None, stat)
-        sql = db.execute(f"FROM layer_thresholds('{RUN}', models := ['M', 'C'], statistic := '{stat}')").df()
-        assert list(sql.columns) == list(py.columns)
-        assert _rows(sql, list(py.columns)) == _rows(py, list(py.columns))
-        assert list(sql["layer"]) == list(py["layer"])  # same depth order
-    for top, share in ((5, 0.6), (5, 0.7), (4, 0.6), (3, 0.6)):
-        py = keyword_neurons(inp, None, None, top, share)
-        sql = db.execute(f"FROM keyword_neurons('{RUN}', top := {top}, min_share := {share})").df()
-        assert _rows(sql, list(py.columns)) == _rows(py, list(py.columns))
-    cdf, idf = neuron_profile(inp, "M", "b.19", 1)
-    sc = db.execute(f"FROM neuron_profile('{RUN}', 'M', 'b.19', 1)").df()
-    si = db.execute(f"FROM neuron_profile_images('{RUN}', 'M', 'b.19', 1)").df()
-    assert _rows(sc, list(cdf.columns)) == _rows(cdf, list(cdf.columns))
-    assert _rows(si, list(idf.columns)) == _rows(idf, list(idf.columns))
-    # reading the run back from the store gives the same answers as the in-memory frames
-    back = AnalysisInput.from_store(db, RUN)
-    assert _cap_dict(captured_concepts(back, ["M", "C"], None, MAX)) == _cap_dict(captured_concepts(inp, ["M", "C"], None, MAX))
-    # the stored table and the macro share a name: the bare name reads the stored table
-    assert db.execute("SELECT count(*) FROM captured_concepts").fetchone()[0] == 0
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory) -> tuple[duckdb.DuckDBPyConnection, str]:
+    from test_run import TinyDissector, TinyTarget
+
+    from dissect_study.engine import models as model_factories
+    from dissect_study.engine.run import RunOptions, run_study
+
+    tmp = tmp_path_factory.mktemp("study")
+    (tmp / "s.study").write_text(STUDY, encoding="utf-8")
+    (tmp / "concepts.csv").write_text(STUDY_CONCEPTS, encoding="utf-8")
+    study, diags = check_file(str(tmp / "s.study"))
+    assert study is not None, diags
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(model_factories, "build_dissector", lambda name, func, params, ctx: TinyDissector())
+        mp.setattr(
+            model_factories,
+            "build_target",
+            lambda name, func, params, ctx: TinyTarget(name, seed={"G": 1, "M": 2}[params["variant"]]),
+        )
+        result = run_study(
+            study,
+            RunOptions(db=tmp / "r.duckdb", cache_dir=tmp / "cache", quiet=True, reports=False, calibration=False),
+        )
+    con = store.connect(result.db, read_only=True)
+    yield con, result.run_id
+    con.close()
+
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[str]:
+    return sorted(repr({k: _plain(v) for k, v in r.items()}) for r in _q(con, sql))
+
+
+def _plain(v: Any) -> Any:
+    return round(v, 12) if isinstance(v, float) and math.isfinite(v) else v
+
+
+def test_stored_tables_equal_the_macros_called_with_no_arguments(study_run):
+    """Every statement above gives no options and no threshold: what the checker fills in
+    must be what the macros assume, so each stored table equals its macro called with the
+    run alone (the statements cover every model and layer of the run)."""
+    con, run = study_run
+    statements = _q(
+        con, "SELECT analysis_id, kind, analysis_names, options, threshold_rule FROM analyses ORDER BY analysis_id"
+    )
+    assert [s["kind"] for s in statements] == ["compare", "learned", "gained", "keywords", "keywords", "analyze"]
+    assert json.loads(statements[1]["options"]) == {"dedup": "one_way"}
+    assert json.loads(statements[3]["options"]) == {"top": 5, "min_share": 0.5}
+    given = {4: ", top := 4"}  # `keywords A, B top 4`: the one option a statement gives
+    checked = 0
+    for s in statements:
+        for name in s["analysis_names"]:
+            stored = _rows(
+                con, f"SELECT * EXCLUDE (run_id, analysis_id) FROM {name} WHERE analysis_id = {s['analysis_id']}"
+            )
+            call = f"FROM {name}({sql_literal(run)}{given.get(s['analysis_id'], '')})"
+            assert stored == _rows(con, call), (s["kind"], name)
+            assert stored, (s["kind"], name)
+            checked += 1
+    assert checked == 10
+    # the defaults matter on this data: other values give other tables
+    assert _rows(con, "SELECT * EXCLUDE (run_id, analysis_id) FROM captured_concepts WHERE analysis_id = 0") != _rows(
+        con, f"FROM captured_concepts({sql_literal(run)}, combine := 'own')"
+    )
+    assert _rows(con, "SELECT * EXCLUDE (run_id, analysis_id) FROM missed_concepts") != _rows(
+        con, f"FROM missed_concepts({sql_literal(run)}, dedup := 'both')"
+    )
+    # `top 4` alone: min_share keeps its default 0.5, and neurons with 2 of 4 labels sharing a word are listed
+    top4 = _rows(con, "SELECT * EXCLUDE (run_id, analysis_id) FROM keyword_neurons WHERE analysis_id = 4")
+    assert top4 != _rows(con, f"FROM keyword_neurons({sql_literal(run)}, top := 4, min_share := 0.6)")
+    assert con.execute("SELECT count(*) FROM keyword_neurons WHERE analysis_id = 4 AND share = 0.5").fetchone()[0] > 0

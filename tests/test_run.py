@@ -198,12 +198,12 @@ def test_second_run_uses_the_cache_and_adds_a_run(tmp_path: Path, tiny_models, c
 
 def test_failed_run_writes_nothing(tmp_path: Path, tiny_models, monkeypatch: pytest.MonkeyPatch) -> None:
     _run(tmp_path, reports=False)
-    import dissect_study.engine.analyses.frames as analysis
+    import dissect_study.engine.analyses.macros as analysis
 
-    def boom(*a, **k):
+    def boom(*a, **k):  # fails inside the transaction, after the base tables are inserted
         raise RuntimeError("analysis crashed")
 
-    monkeypatch.setattr(analysis, "run_analysis", boom)
+    monkeypatch.setattr(analysis, "store_analyses", boom)
     with pytest.raises(RuntimeError):
         _run(tmp_path, reports=False)
     con = duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True)

@@ -16,16 +16,27 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import duckdb
 import pandas as pd
 
+from dissect_study.dsl.vocabulary import ANALYSES, AnalysisSpec
 from dissect_study.errors import DissectStudyError
 
 SCHEMA_VERSION = 1
+
+
+def _analysis_table(spec: AnalysisSpec) -> str:
+    """DDL of an analysis's results table: run_id, analysis_id, then the spec's columns."""
+    cols = [("run_id", "VARCHAR", ""), ("analysis_id", "INTEGER", "")] + [(c.name, c.type, c.doc) for c in spec.columns]
+    lines = [f"            {n} {t}{',' if i < len(cols) - 1 else ''}" + (f"  -- {d}" if d else "")
+             for i, (n, t, d) in enumerate(cols)]
+    return f"\n        CREATE TABLE IF NOT EXISTS {spec.name} (\n" + "\n".join(lines) + "\n        )"
+
 
 #: table name -> DDL.  Columns are documented in README.md ("The results database").
 TABLES: dict[str, str] = {
@@ -183,7 +194,7 @@ TABLES: dict[str, str] = {
             step VARCHAR,
             message VARCHAR
         )""",
-    # --- analyses: one row per analysis statement, and one table per analysis kind
+    # --- analyses: one row per analysis statement (the arguments its macros are called with)
     "analyses": """
         CREATE TABLE IF NOT EXISTS analyses (
             run_id VARCHAR,
@@ -200,81 +211,8 @@ TABLES: dict[str, str] = {
             count_unit VARCHAR,      -- concepts | neurons (headline unit)
             options JSON
         )""",
-    "captured_concepts": """
-        CREATE TABLE IF NOT EXISTS captured_concepts (
-            run_id VARCHAR,
-            analysis_id INTEGER,
-            model VARCHAR,
-            layer VARCHAR,
-            concept_id INTEGER,
-            concept VARCHAR,
-            category VARCHAR,
-            subcategory VARCHAR,
-            domain VARCHAR,
-            tasks VARCHAR[],
-            n_neurons INTEGER,       -- neurons whose passing top-1 label is this concept
-            units INTEGER[],
-            max_score DOUBLE,
-            threshold DOUBLE         -- the tau applied to this (model, layer)
-        )""",
-    "category_counts": """
-        CREATE TABLE IF NOT EXISTS category_counts (
-            run_id VARCHAR,
-            analysis_id INTEGER,
-            model VARCHAR,
-            layer VARCHAR,
-            level VARCHAR,           -- category | subcategory | domain | task
-            grp VARCHAR,
-            n_concepts INTEGER,      -- unique captured concepts (paper text)
-            n_neurons INTEGER        -- passing neurons (reference notebook)
-        )""",
-    "top_categories": """
-        CREATE TABLE IF NOT EXISTS top_categories (
-            run_id VARCHAR,
-            analysis_id INTEGER,
-            model VARCHAR,
-            layer VARCHAR,
-            rank INTEGER,            -- 1..3; ties broken by fixed category order
-            category VARCHAR,
-            n_concepts INTEGER,
-            n_neurons INTEGER
-        )""",
-    "concept_changes": """
-        CREATE TABLE IF NOT EXISTS concept_changes (
-            run_id VARCHAR,
-            analysis_id INTEGER,
-            layer VARCHAR,
-            concept_id INTEGER,
-            concept VARCHAR,
-            category VARCHAR,
-            subcategory VARCHAR,
-            status VARCHAR,          -- 'shared' (all models) | 'unique' (one model) | 'partial'
-            present_in VARCHAR[]     -- models capturing it at this layer
-        )""",
-    "missed_concepts": """
-        CREATE TABLE IF NOT EXISTS missed_concepts (
-            run_id VARCHAR,
-            analysis_id INTEGER,
-            model VARCHAR,
-            concept_id INTEGER,
-            concept VARCHAR,
-            category VARCHAR,
-            subcategory VARCHAR,
-            domain VARCHAR,
-            status VARCHAR,          -- learned | missed | missed_overlap (dropped by the de-dup rule)
-            overlap_with VARCHAR     -- the learned concept that made it an overlap
-        )""",
-    "keyword_neurons": """
-        CREATE TABLE IF NOT EXISTS keyword_neurons (
-            run_id VARCHAR,
-            analysis_id INTEGER,
-            model VARCHAR,
-            layer VARCHAR,
-            unit INTEGER,
-            keyword VARCHAR,
-            share DOUBLE,            -- fraction of the top-k labels containing the keyword
-            labels VARCHAR[]
-        )""",
+    # one table per stored analysis, its columns from the analysis's spec (dsl/vocabulary.py)
+    **{name: _analysis_table(spec) for name, spec in ANALYSES.items() if spec.stored},
     "calibration": """
         CREATE TABLE IF NOT EXISTS calibration (
             run_id VARCHAR,
@@ -292,7 +230,7 @@ TABLES: dict[str, str] = {
         )""",
 }
 
-#: views over the tables, with the analyses' names (more come from engine/analysis.py)
+#: views over the tables (the analyses' table macros come from engine/analyses/macros.py)
 VIEWS: dict[str, str] = {
     "layer_thresholds": """
         CREATE OR REPLACE VIEW layer_thresholds AS
@@ -330,18 +268,15 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
             f"this database has schema version {current}, newer than this dissect-study "
             f"understands ({SCHEMA_VERSION}); upgrade dissect-study or use another --db"
         )
-    for name, ddl in TABLES.items():
+    for ddl in TABLES.values():
         con.execute(ddl)
     for ddl in VIEWS.values():
         con.execute(ddl)
     if current is None:
         con.execute("INSERT INTO schema_version VALUES (?, ?)", [SCHEMA_VERSION, _dt.datetime.now()])
-    try:  # analysis macros/views live with the analyses; optional until they exist
-        from dissect_study.engine.analyses import sql as analysis_sql
+    from dissect_study.engine.analyses import macros
 
-        analysis_sql.install(con)
-    except ImportError:
-        pass
+    macros.install(con)
 
 
 def new_run_id() -> str:
@@ -354,11 +289,15 @@ class RunRecord:
 
     `frames[table]` is a list of DataFrames whose columns are a subset of the
     table's (missing columns become NULL); `run_id` is added on insert.
+    `derive` are steps `(connection, run_id)` that compute further tables from the
+    inserted ones inside the same transaction (the analyses: one implementation,
+    in SQL, and stored results that cannot disagree with it).
     """
 
     run_id: str
     run: dict[str, Any]
     frames: dict[str, list[pd.DataFrame]] = field(default_factory=dict)
+    derive: list[Callable[[duckdb.DuckDBPyConnection, str], None]] = field(default_factory=list)
 
     def add(self, table: str, df: pd.DataFrame | Mapping[str, Any] | list[Mapping[str, Any]]) -> None:
         if table not in TABLES:
@@ -398,6 +337,8 @@ def write_run(db_path: str | Path, record: RunRecord) -> None:
                     df = df.copy()
                     df["run_id"] = record.run_id
                     _insert(con, table, df)
+            for step in record.derive:
+                step(con, record.run_id)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
