@@ -29,6 +29,7 @@ import pandas as pd
 from dissect_study.dsl.vocabulary import REPORT_SECTIONS
 from dissect_study.engine.report import charts
 from dissect_study.engine.report.charts import Palette
+from dissect_study.engine.report.text import MAX_LABEL, elide
 from dissect_study.engine.report.wordcloud import Word, wordcloud_svg
 from dissect_study.errors import DissectStudyError
 
@@ -260,6 +261,22 @@ def _join(names: Sequence[str]) -> str:
 
 # ----------------------------------------------------------------------------- context
 
+#: free-text columns of the store (names users wrote, never JSON): elided on read, so every
+#: section, table, card, chart and word cloud sees the same bounded label for one long string
+TEXT_COLUMNS = ("concept", "label", "category", "subcategory", "domain", "grp", "overlap_with", "keyword",
+                "image_id", "path", "study_title", "message", "statement", "filter_name")
+
+
+def _elide_text_columns(df: pd.DataFrame) -> pd.DataFrame:
+    for col in TEXT_COLUMNS:
+        if col in df.columns and (df[col].dtype == object or pd.api.types.is_string_dtype(df[col])):
+            values = df[col]
+            long = values.map(lambda v: isinstance(v, str) and len(v) > MAX_LABEL).astype(bool)
+            if long.any():
+                df[col] = values.where(~long, values[long].map(elide))
+    return df
+
+
 class _Ctx:
     """One run's data, read once; section builders share it."""
 
@@ -285,7 +302,7 @@ class _Ctx:
         self.tau = {(r.model, r.layer): r.tau for r in self.layers.itertuples()}
 
     def df(self, sql: str, *params: Any) -> pd.DataFrame:
-        return self.con.execute(sql, [self.run_id, *params]).df()
+        return _elide_text_columns(self.con.execute(sql, [self.run_id, *params]).df())
 
     def _layer_order(self) -> list[str]:
         if not len(self.layers):

@@ -5,12 +5,17 @@ The PDF is printed from the very HTML the browser shows (print.css carries the
 ON: every study title, concept name and path is escaped; the only `| safe`
 values are SVGs this package generated (their text nodes are escaped by
 vl-convert and `wordcloud.py`) and PNG data URIs.
+
+Report files are written atomically (engine/atomic.py), all formats together:
+after a failure or Ctrl-C the folder holds the previous report files or none,
+never a truncated or half-updated set.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Sequence
 
@@ -18,9 +23,15 @@ import duckdb
 import jinja2
 from markupsafe import Markup, escape
 
+from dissect_study.engine.atomic import atomic_path
 from dissect_study.engine.report.model import ReportError, ReportModel, build_report_model
+from dissect_study.errors import DissectStudyError
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "report_templates"
+
+
+class ReportWriteError(DissectStudyError):
+    """The report files cannot be written (folder not creatable or writable, disk full); nothing was."""
 
 
 def _env() -> jinja2.Environment:
@@ -88,6 +99,9 @@ def write_report(db_path: str | Path, out_dir: str | Path, run_id: str | None = 
     """Build the model of one stored run and write `report.html` and/or `report.pdf` into `out_dir`."""
     from dissect_study.engine.store.database import connect
 
+    formats = tuple(formats)
+    if not formats:
+        raise ReportError("no report format given; choose html, pdf or both (e.g. --format html,pdf)")
     bad = [f for f in formats if f not in ("html", "pdf")]
     if bad:
         raise ReportError(f"unknown report format(s) {', '.join(bad)}; choose from html, pdf")
@@ -98,14 +112,21 @@ def write_report(db_path: str | Path, out_dir: str | Path, run_id: str | None = 
         raise ReportError(f"{db_path}: not a dissect-study results database ({e})") from None
     finally:
         con.close()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     html = render_html(model)
-    paths: list[Path] = []
-    if "html" in formats:
-        p = out / "report.html"
-        p.write_text(html, encoding="utf-8")
-        paths.append(p)
-    if "pdf" in formats:
-        paths.append(render_pdf(model, out / "report.pdf", html=html))
-    return paths
+    out = Path(out_dir)
+    targets = [out / f"report.{f}" for f in ("html", "pdf") if f in formats]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # every file goes to a temporary name first; they replace the old files only once all are complete
+        with ExitStack() as stack:
+            for target in targets:
+                tmp = stack.enter_context(atomic_path(target))
+                if target.suffix == ".html":
+                    tmp.write_text(html, encoding="utf-8")
+                else:
+                    render_pdf(model, tmp, html=html)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename and str(e.filename) != str(out) else ""
+        raise ReportWriteError(f"cannot write the report to {out}: {where}{e.strerror or e}; no report file was "
+                               f"written or changed") from None
+    return targets

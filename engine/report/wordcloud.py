@@ -21,6 +21,10 @@ import numpy as np
 from markupsafe import escape
 
 from dissect_study.engine.report.charts import FONT
+from dissect_study.engine.report.text import MAX_LABEL, elide
+
+#: longest word drawn (a longer one would not fit the canvas anyway)
+WORD_MAX = 60
 
 _FONT_FILES = (
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -64,10 +68,14 @@ def _pil_font(size: int):
     return ImageFont.truetype(path, size) if path else None
 
 
+#: PIL refuses to measure very long strings ("too many characters in string"); beyond this, estimate
+_MEASURE_MAX = 1000
+
+
 def text_width(text: str, size: float) -> float:
     """Advance width in px of `text` in DejaVu Sans (measured when the font file exists)."""
     f = _pil_font(100)
-    if f is not None:
+    if f is not None and len(text) <= _MEASURE_MAX:
         return f.getlength(text) * size / 100.0
     return 0.6 * size * len(text)
 
@@ -147,8 +155,10 @@ def wordcloud_svg(words: Sequence[Word], width: int = 560, height: int | None = 
 
     The canvas grows with the words up to `max_height`; beyond that every size
     shrinks by one common factor (size stays proportional to weight).  The
-    SVG's viewBox is cropped to the words, so no blank band is printed.
+    SVG's viewBox is cropped to the words, so no blank band is printed.  Long words and tooltips
+    are elided (`text.elide`): a word cloud of any stored run renders.
     """
+    words = [Word(elide(w.text, WORD_MAX), w.weight, w.colour, elide(w.title, 4 * MAX_LABEL)) for w in words]
     need = canvas_height(words, width, hi=10**6) if height is None else height
     height = height or min(need, max_height)
     scale = min(1.0, math.sqrt(height / need)) if need > height else 1.0
