@@ -21,7 +21,8 @@ Everything here is a pure function of arrays and tables.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -202,20 +203,3 @@ def calibration_table(
     if with_se:
         row.update(ses)
     return pd.DataFrame([row])
-
-
-def calibrate_layer(
-    model: str,
-    layer: str,
-    acts: Any,
-    attributes: list[dict[str, Any]],
-    similarities: dict[str, Any],
-    concept_texts: list[str],
-    text_encoder: Callable[[list[str]], Any] | None = None,
-    min_auc: float = 0.8,
-    with_se: bool = False,
-) -> pd.DataFrame:
-    """The whole bench for one (model, layer): selectivity, truth, one row per similarity function."""
-    truth = assign_ground_truth(neuron_selectivity(acts, attributes), min_auc=min_auc)
-    frames = [calibration_table(layer, name, S, concept_texts, truth, text_encoder, model=model, with_se=with_se) for name, S in similarities.items()]
-    return pd.concat(frames, ignore_index=True)
