@@ -21,8 +21,8 @@ demo: $(STAMP)
 	@echo ''
 	@echo 'Report: studies/out/demo/report.html (report.pdf beside it)'
 	@echo 'Try (query finds studies/results.duckdb from here; . $(BIN)/activate puts dissect-study on your PATH):'
-	@echo '  $(BIN)/dissect-study query "SELECT model, layer, tau FROM layer_thresholds ORDER BY model, layer_index"'
-	@echo '  $(BIN)/dissect-study query "SELECT model, layer, unit, label, score FROM neurons ORDER BY score DESC LIMIT 10"'
+	@echo '  $(BIN)/dissect-study query "SELECT model, layer, tau FROM layer_thresholds JOIN latest_run USING (run_id) ORDER BY model, layer_index"'
+	@echo '  $(BIN)/dissect-study query "SELECT model, layer, unit, label, score FROM neurons JOIN latest_run USING (run_id) ORDER BY score DESC LIMIT 10"'
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -146,3 +146,63 @@ def test_every_readme_command_runs_after_the_demo(
         if cmd.startswith("dissect-study query "):
             assert "results: studies/results.duckdb" in done.stderr, (cmd, done.stderr)
     assert (root / "out" / "demo-again" / "report.html").is_file()
+
+
+# --------------------------------------------------------------------------- docs/TUTORIAL.md
+
+TUTORIAL = REPO / "docs" / "TUTORIAL.md"
+
+
+def _statements(lines: list[str]) -> list[str]:
+    return [x.rstrip() for x in lines if x.strip() and not x.strip().startswith("#")]
+
+
+def test_tutorial_study_is_what_init_writes_and_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dissect_study.dsl import check_text
+
+    blocks = code_blocks(TUTORIAL.read_text(encoding="utf-8"))
+    studies = [lines for info, lines in blocks if info == "study"]
+    assert len(studies) == 1
+    # the project the tutorial lays out, and its init command verbatim
+    (tmp_path / "data").mkdir()
+    manifest = next(lines for info, lines in blocks if info == "csv")
+    (tmp_path / "data" / "probe.csv").write_text("\n".join(manifest) + "\n", encoding="utf-8")
+    init = [
+        c for info, lines in blocks if info == "sh" for c in shell_lines(lines) if c.startswith("dissect-study init")
+    ]
+    assert len(init) == 1
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(cli, shlex.split(init[0])[1:])
+    assert res.exit_code == 0, res.output
+    name = shlex.split(init[0])[2]
+    written = (tmp_path / name).read_text(encoding="utf-8")
+    assert _statements(studies[0]) == _statements(written.splitlines())
+    study, diags = check_text("\n".join(studies[0]), str(tmp_path / name))
+    assert study is not None and diags == []
+
+
+def test_tutorial_queries_bind_against_the_schema(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_demo_models
+) -> None:
+    """Each query of the tutorial runs (exit 0) on a stored run with two similarity functions."""
+    blocks = code_blocks(TUTORIAL.read_text(encoding="utf-8"))
+    queries = [
+        c for info, lines in blocks if info == "sh" for c in shell_lines(lines) if c.startswith("dissect-study query ")
+    ]
+    assert len(queries) >= 5
+    base = (
+        'concepts c = shipped("mammo_v1")\nprobe p = phantom(n=12, seed=1, height=64)\ndissector d = demo()\n'
+        'target M = demo("M")\ntarget G = demo("G")\n'
+        "dissect M, G at layers all by d on p with concepts c using {sim}\n"
+        "compare M vs G at layers all\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DISSECT_STUDY_CACHE", str(tmp_path / "cache"))
+    for name, sim in (("first", "soft_wpmi(top_k=5)"), ("cubed", "cos_cubed()")):
+        (tmp_path / f"{name}.study").write_text(base.format(sim=sim), encoding="utf-8")
+        res = CliRunner().invoke(cli, ["run", f"{name}.study", "-q"])
+        assert res.exit_code == 0, res.output
+    for q in queries:
+        res = CliRunner().invoke(cli, shlex.split(q)[1:])
+        assert res.exit_code == 0, (q, res.output)
+        assert not res.stdout.startswith("(no rows)") or "_blocks.38" in q, (q, res.stdout)
