@@ -374,13 +374,14 @@ def wpmi(
 
 # ----------------------------------------------------------------------------- cosine family
 @SIMILARITIES.register("cos", aliases=("cos_similarity",))
-def cos_similarity(clip_feats: Tensor, target_feats: Tensor, chunk_neurons: int | None = None) -> Tensor:
+def cos_similarity(clip_feats: Tensor, target_feats: Tensor) -> Tensor:
     """Cosine of each activation column with each concept column over the probe (docs/METHOD.md §3.4).
 
     No centring.  An all-zero neuron has no direction: its row is NaN (the reference
     divides by zero too).  A zero concept column (impossible for real cosines) scores 0.
     Only X^T P and the column norms are needed, so the planner can accumulate them
-    over image shards ("sufficient statistics" family).
+    over image shards ("sufficient statistics" family).  One matrix product: it
+    allocates nothing beyond S, so there is nothing to chunk.
     """
     fn = "cos_similarity"
     dtype = _check_pair(clip_feats, target_feats, fn)
@@ -388,11 +389,7 @@ def cos_similarity(clip_feats: Tensor, target_feats: Tensor, chunk_neurons: int 
     x = target_feats.to(dtype)
     p_hat = p / p.norm(dim=0, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
     x_norm = x.norm(dim=0)
-    k_total = x.shape[1]
-    step = _chunk(k_total, x.shape[0], x.element_size(), chunk_neurons)
-    out = torch.empty(k_total, p.shape[1], dtype=dtype, device=p.device)
-    for s in range(0, k_total, step):
-        out[s : s + step] = x[:, s : s + step].T @ p_hat
+    out = x.T @ p_hat
     out /= x_norm.unsqueeze(1)
     out[x_norm == 0] = float("nan")
     return out
