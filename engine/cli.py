@@ -232,14 +232,18 @@ def fmt(files: tuple[str, ...], check_only: bool, stdout: bool) -> None:
 @click.option("--no-cache", is_flag=True, help="Recompute everything; read and write no cache.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Override the study's device.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override images per forward pass.")
-@click.option("--strict", is_flag=True, help="Fail on an unreadable probe image instead of skipping it.")
+@click.option("--strict", is_flag=True,
+              help="Fail on an unreadable probe image, or an optional step that cannot run, instead of skipping it.")
+@click.option("--no-calibration", is_flag=True,
+              help="Skip the calibration bench that runs automatically on probes with ground truth (phantoms).")
 @click.option("--no-report", is_flag=True, help="Skip the study's report statements.")
 @click.option("--dry-run", is_flag=True, help="Check the study and print the plan; compute nothing.")
 @click.option("--threads", type=click.IntRange(min=1),
-              help="CPU threads for torch and the compiled kernels (default: torch's choice). "
+              help="CPU threads for torch (default: torch's choice). "
                    "On a loaded shared machine 1 can beat 2: parallel ops wait for descheduled threads.")
 def run(file: str, db: str | None, cache_dir: str | None, no_cache: bool, device: str | None,
-        batch_size: int | None, strict: bool, no_report: bool, dry_run: bool, threads: int | None) -> None:
+        batch_size: int | None, strict: bool, no_calibration: bool, no_report: bool, dry_run: bool,
+        threads: int | None) -> None:
     """Execute the study FILE: dissect, analyse, store in DuckDB, render reports."""
     ctx = click.get_current_context()
     quiet = bool(ctx.meta.get(_QUIET))
@@ -257,7 +261,7 @@ def run(file: str, db: str | None, cache_dir: str | None, no_cache: bool, device
     if threads:
         import torch
 
-        torch.set_num_threads(threads)  # engine/kernels.py follows torch's setting
+        torch.set_num_threads(threads)
     if quiet:
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
         try:
@@ -269,7 +273,7 @@ def run(file: str, db: str | None, cache_dir: str | None, no_cache: bool, device
 
     opts = RunOptions(db=Path(db) if db else None, cache_dir=Path(cache_dir) if cache_dir else None,
                       use_cache=not no_cache, device=device, batch_size=batch_size, quiet=quiet,
-                      strict=strict, reports=not no_report)
+                      strict=strict, reports=not no_report, calibration=not no_calibration)
     ctx.meta[_NOTE] = "earlier runs are intact; a run is stored only once computed (cached work is kept)"
     result = run_study(study, opts)
     click.echo(f"run {result.run_id} finished in {result.seconds:.1f}s -> {result.db}")

@@ -16,7 +16,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,14 @@ from dissect_study.engine.cache import Cache, default_cache_dir
 from dissect_study.dsl import ast
 from dissect_study.dsl.checker import CheckedAnalysis, CheckedStudy, UnsetEnv
 from dissect_study.engine.concepts import ConceptSet
-from dissect_study.engine.models.base import Dissector, HasSentenceEncoder, ReportsTraining, Target, TrainModeSwitch
+from dissect_study.engine.models.base import (
+    Dissector,
+    HasSentenceEncoder,
+    ReportsTraining,
+    SharesImagePass,
+    Target,
+    TrainModeSwitch,
+)
 from dissect_study.engine.probes.base import Probe
 from dissect_study.engine.plan.steps import Plan
 from dissect_study.dsl.vocabulary import SIMILARITIES
@@ -258,6 +265,27 @@ class Executor:
         probe = self.probes[probe_name]
         return _dedup_indices(probe) if dedup else list(range(len(probe)))
 
+    def _shared_passes(self) -> dict[tuple[str, str], tuple[str, str]]:
+        """(dissector, probe) -> (target, probe) whose forward pass also yields the dissector's embeddings.
+
+        A target shares the dissector's image pass when it IS the dissector's image tower
+        (same fingerprint, same preprocessing), runs in fp32, and the dissector is not in
+        train mode; then one B5 pass over the probe serves M and the dissector.
+        """
+        shared: dict[tuple[str, str], tuple[str, str]] = {}
+        for dname, pname in self.plan.image_passes:
+            d = self.dissectors[dname]
+            if not isinstance(d, SharesImagePass) or (isinstance(d, TrainModeSwitch) and d.train_mode):
+                continue
+            for x in self.plan.dissections:
+                t = self.targets[x.target]
+                if (x.probe == pname and x.options.get("precision", "fp32") == "fp32"
+                        and t.fingerprint() == d.tower_fingerprint()
+                        and t.preprocess.describe == d.preprocess.describe):
+                    shared[(dname, pname)] = (x.target, x.probe)
+                    break
+        return shared
+
     def passes(self) -> None:
         from dissect_study.engine.passes.activations import embed_images, embed_texts, extract_activations
 
@@ -271,6 +299,8 @@ class Executor:
             self.log.info(f"text      {dname} x {cname}: {len(cs.texts)} concepts embedded "
                           f"({'cache' if hit else f'{time.perf_counter() - t0:.1f}s'})")
 
+        shared = self._shared_passes()
+        tower_out: dict[tuple[str, str], tuple[torch.Tensor, list[int]]] = {}
         for x in self.plan.dissections:
             target, probe = self.targets[x.target], self.probes[x.probe]
             key = (x.target, x.probe)
@@ -302,8 +332,10 @@ class Executor:
                 res = extract_activations(target, probe, missing, pooling=x.options.get("pooling", "avg"),
                                           batch_size=bs, device=self.device, workers=x.options.get("workers", 0),
                                           precision=x.options.get("precision", "fp32"), progress=progress,
-                                          indices=rows)
+                                          indices=rows, keep_output=key in shared.values())
                 kept = list(res.indices)
+                if res.output is not None:
+                    tower_out[key] = (res.output, kept)
                 for idx, reason in res.skipped:
                     self.log.warn(f"activations {x.target}", f"{x.probe}[{idx}] skipped: {reason}")
                     if self.opt.strict:
@@ -353,14 +385,25 @@ class Executor:
                          # train-mode BatchNorm makes embeddings depend on the batch composition
                          batch=(self.opt.batch_size or d.batch_size) if train_mode else None)
             t0 = time.perf_counter()
+            from_pass = tower_out.get(shared.get((dname, pname), ("", "")))
+            how = "embedded"
+
             def compute() -> dict[str, torch.Tensor]:
+                nonlocal how
+                if from_pass is not None and isinstance(d, SharesImagePass):
+                    out, kept = from_pass
+                    at = {r: i for i, r in enumerate(kept)}
+                    if all(r in at for r in rows):
+                        how = f"embedded from {shared[(dname, pname)][0]}'s pass (shared)"
+                        emb = d.embed_tower_output(out[torch.tensor([at[r] for r in rows], dtype=torch.long)])
+                        return {"emb": emb, "rows": torch.tensor(rows)}
                 bs = self.opt.batch_size or d.batch_size
                 r = embed_images(d, probe, indices=rows, batch_size=bs, device=self.device, progress=progress)
                 return {"emb": r.emb, "rows": torch.tensor(list(r.indices))}
 
             res, hit = self.cache.get_or_compute("images", parts, compute)
             self.img_emb[(dname, pname)] = (res["emb"].float(), res["rows"].tolist())
-            self.log.info(f"image     {dname} x {pname}: {len(res['rows'])} images embedded "
+            self.log.info(f"image     {dname} x {pname}: {len(res['rows'])} images {how} "
                           f"({'cache' if hit else f'{time.perf_counter() - t0:.1f}s'})")
 
     # ------------------------------------------------------------------ score + label
@@ -510,6 +553,20 @@ class Executor:
                     self.log.warn("sanity", f"dissector {dname} is near chance on '{r['attribute']}' "
                                             f"({r['metric']} {r['value']:.2f}); labels naming it are not trustworthy")
 
+    def _optional(self, step: str, fn: Callable[[], None]) -> None:
+        """Run a step the study did not ask for; if it cannot run on this data, warn and go on.
+
+        Only the study's own dissections may fail a run (`--strict` makes optional steps fatal).
+        """
+        try:
+            fn()
+        except Exception as e:
+            if self.opt.strict:
+                raise
+            logging.getLogger(__name__).debug("optional step %s failed", step, exc_info=True)
+            self.log.warn(step, f"{step} skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            self.record.frames.pop(step, None)
+
     def calibration(self) -> None:
         """Ground-truth calibration bench, for probes that carry ground truth (the phantom)."""
         if not self.opt.calibration:
@@ -534,18 +591,29 @@ class Executor:
             dissector = self.dissectors[x.dissector]
             encoder = dissector.sentence_encoder if isinstance(dissector, HasSentenceEncoder) else None
             t0 = time.perf_counter()
+            skipped: dict[str, str] = {}
             for layer, _ in self.layer_names[x.target]:
                 X = self.acts[(x.target, x.probe)][layer].float()
                 sel = cal.neuron_selectivity(X, attrs)
                 truth = cal.assign_ground_truth(sel)
                 for sim in SIMILARITIES:
+                    if sim in skipped:
+                        continue
                     params = {p.name: p.default for p in SIMILARITIES[sim].params if p.name != "template"}
                     # the study's own function was already scored (with the study's parameters)
-                    S = self.S[(x.target, layer)] if sim == x.similarity else compute_similarity(sim, P, X, params).S
+                    try:
+                        S = (self.S[(x.target, layer)] if sim == x.similarity
+                             else compute_similarity(sim, P, X, params).S)
+                    except DissectStudyError as e:
+                        # the bench is optional: a function the probe cannot support
+                        # (too few images, say) is left out, the run goes on
+                        skipped[sim] = str(e).splitlines()[0]
+                        self.log.warn("calibration", f"calibration of {x.target}: {sim} skipped ({skipped[sim]})")
+                        continue
                     df = cal.calibration_table(layer, sim, S, cs.texts, truth, text_encoder=encoder)
                     df["model"] = x.target
                     self.record.add("calibration", df)
-            self.log.info(f"calibrate {x.target}: {len(SIMILARITIES)} similarity functions x "
+            self.log.info(f"calibrate {x.target}: {len(SIMILARITIES) - len(skipped)} similarity functions x "
                           f"{len(self.layer_names[x.target])} layers ({time.perf_counter() - t0:.1f}s)")
 
     # ------------------------------------------------------------------ analyses
@@ -630,12 +698,14 @@ class Executor:
     def execute(self) -> RunResult:
         t0 = time.perf_counter()
         started = _dt.datetime.now()
+        if self.cache.enabled:
+            self.log.info(f"cache     {self.cache.root} (--cache-dir or $DISSECT_STUDY_CACHE moves it)")
         self.build()
         self.passes()
         self.score()
         self.describe_inputs()
         self.sanity()
-        self.calibration()
+        self._optional("calibration", self.calibration)
         self.analyses()
         self.neuron_images()
         for step, msg in self.log.warnings:

@@ -369,6 +369,14 @@ class DemoDissector(Dissector):
     def training_report(self) -> dict[str, Any]:
         return dict(self._report)
 
+    def tower_fingerprint(self) -> str:
+        """The fingerprint of `image_tower()` and of `demo("M")` (`SharesImagePass`)."""
+        return _fingerprint(self.net.state_dict(), {"kind": "demo_target", "variant": "M"})
+
+    def embed_tower_output(self, out: torch.Tensor) -> torch.Tensor:
+        """The tower's output already is the image embedding (`SharesImagePass`)."""
+        return out.float().cpu()
+
     def image_tower(self) -> "DemoTarget":
         """The image CNN as the demo target `M` (a copy: targets never share the dissector's module)."""
         net = DemoNet(PROJ_DIM)

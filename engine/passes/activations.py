@@ -55,6 +55,8 @@ class ActivationResult:
     images_per_s: float = 0.0
     #: what actually ran: "bf16" only on CUDA, else "fp32"
     precision: str = "fp32"
+    #: the target's forward output per kept row (N x D), when asked for with `keep_output`
+    output: torch.Tensor | None = None
 
 
 @dataclass
@@ -329,10 +331,13 @@ def _check_choice(value: str, choices: Sequence[str], what: str) -> None:
         raise ActivationError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
 
 
+_OUTPUT = "\0output"  # rows key of the forward output; no module is named so
+
+
 def extract_activations(target: Target, probe: Probe, layers: list[str], pooling: str = "avg",
                         batch_size: int | None = None, device: str = "cpu", workers: int = 0,
                         precision: str = "fp32", progress: bool = True,
-                        indices: Sequence[int] | None = None) -> ActivationResult:
+                        indices: Sequence[int] | None = None, keep_output: bool = False) -> ActivationResult:
     """Pooled activations of every layer in `layers` from ONE pass of `target` over `probe`.
 
     Rows follow `indices` (default: the whole probe in order) minus skipped images.
@@ -377,7 +382,10 @@ def extract_activations(target: Target, probe: Probe, layers: list[str], pooling
         calls.clear()
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if used == "bf16" else nullcontext()
         with autocast:
-            target.forward(x)
+            out = target.forward(x)
+        if keep_output:
+            # the dissector's embedding comes from these rows when it shares this pass
+            rows.add(_OUTPUT, out.flatten(1))
         missing = [l for l in layers if l not in calls]
         if missing:
             raise ActivationError(
@@ -391,7 +399,9 @@ def extract_activations(target: Target, probe: Probe, layers: list[str], pooling
         raise ActivationError(f"no image of probe {probe.name!r} could be read ({len(skipped)} skipped; "
                               f"first: {skipped[0][1] if skipped else 'empty probe'})")
     acts = {layer: rows.result(layer, len(kept)) for layer in layers}
-    return ActivationResult(acts=acts, indices=kept, skipped=skipped, images_per_s=speed, precision=used)
+    output = rows.result(_OUTPUT, len(kept)) if keep_output else None
+    return ActivationResult(acts=acts, indices=kept, skipped=skipped, images_per_s=speed, precision=used,
+                            output=output)
 
 
 def embed_images(dissector: Dissector, probe: Probe, indices: Sequence[int] | None = None,

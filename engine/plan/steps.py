@@ -79,6 +79,10 @@ class Plan:
     image_passes: list[tuple[str, str]] = field(default_factory=list)
     #: (target, probe) pairs: one hooked pass each, all layers at once
     target_passes: list[tuple[str, str]] = field(default_factory=list)
+    #: (dissector, probe) -> (target, probe): image passes served by a target pass, because
+    #: the target is the dissector's own image tower (`image_tower(d)`); the executor also
+    #: finds towers declared otherwise (the demo's `demo("M")`) by their fingerprint
+    shared_image_passes: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     analyses: list[CheckedAnalysis] = field(default_factory=list)
     reports: list[CheckedReport] = field(default_factory=list)
     layer_aliases: dict[str, tuple[ast.LayerItem, ...]] = field(default_factory=dict)
@@ -98,7 +102,12 @@ class Plan:
         for d, c in self.text_passes:
             lines.append(f"  text pass   : dissector {d} x concepts {c}")
         for d, p in self.image_passes:
-            lines.append(f"  image pass  : dissector {d} x probe {p}")
+            if (d, p) in self.shared_image_passes:
+                t, _ = self.shared_image_passes[(d, p)]
+                lines.append(f"  image pass  : dissector {d} x probe {p}, shared with target pass {t} "
+                             f"(its image tower: one forward pass serves both)")
+            else:
+                lines.append(f"  image pass  : dissector {d} x probe {p}")
         for t, p in self.target_passes:
             layers = next(", ".join(layer_item_text(i) for i in x.layers) for x in self.dissections if x.target == t)
             lines.append(f"  target pass : {t} on {p}, layers {layers} (one pass, all layers hooked)")
@@ -159,9 +168,23 @@ def build_plan(study: CheckedStudy) -> Plan:
         _append_once(plan.text_passes, (x.dissector, x.concepts))
         _append_once(plan.image_passes, (x.dissector, x.probe))
         _append_once(plan.target_passes, (x.target, x.probe))
+    plan.shared_image_passes = _shared_image_passes(plan)
     plan.analyses = list(study.analyses)
     plan.reports = list(study.reports)
     return plan
+
+
+def _shared_image_passes(plan: Plan) -> dict[tuple[str, str], tuple[str, str]]:
+    """Image passes a declared `image_tower(d)` target pass can serve (fp32, d not in train mode)."""
+    towers = {s.name: s.params.get("dissector") for s in plan.targets if s.func == "image_tower"}
+    train_mode = {(x.dissector, x.probe) for x in plan.dissections if x.options.get("dissector_train_mode")}
+    shared: dict[tuple[str, str], tuple[str, str]] = {}
+    for x in plan.dissections:
+        key = (x.dissector, x.probe)
+        if (towers.get(x.target) == x.dissector and key not in train_mode and key not in shared
+                and x.options.get("precision", "fp32") == "fp32"):
+            shared[key] = (x.target, x.probe)
+    return shared
 
 
 def _append_once(bucket: list[tuple[str, str]], key: tuple[str, str]) -> None:
