@@ -131,7 +131,8 @@ def rq2_passes(n_images: int) -> None:
     from dissect_study.dsl import check_file
     from dissect_study.engine.models.efficientnet import CONFIGS, EfficientNet
     from dissect_study.engine.models.mammo_clip import MammoClipModel, new_bert
-    from dissect_study.engine.run import Executor, RunOptions, run_study
+    from dissect_study.engine.passes import execute as passes_stage
+    from dissect_study.engine.run import RunOptions, run_study
 
     root = Path(tempfile.mkdtemp(prefix="rq2-passes-"))
     sd = tiny_clip_state_dict(seed=4)
@@ -161,12 +162,12 @@ def rq2_passes(n_images: int) -> None:
         return forward(self, x, *a, **k)
 
     EfficientNet.forward = counting  # type: ignore[method-assign]
-    shared = Executor._shared_passes
+    shared = passes_stage.shared_passes
     try:
         for label, share in (("shared pass (now)", True), ("separate passes (before)", False)):
             images.clear()
             if not share:
-                Executor._shared_passes = lambda self: {}  # type: ignore[method-assign]
+                passes_stage.shared_passes = lambda ex: {}  # type: ignore[assignment]
             run_study(
                 study,
                 RunOptions(
@@ -184,7 +185,7 @@ def rq2_passes(n_images: int) -> None:
             )
     finally:
         EfficientNet.forward = forward  # type: ignore[method-assign]
-        Executor._shared_passes = shared  # type: ignore[method-assign]
+        passes_stage.shared_passes = shared
 
 
 def main() -> None:

@@ -248,7 +248,8 @@ def test_resolve_layers_expands_ranges_all_and_study_aliases():
     """Layer selectors against a model with known layers: ranges and `all` inside a study alias too."""
     from dissect_study.dsl import ast
     from dissect_study.engine.models.base import LayerInfo
-    from dissect_study.engine.run import RunError, resolve_layers
+    from dissect_study.engine.build import resolve_layers
+    from dissect_study.engine.run import RunError
 
     span = ast.Span("<t>", 1, 1, 1, 2)
 

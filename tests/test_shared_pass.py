@@ -19,8 +19,9 @@ from test_models_helpers import make_text_folder, tiny_bert_config, tiny_clip_st
 from dissect_study.dsl import check_file
 from dissect_study.engine.models.efficientnet import CONFIGS, EfficientNet
 from dissect_study.engine.models.mammo_clip import MammoClipModel, new_bert
+from dissect_study.engine.passes import execute as passes_stage
 from dissect_study.engine.plan.steps import build_plan
-from dissect_study.engine.run import Executor, RunOptions, run_study
+from dissect_study.engine.run import RunOptions, run_study
 
 N_IMAGES = 4
 
@@ -80,7 +81,7 @@ def test_one_effnet_pass_serves_m_and_the_dissector_with_the_same_scores(
     shared = _scores(tmp_path / "shared" / "r.duckdb")
 
     images_through_effnet.clear()
-    monkeypatch.setattr(Executor, "_shared_passes", lambda self: {})
+    monkeypatch.setattr(passes_stage, "shared_passes", lambda ex: {})
     _run(study_file, tmp_path / "separate")
     assert sum(images_through_effnet) == 2 * N_IMAGES  # the two passes the shared one replaces
     separate = _scores(tmp_path / "separate" / "r.duckdb")

@@ -1,0 +1,151 @@
+"""Analyses stage: the dissector's zero-shot check, the calibration bench, the study's analyses.
+
+The analysis tables themselves are computed by their SQL macros as the run is
+stored (engine/analyses/macros.py); this stage records each statement's arguments.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from dissect_study.dsl.checker import CheckedAnalysis
+from dissect_study.dsl.vocabulary import SIMILARITIES
+from dissect_study.engine.build import resolve_layers
+from dissect_study.engine.models.base import (
+    HasSentenceEncoder,
+)
+from dissect_study.engine.run import RunError
+from dissect_study.errors import DissectStudyError
+
+if TYPE_CHECKING:
+    from dissect_study.engine.run import Executor
+
+
+def sanity(ex: Executor) -> None:
+    from dissect_study.engine.models.zero_shot import zero_shot_sanity
+
+    for dname, pname in ex.plan.image_passes:
+        emb, rows = ex.img_emb[(dname, pname)]
+        sample = ex.sanity_rows.get((dname, pname))
+        if sample is not None:  # a top-k union is biased by the targets: use the random sample only
+            keep = set(sample)
+            sel = [i for i, r in enumerate(rows) if r in keep]
+            emb, rows = emb[sel], [rows[i] for i in sel]
+        attrs = [ex.probes[pname].items[r].attributes for r in rows]
+        try:
+            results = zero_shot_sanity(ex.dissectors[dname], emb, attrs)
+        except Exception as e:  # a sanity check must never sink a run
+            ex.log.warn("sanity", f"zero-shot sanity check of {dname} on {pname} failed: {e}")
+            continue
+        for r in results:
+            ex.record.add("sanity", dict(dissector=dname, probe=pname, **r))
+            if r.get("value") is not None and r.get("chance") is not None and abs(r["value"] - r["chance"]) < 0.05:
+                ex.log.warn("sanity", f"dissector {dname} is near chance on '{r['attribute']}' "
+                                        f"({r['metric']} {r['value']:.2f}); labels naming it are not trustworthy")
+
+
+
+def calibration(ex: Executor) -> None:
+    """Ground-truth calibration bench, for probes that carry ground truth (the phantom)."""
+    if not ex.opt.calibration:
+        return
+    from dissect_study.engine.analyses import calibration as cal
+    from dissect_study.engine.scores.similarity import compute_similarity, concept_activation_matrix
+
+    for x in ex.plan.dissections:
+        probe = ex.probes[x.probe]
+        if not probe.has_ground_truth:
+            continue
+        cs = ex.concept_sets[x.concepts]
+        rows = ex.act_rows[(x.target, x.probe)]
+        emb, emb_rows = ex.img_emb[(x.dissector, x.probe)]
+        pos = {r: i for i, r in enumerate(emb_rows)}
+        if not all(r in pos for r in rows):
+            ex.log.warn("calibration", f"calibration of {x.target} skipped: the dissector embedded only "
+                                         f"part of probe {x.probe}")
+            continue
+        P = concept_activation_matrix(emb[[pos[r] for r in rows]], ex.text_emb[(x.dissector, x.concepts)])
+        attrs = [probe.items[r].attributes for r in rows]
+        dissector = ex.dissectors[x.dissector]
+        encoder = dissector.sentence_encoder if isinstance(dissector, HasSentenceEncoder) else None
+        t0 = time.perf_counter()
+        skipped: dict[str, str] = {}
+        for layer, _ in ex.layer_names[x.target]:
+            X = ex.acts[(x.target, x.probe)][layer].float()
+            sel = cal.neuron_selectivity(X, attrs)
+            truth = cal.assign_ground_truth(sel)
+            for sim in SIMILARITIES:
+                if sim in skipped:
+                    continue
+                params = {p.name: p.default for p in SIMILARITIES[sim].params if p.name != "template"}
+                # the study's own function was already scored (with the study's parameters)
+                try:
+                    S = (ex.S[(x.target, layer)] if sim == x.similarity
+                         else compute_similarity(sim, P, X, params).S)
+                except DissectStudyError as e:
+                    # the bench is optional: a function the probe cannot support
+                    # (too few images, say) is left out, the run goes on
+                    skipped[sim] = str(e).splitlines()[0]
+                    ex.log.warn("calibration", f"calibration of {x.target}: {sim} skipped ({skipped[sim]})")
+                    continue
+                df = cal.calibration_table(layer, sim, S, cs.texts, truth, text_encoder=encoder)
+                df["model"] = x.target
+                ex.record.add("calibration", df)
+        ex.log.info(f"calibrate {x.target}: {len(SIMILARITIES) - len(skipped)} similarity functions x "
+                      f"{len(ex.layer_names[x.target])} layers ({time.perf_counter() - t0:.1f}s)")
+
+
+
+def analyses(ex: Executor) -> None:
+    """Record each analysis statement as an `analyses` row: the arguments of its macros.
+
+    The tables are computed by the analyses' SQL macros inside the transaction that
+    stores the run (engine/analyses/macros.py `store_analyses`), so a stored table
+    always equals its macro called with that row's arguments.
+    """
+    from dissect_study.engine.analyses.macros import store_analyses
+
+    ex.neuron_requests: list[tuple[str, str, int, int]] = []
+    for a in ex.plan.analyses:
+        models = list(a.models)
+        layers = _analysis_layers(ex, a, models)
+        th, flt = a.threshold, a.filter
+        kind = "show_neuron" if a.kind == "neuron" else a.kind
+        options = dict(a.options)
+        if kind == "show_neuron" and a.unit is not None and a.top is not None:
+            options.update(unit=a.unit, top=a.top)
+            ex.neuron_requests.extend((models[0], layer, a.unit, a.top) for layer in layers)
+        ex.record.add("analyses", dict(
+            analysis_id=a.index, kind=kind, analysis_names=list(a.analysis_names), statement=a.text,
+            line=a.span.line, models=models, layers=layers,
+            filter_level=flt.level if flt else None, filter_name=flt.name if flt else None,
+            threshold_rule=dict(combine=th.combine, statistic=th.statistic, value=th.value, op=th.op),
+            count_unit=a.count, options=options))
+    ex.record.derive.append(store_analyses)
+    ex.log.info(f"analyses  {len(ex.plan.analyses)} statement(s); computed in SQL as the run is stored")
+
+
+
+def _analysis_layers(ex: Executor, a: CheckedAnalysis, models: list[str]) -> list[str]:
+    per_model = []
+    for m in models:
+        if m not in ex.layer_names:
+            raise RunError(f"{a.text}: model {m} is not dissected in this study")
+        dissected = [n for n, _ in ex.layer_names[m]]
+        if a.layers:
+            names = [n for n, _ in resolve_layers(ex.targets[m], tuple(a.layers), ex.plan.layer_aliases)]
+            bad = [n for n in names if n not in dissected]
+            if bad:
+                raise RunError(f"line {a.span.line}: {a.text!r} asks for layer(s) "
+                               f"{', '.join(bad)} of {m}, which the dissect statement does not cover "
+                               f"(dissected: {', '.join(dissected)})")
+        else:
+            names = dissected
+        per_model.append(names)
+    common = [n for n in per_model[0] if all(n in p for p in per_model[1:])]
+    if per_model and len(common) < len(per_model[0]) and a.layers:
+        raise RunError(f"line {a.span.line}: {a.text!r}: the models do not share the "
+                       f"layer names {sorted(set(per_model[0]) - set(common))}; compare models of one architecture")
+    return common
+
