@@ -35,7 +35,7 @@ from dissect_study import __version__
 from dissect_study.dsl.checker import CheckedStudy
 from dissect_study.engine.cache import Cache, default_cache_dir
 from dissect_study.engine.concepts import ConceptSet
-from dissect_study.engine.models.base import Dissector, Target
+from dissect_study.engine.models.base import BuildContext, Dissector, Target
 from dissect_study.engine.plan.steps import Plan
 from dissect_study.engine.probes.base import Probe
 from dissect_study.engine.store import database as store
@@ -122,6 +122,9 @@ class Executor:
         self.S: dict[tuple[str, str], torch.Tensor] = {}
         #: (model, layer, unit, top) of each `show neuron`, filled by the analyses
         self.neuron_requests: list[tuple[str, str, int, int]] = []
+        #: set by the build stage: the device every pass runs on, and the models' build context
+        self.device: str = "cpu"
+        self.ctx: BuildContext | None = None
 
     # ------------------------------------------------------------------ build
 

@@ -106,7 +106,7 @@ def analyses(ex: Executor) -> None:
     """
     from dissect_study.engine.analyses.macros import store_analyses
 
-    ex.neuron_requests: list[tuple[str, str, int, int]] = []
+    ex.neuron_requests = []
     for a in ex.plan.analyses:
         models = list(a.models)
         layers = _analysis_layers(ex, a, models)
