@@ -24,7 +24,9 @@ class ModelBuildError(DissectStudyError, ValueError):
 def build_dissector(name: str, func: str, params: dict[str, Any], ctx: BuildContext) -> Dissector:
     """Build the dissector declared as `dissector <name> = <func>(<params>)`."""
     if func not in DISSECTORS:
-        raise ModelBuildError(f"dissector {name}: unknown source function {func!r}; known: {', '.join(DISSECTORS.names())}")
+        raise ModelBuildError(
+            f"dissector {name}: unknown source function {func!r}; known: {', '.join(DISSECTORS.names())}"
+        )
     return DISSECTORS.get(func)(name, params, ctx)
 
 

@@ -10,8 +10,9 @@ preprocessing, so C1-C4 see probe images exactly as the dissector does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,12 @@ from dissect_study.engine.registry import TARGETS
 
 #: classes per task (section 2.1); binary tasks use one logit (sigmoid)
 TASK_CLASSES: dict[str, int] = {
-    "density": 4, "birads": 3, "cancer_birads": 5, "mass": 1, "calcification": 1, "cancer": 1,
+    "density": 4,
+    "birads": 3,
+    "cancer_birads": 5,
+    "mass": 1,
+    "calcification": 1,
+    "cancer": 1,
 }
 HEAD_KEY = "classifier.classification_head.weight"
 
@@ -73,9 +79,16 @@ def _scalar(v: Any) -> Any:
     return None
 
 
-def load_classifier(checkpoint: Path, base: Dissector, *, task: str | None = None, n_class: int | None = None,
-                    trust: bool = False, log: Callable[[str], None] | None = None,
-                    name: str = "classifier") -> EfficientNetTarget:
+def load_classifier(
+    checkpoint: Path,
+    base: Dissector,
+    *,
+    task: str | None = None,
+    n_class: int | None = None,
+    trust: bool = False,
+    log: Callable[[str], None] | None = None,
+    name: str = "classifier",
+) -> EfficientNetTarget:
     """A classifier target whose layers are the encoder's `_blocks.i` and output the logits."""
     if not isinstance(base, MammoClipDissector):
         raise CheckpointError(
@@ -107,18 +120,28 @@ def load_classifier(checkpoint: Path, base: Dissector, *, task: str | None = Non
             "Name the dissector the classifier was fine-tuned from as `base`."
         )
     model = ClassifierModel(EfficientNet(cfg), rows)
-    load_strict(model, sd, checkpoint, param="checkpoint",
-                what=f"Mammo-CLIP classifier (EfficientNet-{cfg.name.upper()}, {rows} class(es))")
+    load_strict(
+        model,
+        sd,
+        checkpoint,
+        param="checkpoint",
+        what=f"Mammo-CLIP classifier (EfficientNet-{cfg.name.upper()}, {rows} class(es))",
+    )
     model.eval()
     extras = {k: _scalar(v) for k, v in obj.items() if k != "model"} if isinstance(obj, dict) else {}
     facts = {
-        "source": "classifier", "checkpoint": str(checkpoint), "task": task, "n_class": rows,
-        "variant": cfg.name, "output": "sigmoid" if rows == 1 else "softmax",
+        "source": "classifier",
+        "checkpoint": str(checkpoint),
+        "task": task,
+        "n_class": rows,
+        "variant": cfg.name,
+        "output": "sigmoid" if rows == 1 else "softmax",
         "file_metrics": {k: v for k, v in extras.items() if v is not None},
     }
     fp = config_hash("classifier", file_sha256(checkpoint), base.preprocess.describe, cfg.name, rows)
-    return EfficientNetTarget(model.image_encoder, base.preprocess, fp, name=name,
-                              head=model.classifier, owner=model, facts=facts)
+    return EfficientNetTarget(
+        model.image_encoder, base.preprocess, fp, name=name, head=model.classifier, owner=model, facts=facts
+    )
 
 
 @TARGETS.register("classifier")
@@ -127,6 +150,13 @@ def build_classifier(name: str, params: dict[str, Any], ctx: BuildContext) -> Ef
     if base_name not in ctx.dissectors:
         raise CheckpointError(f"base: dissector {base_name!r} has not been built (declare it before this target).")
     ckpt = resolve_path(params["checkpoint"], ctx.base_dir, "checkpoint")
-    t = load_classifier(ckpt, ctx.dissectors[base_name], task=params.get("task"), n_class=params.get("n_class"),
-                        trust=bool(params.get("trust_checkpoint", False)), log=ctx.log, name=name)
+    t = load_classifier(
+        ckpt,
+        ctx.dissectors[base_name],
+        task=params.get("task"),
+        n_class=params.get("n_class"),
+        trust=bool(params.get("trust_checkpoint", False)),
+        log=ctx.log,
+        name=name,
+    )
     return t.to(ctx.device)

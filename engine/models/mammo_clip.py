@@ -19,8 +19,9 @@ import copy
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,8 +45,8 @@ from dissect_study.engine.models.checkpoint import (
 )
 from dissect_study.engine.models.efficientnet import (
     CONFIGS,
-    EffNetConfig,
     EfficientNet,
+    EffNetConfig,
     detect_config,
     lukemelas_to_timm,
     stage_repeats,
@@ -163,8 +164,9 @@ class MammoClipModel(nn.Module):
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         return self.image_projection(self.image_encoder(x))
 
-    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         out = self.text_encoder.text_encoder(
@@ -172,8 +174,9 @@ class MammoClipModel(nn.Module):
         )
         return eos_pool(out.last_hidden_state, attention_mask)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.text_projection(self.text_features(input_ids, attention_mask, token_type_ids))
 
 
@@ -263,9 +266,17 @@ class EfficientNetTarget(Target):
 
     batch_size = 4
 
-    def __init__(self, encoder: EfficientNet, preprocess: Preprocess, fingerprint: str, *,
-                 name: str = "image_tower", head: nn.Module | None = None, owner: nn.Module | None = None,
-                 facts: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        encoder: EfficientNet,
+        preprocess: Preprocess,
+        fingerprint: str,
+        *,
+        name: str = "image_tower",
+        head: nn.Module | None = None,
+        owner: nn.Module | None = None,
+        facts: dict[str, Any] | None = None,
+    ) -> None:
         self.encoder = encoder
         self._preprocess = preprocess
         self._fingerprint = fingerprint
@@ -298,13 +309,17 @@ class EfficientNetTarget(Target):
     def fingerprint(self) -> str:
         return self._fingerprint
 
-    def to(self, device: torch.device | str) -> "EfficientNetTarget":
+    def to(self, device: torch.device | str) -> EfficientNetTarget:
         self.owner.to(device)
         return self
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "architecture": f"EfficientNet-{self.encoder.cfg.name.upper()} (lukemelas layout)",
-                "n_layers": len(self.encoder.specs), **self.facts}
+        return {
+            "name": self.name,
+            "architecture": f"EfficientNet-{self.encoder.cfg.name.upper()} (lukemelas layout)",
+            "n_layers": len(self.encoder.specs),
+            **self.facts,
+        }
 
 
 # --------------------------------------------------------------------------- dissector
@@ -315,9 +330,18 @@ class MammoClipDissector(Dissector):
 
     batch_size = 4
 
-    def __init__(self, model: MammoClipModel, tokenizer: Any, preprocess: Preprocess, *,
-                 fingerprint: str, facts: dict[str, Any], name: str = "mammo_clip",
-                 train_mode: bool = False, text_batch: int = TEXT_BATCH) -> None:
+    def __init__(
+        self,
+        model: MammoClipModel,
+        tokenizer: Any,
+        preprocess: Preprocess,
+        *,
+        fingerprint: str,
+        facts: dict[str, Any],
+        name: str = "mammo_clip",
+        train_mode: bool = False,
+        text_batch: int = TEXT_BATCH,
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self._preprocess = preprocess
@@ -361,15 +385,16 @@ class MammoClipDissector(Dissector):
             return self.model.encode_image(batch.to(self.device))
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        return self.tokenizer(list(texts), padding="longest", truncation=True,
-                              max_length=TEXT_MAX_LENGTH, return_tensors="pt")
+        return self.tokenizer(
+            list(texts), padding="longest", truncation=True, max_length=TEXT_MAX_LENGTH, return_tensors="pt"
+        )
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         self.model.eval()
         outs = []
         with torch.no_grad():
             for i in range(0, len(texts), self.text_batch):
-                tok = self.tokenize(texts[i:i + self.text_batch])
+                tok = self.tokenize(texts[i : i + self.text_batch])
                 tok = {k: v.to(self.device) for k, v in tok.items()}
                 outs.append(self.model.encode_text(tok["input_ids"], tok["attention_mask"], tok.get("token_type_ids")))
         if not outs:
@@ -393,15 +418,20 @@ class MammoClipDissector(Dissector):
         """
         enc = copy.deepcopy(self.model.image_encoder) if self.train_mode else self.model.image_encoder
         fp = self.tower_fingerprint()
-        tower = EfficientNetTarget(enc, self._preprocess, fp, name=f"{self.name}.image_tower",
-                                   facts={"source": self.facts.get("source"), "variant": self.facts.get("variant")})
+        tower = EfficientNetTarget(
+            enc,
+            self._preprocess,
+            fp,
+            name=f"{self.name}.image_tower",
+            facts={"source": self.facts.get("source"), "variant": self.facts.get("variant")},
+        )
         self._towers.append(tower)
         return tower
 
     def fingerprint(self) -> str:
         return self._fingerprint
 
-    def to(self, device: torch.device | str) -> "MammoClipDissector":
+    def to(self, device: torch.device | str) -> MammoClipDissector:
         self.model.to(device)
         return self
 
@@ -427,7 +457,7 @@ def _variant_config(sd_image: dict[str, torch.Tensor], variant: str, path: Path,
     if detected is not None and detected.name != cfg.name:
         raise CheckpointError(
             f"{param} = {str(path)!r}: variant = {variant!r} was requested but the file holds an "
-            f"EfficientNet-{detected.name.upper()} image encoder. Use variant = \"auto\" or \"{detected.name}\"."
+            f'EfficientNet-{detected.name.upper()} image encoder. Use variant = "auto" or "{detected.name}".'
         )
     return cfg
 
@@ -469,8 +499,9 @@ def checkpoint_config(obj: Any) -> dict[str, Any]:
     return out
 
 
-def _check_config(cfg: dict[str, Any], variant: str, proj_dim: int, path: Path,
-                  log: Callable[[str], None] | None) -> None:
+def _check_config(
+    cfg: dict[str, Any], variant: str, proj_dim: int, path: Path, log: Callable[[str], None] | None
+) -> None:
     """Refuse what we would compute wrongly; warn where the file disagrees with itself or us."""
     pooling = cfg.get("text_pooling")
     if pooling is not None and pooling != "eos":
@@ -482,11 +513,15 @@ def _check_config(cfg: dict[str, Any], variant: str, proj_dim: int, path: Path,
     notes = []
     named = CONFIG_ENCODERS.get(str(cfg.get("image_encoder")))
     if named is not None and named != variant:
-        notes.append(f"its config names image encoder {cfg['image_encoder']!r} (EfficientNet-{named.upper()}) "
-                     f"but the weights are EfficientNet-{variant.upper()}; the weights are used")
+        notes.append(
+            f"its config names image encoder {cfg['image_encoder']!r} (EfficientNet-{named.upper()}) "
+            f"but the weights are EfficientNet-{variant.upper()}; the weights are used"
+        )
     if cfg.get("projection_dim") not in (None, proj_dim):
-        notes.append(f"its config says proj_dim {cfg['projection_dim']} but the projection weights give "
-                     f"{proj_dim}; the weights are used")
+        notes.append(
+            f"its config says proj_dim {cfg['projection_dim']} but the projection weights give "
+            f"{proj_dim}; the weights are used"
+        )
     for key, ours in (("mean", MEAN), ("std", STD), ("image_size_h", IMAGE_SIZE[0]), ("image_size_w", IMAGE_SIZE[1])):
         if key in cfg and not math.isclose(float(cfg[key]), float(ours), rel_tol=1e-6):
             notes.append(f"its config has base.{key} = {cfg[key]} but Mammo-CLIP preprocessing uses {ours}")
@@ -497,15 +532,23 @@ def _check_config(cfg: dict[str, Any], variant: str, proj_dim: int, path: Path,
             log(message)
 
 
-def load_mammo_clip(checkpoint: Path, text_dir: Path, *, variant: str = "auto", trust: bool = False,
-                    log: Callable[[str], None] | None = None,
-                    image_size: tuple[int, int] = IMAGE_SIZE) -> MammoClipDissector:
+def load_mammo_clip(
+    checkpoint: Path,
+    text_dir: Path,
+    *,
+    variant: str = "auto",
+    trust: bool = False,
+    log: Callable[[str], None] | None = None,
+    image_size: tuple[int, int] = IMAGE_SIZE,
+) -> MammoClipDissector:
     """Build the F_mammo dissector from a CLIP checkpoint and a local Bio_ClinicalBERT folder."""
     obj = load_torch_file(checkpoint, param="checkpoint", trust=trust, log=log)
     sd = strip_prefix(extract_state_dict(obj, checkpoint, "checkpoint", key="model"), "module.")
     train_cfg = checkpoint_config(obj)
     if "image_encoder._conv_stem.weight" not in sd or not any(k.startswith("text_encoder.text_encoder.") for k in sd):
-        kind = "a fine-tuned classifier" if "classifier.classification_head.weight" in sd else "not a Mammo-CLIP CLIP file"
+        kind = (
+            "a fine-tuned classifier" if "classifier.classification_head.weight" in sd else "not a Mammo-CLIP CLIP file"
+        )
         raise CheckpointError(
             f"checkpoint = {str(checkpoint)!r}: this is {kind} (no image_encoder.* and "
             "text_encoder.text_encoder.* keys). A mammo_clip dissector needs the pre-training checkpoint "
@@ -518,16 +561,27 @@ def load_mammo_clip(checkpoint: Path, text_dir: Path, *, variant: str = "auto", 
     proj_dim = int(proj.shape[0]) if proj is not None else 512
     _check_config(train_cfg, cfg.name, proj_dim, checkpoint, log)
     model = MammoClipModel(cfg, new_bert(bert_cfg), proj_dim=proj_dim)
-    load_strict(model, sd, checkpoint, param="checkpoint",
-                what=f"Mammo-CLIP {cfg.name.upper()} model with the text tower of {text_dir}",
-                ignore=TOLERATED_EXTRAS)
+    load_strict(
+        model,
+        sd,
+        checkpoint,
+        param="checkpoint",
+        what=f"Mammo-CLIP {cfg.name.upper()} model with the text tower of {text_dir}",
+        ignore=TOLERATED_EXTRAS,
+    )
     fp = config_hash("mammo_clip", file_sha256(checkpoint), folder_sha256(text_dir), cfg.name, list(image_size))
     facts = {
-        "source": "mammo_clip", "variant": cfg.name, "checkpoint": str(checkpoint), "text": str(text_dir),
-        "image_dim": model.image_encoder.out_dim, "text_dim": int(bert_cfg.hidden_size),
+        "source": "mammo_clip",
+        "variant": cfg.name,
+        "checkpoint": str(checkpoint),
+        "text": str(text_dir),
+        "image_dim": model.image_encoder.out_dim,
+        "text_dim": int(bert_cfg.hidden_size),
         "embed_dim": int(model.image_projection.projection.out_features),
-        "logit_scale": float(model.logit_scale.detach()), "text_pooling": "eos ([SEP])",
-        "text_max_length": TEXT_MAX_LENGTH, "epoch": obj.get("epoch") if isinstance(obj, dict) else None,
+        "logit_scale": float(model.logit_scale.detach()),
+        "text_pooling": "eos ([SEP])",
+        "text_max_length": TEXT_MAX_LENGTH,
+        "epoch": obj.get("epoch") if isinstance(obj, dict) else None,
         "training_config": train_cfg,
     }
     del obj, sd  # the file's memory map goes with them; the model holds copies
@@ -545,10 +599,16 @@ def _imagenet_state_dict(path: Path, cfg: EffNetConfig, trust: bool, log: Any) -
     return {k: v for k, v in sd.items() if not k.startswith(head)}
 
 
-def load_mammo_clip_general(imagenet_weights: Path, text_dir: Path, *, variant: str = "b5",
-                            projection_seed: int = 0, trust: bool = False,
-                            log: Callable[[str], None] | None = None,
-                            image_size: tuple[int, int] = IMAGE_SIZE) -> MammoClipDissector:
+def load_mammo_clip_general(
+    imagenet_weights: Path,
+    text_dir: Path,
+    *,
+    variant: str = "b5",
+    projection_seed: int = 0,
+    trust: bool = False,
+    log: Callable[[str], None] | None = None,
+    image_size: tuple[int, int] = IMAGE_SIZE,
+) -> MammoClipDissector:
     """F_general: ImageNet image tower + Bio_ClinicalBERT + *seeded* random projections.
 
     The reference left the projections unseeded (docs/METHOD.md §11.2); we seed them
@@ -575,35 +635,58 @@ def load_mammo_clip_general(imagenet_weights: Path, text_dir: Path, *, variant: 
             f"{', '.join(missing[:4])}. Is this the Bio_ClinicalBERT folder with its weights?"
         )
     model = MammoClipModel(cfg, bert.eval())
-    load_strict(model.image_encoder, sd_img, imagenet_weights, param="imagenet_weights",
-                what=f"EfficientNet-{cfg.name.upper()} image encoder")
+    load_strict(
+        model.image_encoder,
+        sd_img,
+        imagenet_weights,
+        param="imagenet_weights",
+        what=f"EfficientNet-{cfg.name.upper()} image encoder",
+    )
     gen = torch.Generator().manual_seed(int(projection_seed))
     for proj in (model.image_projection.projection, model.text_projection.projection):
         bound = 1.0 / math.sqrt(proj.in_features)
         with torch.no_grad():
             proj.weight.uniform_(-bound, bound, generator=gen)
             proj.bias.uniform_(-bound, bound, generator=gen)
-    fp = config_hash("mammo_clip_general", file_sha256(imagenet_weights), folder_sha256(text_dir), cfg.name,
-                     int(projection_seed), list(image_size))
+    fp = config_hash(
+        "mammo_clip_general",
+        file_sha256(imagenet_weights),
+        folder_sha256(text_dir),
+        cfg.name,
+        int(projection_seed),
+        list(image_size),
+    )
     facts = {
-        "source": "mammo_clip_general", "variant": cfg.name, "imagenet_weights": str(imagenet_weights),
-        "text": str(text_dir), "image_dim": model.image_encoder.out_dim, "text_dim": int(bert.config.hidden_size),
-        "embed_dim": 512, "projection_seed": int(projection_seed),
+        "source": "mammo_clip_general",
+        "variant": cfg.name,
+        "imagenet_weights": str(imagenet_weights),
+        "text": str(text_dir),
+        "image_dim": model.image_encoder.out_dim,
+        "text_dim": int(bert.config.hidden_size),
+        "embed_dim": 512,
+        "projection_seed": int(projection_seed),
         "projection_init": "U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias, torch.Generator seeded, "
-                           "image projection drawn first",
-        "text_pooling": "eos ([SEP])", "text_max_length": TEXT_MAX_LENGTH,
+        "image projection drawn first",
+        "text_pooling": "eos ([SEP])",
+        "text_max_length": TEXT_MAX_LENGTH,
     }
-    return MammoClipDissector(model, tokenizer, mammo_clip_preprocess(image_size), fingerprint=fp,
-                              facts=facts, name="mammo_clip_general")
+    return MammoClipDissector(
+        model, tokenizer, mammo_clip_preprocess(image_size), fingerprint=fp, facts=facts, name="mammo_clip_general"
+    )
 
 
 @DISSECTORS.register("mammo_clip")
 def build_mammo_clip(name: str, params: dict[str, Any], ctx: BuildContext) -> MammoClipDissector:
     ckpt = resolve_path(params["checkpoint"], ctx.base_dir, "checkpoint")
     text = resolve_path(params["text"], ctx.base_dir, "text", folder=True)
-    d = load_mammo_clip(ckpt, text, variant=params.get("variant", "auto"),
-                        trust=bool(params.get("trust_checkpoint", False)), log=ctx.log,
-                        image_size=tuple(params.get("image_size", IMAGE_SIZE)))
+    d = load_mammo_clip(
+        ckpt,
+        text,
+        variant=params.get("variant", "auto"),
+        trust=bool(params.get("trust_checkpoint", False)),
+        log=ctx.log,
+        image_size=tuple(params.get("image_size", IMAGE_SIZE)),
+    )
     d.name = name
     d.train_mode = bool(params.get("train_mode", False))
     return d.to(ctx.device)
@@ -613,9 +696,14 @@ def build_mammo_clip(name: str, params: dict[str, Any], ctx: BuildContext) -> Ma
 def build_mammo_clip_general(name: str, params: dict[str, Any], ctx: BuildContext) -> MammoClipDissector:
     weights = resolve_path(params["imagenet_weights"], ctx.base_dir, "imagenet_weights")
     text = resolve_path(params["text"], ctx.base_dir, "text", folder=True)
-    d = load_mammo_clip_general(weights, text, variant=params.get("variant", "b5"),
-                                projection_seed=int(params.get("projection_seed", 0)),
-                                trust=bool(params.get("trust_checkpoint", False)), log=ctx.log,
-                                image_size=tuple(params.get("image_size", IMAGE_SIZE)))
+    d = load_mammo_clip_general(
+        weights,
+        text,
+        variant=params.get("variant", "b5"),
+        projection_seed=int(params.get("projection_seed", 0)),
+        trust=bool(params.get("trust_checkpoint", False)),
+        log=ctx.log,
+        image_size=tuple(params.get("image_size", IMAGE_SIZE)),
+    )
     d.name = name
     return d.to(ctx.device)

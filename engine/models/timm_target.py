@@ -9,8 +9,9 @@ forward pass, so their channel counts are facts rather than guesses.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,8 +45,17 @@ def timm_preprocess(input_size: tuple[int, int], mean: tuple[float, ...], std: t
             x = F.interpolate(x[None], size=input_size, mode="bilinear", antialias=True, align_corners=False)[0]
         return (x - mean_t) / std_t
 
-    return Preprocess(describe={"kind": "timm", "size_hw": list(input_size), "mean": list(mean), "std": list(std),
-                                "scale": "per-image min-max", "resize": "bilinear antialias, stretched"}, fn=fn)
+    return Preprocess(
+        describe={
+            "kind": "timm",
+            "size_hw": list(input_size),
+            "mean": list(mean),
+            "std": list(std),
+            "scale": "per-image min-max",
+            "resize": "bilinear antialias, stretched",
+        },
+        fn=fn,
+    )
 
 
 def candidate_layers(model: nn.Module) -> list[str]:
@@ -64,11 +74,13 @@ def measure_layers(model: nn.Module, names: list[str], input_size: tuple[int, in
     order: list[str] = []
     handles = []
     for n in names:
+
         def hook(_m, _i, out, n=n):
             o = out[0] if isinstance(out, (tuple, list)) else out
             if isinstance(o, torch.Tensor) and n not in shapes:
                 shapes[n] = tuple(o.shape)
                 order.append(n)
+
         handles.append(model.get_submodule(n).register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -89,8 +101,16 @@ def measure_layers(model: nn.Module, names: list[str], input_size: tuple[int, in
 class TimmTarget(Target):
     batch_size = 16
 
-    def __init__(self, model: nn.Module, arch: str, preprocess: Preprocess, fingerprint: str,
-                 layers: list[LayerInfo], name: str = "timm", facts: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        arch: str,
+        preprocess: Preprocess,
+        fingerprint: str,
+        layers: list[LayerInfo],
+        name: str = "timm",
+        facts: dict[str, Any] | None = None,
+    ) -> None:
         self.model = model.eval()
         self.arch = arch
         self._preprocess = preprocess
@@ -132,14 +152,23 @@ def _head_classes(model: nn.Module, sd: dict[str, torch.Tensor]) -> int | None:
     return 0 if names else None
 
 
-def load_timm(arch: str, weights: Path, *, num_classes: int | None = None, trust: bool = False,
-              log: Callable[[str], None] | None = None, name: str = "timm",
-              input_size: tuple[int, int] | None = None) -> TimmTarget:
+def load_timm(
+    arch: str,
+    weights: Path,
+    *,
+    num_classes: int | None = None,
+    trust: bool = False,
+    log: Callable[[str], None] | None = None,
+    name: str = "timm",
+    input_size: tuple[int, int] | None = None,
+) -> TimmTarget:
     import timm
 
     if not timm.is_model(arch):
         close = timm.list_models(f"*{arch.split('_')[0]}*")[:5]
-        raise CheckpointError(f"model = {arch!r}: not a timm architecture. Similar names: {', '.join(close) or 'none'}.")
+        raise CheckpointError(
+            f"model = {arch!r}: not a timm architecture. Similar names: {', '.join(close) or 'none'}."
+        )
     sd = strip_prefix(load_weights_file(weights, param="weights", trust=trust, log=log), "module.")
     probe = timm.create_model(arch, pretrained=False)
     in_file = _head_classes(probe, sd)
@@ -158,14 +187,21 @@ def load_timm(arch: str, weights: Path, *, num_classes: int | None = None, trust
     pre = timm_preprocess(size, tuple(dc["mean"]), tuple(dc["std"]))
     layers = measure_layers(model, candidate_layers(model), size)
     fp = config_hash("timm", arch, file_sha256(weights), num_classes, pre.describe)
-    return TimmTarget(model, arch, pre, fp, layers, name=name,
-                      facts={"weights": str(weights), "num_classes": num_classes})
+    return TimmTarget(
+        model, arch, pre, fp, layers, name=name, facts={"weights": str(weights), "num_classes": num_classes}
+    )
 
 
 @TARGETS.register("timm")
 def build_timm(name: str, params: dict[str, Any], ctx: BuildContext) -> TimmTarget:
     weights = resolve_path(params["weights"], ctx.base_dir, "weights")
-    t = load_timm(params["model"], weights, num_classes=params.get("num_classes"),
-                  trust=bool(params.get("trust_checkpoint", False)), log=ctx.log, name=name)
+    t = load_timm(
+        params["model"],
+        weights,
+        num_classes=params.get("num_classes"),
+        trust=bool(params.get("trust_checkpoint", False)),
+        log=ctx.log,
+        name=name,
+    )
     t.to(ctx.device)
     return t

@@ -47,7 +47,7 @@ def auc_rank(scores: np.ndarray, labels: np.ndarray) -> float:
         j = i
         while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
         i = j + 1
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
@@ -98,8 +98,16 @@ def zero_shot_sanity(dissector: Dissector, image_emb: torch.Tensor, attributes: 
         y = np.array([v for _, v in rows], dtype=bool)
         p = _probs(image_emb[idx], dissector.encode_texts(list(prompts)))[:, 1]
         auc = auc_rank(p, y)
-        results.append({"attribute": attr, "metric": "auc", "value": None if np.isnan(auc) else auc,
-                        "n": len(idx), "chance": 0.5, "prompts": list(prompts)})
+        results.append(
+            {
+                "attribute": attr,
+                "metric": "auc",
+                "value": None if np.isnan(auc) else auc,
+                "n": len(idx),
+                "chance": 0.5,
+                "prompts": list(prompts),
+            }
+        )
     rows_d = [(i, _as_density(a.get("density"))) for i, a in enumerate(attributes)]
     rows_d = [(i, d) for i, d in rows_d if d is not None]
     if rows_d:
@@ -108,7 +116,14 @@ def zero_shot_sanity(dissector: Dissector, image_emb: torch.Tensor, attributes: 
         truth = np.array([cats.index(d) for _, d in rows_d])
         pred = _probs(image_emb[idx], dissector.encode_texts([DENSITY_PROMPTS[c] for c in cats])).argmax(axis=1)
         counts = np.bincount(truth, minlength=len(cats))
-        results.append({"attribute": "density", "metric": "accuracy", "value": float((pred == truth).mean()),
-                        "n": len(idx), "chance": float(counts.max() / counts.sum()),
-                        "prompts": [DENSITY_PROMPTS[c] for c in cats]})
+        results.append(
+            {
+                "attribute": "density",
+                "metric": "accuracy",
+                "value": float((pred == truth).mean()),
+                "n": len(idx),
+                "chance": float(counts.max() / counts.sum()),
+                "prompts": [DENSITY_PROMPTS[c] for c in cats],
+            }
+        )
     return results
