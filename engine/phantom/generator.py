@@ -32,7 +32,6 @@ from PIL import Image
 from dissect_study.engine.phantom.vocabulary import (
     BENIGN_CALCS,
     CALC_DISTRIBUTIONS,
-    CALC_MORPHOLOGIES,
     MASS_DENSITIES,
     MASS_MARGINS,
     MASS_SHAPES,
@@ -119,7 +118,9 @@ def _inside(breast: Breast, view: str, u: float, y: float) -> float:
     return math.hypot(p / breast.a, q / breast.b)
 
 
-def _place(rng: np.random.Generator, breast: Breast, view: str, rho: tuple[float, float], margin: float = 0.0) -> tuple[float, float]:
+def _place(
+    rng: np.random.Generator, breast: Breast, view: str, rho: tuple[float, float], margin: float = 0.0
+) -> tuple[float, float]:
     """A random point well inside the breast (and off the pectoral muscle)."""
     for _ in range(200):
         r = rng.uniform(*rho)
@@ -135,7 +136,9 @@ def _place(rng: np.random.Generator, breast: Breast, view: str, rho: tuple[float
     return breast.a * 0.5, breast.cy
 
 
-def _calc_specks(rng: np.random.Generator, breast: Breast, view: str, morphology: str, distribution: str) -> tuple[list[list[float]], float, float]:
+def _calc_specks(
+    rng: np.random.Generator, breast: Breast, view: str, morphology: str, distribution: str
+) -> tuple[list[list[float]], float, float]:
     """Centres (u, y) of calcification specks for a distribution; returns (specks, cu, cy)."""
     nu, ny = breast.nipple()
     if distribution == "diffuse":
@@ -166,7 +169,9 @@ def _calc_specks(rng: np.random.Generator, breast: Breast, view: str, morphology
         t = rng.uniform(0, 1, n) * length
         spread = rng.uniform(-1, 1, n) * (0.01 + 0.25 * (length - t))
         base_u, base_y = cu - 0.5 * length * math.cos(th), cy - 0.5 * length * math.sin(th)
-        pts = np.stack([base_u + t * math.cos(th) - spread * math.sin(th), base_y + t * math.sin(th) + spread * math.cos(th)], 1)
+        pts = np.stack(
+            [base_u + t * math.cos(th) - spread * math.sin(th), base_y + t * math.sin(th) + spread * math.cos(th)], 1
+        )
     if morphology == "popcorn":  # few, large
         pts = pts[: max(2, min(len(pts), int(rng.integers(3, 7))))]
     pts[:, 0] = np.clip(pts[:, 0], 0.05, ASPECT - 0.03)
@@ -195,44 +200,74 @@ def sample_scene(seed: int, index: int) -> Scene:
     density = _choice(rng, list(DENSITY_PROBS), list(DENSITY_PROBS.values()))
     if view == "CC":
         breast = Breast(
-            a=rng.uniform(0.42, 0.52), b=rng.uniform(0.36, 0.45), cy=rng.uniform(0.46, 0.54), tilt=0.0,
-            wobble=rng.normal(0, 0.02, 6).tolist(), pect_w=0.0, pect_h=1.0, skin=0.007,
+            a=rng.uniform(0.42, 0.52),
+            b=rng.uniform(0.36, 0.45),
+            cy=rng.uniform(0.46, 0.54),
+            tilt=0.0,
+            wobble=rng.normal(0, 0.02, 6).tolist(),
+            pect_w=0.0,
+            pect_h=1.0,
+            skin=0.007,
         )
         if rng.random() < 0.25:  # pectoral muscle seen at the chest wall on some CC views
             breast.pect_w, breast.pect_h = rng.uniform(0.04, 0.07), 2.0
     else:
         breast = Breast(
-            a=rng.uniform(0.44, 0.53), b=rng.uniform(0.5, 0.6), cy=rng.uniform(0.45, 0.52), tilt=rng.uniform(0.05, 0.2),
-            wobble=rng.normal(0, 0.02, 6).tolist(), pect_w=rng.uniform(0.22, 0.32), pect_h=rng.uniform(0.5, 0.7), skin=0.007,
+            a=rng.uniform(0.44, 0.53),
+            b=rng.uniform(0.5, 0.6),
+            cy=rng.uniform(0.45, 0.52),
+            tilt=rng.uniform(0.05, 0.2),
+            wobble=rng.normal(0, 0.02, 6).tolist(),
+            pect_w=rng.uniform(0.22, 0.32),
+            pect_h=rng.uniform(0.5, 0.7),
+            skin=0.007,
         )
     nipple_in_profile = bool(rng.random() < 0.8)
     pect = breast.pect_w > 0
     findings: list[Finding] = []
     attrs: dict[str, Any] = {
-        "view": view, "laterality": laterality, "density": density,
-        "mass": False, "calcification": False, "benign_calcification": False,
-        "mass_shape": None, "mass_margin": None, "mass_density": None,
-        "calc_morphology": None, "calc_distribution": None,
-        "architectural_distortion": False, "asymmetry": None, "lymph_node": None,
-        "skin_thickening": False, "implant": False, "skin_marker": False,
-        "pectoral_muscle": pect, "nipple_in_profile": nipple_in_profile,
+        "view": view,
+        "laterality": laterality,
+        "density": density,
+        "mass": False,
+        "calcification": False,
+        "benign_calcification": False,
+        "mass_shape": None,
+        "mass_margin": None,
+        "mass_density": None,
+        "calc_morphology": None,
+        "calc_distribution": None,
+        "architectural_distortion": False,
+        "asymmetry": None,
+        "lymph_node": None,
+        "skin_thickening": False,
+        "implant": False,
+        "skin_marker": False,
+        "pectoral_muscle": pect,
+        "nipple_in_profile": nipple_in_profile,
     }
     locations: dict[str, str] = {}
 
     if rng.random() < PREVALENCE["implant"]:
         attrs["implant"] = True
-        findings.append(Finding("implant", 0.0, breast.cy, 0.0, {"ru": rng.uniform(0.2, 0.27), "ry": rng.uniform(0.22, 0.3)}))
+        findings.append(
+            Finding("implant", 0.0, breast.cy, 0.0, {"ru": rng.uniform(0.2, 0.27), "ry": rng.uniform(0.22, 0.3)})
+        )
     if rng.random() < PREVALENCE["mass"]:
         shape, margin = _choice(rng, MASS_SHAPES), _choice(rng, MASS_MARGINS)
         mdens = _choice(rng, MASS_DENSITIES, [0.35, 0.35, 0.15, 0.15])
         u, y = _place(rng, breast, view, (0.25, 0.7), margin=0.04)
         params: dict[str, Any] = {
-            "shape": shape, "margin": margin, "density": mdens,
+            "shape": shape,
+            "margin": margin,
+            "density": mdens,
             "ecc": rng.uniform(0.55, 0.72) if shape == "oval" else rng.uniform(0.92, 1.0),
             "psi": rng.uniform(0, np.pi),
             "harm": rng.uniform(0.1, 0.18, 4).tolist() if shape == "irregular" else [0.0] * 4,
             "phase": rng.uniform(0, 2 * np.pi, 6).tolist(),
-            "spicules": (rng.uniform(0, 2 * np.pi, int(rng.integers(9, 15))).tolist() if margin == "spiculated" else []),
+            "spicules": (
+                rng.uniform(0, 2 * np.pi, int(rng.integers(9, 15))).tolist() if margin == "spiculated" else []
+            ),
             "spicule_len": rng.uniform(0.8, 1.6, 15).tolist(),
         }
         size = rng.uniform(0.035, 0.06)
@@ -246,16 +281,35 @@ def sample_scene(seed: int, index: int) -> Scene:
         dists = CALC_DISTRIBUTIONS if suspicious else ("diffuse", "regional", "grouped")
         dist = _choice(rng, dists)
         specks, cu, cy = _calc_specks(rng, breast, view, morph, dist)
-        findings.append(Finding("calcification", cu, cy, 0.0, {"morphology": morph, "distribution": dist, "specks": specks,
-                                                                 "jitter": rng.uniform(0, 1, (len(specks), 4)).tolist()}))
+        findings.append(
+            Finding(
+                "calcification",
+                cu,
+                cy,
+                0.0,
+                {
+                    "morphology": morph,
+                    "distribution": dist,
+                    "specks": specks,
+                    "jitter": rng.uniform(0, 1, (len(specks), 4)).tolist(),
+                },
+            )
+        )
         attrs.update(calc_morphology=morph, calc_distribution=dist)
         attrs["calcification" if suspicious else "benign_calcification"] = True
         locations["calcification"] = _location(breast, view, laterality, cu, cy)
     if rng.random() < PREVALENCE["architectural_distortion"]:
         u, y = _place(rng, breast, view, (0.25, 0.7), margin=0.05)
         n = int(rng.integers(10, 16))
-        findings.append(Finding("distortion", u, y, rng.uniform(0.06, 0.1),
-                                {"angles": (rng.uniform(0, 2 * np.pi, n)).tolist(), "lengths": rng.uniform(0.5, 1.0, n).tolist()}))
+        findings.append(
+            Finding(
+                "distortion",
+                u,
+                y,
+                rng.uniform(0.06, 0.1),
+                {"angles": (rng.uniform(0, 2 * np.pi, n)).tolist(), "lengths": rng.uniform(0.5, 1.0, n).tolist()},
+            )
+        )
         attrs["architectural_distortion"] = True
         locations["architectural_distortion"] = _location(breast, view, laterality, u, y)
     if rng.random() < PREVALENCE["asymmetry"]:
@@ -274,7 +328,15 @@ def sample_scene(seed: int, index: int) -> Scene:
         else:
             u, y = _place(rng, breast, view, (0.35, 0.75), margin=0.03)
             size = rng.uniform(0.014, 0.022)
-        findings.append(Finding("lymph_node", u, y, size, {"kind": kind, "psi": rng.uniform(0, np.pi), "hilum": rng.uniform(0, 2 * np.pi)}))
+        findings.append(
+            Finding(
+                "lymph_node",
+                u,
+                y,
+                size,
+                {"kind": kind, "psi": rng.uniform(0, np.pi), "hilum": rng.uniform(0, 2 * np.pi)},
+            )
+        )
         attrs["lymph_node"] = kind
         locations["lymph_node"] = _location(breast, view, laterality, u, y)
     if rng.random() < PREVALENCE["skin_thickening"]:
@@ -352,20 +414,35 @@ def finding_boxes(scene: Scene, height: int) -> dict[str, list[int]]:
         x0, x1 = u0 * height, u1 * height
         if scene.laterality == "R":
             x0, x1 = width - x1, width - x0
-        box = [int(max(0, math.floor(x0))), int(max(0, math.floor(y0 * height))),
-               int(min(width, math.ceil(x1))), int(min(height, math.ceil(y1 * height)))]
+        box = [
+            int(max(0, math.floor(x0))),
+            int(max(0, math.floor(y0 * height))),
+            int(min(width, math.ceil(x1))),
+            int(min(height, math.ceil(y1 * height))),
+        ]
         boxes[name] = box
 
     pad = 2.5 / height
     for f in scene.findings:
         if f.kind == "mass":
             p = f.params
-            ext = f.size * (1.25 + sum(p["harm"]) + 0.15 + (max(p["spicule_len"]) if p["spicules"] else 0.0) + (0.6 if p["margin"] in ("indistinct", "obscured") else 0))
+            ext = f.size * (
+                1.25
+                + sum(p["harm"])
+                + 0.15
+                + (max(p["spicule_len"]) if p["spicules"] else 0.0)
+                + (0.6 if p["margin"] in ("indistinct", "obscured") else 0)
+            )
             put("mass", f.u - ext, f.y - ext, f.u + ext, f.y + ext)
         elif f.kind == "calcification":
             pts = np.asarray(f.params["specks"])
-            put("calcification", pts[:, 0].min() - pad - 0.012, pts[:, 1].min() - pad - 0.012,
-                pts[:, 0].max() + pad + 0.012, pts[:, 1].max() + pad + 0.012)
+            put(
+                "calcification",
+                pts[:, 0].min() - pad - 0.012,
+                pts[:, 1].min() - pad - 0.012,
+                pts[:, 0].max() + pad + 0.012,
+                pts[:, 1].max() + pad + 0.012,
+            )
         elif f.kind == "distortion":
             put("architectural_distortion", f.u - f.size, f.y - f.size, f.u + f.size, f.y + f.size)
         elif f.kind == "asymmetry":
@@ -425,7 +502,10 @@ class _Canvas:
     def window(self, u: float, y: float, radius: float) -> tuple[slice, slice]:
         r = radius * self.h + 2
         cu, cy = u * self.h, y * self.h
-        return (slice(max(0, int(cy - r)), min(self.h, int(cy + r) + 1)), slice(max(0, int(cu - r)), min(self.w, int(cu + r) + 1)))
+        return (
+            slice(max(0, int(cy - r)), min(self.h, int(cy + r) + 1)),
+            slice(max(0, int(cu - r)), min(self.w, int(cu + r) + 1)),
+        )
 
 
 def _breast_radius(c: _Canvas, breast: Breast) -> np.ndarray:
@@ -442,7 +522,9 @@ def _breast_radius(c: _Canvas, breast: Breast) -> np.ndarray:
     return r * (1 + wob)
 
 
-def _stamp(img: np.ndarray, c: _Canvas, u: float, y: float, sig_major: float, sig_minor: float, angle: float, amp: float) -> None:
+def _stamp(
+    img: np.ndarray, c: _Canvas, u: float, y: float, sig_major: float, sig_minor: float, angle: float, amp: float
+) -> None:
     """Add an elliptical Gaussian (sizes in pixels) at (u, y)."""
     sl = c.window(u, y, 4 * max(sig_major, sig_minor) * c.px)
     du = c.u[sl] - u
@@ -453,7 +535,17 @@ def _stamp(img: np.ndarray, c: _Canvas, u: float, y: float, sig_major: float, si
     img[sl] += amp * np.exp(-0.5 * ((a / sig_major) ** 2 + (b / sig_minor) ** 2))
 
 
-def _segment(img: np.ndarray, c: _Canvas, u0: float, y0: float, u1: float, y1: float, width_px: float, amp: float, taper: bool = True) -> None:
+def _segment(
+    img: np.ndarray,
+    c: _Canvas,
+    u0: float,
+    y0: float,
+    u1: float,
+    y1: float,
+    width_px: float,
+    amp: float,
+    taper: bool = True,
+) -> None:
     """Add a thin line from (u0, y0) to (u1, y1), optionally tapering towards the end."""
     length = math.hypot(u1 - u0, y1 - y0) + 1e-9
     sl = c.window((u0 + u1) / 2, (y0 + y1) / 2, length / 2 + 3 * width_px * c.px)
@@ -479,7 +571,13 @@ def _render_mass(img: np.ndarray, c: _Canvas, f: Finding, rng: np.random.Generat
     if p["margin"] == "microlobulated":
         rad = rad + 0.08 * np.cos(12 * alpha + ph[4]) + 0.05 * np.cos(17 * alpha + ph[5])
     rad = rad * f.size
-    body_soft = {"circumscribed": 0.5, "obscured": 0.6, "microlobulated": 0.5, "indistinct": 0.22 * f.size * c.h, "spiculated": 0.8}[p["margin"]]
+    body_soft = {
+        "circumscribed": 0.5,
+        "obscured": 0.6,
+        "microlobulated": 0.5,
+        "indistinct": 0.22 * f.size * c.h,
+        "spiculated": 0.8,
+    }[p["margin"]]
     body = _sigmoid((rad - d) * c.h / max(body_soft, 0.35))
     amp = {"high": 0.46, "equal": 0.33, "low": 0.23, "fat": 0.34}[p["density"]]
     profile = 1.0 - 0.25 * np.clip(d / (rad + 1e-6), 0, 1) ** 2
@@ -491,8 +589,16 @@ def _render_mass(img: np.ndarray, c: _Canvas, f: Finding, rng: np.random.Generat
         for ang, ln in zip(p["spicules"], p["spicule_len"]):
             r0 = f.size * 0.8
             r1 = f.size * (1 + ln)
-            _segment(val, _Sub(c, sl), f.u + r0 * math.cos(ang), f.y + r0 * math.sin(ang),
-                     f.u + r1 * math.cos(ang), f.y + r1 * math.sin(ang), 0.7 * c.s, 0.16)
+            _segment(
+                val,
+                _Sub(c, sl),
+                f.u + r0 * math.cos(ang),
+                f.y + r0 * math.sin(ang),
+                f.u + r1 * math.cos(ang),
+                f.y + r1 * math.sin(ang),
+                0.7 * c.s,
+                0.16,
+            )
     if p["margin"] == "obscured":  # overlapping fibroglandular tissue hides part of the edge
         side = _sigmoid(((du * math.cos(ph[3]) + dy * math.sin(ph[3])) / f.size) * 3)
         val = val + 0.15 * side * _sigmoid((1.6 * f.size - d) * c.h / 2.0) * (0.6 + 0.4 * dense[sl])
@@ -513,7 +619,10 @@ class _Sub:
         r = radius * self.h + 2
         cu, cy = u * self.h - self._u0, y * self.h - self._y0
         hh, ww = self.u.shape
-        return (slice(max(0, int(cy - r)), min(hh, int(cy + r) + 1)), slice(max(0, int(cu - r)), min(ww, int(cu + r) + 1)))
+        return (
+            slice(max(0, int(cy - r)), min(hh, int(cy + r) + 1)),
+            slice(max(0, int(cu - r)), min(ww, int(cu + r) + 1)),
+        )
 
 
 def _render_calcs(img: np.ndarray, c: _Canvas, f: Finding) -> None:
@@ -614,12 +723,21 @@ def render(scene: Scene, height: int) -> np.ndarray:
             _render_calcs(img, c, f)
         elif f.kind == "distortion":
             for ang, ln in zip(f.params["angles"], f.params["lengths"]):
-                _segment(img, c, f.u, f.y, f.u + f.size * ln * math.cos(ang), f.y + f.size * ln * math.sin(ang), 0.6 * c.s, 0.14)
+                _segment(
+                    img,
+                    c,
+                    f.u,
+                    f.y,
+                    f.u + f.size * ln * math.cos(ang),
+                    f.y + f.size * ln * math.sin(ang),
+                    0.6 * c.s,
+                    0.14,
+                )
             _stamp(img, c, f.u, f.y, 2.0 * c.s, 2.0 * c.s, 0.0, 0.06)
         elif f.kind == "asymmetry":
             sl = c.window(f.u, f.y, 2 * f.size)
             d2 = ((c.u[sl] - f.u) ** 2 + (c.y[sl] - f.y) ** 2) / f.size**2
-            img[sl] += 0.16 * np.exp(-0.5 * d2 ** 1.5) * (0.75 + 0.25 * np.tanh(field[sl] - thr + 1))
+            img[sl] += 0.16 * np.exp(-0.5 * d2**1.5) * (0.75 + 0.25 * np.tanh(field[sl] - thr + 1))
         elif f.kind == "lymph_node":
             _render_node(img, c, f)
         elif f.kind == "skin_marker":

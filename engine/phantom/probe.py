@@ -36,7 +36,13 @@ class PhantomProbe(Probe):
         for i, sc in enumerate(self._scenes):
             attrs = scene_attributes(sc, self.height)
             attrs["report"] = make_report(attrs, seed=self.seed)
-            items.append(ProbeItem(image_id=f"phantom-s{self.seed}-{i:06d}", path=f"phantom://seed={self.seed}/index={i}/height={self.height}", attributes=attrs))
+            items.append(
+                ProbeItem(
+                    image_id=f"phantom-s{self.seed}-{i:06d}",
+                    path=f"phantom://seed={self.seed}/index={i}/height={self.height}",
+                    attributes=attrs,
+                )
+            )
         self._items = items
 
     @property
@@ -47,11 +53,19 @@ class PhantomProbe(Probe):
         return render(self._scenes[index], self.height)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "n_images": self.n, "source": "phantom (synthetic)", "seed": self.seed,
-                "height": self.height, "width": self.width}
+        return {
+            "name": self.name,
+            "n_images": self.n,
+            "source": "phantom (synthetic)",
+            "seed": self.seed,
+            "height": self.height,
+            "width": self.width,
+        }
 
 
 @PROBES.register("phantom")
 def build_probe(name: str, params: dict[str, Any], ctx: Any = None) -> PhantomProbe:
     """Factory for `probe X = phantom(n=..., seed=..., height=...)` (params validated by the checker)."""
-    return PhantomProbe(n=int(params.get("n", 400)), seed=int(params.get("seed", 0)), height=int(params.get("height", 320)), name=name)
+    return PhantomProbe(
+        n=int(params.get("n", 400)), seed=int(params.get("seed", 0)), height=int(params.get("height", 320)), name=name
+    )

@@ -16,10 +16,26 @@ from typing import Any
 import numpy as np
 
 _DENSITY = {
-    "A": ["the breast is almost entirely fatty", "almost entirely fatty breast tissue density a", "density a almost entirely fatty"],
-    "B": ["there are scattered fibroglandular densities", "scattered areas of fibroglandular density density b", "density b scattered fibroglandular densities"],
-    "C": ["the breast is heterogeneously dense which may obscure small masses", "heterogeneously dense breast tissue density c", "density c heterogeneously dense"],
-    "D": ["the breast is extremely dense which lowers the sensitivity of mammography", "extremely dense breast tissue density d", "density d extremely dense"],
+    "A": [
+        "the breast is almost entirely fatty",
+        "almost entirely fatty breast tissue density a",
+        "density a almost entirely fatty",
+    ],
+    "B": [
+        "there are scattered fibroglandular densities",
+        "scattered areas of fibroglandular density density b",
+        "density b scattered fibroglandular densities",
+    ],
+    "C": [
+        "the breast is heterogeneously dense which may obscure small masses",
+        "heterogeneously dense breast tissue density c",
+        "density c heterogeneously dense",
+    ],
+    "D": [
+        "the breast is extremely dense which lowers the sensitivity of mammography",
+        "extremely dense breast tissue density d",
+        "density d extremely dense",
+    ],
 }
 _VIEW = {"CC": ["craniocaudal view", "cc view"], "MLO": ["mediolateral oblique view", "mlo view"]}
 _SIDE = {"L": "left", "R": "right"}
@@ -35,7 +51,10 @@ def report_sentences(attrs: dict[str, Any], rng: np.random.Generator) -> list[st
     side = _SIDE[attrs["laterality"]]
     loc = attrs.get("locations", {})
     s: list[str] = [
-        _pick(rng, [f"{side} breast {v}" for v in _VIEW[attrs["view"]]] + [f"{_VIEW[attrs['view']][0]} of the {side} breast"]),
+        _pick(
+            rng,
+            [f"{side} breast {v}" for v in _VIEW[attrs["view"]]] + [f"{_VIEW[attrs['view']][0]} of the {side} breast"],
+        ),
         _pick(rng, _DENSITY[attrs["density"]]),
     ]
     if attrs["mass"]:
@@ -43,11 +62,18 @@ def report_sentences(attrs: dict[str, Any], rng: np.random.Generator) -> list[st
         if "mass" in loc and rng.random() < 0.6:
             s.append(f"mass located in the {loc['mass']} {side} breast")
         md = _MASS_DENSITY[attrs["mass_density"]]
-        s.append(_pick(rng, [
-            f"{attrs['mass_shape']} mass with {attrs['mass_margin']} margin{where}",
-            f"there is an {attrs['mass_shape']} {md} mass with {attrs['mass_margin']} margins{where}".replace(" an r", " a r"),
-            f"{md} {attrs['mass_shape']} mass {attrs['mass_margin']} margin{where}",
-        ]))
+        s.append(
+            _pick(
+                rng,
+                [
+                    f"{attrs['mass_shape']} mass with {attrs['mass_margin']} margin{where}",
+                    f"there is an {attrs['mass_shape']} {md} mass with {attrs['mass_margin']} margins{where}".replace(
+                        " an r", " a r"
+                    ),
+                    f"{md} {attrs['mass_shape']} mass {attrs['mass_margin']} margin{where}",
+                ],
+            )
+        )
         if rng.random() < 0.5:
             s.append(f"{md} mass" if attrs["mass_density"] != "fat" else "fat-containing mass")
     elif rng.random() < 0.4:
@@ -58,17 +84,31 @@ def report_sentences(attrs: dict[str, Any], rng: np.random.Generator) -> list[st
         if "calcification" in loc and rng.random() < 0.5:
             s.append(f"calcifications located in the {loc['calcification']} {side} breast")
         kind = "suspicious calcification" if attrs["calcification"] else "benign calcification"
-        s.append(_pick(rng, [
-            f"{morph} calcifications in a {dist} distribution{where}",
-            f"{dist} {morph} calcifications{where}",
-            f"{kind} {morph} calcifications with {dist} distribution",
-        ]))
+        s.append(
+            _pick(
+                rng,
+                [
+                    f"{morph} calcifications in a {dist} distribution{where}",
+                    f"{dist} {morph} calcifications{where}",
+                    f"{kind} {morph} calcifications with {dist} distribution",
+                ],
+            )
+        )
         if rng.random() < 0.5:
             s.append(kind)
     elif rng.random() < 0.4:
         s.append(_pick(rng, ["no suspicious calcification", "no calcifications", "no suspicious microcalcifications"]))
     if attrs["architectural_distortion"]:
-        s.append(_pick(rng, ["architectural distortion", f"architectural distortion in the {side} breast", "there is architectural distortion without a central mass"]))
+        s.append(
+            _pick(
+                rng,
+                [
+                    "architectural distortion",
+                    f"architectural distortion in the {side} breast",
+                    "there is architectural distortion without a central mass",
+                ],
+            )
+        )
     if attrs["asymmetry"] == "focal":
         s.append(_pick(rng, ["focal asymmetry", f"focal asymmetry in the {side} breast", "a focal asymmetry is seen"]))
     elif attrs["asymmetry"] == "global":
@@ -78,7 +118,9 @@ def report_sentences(attrs: dict[str, Any], rng: np.random.Generator) -> list[st
     elif attrs["lymph_node"] == "axillary":
         s.append(_pick(rng, ["axillary lymph node", f"{side} axillary lymph node seen over the pectoral muscle"]))
     if attrs["skin_thickening"]:
-        s.append(_pick(rng, ["skin thickening", f"diffuse skin thickening of the {side} breast", "the skin is thickened"]))
+        s.append(
+            _pick(rng, ["skin thickening", f"diffuse skin thickening of the {side} breast", "the skin is thickened"])
+        )
     if attrs["implant"]:
         s.append(_pick(rng, ["breast implant", "breast implant in place", "implant seen behind the breast tissue"]))
     if attrs["skin_marker"]:
