@@ -43,8 +43,9 @@ ProbeFactory = Callable[[str, dict[str, Any], Any], "Probe"]
 def build_probe(name: str, func: str, params: dict[str, Any], ctx: Any, sample: Sample | None = None) -> Probe:
     """Build probe `name` with the source registered as `func`, then apply the declaration's `sample` clause."""
     if func not in PROBES:
-        raise ProbeError(f"probe {name!r}: unknown source function {func!r}; known sources are "
-                         f"{', '.join(PROBES.names())}.")
+        raise ProbeError(
+            f"probe {name!r}: unknown source function {func!r}; known sources are {', '.join(PROBES.names())}."
+        )
     probe = PROBES.get(func)(name, dict(params or {}), ctx)
     probe.name = name
     if sample is not None:

@@ -60,14 +60,19 @@ def build_dicom(name: str, params: dict[str, Any], ctx: Any) -> FileProbe:
     """`dicom(path, recursive=true)`: every DICOM file under a folder, sorted by relative path."""
     root = user_path(params.get("path"), ctx, f"probe {name}: path", kind="dir")
     recursive = bool(params.get("recursive", True))
-    files = [f for f in iter_image_files(root, recursive, suffixes=(), log=getattr(ctx, "log", None))
-             if is_dicom_file(f)]
+    files = [
+        f for f in iter_image_files(root, recursive, suffixes=(), log=getattr(ctx, "log", None)) if is_dicom_file(f)
+    ]
     if not files:
         raise ProbeError(
             f"probe {name}: no DICOM files (.dcm, .dicom or files with a DICM preamble) under {root}"
             f"{'' if recursive else ' (recursive=false: sub-folders not searched)'}."
         )
     items = [ProbeItem(f.relative_to(root).as_posix(), str(f), header_attributes(f)) for f in files]
-    info = {"kind": "dicom", "root": str(root), "recursive": recursive,
-            "decoding": "modality LUT, VOI LUT or first window, MONOCHROME1 inverted; float32 in [0, 1]"}
+    info = {
+        "kind": "dicom",
+        "root": str(root),
+        "recursive": recursive,
+        "decoding": "modality LUT, VOI LUT or first window, MONOCHROME1 inverted; float32 in [0, 1]",
+    }
     return FileProbe(name, items, info, loader=decode_dicom)

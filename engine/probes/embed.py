@@ -22,7 +22,13 @@ from typing import Any
 from dissect_study.engine.probes import ProbeError
 from dissect_study.engine.probes.base import ProbeItem
 from dissect_study.engine.probes.folder import FileProbe, is_inside, resolve_inside, user_path
-from dissect_study.engine.probes.manifest import parse_laterality, parse_view, read_csv_text, require_columns, row_attributes
+from dissect_study.engine.probes.manifest import (
+    parse_laterality,
+    parse_view,
+    read_csv_text,
+    require_columns,
+    row_attributes,
+)
 from dissect_study.engine.registry import PROBES
 
 #: EMBED `asses` letters -> BI-RADS assessment category
@@ -64,8 +70,13 @@ def build_embed(name: str, params: dict[str, Any], ctx: Any) -> FileProbe:
     path_col = params.get("path_column") or "anon_dicom_path"
     id_col = params.get("id_column")
     table = read_csv_text(csv_path, what)
-    require_columns(table, [path_col] + ([id_col] if id_col else []), csv_path, what,
-                    "Set path_column=/id_column= to the columns holding the image path and id.")
+    require_columns(
+        table,
+        [path_col] + ([id_col] if id_col else []),
+        csv_path,
+        what,
+        "Set path_column=/id_column= to the columns holding the image path and id.",
+    )
     if len(table) == 0:
         raise ProbeError(f"{what}: {csv_path} has a header but no rows.")
     root_real = Path(root).resolve()
@@ -91,7 +102,13 @@ def build_embed(name: str, params: dict[str, Any], ctx: Any) -> FileProbe:
         image_id = row[id_col] if id_col else text
         attrs = embed_attributes(row, skip=[path_col] + ([id_col] if id_col else []), where=where)
         items.append(ProbeItem(str(image_id), str(path), attrs))
-    info = {"kind": "embed", "csv": str(csv_path), "root": str(root), "path_column": path_col,
-            "id_column": id_col, "n_rerooted_paths": rerooted,
-            "n_missing_files": sum(not Path(it.path).is_file() for it in items)}
+    info = {
+        "kind": "embed",
+        "csv": str(csv_path),
+        "root": str(root),
+        "path_column": path_col,
+        "id_column": id_col,
+        "n_rerooted_paths": rerooted,
+        "n_missing_files": sum(not Path(it.path).is_file() for it in items),
+    }
     return FileProbe(name, items, info)

@@ -41,6 +41,11 @@ def build_imagenet(name: str, params: dict[str, Any], ctx: Any) -> FileProbe:
     empty = [c for c, n in counts.items() if n == 0]
     if empty and getattr(ctx, "log", None):
         ctx.log(f"probe {name}: {len(empty)} class folder(s) without images: {', '.join(empty[:5])}")
-    info = {"kind": "imagenet", "root": str(root), "per_class": per_class,
-            "n_classes": len(classes), "images_per_class": counts}
+    info = {
+        "kind": "imagenet",
+        "root": str(root),
+        "per_class": per_class,
+        "n_classes": len(classes),
+        "images_per_class": counts,
+    }
     return FileProbe(name, items, info)

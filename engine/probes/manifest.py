@@ -13,10 +13,10 @@ from __future__ import annotations
 import csv
 import math
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
-
+from typing import Any
 
 from dissect_study.engine.probes import ProbeError
 from dissect_study.engine.probes.base import ProbeItem
@@ -92,7 +92,7 @@ def parse_cell(text: str) -> Any:
 
 
 def parse_list(text: str) -> list[str]:
-    """"['Mass', 'Suspicious Calcification']" (VinDr's repr) or "a;b" -> list of names (no eval)."""
+    """Names from VinDr's repr `"['Mass', 'Suspicious Calcification']"` or from `"a;b"` (no eval)."""
     if text is None:
         return []
     s = str(text).strip()
@@ -110,7 +110,7 @@ def parse_list(text: str) -> list[str]:
 
 
 def parse_density(value: Any, where: str) -> str | None:
-    """"DENSITY C" / "c" / 3 -> "C" (numbers are BI-RADS 1-4 -> A-D)."""
+    """`"DENSITY C"` / `"c"` / `3` -> `"C"` (numbers are BI-RADS 1-4 -> A-D)."""
     if value is None or str(value).strip() == "":
         return None
     s = str(value).strip().upper()
@@ -126,7 +126,7 @@ def parse_density(value: Any, where: str) -> str | None:
 
 
 def parse_birads(value: Any, where: str) -> int | None:
-    """"BI-RADS 4" / "4a" / 4 -> 4; 0 and 6 are kept as given."""
+    """`"BI-RADS 4"` / `"4a"` / `4` -> 4; 0 and 6 are kept as given."""
     if value is None or str(value).strip() == "":
         return None
     m = re.match(r"^(?:BI-?RADS)?\s*([0-6])(?:\.0)?\s*[ABC]?$", str(value).strip().upper())
@@ -192,8 +192,7 @@ def build_csv(name: str, params: dict[str, Any], ctx: Any) -> FileProbe:
     """`csv(path, path_column="path", id_column=none, root=none)`, rows in file order."""
     what = f"probe {name}"
     csv_path = user_path(params.get("path"), ctx, f"{what}: path", kind="file")
-    root = (user_path(params["root"], ctx, f"{what}: root", kind="dir") if params.get("root")
-            else csv_path.parent)
+    root = user_path(params["root"], ctx, f"{what}: root", kind="dir") if params.get("root") else csv_path.parent
     path_col = params.get("path_column") or "path"
     id_col = params.get("id_column")
     table = read_csv_text(csv_path, what)
@@ -214,7 +213,13 @@ def build_csv(name: str, params: dict[str, Any], ctx: Any) -> FileProbe:
             raise ProbeError(f"{where}: empty {id_col!r} cell; every row needs an image id.")
         attrs = row_attributes(row, skip=[path_col] + ([id_col] if id_col else []), where=where)
         items.append(ProbeItem(str(image_id), str(path), attrs))
-    info = {"kind": "csv", "csv": str(csv_path), "root": str(root), "path_column": path_col,
-            "id_column": id_col, "columns": [c for c in table.columns if c not in needed],
-            "n_missing_files": sum(not Path(it.path).is_file() for it in items)}
+    info = {
+        "kind": "csv",
+        "csv": str(csv_path),
+        "root": str(root),
+        "path_column": path_col,
+        "id_column": id_col,
+        "columns": [c for c in table.columns if c not in needed],
+        "n_missing_files": sum(not Path(it.path).is_file() for it in items),
+    }
     return FileProbe(name, items, info)

@@ -96,10 +96,20 @@ def read_vindr_rows(path: Path, what: str, split: str = "all") -> tuple[str, lis
     cols = set(table.columns)
     study_col = _col(cols, "study_id", "patient_id")
     view_col = _col(cols, "view_position", "view")
-    required = ["image_id", "laterality", "breast_birads", "breast_density", "split",
-                study_col or "study_id", view_col or "view_position"]
+    required = [
+        "image_id",
+        "laterality",
+        "breast_birads",
+        "breast_density",
+        "split",
+        study_col or "study_id",
+        view_col or "view_position",
+    ]
     require_columns(
-        table, required, path, what,
+        table,
+        required,
+        path,
+        what,
         "Expected breast-level_annotations.csv, finding_annotations.csv or Mammo-CLIP's vindr_detection_v1_folds.csv.",
     )
     has_findings = "finding_categories" in cols
@@ -160,10 +170,13 @@ def findings_by_image(rows: list[dict[str, Any]]) -> dict[str, tuple[list[str], 
     return out
 
 
-def _image_attributes(first: dict[str, Any], n_rows: int,
-                      found: tuple[list[str], list[dict[str, Any]]] | None) -> dict[str, Any]:
-    attrs: dict[str, Any] = {k: first[k] for k in ("view", "laterality", "density", "birads", "split",
-                                                  "study_id", "series_id", "height", "width")}
+def _image_attributes(
+    first: dict[str, Any], n_rows: int, found: tuple[list[str], list[dict[str, Any]]] | None
+) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        k: first[k]
+        for k in ("view", "laterality", "density", "birads", "split", "study_id", "series_id", "height", "width")
+    }
     if "fold" in first:
         attrs["fold"] = first["fold"]
     if found is not None:
@@ -177,8 +190,9 @@ def _image_attributes(first: dict[str, Any], n_rows: int,
     return attrs
 
 
-def _image_path(root: Path, study_id: str, image_id: str, image_format: str, where: str,
-                cache: dict[str, str]) -> tuple[Path, bool]:
+def _image_path(
+    root: Path, study_id: str, image_id: str, image_format: str, where: str, cache: dict[str, str]
+) -> tuple[Path, bool]:
     suffixes = (".png",) if image_format == "png" else (".dicom", ".dcm")
     candidates = [f"{study_id}/{image_id}{s}" for s in suffixes] + [f"{image_id}{s}" for s in suffixes]
     for c in candidates:  # cheap existence checks first, one symlink-resolving check at the end
@@ -236,8 +250,9 @@ def build_vindr(name: str, params: dict[str, Any], ctx: Any) -> FileProbe:
         if found_map is not None and found is None:
             without_findings += 1
         attrs_by_id[image_id] = _image_attributes(g[0], len(g), found)
-        paths[image_id] = _image_path(root, g[0]["study_id"], image_id, image_format,
-                                      f"{what}: {csv_path.name} row {g[0]['row'] + 2}", cache)
+        paths[image_id] = _image_path(
+            root, g[0]["study_id"], image_id, image_format, f"{what}: {csv_path.name} row {g[0]['row'] + 2}", cache
+        )
 
     chosen = rows if keep_dups else [g[0] for g in groups.values()]
     items = []
