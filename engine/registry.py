@@ -35,8 +35,18 @@ if TYPE_CHECKING:  # the factory types live with the heavy modules; annotations 
 
 T = TypeVar("T")
 
-__all__ = ["PLUGIN_GROUP", "Registry", "RegistryError", "load_plugins", "SIMILARITIES", "DISSECTORS", "TARGETS",
-           "PROBES", "CONCEPT_LOADERS", "ANALYSES"]
+__all__ = [
+    "PLUGIN_GROUP",
+    "Registry",
+    "RegistryError",
+    "load_plugins",
+    "SIMILARITIES",
+    "DISSECTORS",
+    "TARGETS",
+    "PROBES",
+    "CONCEPT_LOADERS",
+    "ANALYSES",
+]
 
 
 class RegistryError(DissectStudyError):
@@ -126,14 +136,32 @@ def _describe(obj: object) -> str:
 # implementation module is added here once.
 
 SIMILARITIES: Registry = Registry("similarity function", ("dissect_study.engine.scores.similarity",))
-DISSECTORS: Registry[DissectorFactory] = Registry("dissector source", (
-    "dissect_study.engine.models.mammo_clip", "dissect_study.engine.models.clip", "dissect_study.engine.models.demo"))
-TARGETS: Registry[TargetFactory] = Registry("target source", (
-    "dissect_study.engine.models", "dissect_study.engine.models.classifier", "dissect_study.engine.models.timm_target",
-    "dissect_study.engine.models.clip", "dissect_study.engine.models.demo"))
-PROBES: Registry[ProbeFactory] = Registry("probe source", (
-    "dissect_study.engine.probes.folder", "dissect_study.engine.probes.manifest", "dissect_study.engine.probes.vindr",
-    "dissect_study.engine.probes.embed", "dissect_study.engine.probes.dicom", "dissect_study.engine.probes.imagenet",
-    "dissect_study.engine.probes.compose", "dissect_study.engine.phantom.probe"))
+DISSECTORS: Registry[DissectorFactory] = Registry(
+    "dissector source",
+    ("dissect_study.engine.models.mammo_clip", "dissect_study.engine.models.clip", "dissect_study.engine.models.demo"),
+)
+TARGETS: Registry[TargetFactory] = Registry(
+    "target source",
+    (
+        "dissect_study.engine.models",
+        "dissect_study.engine.models.classifier",
+        "dissect_study.engine.models.timm_target",
+        "dissect_study.engine.models.clip",
+        "dissect_study.engine.models.demo",
+    ),
+)
+PROBES: Registry[ProbeFactory] = Registry(
+    "probe source",
+    (
+        "dissect_study.engine.probes.folder",
+        "dissect_study.engine.probes.manifest",
+        "dissect_study.engine.probes.vindr",
+        "dissect_study.engine.probes.embed",
+        "dissect_study.engine.probes.dicom",
+        "dissect_study.engine.probes.imagenet",
+        "dissect_study.engine.probes.compose",
+        "dissect_study.engine.phantom.probe",
+    ),
+)
 CONCEPT_LOADERS: Registry[ConceptLoader] = Registry("concept source", ("dissect_study.engine.concepts",))
 ANALYSES: Registry = Registry("analysis", ("dissect_study.engine.analyses.macros",))

@@ -21,8 +21,8 @@ only, never on the union, whose make-up depends on the targets and layers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 from torch import Tensor
@@ -90,8 +90,10 @@ def choose_rows(
             return full(f"all {n} images ({u.similarity} for {u.name} reads every image)")
     for u in users:
         if u.train_mode:
-            return full(f"all {n} images (train-mode dissector: BatchNorm uses batch statistics, "
-                        "so embedding a subset would change the embeddings)")
+            return full(
+                f"all {n} images (train-mode dissector: BatchNorm uses batch statistics, "
+                "so embedding a subset would change the embeddings)"
+            )
     for u in users:
         if u.needs_all_rows:
             return full(f"all {n} images ({u.needs_all_rows})")
@@ -106,9 +108,15 @@ def choose_rows(
     sample = sorted(rng.choice(rows, size=min(sanity_sample, n), replace=False).tolist())
     chosen = sorted(wanted.union(sample))
     if len(chosen) > max_fraction * n:
-        return full(f"all {n} images (the top-k union plus the sanity sample is {len(chosen)} images, "
-                    f"{len(chosen) / n:.0%} of the probe: a full pass costs about the same and its cache is reusable)")
+        return full(
+            f"all {n} images (the top-k union plus the sanity sample is {len(chosen)} images, "
+            f"{len(chosen) / n:.0%} of the probe: a full pass costs about the same and its cache is reusable)"
+        )
     ks = "/".join(str(k) for k in sorted(set(k_used)))
-    return RowChoice(rows=chosen, sanity_rows=sample, reduced=True,
-                     reason=f"{len(chosen)} of {n} images (top-k-only similarity: the union of every neuron's "
-                            f"top-{ks} images, {len(wanted)}, plus a {len(sample)}-image sample for the zero-shot check)")
+    return RowChoice(
+        rows=chosen,
+        sanity_rows=sample,
+        reduced=True,
+        reason=f"{len(chosen)} of {n} images (top-k-only similarity: the union of every neuron's "
+        f"top-{ks} images, {len(wanted)}, plus a {len(sample)}-image sample for the zero-shot check)",
+    )
