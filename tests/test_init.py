@@ -60,7 +60,8 @@ def test_init_writes_a_study_that_checks_clean_and_names_the_files(tmp_path: Pat
     # every target is dissected and compared; the plan builds
     assert "dissect M, C_calcification, C_density" in text and "compare M vs C_calcification vs C_density" in text
     plan = build_plan(study).describe()
-    assert plan.count("target pass") == 3 and "report      : out/mine" in plan
+    passes = [x.split(":", 1)[1].split(" on ")[0].strip() for x in plan.splitlines() if x.startswith("  target pass")]
+    assert passes == ["M", "C_calcification", "C_density"] and "report      : out/mine" in plan
     # never over an existing file without --force
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 1 and "exists" in again.stderr
