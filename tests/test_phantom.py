@@ -7,7 +7,7 @@ import pytest
 
 from dissect_study.engine.phantom.generator import make_phantom, render, sample_scene, width_for
 from dissect_study.engine.phantom.probe import PhantomProbe, build_probe
-from dissect_study.engine.phantom.reports import make_report
+from dissect_study.engine.phantom.reports import make_report, report_sentences
 from dissect_study.engine.phantom.vocabulary import ALL_PHRASES, GROUND_TRUTH_CONCEPTS, true_concepts
 
 H = 160
@@ -108,6 +108,38 @@ def test_reports_lowercase_no_periods_and_name_findings():
     for t in texts:
         assert t == t.lower() and "." not in t
         assert a["mass_shape"] in t and a["calc_morphology"] in t
+
+
+def test_report_sentences_name_exactly_the_present_findings():
+    """Each finding is worded iff it is in the ground truth; negatives only for absent ones."""
+    seen = set()
+    for i in range(150):
+        a = sample_scene(4, i).attributes
+        for v in range(3):
+            s = report_sentences(a, np.random.default_rng([4, i, v]))
+            text = " | ".join(s)
+            side = {"L": "left", "R": "right"}[a["laterality"]]
+            assert side in s[0] and s[-1].endswith(str(a["birads"]))
+            assert ("margin" in text) == bool(a["mass"])
+            if a["mass"]:
+                assert a["mass_shape"] in text and "no mass" not in text and "no suspicious mass" not in text
+            assert ("distribution" in text or "calcifications located" in text) <= bool(a["calc_morphology"])
+            if a["calc_morphology"]:
+                assert a["calc_morphology"] in text and "no calcifications" not in text
+                assert ("suspicious calcification" in s) <= bool(a["calcification"])
+            assert ("architectural distortion" in text) == bool(a["architectural_distortion"])
+            assert ("asymmetry" in text) == bool(a["asymmetry"])
+            assert ("lymph node" in text) == bool(a["lymph_node"])
+            assert ("skin thicken" in text or "skin is thickened" in text) == bool(a["skin_thickening"])
+            assert ("implant" in text) == bool(a["implant"])
+            assert ("skin marker" in text) == bool(a["skin_marker"])
+            assert ("nipple in profile" in text) <= bool(a["nipple_in_profile"])
+            assert ("pectoral muscle" in text) <= bool(a["pectoral_muscle"])
+            seen |= {k for k in ("mass", "architectural_distortion", "asymmetry", "lymph_node", "implant") if a[k]}
+    assert len(seen) == 5  # every branch above was exercised
+    rng_a, rng_b = np.random.default_rng(9), np.random.default_rng(9)
+    a = sample_scene(4, 0).attributes
+    assert report_sentences(a, rng_a) == report_sentences(a, rng_b)
 
 
 def test_vocabulary_phrases_and_truth():

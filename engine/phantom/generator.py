@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -143,10 +143,11 @@ def _calc_specks(
     nu, ny = breast.nipple()
     if distribution == "diffuse":
         n = int(rng.integers(25, 45))
-        pts = [_place(rng, breast, view, (0.1, 0.9)) for _ in range(n)]
-        cu, cy = float(np.mean([p[0] for p in pts])), float(np.mean([p[1] for p in pts]))
-        return [list(p) for p in pts], cu, cy
+        spots = [_place(rng, breast, view, (0.1, 0.9)) for _ in range(n)]
+        cu, cy = float(np.mean([p[0] for p in spots])), float(np.mean([p[1] for p in spots]))
+        return [list(p) for p in spots], cu, cy
     cu, cy = _place(rng, breast, view, (0.25, 0.7), margin=0.03)
+    pts: np.ndarray
     if distribution == "grouped":
         n, rad = int(rng.integers(6, 14)), rng.uniform(0.018, 0.03)
         ang = rng.uniform(0, 2 * np.pi, n)
@@ -471,7 +472,7 @@ def _noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
     gh = max(2, cells)
     gw = max(2, int(round(cells * w / h)))
     grid = rng.standard_normal((gh, gw)).astype(np.float32)
-    return np.asarray(Image.fromarray(grid, mode="F").resize((w, h), Image.BICUBIC), dtype=np.float32)
+    return np.asarray(Image.fromarray(grid, mode="F").resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
 
 
 def _fbm(rng: np.random.Generator, h: int, w: int, octaves: tuple[int, ...], gain: float = 0.6) -> np.ndarray:
@@ -485,6 +486,18 @@ def _fbm(rng: np.random.Generator, h: int, w: int, octaves: tuple[int, ...], gai
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -30, 30)))
+
+
+class _Grid(Protocol):
+    """What the drawing helpers read from a canvas: a whole `_Canvas` or a `_Sub` window of one."""
+
+    h: int
+    px: float
+    s: float
+    u: np.ndarray
+    y: np.ndarray
+
+    def window(self, u: float, y: float, radius: float) -> tuple[slice, slice]: ...
 
 
 class _Canvas:
@@ -537,7 +550,7 @@ def _stamp(
 
 def _segment(
     img: np.ndarray,
-    c: _Canvas,
+    c: _Grid,
     u0: float,
     y0: float,
     u1: float,

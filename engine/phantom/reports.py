@@ -47,68 +47,88 @@ def _pick(rng: np.random.Generator, options: list[str]) -> str:
 
 
 def report_sentences(attrs: dict[str, Any], rng: np.random.Generator) -> list[str]:
-    """One sentence per fact; wording drawn from `rng`."""
+    """One sentence per fact; wording drawn from `rng`.
+
+    The helpers draw from `rng` in a fixed order (view, density, mass,
+    calcification, other findings, image facts, BI-RADS): reordering them
+    would reword every report and so retrain the demo dissector.
+    """
     side = _SIDE[attrs["laterality"]]
     loc = attrs.get("locations", {})
+    view = _VIEW[attrs["view"]]
     s: list[str] = [
-        _pick(
-            rng,
-            [f"{side} breast {v}" for v in _VIEW[attrs["view"]]] + [f"{_VIEW[attrs['view']][0]} of the {side} breast"],
-        ),
+        _pick(rng, [f"{side} breast {v}" for v in view] + [f"{view[0]} of the {side} breast"]),
         _pick(rng, _DENSITY[attrs["density"]]),
     ]
-    if attrs["mass"]:
-        where = ""
-        if "mass" in loc and rng.random() < 0.6:
-            s.append(f"mass located in the {loc['mass']} {side} breast")
-        md = _MASS_DENSITY[attrs["mass_density"]]
-        s.append(
-            _pick(
-                rng,
-                [
-                    f"{attrs['mass_shape']} mass with {attrs['mass_margin']} margin{where}",
-                    f"there is an {attrs['mass_shape']} {md} mass with {attrs['mass_margin']} margins{where}".replace(
-                        " an r", " a r"
-                    ),
-                    f"{md} {attrs['mass_shape']} mass {attrs['mass_margin']} margin{where}",
-                ],
-            )
+    s += _mass_sentences(attrs, loc, side, rng)
+    s += _calcification_sentences(attrs, loc, side, rng)
+    s += _other_finding_sentences(attrs, side, rng)
+    s += _image_sentences(attrs, rng)
+    s.append(f"bi-rads {attrs['birads']}" if rng.random() < 0.5 else f"birads category {attrs['birads']}")
+    return s
+
+
+def _mass_sentences(attrs: dict[str, Any], loc: dict[str, str], side: str, rng: np.random.Generator) -> list[str]:
+    """The mass (location, shape/margin/density) or, sometimes, its stated absence."""
+    if not attrs["mass"]:
+        return [_pick(rng, ["no mass", "no mass is seen", "no suspicious mass"])] if rng.random() < 0.4 else []
+    s: list[str] = []
+    if "mass" in loc and rng.random() < 0.6:
+        s.append(f"mass located in the {loc['mass']} {side} breast")
+    shape, margin = attrs["mass_shape"], attrs["mass_margin"]
+    md = _MASS_DENSITY[attrs["mass_density"]]
+    s.append(
+        _pick(
+            rng,
+            [
+                f"{shape} mass with {margin} margin",
+                f"there is an {shape} {md} mass with {margin} margins".replace(" an r", " a r"),
+                f"{md} {shape} mass {margin} margin",
+            ],
         )
-        if rng.random() < 0.5:
-            s.append(f"{md} mass" if attrs["mass_density"] != "fat" else "fat-containing mass")
-    elif rng.random() < 0.4:
-        s.append(_pick(rng, ["no mass", "no mass is seen", "no suspicious mass"]))
+    )
+    if rng.random() < 0.5:
+        s.append(f"{md} mass" if attrs["mass_density"] != "fat" else "fat-containing mass")
+    return s
+
+
+def _calcification_sentences(
+    attrs: dict[str, Any], loc: dict[str, str], side: str, rng: np.random.Generator
+) -> list[str]:
+    """Calcifications (location, morphology, distribution, benign or suspicious) or, sometimes, their absence."""
     morph, dist = attrs.get("calc_morphology"), attrs.get("calc_distribution")
-    if morph:
-        where = ""
-        if "calcification" in loc and rng.random() < 0.5:
-            s.append(f"calcifications located in the {loc['calcification']} {side} breast")
-        kind = "suspicious calcification" if attrs["calcification"] else "benign calcification"
-        s.append(
-            _pick(
-                rng,
-                [
-                    f"{morph} calcifications in a {dist} distribution{where}",
-                    f"{dist} {morph} calcifications{where}",
-                    f"{kind} {morph} calcifications with {dist} distribution",
-                ],
-            )
+    if not morph:
+        none = ["no suspicious calcification", "no calcifications", "no suspicious microcalcifications"]
+        return [_pick(rng, none)] if rng.random() < 0.4 else []
+    s: list[str] = []
+    if "calcification" in loc and rng.random() < 0.5:
+        s.append(f"calcifications located in the {loc['calcification']} {side} breast")
+    kind = "suspicious calcification" if attrs["calcification"] else "benign calcification"
+    s.append(
+        _pick(
+            rng,
+            [
+                f"{morph} calcifications in a {dist} distribution",
+                f"{dist} {morph} calcifications",
+                f"{kind} {morph} calcifications with {dist} distribution",
+            ],
         )
-        if rng.random() < 0.5:
-            s.append(kind)
-    elif rng.random() < 0.4:
-        s.append(_pick(rng, ["no suspicious calcification", "no calcifications", "no suspicious microcalcifications"]))
+    )
+    if rng.random() < 0.5:
+        s.append(kind)
+    return s
+
+
+def _other_finding_sentences(attrs: dict[str, Any], side: str, rng: np.random.Generator) -> list[str]:
+    """Distortion, asymmetry, lymph nodes, skin thickening, implant and skin marker: named only when present."""
+    s: list[str] = []
     if attrs["architectural_distortion"]:
-        s.append(
-            _pick(
-                rng,
-                [
-                    "architectural distortion",
-                    f"architectural distortion in the {side} breast",
-                    "there is architectural distortion without a central mass",
-                ],
-            )
-        )
+        distortion = [
+            "architectural distortion",
+            f"architectural distortion in the {side} breast",
+            "there is architectural distortion without a central mass",
+        ]
+        s.append(_pick(rng, distortion))
     if attrs["asymmetry"] == "focal":
         s.append(_pick(rng, ["focal asymmetry", f"focal asymmetry in the {side} breast", "a focal asymmetry is seen"]))
     elif attrs["asymmetry"] == "global":
@@ -118,20 +138,24 @@ def report_sentences(attrs: dict[str, Any], rng: np.random.Generator) -> list[st
     elif attrs["lymph_node"] == "axillary":
         s.append(_pick(rng, ["axillary lymph node", f"{side} axillary lymph node seen over the pectoral muscle"]))
     if attrs["skin_thickening"]:
-        s.append(
-            _pick(rng, ["skin thickening", f"diffuse skin thickening of the {side} breast", "the skin is thickened"])
-        )
+        thickening = ["skin thickening", f"diffuse skin thickening of the {side} breast", "the skin is thickened"]
+        s.append(_pick(rng, thickening))
     if attrs["implant"]:
         s.append(_pick(rng, ["breast implant", "breast implant in place", "implant seen behind the breast tissue"]))
     if attrs["skin_marker"]:
         s.append(_pick(rng, ["skin marker", "a skin marker is placed on the breast", "radiopaque skin marker"]))
+    return s
+
+
+def _image_sentences(attrs: dict[str, Any], rng: np.random.Generator) -> list[str]:
+    """Image-quality facts and the no-finding statement, each stated only some of the time."""
+    s: list[str] = []
     if attrs["pectoral_muscle"] and rng.random() < 0.5:
         s.append(_pick(rng, ["pectoral muscle is visible", "pectoral muscle included"]))
     if attrs["nipple_in_profile"] and rng.random() < 0.3:
         s.append("nipple in profile")
     if attrs["findings"] == ["No Finding"] and rng.random() < 0.6:
         s.append(_pick(rng, ["no significant finding", "no suspicious findings", "normal mammogram"]))
-    s.append(f"bi-rads {attrs['birads']}" if rng.random() < 0.5 else f"birads category {attrs['birads']}")
     return s
 
 
