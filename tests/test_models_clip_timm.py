@@ -143,3 +143,11 @@ def test_inspect_recognises_file_kinds(tmp_path, clip_dir):
     assert "Hugging Face CLIP folder" in format_inspect(ci)
     with pytest.raises(CheckpointError):
         inspect_path(tmp_path / "nothing")
+
+
+def test_format_inspect_names_unknown_or_missing_kinds_as_given():
+    from dissect_study.engine.models.inspect import format_inspect
+
+    assert format_inspect({"path": "a.bin", "kind": "state_dict"}).splitlines()[0] == "a.bin: state dict"
+    assert format_inspect({"path": "b.bin", "kind": "odd_kind"}).splitlines()[0] == "b.bin: odd_kind"
+    assert format_inspect({"path": "c.bin"}).splitlines()[0] == "c.bin: None"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from dissect_study.engine.models.base import BuildContext, Dissector, LayerInfo,
 from dissect_study.engine.models.checkpoint import CheckpointError, config_hash, folder_sha256, resolve_path
 from dissect_study.engine.models.mammo_clip import to_float_image
 from dissect_study.engine.registry import DISSECTORS, TARGETS
+
+if TYPE_CHECKING:  # transformers is imported lazily at load time (offline settings first)
+    from transformers import CLIPModel
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -68,16 +71,16 @@ def _folder_preprocess(folder: Path) -> Preprocess:
     if not cfg_path.is_file():
         return clip_preprocess()
     cfg = json.loads(cfg_path.read_text())
-    size = cfg.get("size", 224)
+    size: Any = cfg.get("size", 224)  # an int or {"shortest_edge": n} / {"height": n, "width": n}
     size = size.get("shortest_edge", size.get("height", 224)) if isinstance(size, dict) else size
-    crop = cfg.get("crop_size", size)
+    crop: Any = cfg.get("crop_size", size)
     crop = crop.get("height", size) if isinstance(crop, dict) else crop
     return clip_preprocess(
         int(size), int(crop), tuple(cfg.get("image_mean", CLIP_MEAN)), tuple(cfg.get("image_std", CLIP_STD))
     )
 
 
-def load_clip_folder(folder: Path, param: str = "path") -> tuple[nn.Module, Any]:
+def load_clip_folder(folder: Path, param: str = "path") -> tuple[CLIPModel, Any]:
     """(CLIPModel, tokenizer) from a local folder, offline."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -93,7 +96,9 @@ def load_clip_folder(folder: Path, param: str = "path") -> tuple[nn.Module, Any]
             "Point it at a local Hugging Face CLIP folder (e.g. openai/clip-vit-base-patch16)."
         )
     try:
-        model, info = CLIPModel.from_pretrained(str(folder), local_files_only=True, output_loading_info=True)
+        # output_loading_info=True returns (model, info); transformers annotates only the model
+        loaded = CLIPModel.from_pretrained(str(folder), local_files_only=True, output_loading_info=True)
+        model, info = cast(tuple[CLIPModel, dict[str, Any]], loaded)
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"{param} = {str(folder)!r}: CLIP weights cannot be loaded ({exc}).") from exc
     missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
@@ -118,7 +123,7 @@ class ClipDissector(Dissector):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: CLIPModel,
         tokenizer: Any,
         preprocess: Preprocess,
         fingerprint: str,
@@ -184,7 +189,7 @@ class ClipVisionTarget(Target):
 
     batch_size = 32
 
-    def __init__(self, model: nn.Module, preprocess: Preprocess, fingerprint: str, name: str = "clip_vision") -> None:
+    def __init__(self, model: CLIPModel, preprocess: Preprocess, fingerprint: str, name: str = "clip_vision") -> None:
         self.model = model.eval()
         self._preprocess = preprocess
         self._fingerprint = fingerprint

@@ -513,7 +513,7 @@ def _train_dissector(
     net.eval()
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
     state.update({f"text_proj.{k}": v for k, v in text_proj.state_dict().items()})
-    report = {
+    report: dict[str, Any] = {
         "kind": "demo_dissector",
         "seed": seed,
         "epochs": epochs,
@@ -540,7 +540,7 @@ def evaluate_dissector(net: DemoNet, text_proj: nn.Linear, held: PhantomSet) -> 
     for task, prompts in ZERO_SHOT_PROMPTS.items():
         zt = F.normalize(text_proj(enc(prompts)), dim=-1)
         probs = torch.softmax(zi @ zt.T, dim=1).numpy()  # softmax over the prompts, no temperature (Mammo-CLIP)
-        m = _multi_metrics(probs, _task_labels(held.attributes, task))
+        m: dict[str, Any] = _multi_metrics(probs, _task_labels(held.attributes, task))
         m["prompts"] = prompts
         zs[task] = m
     reports = [make_report(a, seed=HELDOUT_STREAM) for a in held.attributes]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -326,9 +327,9 @@ def timm_to_lukemelas_map(specs: list[BlockSpec], keys: list[str]) -> dict[str, 
     return {lukemelas_to_timm(k, specs): k for k in keys}
 
 
-def tiny_config(**overrides: object) -> EffNetConfig:
-    """The tiny test config, optionally changed (e.g. another padding size)."""
-    return replace(CONFIGS["tiny"], **overrides)  # type: ignore[arg-type]
+def tiny_config(**overrides: Any) -> EffNetConfig:
+    """The tiny test config, optionally changed (e.g. another padding size); `replace` checks the field names."""
+    return replace(CONFIGS["tiny"], **overrides)
 
 
 def detect_config(state_dict: dict[str, torch.Tensor]) -> EffNetConfig | None:

@@ -203,7 +203,8 @@ def format_inspect(info: dict[str, Any]) -> str:
         "clip_folder": "Hugging Face CLIP folder",
         "hf_text_folder": "Hugging Face text model folder",
     }
-    lines = [f"{info.get('path')}: {kind_names.get(info.get('kind'), info.get('kind'))}"]
+    kind = info.get("kind")
+    lines = [f"{info.get('path')}: {kind_names.get(kind, kind) if isinstance(kind, str) else kind}"]
     if info.get("variant"):
         lines.append(f"  variant: EfficientNet-{str(info['variant']).upper()}")
     for key in (

@@ -21,7 +21,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -52,6 +52,9 @@ from dissect_study.engine.models.efficientnet import (
     stage_repeats,
 )
 from dissect_study.engine.registry import DISSECTORS
+
+if TYPE_CHECKING:  # transformers is imported lazily, after the offline settings
+    from transformers import BertModel
 
 MEAN = 0.3089279
 STD = 0.25053555408335154
@@ -138,7 +141,7 @@ class Projection(nn.Module):
 class TextTower(nn.Module):
     """Holds the HF BertModel under `text_encoder` (the checkpoint's double prefix)."""
 
-    def __init__(self, bert: nn.Module) -> None:
+    def __init__(self, bert: BertModel) -> None:
         super().__init__()
         self.text_encoder = bert
 
@@ -152,7 +155,7 @@ def eos_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor
 class MammoClipModel(nn.Module):
     """BreastClip's inference path with the checkpoint's parameter names."""
 
-    def __init__(self, cfg: EffNetConfig, bert: nn.Module, proj_dim: int = 512) -> None:
+    def __init__(self, cfg: EffNetConfig, bert: BertModel, proj_dim: int = 512) -> None:
         super().__init__()
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.image_encoder = EfficientNet(cfg)
@@ -230,7 +233,7 @@ def load_tokenizer(folder: Path, param: str = "text") -> Any:
     return tok
 
 
-def new_bert(config: Any) -> nn.Module:
+def new_bert(config: Any) -> BertModel:
     _hf_offline()
     from transformers import BertModel
 
@@ -622,7 +625,9 @@ def load_mammo_clip_general(
     load_text_config(text_dir)
     tokenizer = load_tokenizer(text_dir)
     try:
-        bert, info = BertModel.from_pretrained(str(text_dir), local_files_only=True, output_loading_info=True)
+        # output_loading_info=True returns (model, info); transformers annotates only the model
+        loaded = BertModel.from_pretrained(str(text_dir), local_files_only=True, output_loading_info=True)
+        bert, info = cast(tuple[BertModel, dict[str, Any]], loaded)
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(
             f"text = {str(text_dir)!r}: the BERT weights cannot be loaded ({type(exc).__name__}: {exc}). "

@@ -88,7 +88,7 @@ def measure_layers(model: nn.Module, names: list[str], input_size: tuple[int, in
     finally:
         for h in handles:
             h.remove()
-    infos = []
+    infos: list[LayerInfo] = []
     for n in order:
         s = shapes[n]
         if len(s) not in (2, 3, 4):
@@ -173,7 +173,9 @@ def load_timm(
     probe = timm.create_model(arch, pretrained=False)
     in_file = _head_classes(probe, sd)
     if num_classes is None:
-        num_classes = in_file if in_file is not None else probe.num_classes
+        default = probe.num_classes  # every timm model records its head's class count as an int
+        assert isinstance(default, int)
+        num_classes = in_file if in_file is not None else default
     elif in_file is not None and in_file != num_classes:
         raise CheckpointError(
             f"weights = {str(weights)!r}: the classifier head has {in_file} class(es) but num_classes = "

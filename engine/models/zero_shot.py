@@ -108,8 +108,8 @@ def zero_shot_sanity(dissector: Dissector, image_emb: torch.Tensor, attributes: 
                 "prompts": list(prompts),
             }
         )
-    rows_d = [(i, _as_density(a.get("density"))) for i, a in enumerate(attributes)]
-    rows_d = [(i, d) for i, d in rows_d if d is not None]
+    densities = [(i, _as_density(a.get("density"))) for i, a in enumerate(attributes)]
+    rows_d = [(i, d) for i, d in densities if d is not None]
     if rows_d:
         cats = list(DENSITY_PROMPTS)
         idx = [i for i, _ in rows_d]
