@@ -223,3 +223,19 @@ def test_bad_vindr_csvs(tmp_path):
     (tmp_path / "d.csv").write_text(header + "s1,i1,L,CC,BI-RADS 1,DENSITY A,test\ns1,i1,R,CC,BI-RADS 1,DENSITY A,test\n")
     with pytest.raises(ProbeError, match="different laterality"):
         build_probe("v", "vindr", {**base, "csv": "d.csv"}, ctx)
+
+
+def test_vindr_study_and_view_column_spellings(tmp_path):
+    """patient_id/view are accepted for study_id/view_position; with neither, the error names the usual column."""
+    ctx = SimpleNamespace(base_dir=str(tmp_path), cache_dir="", log=print)
+    base = {"root": str(tmp_path), "split": "test", "findings": None, "image_format": "png", "keep_duplicate_rows": False}
+    row = "s1,i1,L,cc,BI-RADS 2,DENSITY B,test\n"
+    (tmp_path / "alt.csv").write_text("patient_id,image_id,laterality,view,breast_birads,breast_density,split\n" + row)
+    p = build_probe("v", "vindr", {**base, "csv": "alt.csv"}, ctx)
+    a = p.items[0].attributes
+    assert (a["study_id"], a["view"], a["birads"], a["density"]) == ("s1", "CC", 2, "B")
+    assert Path(p.items[0].path) == tmp_path / "s1" / "i1.png"
+    (tmp_path / "none.csv").write_text("image_id,laterality,breast_birads,breast_density,split\ni1,L,BI-RADS 2,DENSITY B,test\n")
+    with pytest.raises(ProbeError) as e:
+        build_probe("v", "vindr", {**base, "csv": "none.csv"}, ctx)
+    assert "study_id" in str(e.value) and "view_position" in str(e.value)

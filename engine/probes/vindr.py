@@ -94,16 +94,17 @@ def read_vindr_rows(path: Path, what: str, split: str = "all") -> tuple[str, lis
     table = read_csv_text(path, what)
     kind = csv_kind(list(table.columns))
     cols = set(table.columns)
-    study_col = _col(cols, "study_id", "patient_id")
-    view_col = _col(cols, "view_position", "view")
+    # Missing both spellings: require_columns below names the usual one.
+    study_col = _col(cols, "study_id", "patient_id") or "study_id"
+    view_col = _col(cols, "view_position", "view") or "view_position"
     required = [
         "image_id",
         "laterality",
         "breast_birads",
         "breast_density",
         "split",
-        study_col or "study_id",
-        view_col or "view_position",
+        study_col,
+        view_col,
     ]
     require_columns(
         table,
