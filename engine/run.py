@@ -39,6 +39,7 @@ from dissect_study.engine.models.base import BuildContext, Dissector, Target
 from dissect_study.engine.plan.steps import Plan
 from dissect_study.engine.probes.base import Probe
 from dissect_study.engine.store import database as store
+from dissect_study.engine.store.locate import RESULTS_DB_NAME
 from dissect_study.errors import DissectStudyError
 
 
@@ -188,7 +189,7 @@ class Executor:
             params=dict(device=self.device, cache=str(self.cache.root) if self.opt.use_cache else None,
                         batch_size=self.opt.batch_size, strict=self.opt.strict, torch=torch.__version__,
                         python=platform.python_version(), machine=platform.machine()))
-        db = Path(self.opt.db) if self.opt.db else Path(self.base_dir) / "results.duckdb"
+        db = Path(self.opt.db) if self.opt.db else Path(self.base_dir) / RESULTS_DB_NAME
         store.write_run(db, self.record)
         self.log.info(f"stored    run {self.run_id} in {db}")
         result = RunResult(run_id=self.run_id, db=db, warnings=[m for _, m in self.log.warnings])
