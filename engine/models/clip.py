@@ -38,7 +38,12 @@ def unit_range(x: torch.Tensor, dtype: np.dtype) -> torch.Tensor:
     return (x - lo) / (hi - lo) if float(hi - lo) > 1e-8 else torch.zeros_like(x)
 
 
-def clip_preprocess(size: int = 224, crop: int = 224, mean=CLIP_MEAN, std=CLIP_STD) -> Preprocess:
+def clip_preprocess(
+    size: int = 224,
+    crop: int = 224,
+    mean: tuple[float, ...] = CLIP_MEAN,
+    std: tuple[float, ...] = CLIP_STD,
+) -> Preprocess:
     """Resize the shortest side to `size` (bicubic, antialiased), centre-crop `crop`, normalise."""
     mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
     std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]

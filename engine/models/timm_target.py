@@ -75,7 +75,7 @@ def measure_layers(model: nn.Module, names: list[str], input_size: tuple[int, in
     handles = []
     for n in names:
 
-        def hook(_m, _i, out, n=n):
+        def hook(_m: nn.Module, _i: Any, out: Any, n: str = n) -> None:
             o = out[0] if isinstance(out, (tuple, list)) else out
             if isinstance(o, torch.Tensor) and n not in shapes:
                 shapes[n] = tuple(o.shape)

@@ -23,8 +23,9 @@ the shapes and textures a radiologist would name (BI-RADS lexicon), nothing more
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -105,7 +106,10 @@ def _rng(seed: int, index: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index), stream])
 
 
-def _choice(rng: np.random.Generator, options: tuple | list, p: list[float] | None = None):
+_T = TypeVar("_T")
+
+
+def _choice(rng: np.random.Generator, options: Sequence[_T], p: list[float] | None = None) -> _T:
     return options[int(rng.choice(len(options), p=p))]
 
 
