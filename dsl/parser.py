@@ -14,11 +14,11 @@ import dataclasses
 import functools
 import math
 import re
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from lark import Lark, Token, Transformer, Tree, v_args
+from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 
 from dissect_study.dsl import ast
@@ -36,6 +36,8 @@ RESERVED = frozenset(
 #: A layer range names at most this many layers: the deepest real models have a few hundred
 #: hookable layers, and `_blocks.0-999999999` must be an error, not a billion names in memory.
 MAX_RANGE_LAYERS = 10_000
+#: ... and all the ranges of a study together at most this many (the checker expands them to names)
+MAX_STUDY_RANGE_LAYERS = 100_000
 #: No string value -- literal or after `${name}` interpolation -- may exceed this many characters
 #: (strings name paths and concepts; `let` strings that double each time must not exhaust memory).
 MAX_STRING_CHARS = 1_000_000
@@ -640,17 +642,31 @@ def _too_long(n: int, span: ast.Span) -> Diagnostic:
                       "with `${...}`")
 
 
-def _walk_strings(node: Any) -> Iterator[ast.Str]:
-    """Every string node below `node` (a statement or a part of one), in field order."""
-    if isinstance(node, ast.Str):
+def _walk(node: Any, kind: type) -> Iterator[Any]:
+    """Every node of type `kind` below `node` (a statement or a part of one), in field order."""
+    if isinstance(node, kind):
         yield node
     elif isinstance(node, tuple):
         for item in node:
-            yield from _walk_strings(item)
+            yield from _walk(item, kind)
     elif dataclasses.is_dataclass(node) and not isinstance(node, type):
         for f in dataclasses.fields(node):
-            if f.compare:  # spans are not compared, and hold no strings
-                yield from _walk_strings(getattr(node, f.name))
+            if f.compare:  # spans are not compared, and hold no nodes
+                yield from _walk(getattr(node, f.name), kind)
+
+
+def _range_budget(statements: tuple[ast.Statement, ...]) -> list[Diagnostic]:
+    """The study's layer ranges together name at most MAX_STUDY_RANGE_LAYERS layers: a 1 MB file of
+    10,000-layer ranges must not become hundreds of millions of names in the checker."""
+    total = 0
+    for stmt in statements:
+        for item in _walk(stmt, ast.LayerRange):
+            total += max(0, item.end - item.start + 1)
+            if total > MAX_STUDY_RANGE_LAYERS:
+                return [Diagnostic(ERROR, "range-too-large", f"the layer ranges of this study name more than "
+                                   f"{MAX_STUDY_RANGE_LAYERS:,} layers in all", item.span,
+                                   "list the layers the models have; `all` names every layer of a model")]
+    return []
 
 
 def _string_growth(statements: tuple[ast.Statement, ...], path: str) -> list[Diagnostic]:
@@ -680,7 +696,7 @@ def _string_growth(statements: tuple[ast.Statement, ...], path: str) -> list[Dia
 
     problems: list[Diagnostic] = []
     for stmt in statements:
-        for s in _walk_strings(stmt):
+        for s in _walk(stmt, ast.Str):
             n = str_bound(s)
             if n > MAX_STRING_CHARS:
                 problems.append(_too_long(n, s.span or ast.Span(path, 1, 1, 1, 2)))
@@ -707,7 +723,7 @@ def parse(text: str, path: str = "<study>") -> ast.Study:
     except VisitError as err:  # pragma: no cover - the grammar guarantees well-formed trees
         raise StudyError([Diagnostic(ERROR, "internal", f"could not build the syntax tree: {err.orig_exc}",
                                      ast.Span(path, 1, 1, 1, 2))], text) from None
-    problems = builder.problems + _string_growth(tuple(statements), path)
+    problems = builder.problems + _string_growth(tuple(statements), path) + _range_budget(tuple(statements))
     if problems:
         raise StudyError(problems, text)
     return ast.Study(path=path, source=text, statements=tuple(statements))

@@ -26,7 +26,7 @@ from test_run import tiny_models  # noqa: F401 -- the fixture: tiny models inste
 
 from dissect_study.dsl import StudyError, check_file, check_text, format_study, parse, parse_file, render
 from dissect_study.dsl.diagnostics import MAX_RENDERED
-from dissect_study.dsl.parser import MAX_RANGE_LAYERS, MAX_STRING_CHARS
+from dissect_study.dsl.parser import MAX_RANGE_LAYERS, MAX_STRING_CHARS, MAX_STUDY_RANGE_LAYERS
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_STUDY = (REPO / "studies" / "demo.study").read_text(encoding="utf-8")
@@ -136,6 +136,15 @@ def test_item02_huge_layer_range_is_refused_at_parse_time() -> None:
     assert time.perf_counter() - t0 < 5
     ok = parse(f"layer fine = _blocks.1-{MAX_RANGE_LAYERS}\n", "r.study").statements[0]
     assert len(ok.layers[0].names()) == MAX_RANGE_LAYERS
+    # many ranges, each under the cap, are bounded together (the checker expands them all)
+    many = "".join(
+        f"layer a{i} = _blocks.0-{MAX_RANGE_LAYERS - 1}\n"
+        for i in range(MAX_STUDY_RANGE_LAYERS // MAX_RANGE_LAYERS + 1)
+    )
+    with pytest.raises(StudyError) as err:
+        parse(many, "r.study")
+    (d,) = err.value.diagnostics
+    assert d.code == "range-too-large" and d.span.line == MAX_STUDY_RANGE_LAYERS // MAX_RANGE_LAYERS + 1
 
 
 def test_item02_doubling_let_strings_are_capped() -> None:
