@@ -135,8 +135,22 @@ def _source_text(source: str, span: ast.Span) -> str:
     return " ".join(source[start:end].split())
 
 
+#: what a shipped concept set's name may look like (a file stem in concept_sets/, never a path)
+_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def shipped_concept_sets() -> list[str]:
+    """Names `shipped(...)` accepts: the CSV files of the package's concept_sets folder."""
+    try:
+        return sorted(p.stem for p in CONCEPT_SET_DIR.glob("*.csv") if _SET_NAME.fullmatch(p.stem))
+    except OSError:
+        return []
+
+
 def _shipped_concept_table(name: str) -> dict[str, set[str]] | None:
     """level -> names from concept_sets/<name>.csv, or None when the file is absent or unreadable."""
+    if name not in shipped_concept_sets():
+        return None  # never a path outside the package's folder
     path = CONCEPT_SET_DIR / f"{name}.csv"
     if not path.is_file():
         return None
@@ -170,6 +184,10 @@ class _Checker:
         self.dissected: dict[str, tuple[ast.Dissect, set[str] | None]] = {}
         self.let_nodes: dict[str, ast.Value] = {}
         self.aliases_expanded: dict[str, tuple[ast.LayerItem, ...]] = {}
+        #: aliases being expanded, outermost first (a name met again is a cycle)
+        self.expanding: list[str] = []
+        #: each valid dissect statement with its checked form (probe sizes are judged once all probes are)
+        self.checked_dissects: list[tuple[ast.Dissect, CheckedDissect]] = []
         self.title_span: ast.Span | None = None
         self.default_stmt: ast.DefaultThreshold | None = None
 
@@ -325,8 +343,9 @@ class _Checker:
                        suggest_hint(str(val), param.choices) or "choose one of: " + ", ".join(param.choices))
             return False, None
         if isinstance(val, (int, float)) and not isinstance(val, bool):
-            if param.min is not None and val < param.min:
-                self.error("bounds", f"{where} parameter '{param.name}' must be >= {_fmt_num(param.min)}, not {_fmt_num(val)}", node.span)
+            if param.min is not None and (val <= param.min if param.min_exclusive else val < param.min):
+                op = ">" if param.min_exclusive else ">="
+                self.error("bounds", f"{where} parameter '{param.name}' must be {op} {_fmt_num(param.min)}, not {_fmt_num(val)}", node.span)
                 return False, None
             if param.max is not None and val > param.max:
                 self.error("bounds", f"{where} parameter '{param.name}' must be <= {_fmt_num(param.max)}, not {_fmt_num(val)}", node.span)
@@ -405,7 +424,7 @@ class _Checker:
         out: list[ast.LayerItem] = []
         for item in items:
             if isinstance(item, ast.LayerName) and item.text in self.aliases and item.text != for_alias:
-                out.extend(self.aliases_expanded[item.text])
+                out.extend(self.alias_items(item.text, item))
                 continue
             if isinstance(item, ast.LayerName) and "." not in item.text and item.text not in R.BUILTIN_LAYER_ALIASES:
                 pool = list(self.aliases) + list(R.BUILTIN_LAYER_ALIASES)
@@ -419,6 +438,29 @@ class _Checker:
                 continue
             out.append(item)
         return tuple(out)
+
+    def alias_items(self, name: str, use: ast.LayerName | None = None) -> tuple[ast.LayerItem, ...]:
+        """The layers study alias `name` stands for, expanded on first use.
+
+        Why on first use: like every declaration, an alias may be named before the line
+        that defines it (`layer a = b` above `layer b = ...`); a cycle is an error.
+        """
+        if name in self.aliases_expanded:
+            return self.aliases_expanded[name]
+        if name in self.expanding:
+            chain = " -> ".join([*self.expanding[self.expanding.index(name):], name])
+            d = self.aliases[name]
+            self.error("alias-cycle", f"layer aliases form a cycle: {chain}", use.span if use else d.span,
+                       "an alias must end in layer names; remove one of the references",
+                       [("defined", d.name_span or d.span)])
+            return ()
+        self.expanding.append(name)
+        try:
+            items = self.expand_layers(self.aliases[name].layers, for_alias=name)
+        finally:
+            self.expanding.pop()
+        self.aliases_expanded[name] = items
+        return items
 
     @staticmethod
     def layer_names(items: Iterable[ast.LayerItem]) -> set[str] | None:
@@ -499,6 +541,7 @@ class _Checker:
             if handler is not None:
                 handler(s, out)
         self.check_union_cycles()
+        self.check_probe_sizes(out)
         # Pass 3: analyses and reports, which refer to what the dissect statements cover.
         self.check_outputs(out)
         if not any(isinstance(s, ast.Dissect) for s in st.statements):
@@ -564,8 +607,7 @@ class _Checker:
 
     def check_alias(self, s: ast.LayerAliasDef, out: CheckedStudy) -> None:
         if self.aliases.get(s.name) is s:  # a duplicate was reported in pass 1
-            self.aliases_expanded[s.name] = self.expand_layers(s.layers, for_alias=s.name)
-            out.layer_aliases[s.name] = self.aliases_expanded[s.name]
+            out.layer_aliases[s.name] = self.alias_items(s.name)
 
     def check_default_threshold(self, s: ast.DefaultThreshold, out: CheckedStudy) -> None:
         if self.default_stmt is not None:
@@ -588,12 +630,72 @@ class _Checker:
                        suggest_hint(s.source.func, R.suggestion_pool(s.kind)) or f"{s.kind} sources: " + ", ".join(R.SOURCES[s.kind]))
             return
         params = self.call_params(fn, s.source, where)
+        if s.kind == "concepts" and fn.name == "shipped":
+            self.check_shipped_name(s, params)
         if fn.variadic_ref_kind == "probe" and s.name in params.get("refs", []):
             self.error("self-reference", f"probe '{s.name}' cannot include itself", s.source.span)
         if s.sample is not None and s.kind != "probe":
             self.error("sample-not-probe", f"only probes can be sampled, not a {_KIND_WORD[s.kind]}", s.sample.span,
                        "move `sample ...` to a probe declaration")
         getattr(out, _BUCKET[s.kind])[s.name] = ResolvedDecl(s.name, s.kind, fn.name, params, s.sample, s.span)
+
+    def probe_size(self, out: CheckedStudy, name: str, visiting: frozenset[str] = frozenset()) -> tuple[int, bool] | None:
+        """(images, exact) of probe `name` when the study alone fixes it, else None.
+
+        phantom(n) has n images; `sample N` at most N (exactly min(N, size) when the size is
+        known); a union the sum of its parts.  Files are never opened: other sources are None.
+        """
+        rd = out.probes.get(name)
+        if rd is None or name in visiting:
+            return None
+        size: tuple[int, bool] | None = None
+        if rd.func == "phantom" and isinstance(rd.params.get("n"), int):
+            size = (rd.params["n"], True)
+        elif rd.func == "union":
+            parts = [self.probe_size(out, r, visiting | {name}) for r in rd.params.get("refs") or []]
+            if parts and all(p is not None for p in parts):
+                size = (sum(p[0] for p in parts if p), all(p[1] for p in parts if p))
+        if rd.sample is not None:
+            size = (rd.sample.n, False) if size is None else (min(size[0], rd.sample.n), size[1])
+        return size
+
+    def check_probe_sizes(self, out: CheckedStudy) -> None:
+        """A probe the study sizes (phantom(n), sample N) must hold enough images for its dissections.
+
+        top_k above the probe size is not one of them: the engine uses top_k = N and says so
+        (docs/LANGUAGE.md), which is how the paper ran Z = N = 84 on its EMBED subset.
+        """
+        for node, d in self.checked_dissects:
+            size = self.probe_size(out, d.probe)
+            if size is None:
+                continue
+            n, exact = size
+            images = f"{n} image{'s' * (n != 1)}" if exact else f"at most {n} image{'s' * (n != 1)}"
+            need, why = R.min_probe_images(d.similarity, d.similarity_params)
+            if n < need:
+                where = node.similarity if node.similarity is not None and need > R.MIN_PROBE_IMAGES else node.probe
+                fix = f" or top_fraction >= {1 / n:.4g}" if d.similarity == "rank_reorder" and n > 0 else ""
+                self.error("probe-too-small", f"probe '{d.probe}' has {images}; this dissection needs at least {need}",
+                           where.span, f"{why}; use a larger probe (phantom(n=...), sample N){fix}")
+
+    def check_shipped_name(self, s: ast.Decl, params: dict[str, Any]) -> None:
+        """`shipped(NAME)` names a set in the package's concept_sets folder: a name, never a path."""
+        name = params.get("name")
+        if not isinstance(name, str):
+            return  # unset environment variable (warned) or an error already reported
+        shipped = shipped_concept_sets()
+        if name in shipped:
+            return
+        arg = next((a for a in s.source.args if a.name in (None, "name")), None)
+        span = arg.value.span if arg is not None else s.source.span
+        listing = "shipped sets: " + (", ".join(shipped) or "none")
+        own = "for your own file write csv(\"...\"), txt(\"...\"), json(\"...\") or xlsx(\"...\")"
+        if not _SET_NAME.fullmatch(name):
+            self.error("shipped-name", f"shipped() takes the name of a shipped concept set, not a path: \"{name}\"",
+                       span, f"{listing}; {own}")
+        else:
+            self.error("unknown-shipped", f"no shipped concept set '{name}'", span,
+                       suggest_hint(name, shipped) or f"{listing}; {own}")
 
     def check_union_cycles(self) -> None:
         probes = self.decls["probe"]
@@ -630,7 +732,9 @@ class _Checker:
             self.dissected[t] = (s, known)
         if ok and similarity is not None and dissector and probe and concepts and targets:
             sim_name, sim_params = similarity
-            out.dissections.append(CheckedDissect(targets, layers, dissector, probe, concepts, sim_name, sim_params, options, s.span))
+            checked = CheckedDissect(targets, layers, dissector, probe, concepts, sim_name, sim_params, options, s.span)
+            out.dissections.append(checked)
+            self.checked_dissects.append((s, checked))
 
     def dissect_targets(self, s: ast.Dissect) -> tuple[list[str], bool]:
         """The targets of a dissect statement, each dissected once; False when one is unusable."""

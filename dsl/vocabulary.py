@@ -14,6 +14,7 @@ never loads a model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,6 +39,8 @@ class Param:
     #: numeric bounds, inclusive, when meaningful
     min: float | None = None
     max: float | None = None
+    #: `min` itself is refused too (a fraction or a norm floor that must be positive)
+    min_exclusive: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,15 @@ def _p(name: str, type: ParamType, default: Any = None, doc: str = "", **kw: Any
 
 def _req(name: str, type: ParamType, doc: str = "", **kw: Any) -> Param:
     return Param(name=name, type=type, required=True, doc=doc, **kw)
+
+
+#: seeds are 32-bit: the phantom generator's streams take 0..2**32-1, so a larger or negative
+#: seed would be folded onto another one while the database records what the study wrote
+SEED_MAX = 2**32 - 1
+
+
+def _seed(name: str = "seed", doc: str = "") -> Param:
+    return _p(name, "int", 0, doc, min=0, max=SEED_MAX)
 
 
 TRUST = _p(
@@ -216,7 +228,7 @@ PROBE_SOURCES: dict[str, Function] = {
             "phantom",
             (
                 _p("n", "int", 400, "Number of synthetic mammograms.", min=1, max=100_000),
-                _p("seed", "int", 0),
+                _seed(),
                 _p("height", "int", 320, "Image height in pixels; width follows Mammo-CLIP's 1520x912 aspect.", min=32),
             ),
             "Procedural mammogram phantoms with ground-truth attributes (synthetic).",
@@ -245,7 +257,7 @@ DISSECTOR_SOURCES: dict[str, Function] = {
                 _req("imagenet_weights", "path", "Local ImageNet EfficientNet weights (lukemelas or timm layout)."),
                 _req("text", "path", "Local Bio_ClinicalBERT folder with weights."),
                 _p("variant", "str", "b5", choices=("b5", "b2")),
-                _p("projection_seed", "int", 0, "Seed of the randomly initialised projection heads (recorded)."),
+                _seed("projection_seed", "Seed of the randomly initialised projection heads (recorded)."),
                 TRUST,
             ),
             "F_general: the Mammo-CLIP architecture initialised from ImageNet weights (G-Mammo-CLIP Dissect).",
@@ -258,7 +270,7 @@ DISSECTOR_SOURCES: dict[str, Function] = {
         ),
         Function(
             "demo",
-            (_p("seed", "int", 0), _p("epochs", "int", None, "Override the training length (default: the tuned value).", min=1)),
+            (_seed(), _p("epochs", "int", None, "Override the training length (default: the tuned value).", min=1)),
             "The embedded demo dissector: MiniLM text tower + small CNN trained on phantoms. Built on first use, cached.",
         ),
     ]
@@ -294,6 +306,7 @@ TARGET_SOURCES: dict[str, Function] = {
                 TRUST,
             ),
             "Any timm model from a local weight file.",
+            positional=("model", "weights"),
         ),
         Function(
             "clip_vision",
@@ -305,7 +318,7 @@ TARGET_SOURCES: dict[str, Function] = {
             "demo",
             (
                 _req("variant", "str", "Which demo model.", choices=("G", "M", "C_density", "C_mass", "C_calcification")),
-                _p("seed", "int", 0),
+                _seed(),
             ),
             "The embedded demo targets (G untrained, M the demo dissector's tower, C fine-tuned from M).",
             positional=("variant",),
@@ -351,7 +364,7 @@ SIMILARITIES: dict[str, Function] = {
         Function("cos", (), "Cosine similarity of activation and concept columns.", family="stats", aliases=("cos_similarity",)),
         Function(
             "cos_cubed",
-            (_p("min_norm", "float", 1e-3, min=0),),
+            (_p("min_norm", "float", 1e-3, "Floor of the column norms (division guard).", min=0, min_exclusive=True),),
             "Cosine of centred, cubed columns.",
             family="full",
             aliases=("cos_similarity_cubed",),
@@ -360,10 +373,11 @@ SIMILARITIES: dict[str, Function] = {
             "rank_reorder",
             (
                 _p("p", "float", 3.0, min=0),
-                _p("top_fraction", "float", 0.05, min=0, max=1),
+                _p("top_fraction", "float", 0.05, "Share of the probe's images ranked per neuron: at least one image.",
+                   min=0, max=1, min_exclusive=True),
                 _p("scale_p", "float", 0.5),
                 _p("n_permutations", "int", 5, min=1),
-                _p("seed", "int", 0),
+                _seed(),
             ),
             "CLIP-Dissect's rank-reorder score.",
             family="full",
@@ -390,6 +404,30 @@ def lookup_similarity(name: str) -> Function | None:
         if name == f.name or name in f.aliases:
             return f
     return None
+
+
+#: fewest probe images any dissection can use: over one image every neuron is constant
+MIN_PROBE_IMAGES = 2
+
+
+def min_probe_images(similarity: str, params: dict[str, Any]) -> tuple[int, str]:
+    """The fewest probe images a dissection with `similarity(params)` can label from, and why.
+
+    One rule for `check` (probes whose size the study fixes: phantom(n), sample N) and the
+    run's pre-flight (every built probe), so neither finds out after the model passes.
+    """
+    if similarity == "rank_reorder":
+        fraction = params.get("top_fraction")
+        if isinstance(fraction, (int, float)) and 0 < fraction <= 1:
+            n = max(MIN_PROBE_IMAGES, math.ceil(1 / fraction))
+            while n > MIN_PROBE_IMAGES and math.floor((n - 1) * fraction) >= 1:
+                n -= 1  # float rounding of 1 / fraction
+            while math.floor(n * fraction) < 1:
+                n += 1
+            if n > MIN_PROBE_IMAGES:
+                return n, (f"rank_reorder ranks floor(N x top_fraction) images per neuron, which is 0 below "
+                           f"{n} images at top_fraction={fraction:g}")
+    return MIN_PROBE_IMAGES, "over fewer than 2 images every neuron is constant, so no label means anything"
 
 
 POOLINGS = ("avg", "max", "cls", "none")

@@ -44,6 +44,7 @@ from typing import Any
 import pandas as pd
 
 from dissect_study.dsl.vocabulary import CONCEPT_SOURCES
+from dissect_study.engine.files import regular_file
 from dissect_study.engine.registry import CONCEPT_LOADERS
 from dissect_study.errors import DissectStudyError
 
@@ -240,7 +241,7 @@ def _resolve(path: str, base_dir: str | Path, key: str) -> Path:
             f"{p}: concept file not found ({key}={path!r}). Paths are relative to the study file's folder ({base_dir}); "
             "check the spelling or give an absolute path."
         )
-    return p
+    return regular_file(p, f"concept file ({key}={path!r})", ConceptSetError)
 
 
 def _read_text(p: Path) -> str:
@@ -292,8 +293,8 @@ def _task_map(path: str | None, base_dir: str | Path, texts: list[str], warnings
     unknown: list[str] = []
     for task, items in data.items():
         tag = clean_text(str(task)).lower()
-        for it in items:
-            k = clean_text(str(it)).lower()
+        for i, it in enumerate(items):
+            k = _json_text(it, p, f"task {task!r} item {i + 1}").lower()
             if k not in known:
                 unknown.append(f"{it!r} ({tag})")
                 continue
@@ -455,7 +456,7 @@ def shipped_names() -> list[str]:
 def load_shipped(name: str, params: dict[str, Any], base_dir: str | Path) -> ConceptSet:
     set_name = params["name"]
     res = importlib.resources.files("dissect_study.concept_sets") / f"{set_name}.csv"
-    if not res.is_file():
+    if set_name not in shipped_names() or not res.is_file():  # a name, never a path out of the package
         raise ConceptSetError(
             f"no shipped concept set {set_name!r}; shipped sets are: {', '.join(shipped_names()) or 'none'}. "
             "Use txt(\"file\"), csv(\"file\"), xlsx(\"file\") or json(\"file\") for your own."
@@ -561,18 +562,30 @@ def load_xlsx(name: str, params: dict[str, Any], base_dir: str | Path) -> Concep
 # --------------------------------------------------------------------------- json
 
 
+def _json_text(value: Any, p: Path, where: str) -> str:
+    """A concept (or task/category name) from a JSON file: a string, never `null` or an object.
+
+    Why refuse: str() of anything else named concepts "None" or "{'x': 'y'}" without a word.
+    """
+    if isinstance(value, str):
+        return clean_text(value)
+    found = "null" if value is None else json.dumps(value)[:60]
+    raise ConceptSetError(f"{p}: {where}: expected a concept (a string in double quotes), found {found}.")
+
+
 def _json_categories(p: Path, warnings: list[str]) -> tuple[dict[str, _Cat], list[str]]:
     data = _read_json(p)
     if isinstance(data, list):
-        return {}, [clean_text(str(x)) for x in data if clean_text(str(x))]
+        texts = [_json_text(x, p, f"item {i + 1}") for i, x in enumerate(data)]
+        return {}, [t for t in texts if t]
     if not isinstance(data, dict):
         raise ConceptSetError(f"{p}: expected a JSON object {{category: [concept, ...]}} or {{category: {{subcategory: [...]}}}}.")
     cats: dict[str, _Cat] = {}
     order: list[str] = []
     cross: list[str] = []
 
-    def put(t: Any, category: str, sub: str | None) -> None:
-        t = clean_text(str(t))
+    def put(value: Any, category: str, sub: str | None, where: str) -> None:
+        t = _json_text(value, p, where)
         if not t:
             return
         k = t.lower()
@@ -585,14 +598,14 @@ def _json_categories(p: Path, warnings: list[str]) -> tuple[dict[str, _Cat], lis
     for cat, body in data.items():
         category = clean_text(str(cat))
         if isinstance(body, list):
-            for t in body:
-                put(t, category, None)
+            for i, t in enumerate(body):
+                put(t, category, None, f"{cat!r} item {i + 1}")
         elif isinstance(body, dict):
             for sub, items in body.items():
                 if not isinstance(items, list):
                     raise ConceptSetError(f"{p}: {cat!r} -> {sub!r} must be a list of concepts, not {type(items).__name__}.")
-                for t in items:
-                    put(t, category, clean_text(str(sub)))
+                for i, t in enumerate(items):
+                    put(t, category, clean_text(str(sub)), f"{cat!r} -> {sub!r} item {i + 1}")
         else:
             raise ConceptSetError(f"{p}: category {cat!r} must map to a list or to {{subcategory: [...]}}, not {type(body).__name__}.")
     if cross:

@@ -160,7 +160,7 @@ def build_plan(study: CheckedStudy) -> Plan:
     needed_probes = _probe_closure(study.probes, pr)
 
     plan.concept_sets = [_decl("concepts", rd) for n, rd in study.concepts.items() if n in cs]
-    plan.probes = [_decl("probe", rd) for n, rd in study.probes.items() if n in needed_probes]
+    plan.probes = [_decl("probe", study.probes[n]) for n in _members_first(study.probes) if n in needed_probes]
     plan.dissectors = [_decl("dissector", rd) for n, rd in study.dissectors.items() if n in di]
     plan.targets = [_decl("target", rd) for n, rd in study.targets.items() if n in ta]
 
@@ -190,6 +190,29 @@ def _shared_image_passes(plan: Plan) -> dict[tuple[str, str], tuple[str, str]]:
 def _append_once(bucket: list[tuple[str, str]], key: tuple[str, str]) -> None:
     if key not in bucket:
         bucket.append(key)
+
+
+def _members_first(probes: dict[str, ResolvedDecl]) -> list[str]:
+    """Probe names in declaration order, except that a union comes after the probes it names.
+
+    Why: a study may declare `probe mix = union(a, b)` above `a` and `b` (declarations
+    may point forward), but a union is built from its built members.  The checker has
+    refused cycles, so the depth-first order always ends.
+    """
+    order: list[str] = []
+    placed: set[str] = set()
+
+    def place(name: str, trail: frozenset[str]) -> None:
+        if name in placed or name not in probes or name in trail:
+            return
+        for ref in probes[name].params.get("refs", []) or []:
+            place(ref, trail | {name})
+        placed.add(name)
+        order.append(name)
+
+    for name in probes:
+        place(name, frozenset())
+    return order
 
 
 def _probe_closure(probes: dict[str, ResolvedDecl], wanted: set[str]) -> set[str]:
