@@ -328,13 +328,13 @@ def query(sql: str, db: str | None, fmt_: str, max_width: int | None) -> None:
     """
     import duckdb
 
-    from dissect_study.engine.store.database import StoreError, connect
+    from dissect_study.engine.store.database import StoreError, check_read_only_sql, connect
 
     con = connect(_results_db(db), read_only=True)
     try:
         # no file access from a query: `query` must not write (COPY ... TO) or read outside the database
         con.execute("SET enable_external_access = false")
-        rel = con.execute(sql)
+        rel = con.execute(check_read_only_sql(sql, con))
         if rel.description is None:
             return
         df = rel.df()

@@ -9,12 +9,22 @@ expensive work happens before, cached on disk, and only finished results are
 inserted.  A crash, Ctrl-C or SIGKILL at any moment therefore leaves earlier runs
 intact and no partial run visible -- DuckDB's WAL never replays an uncommitted
 transaction.
+
+Only one process may write a DuckDB file, and none while another reads it.  A
+finished run must not be lost to that: `write_run` waits for the lock (saying which
+process holds it) up to `DISSECT_STUDY_LOCK_TIMEOUT` seconds, and if it never
+comes, stores the run in a staging file beside the database
+(`results.duckdb.staged/<run_id>.duckdb`) that the next access merges.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
+import os
+import re
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -243,19 +253,123 @@ VIEWS: dict[str, str] = {
 }
 
 
+logger = logging.getLogger(__name__)
+
+
 class StoreError(DissectStudyError):
     """A database that cannot be opened or has an incompatible schema."""
 
 
-def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+class StoreLockedError(StoreError):
+    """Another process held the database's lock for longer than the wait allowed."""
+
+
+class RunStagedError(StoreError):
+    """The database stayed locked, so the finished run was written to a staging file instead."""
+
+    def __init__(self, message: str, staged: Path) -> None:
+        super().__init__(message)
+        self.staged = staged
+
+
+class ReadOnlySqlError(StoreError):
+    """SQL that `query` refuses: empty, or a statement that could change anything (exit 1, as DuckDB's own refusals)."""
+
+
+#: seconds to wait for another process's lock on the database (run, query, report)
+LOCK_TIMEOUT_ENV = "DISSECT_STUDY_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT = 120.0
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
+
+
+def lock_timeout() -> float:
+    """The lock wait: $DISSECT_STUDY_LOCK_TIMEOUT seconds (0: do not wait), else DEFAULT_LOCK_TIMEOUT."""
+    text = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_LOCK_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise StoreError(f"{LOCK_TIMEOUT_ENV}={text!r} must be a number of seconds >= 0")
+    return value
+
+
+def lock_holder(message: str) -> str | None:
+    """'PID n (command line)' of the process DuckDB's lock error names, or None when it names none."""
+    m = _LOCK_HOLDER.search(message)
+    if m is None:
+        return None
+    pid = m.group("pid")
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        command = " ".join(part.decode(errors="replace") for part in raw.split(b"\0") if part)
+    except OSError:
+        command = ""
+    return f"PID {pid} ({command[:200] or m.group('exe')})"
+
+
+def _is_lock_error(e: duckdb.Error) -> bool:
+    return "Could not set lock" in str(e) or "Conflicting lock" in str(e)
+
+
+def _open(path: Path, read_only: bool, wait: float) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect, retried while another process holds the lock, for up to `wait` seconds."""
+    deadline = time.monotonic() + wait
+    pause = 0.1
+    waiting = False
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+        except duckdb.Error as e:  # locked, corrupt, not a DuckDB file
+            if not _is_lock_error(e):
+                raise StoreError(f"{path}: cannot open the results database: {e}") from None
+            holder = lock_holder(str(e)) or "another process"
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreLockedError(
+                    f"{path} is locked by {holder}" + (f", still after {wait:.0f}s" if wait else "")
+                    + f"; let it finish (or close it), or raise {LOCK_TIMEOUT_ENV}") from None
+            if not waiting:
+                waiting = True
+                logger.warning(f"waiting for the lock on {path} held by {holder} "
+                               f"(up to {wait:.0f}s; {LOCK_TIMEOUT_ENV} sets the wait)")
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 2.0)
+            continue
+        if waiting:
+            logger.info(f"lock on {path} released")
+        return con
+
+
+def connect(path: str | Path, read_only: bool = False, wait: float | None = None) -> duckdb.DuckDBPyConnection:
+    """Open the results database, waiting up to `wait` seconds (default: `lock_timeout()`) for a lock.
+
+    Read-only opens (query, report) first merge runs staged beside the database when
+    it can be written, and warn about a database written by a newer schema.
+    """
     path = Path(path)
     if read_only and not path.exists():
         raise StoreError(f"{path}: no results database here; run a study first (dissect-study run FILE.study)")
-    try:
-        con = duckdb.connect(str(path), read_only=read_only)
-    except duckdb.Error as e:  # locked, corrupt, not a DuckDB file
-        raise StoreError(f"{path}: cannot open the results database: {e}") from None
+    wait = lock_timeout() if wait is None else wait
+    if read_only and staged_runs(path):
+        _merge_before_reading(path)
+    con = _open(path, read_only, wait)
+    if read_only:
+        _warn_if_newer(con, path)
     return con
+
+
+def _warn_if_newer(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    try:
+        row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+    except duckdb.Error:
+        return  # not a results database (yet): the caller's query says so
+    if row and row[0] is not None and row[0] > SCHEMA_VERSION:
+        logger.warning(f"{path} has schema version {row[0]}, newer than this dissect-study reads "
+                       f"({SCHEMA_VERSION}): tables may have changed meaning and what is shown may be wrong; "
+                       "upgrade dissect-study to read it")
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -322,29 +436,174 @@ def _jsonify(df: pd.DataFrame, con: duckdb.DuckDBPyConnection, table: str) -> pd
     return out
 
 
-def write_run(db_path: str | Path, record: RunRecord) -> None:
-    """Insert a finished run in one transaction (all or nothing)."""
-    con = connect(db_path)
+def write_run(db_path: str | Path, record: RunRecord, wait: float | None = None) -> Path:
+    """Insert a finished run in one transaction (all or nothing); returns the database.
+
+    While another process holds the lock, waits up to `wait` seconds (default:
+    `lock_timeout()`), saying who holds it.  If the lock never comes, the run goes to a
+    staging file beside the database and `RunStagedError` says where: finished work is
+    never lost to a lock.  Runs staged earlier are merged first.
+    """
+    db_path = Path(db_path)
+    try:
+        con = connect(db_path, wait=wait)
+    except StoreLockedError as e:
+        staged = stage_run(db_path, record)
+        raise RunStagedError(
+            f"{e}.\nThe finished run {record.run_id} is saved in {staged}; the next dissect-study run, query or "
+            f"report on {db_path} merges it (or render it now: dissect-study report --db {staged})", staged) from None
     try:
         ensure_schema(con)
-        con.execute("BEGIN TRANSACTION")
-        try:
-            run = dict(record.run)
-            run["run_id"] = record.run_id
-            _insert(con, "runs", pd.DataFrame([run]))
-            for table, frames in record.frames.items():
-                for df in frames:
-                    df = df.copy()
-                    df["run_id"] = record.run_id
-                    _insert(con, table, df)
-            for step in record.derive:
-                step(con, record.run_id)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        _merge_staged(con, db_path)
+        _insert_run(con, record)
     finally:
         con.close()
+    return db_path
+
+
+def _insert_run(con: duckdb.DuckDBPyConnection, record: RunRecord) -> None:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        run = dict(record.run)
+        run["run_id"] = record.run_id
+        _insert(con, "runs", pd.DataFrame([run]))
+        for table, frames in record.frames.items():
+            for df in frames:
+                df = df.copy()
+                df["run_id"] = record.run_id
+                _insert(con, table, df)
+        for step in record.derive:
+            step(con, record.run_id)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+# ----------------------------------------------------------------------------- staged runs
+
+def staging_dir(db_path: str | Path) -> Path:
+    """Where runs wait that could not be written to `db_path`: `<db>.staged/` beside it."""
+    p = Path(db_path)
+    return p.with_name(p.name + ".staged")
+
+
+def staged_runs(db_path: str | Path) -> list[Path]:
+    """Complete staged run files of `db_path`, oldest run first (run ids sort by time)."""
+    folder = staging_dir(db_path)
+    try:
+        return sorted(f for f in folder.glob("*.duckdb") if f.is_file())
+    except OSError:
+        return []
+
+
+def stage_run(db_path: str | Path, record: RunRecord) -> Path:
+    """Write one finished run into its own DuckDB file beside `db_path` (complete or absent)."""
+    folder = staging_dir(db_path)
+    final = folder / f"{record.run_id}.duckdb"
+    tmp = folder / f".{record.run_id}.duckdb.partial"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        con = duckdb.connect(str(tmp))
+        try:
+            ensure_schema(con)
+            _insert_run(con, record)
+        finally:
+            con.close()
+        os.replace(tmp, final)
+    except (OSError, duckdb.Error) as e:
+        raise StoreError(f"{db_path} is locked and the finished run {record.run_id} could not be staged in "
+                         f"{folder} either: {e}") from None
+    return final
+
+
+def _merge_staged(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
+    """Move every staged run of `db_path` into it (one transaction per file), then delete the file."""
+    for i, f in enumerate(staged_runs(db_path)):
+        alias = f"staged_{i}"
+        try:
+            con.execute(f"ATTACH '{_sql_str(str(f))}' AS {alias} (READ_ONLY)")
+        except duckdb.Error as e:
+            logger.warning(f"staged run {f} cannot be read ({e}); it is left where it is")
+            continue
+        try:
+            version = con.execute(f"SELECT max(version) FROM {alias}.schema_version").fetchone()
+            if version is None or version[0] != SCHEMA_VERSION:
+                logger.warning(f"staged run {f} has schema version {version and version[0]}, not {SCHEMA_VERSION}; "
+                               "it is left where it is")
+                continue
+            ids = [r[0] for r in con.execute(f"SELECT run_id FROM {alias}.runs WHERE run_id NOT IN "
+                                             "(SELECT run_id FROM main.runs)").fetchall()]
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for table in TABLES:
+                    if table != "schema_version" and ids:
+                        con.execute(f'INSERT INTO main."{table}" BY NAME SELECT * FROM {alias}."{table}" '
+                                    f"WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        finally:
+            con.execute(f"DETACH {alias}")
+        f.unlink(missing_ok=True)
+        logger.info(f"merged staged run(s) {', '.join(ids) or '(already present)'} from {f} into {db_path}")
+    folder = staging_dir(db_path)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _merge_before_reading(path: Path) -> None:
+    """Merge staged runs before a read, if the database can be written now; else say they wait."""
+    try:
+        con = _open(path, read_only=False, wait=0)
+    except StoreError as e:
+        logger.warning(f"{len(staged_runs(path))} finished run(s) wait in {staging_dir(path)} and are not in "
+                       f"{path} yet ({e}); the next access that can write merges them")
+        return
+    try:
+        _merge_staged(con, path)
+    except duckdb.Error as e:  # not a results database: the read says so
+        logger.warning(f"finished run(s) in {staging_dir(path)} could not be merged into {path}: {e}")
+    finally:
+        con.close()
+
+
+def _sql_str(text: str) -> str:
+    return text.replace("'", "''")
+
+
+# ----------------------------------------------------------------------------- read-only SQL
+
+#: statements `query` runs: reads.  CALL/PRAGMA only of the read-only table functions below.
+_READ_TYPES = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
+_READ_CALLS = re.compile(
+    r"\s*(CALL|PRAGMA)\s+(pragma_\w+|table_info|show_tables(_expanded)?|show_databases|database_size|"
+    r"storage_info|version|platform|duckdb_\w+)\s*(\(|;|$)", re.IGNORECASE)
+
+
+def check_read_only_sql(sql: str, con: duckdb.DuckDBPyConnection) -> str:
+    """`sql` if every statement only reads; locks `con`'s settings; else ReadOnlySqlError.
+
+    Why both: the statement types refuse writes with a clear message before anything
+    runs, and locking the configuration (after the caller's `SET`s) stops what a
+    statement type cannot show -- `CALL enable_logging(storage='file', ...)` used to
+    abort the process.  A parse error is DuckDB's own (duckdb.Error).
+    """
+    statements = con.extract_statements(sql)
+    if not statements:
+        raise ReadOnlySqlError("no SQL statement given; for example: dissect-study query \"SELECT * FROM runs\"")
+    for st in statements:
+        if st.type in _READ_TYPES or (st.type in (duckdb.StatementType.CALL, duckdb.StatementType.PRAGMA)
+                                      and _READ_CALLS.match(st.query)):
+            continue
+        text = " ".join(st.query.split())
+        raise ReadOnlySqlError(
+            f"query only reads: {st.type.name} statements are refused ({text[:80]}{'...' if len(text) > 80 else ''}); "
+            "use SELECT (or DESCRIBE, SHOW, EXPLAIN); a run writes the database")
+    con.execute("SET lock_configuration = true")
+    return sql
 
 
 def _insert(con: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame) -> None:
