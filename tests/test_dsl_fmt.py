@@ -11,7 +11,7 @@ from dissect_study.dsl.parser import RESERVED
 
 NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,6}", fullmatch=True).filter(lambda s: s not in RESERVED)
 WS = st.sampled_from([" ", "  ", "\n", "\n    ", " # note\n", "\t"])
-STRINGS = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=12).map(
+STRINGS = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=12).map(
     lambda s: '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"')
 NUMBERS = st.one_of(st.integers(-10**6, 10**6).map(str),
                     st.floats(allow_nan=False, allow_infinity=False, width=32).map(repr))
