@@ -161,6 +161,7 @@ class Executor:
 
     # ------------------------------------------------------------------ all
     def execute(self) -> RunResult:
+        from dissect_study.engine import preflight
         from dissect_study.engine.analyses.execute import analyses, calibration, sanity
         from dissect_study.engine.build import build
         from dissect_study.engine.passes.execute import run_passes
@@ -172,7 +173,9 @@ class Executor:
         started = _dt.datetime.now()
         if self.cache.enabled:
             self.log.info(f"cache     {self.cache.root} (--cache-dir or $DISSECT_STUDY_CACHE moves it)")
+        preflight.before_build(self)
         build(self)
+        preflight.after_build(self)
         run_passes(self)
         score(self)
         describe_inputs(self)

@@ -361,6 +361,45 @@ def connect(path: str | Path, read_only: bool = False, wait: float | None = None
     return con
 
 
+def check_writable_database(path: str | Path) -> None:
+    """Refuse now a database `write_run` would refuse at the end of a run (engine/preflight.py).
+
+    A missing folder, a folder or a non-DuckDB file in its place, a read-only file or
+    a newer schema; a bad $DISSECT_STUDY_LOCK_TIMEOUT too.  A lock held right now is no
+    reason: `write_run` waits for it.
+    """
+    lock_timeout()
+    p = Path(path).expanduser()
+    if not p.exists():
+        parent = p.parent.resolve()
+        if not parent.is_dir():
+            raise StoreError(f"{p}: the folder {parent} does not exist; create it or choose another --db")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise StoreError(f"{p}: cannot create the results database, the folder {parent} is not writable")
+        return
+    if p.is_dir():
+        raise StoreError(f"{p} is a folder; --db names the results file, e.g. {p / 'results.duckdb'}")
+    if not p.is_file():
+        raise StoreError(f"{p} is not a regular file; --db names a DuckDB results file")
+    if not os.access(p, os.W_OK):
+        raise StoreError(f"{p} is not writable; choose another --db")
+    try:
+        con = duckdb.connect(str(p), read_only=True)
+    except duckdb.Error as e:
+        if _is_lock_error(e) or "different configuration" in str(e):
+            return  # busy now (another process, or this one): write_run waits for it
+        raise StoreError(f"{p}: not a database DuckDB can open ({e}); choose another --db") from None
+    try:
+        row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+    except duckdb.Error:
+        row = None  # a DuckDB file without our tables: write_run adds them
+    finally:
+        con.close()
+    if row and row[0] is not None and row[0] > SCHEMA_VERSION:
+        raise StoreError(f"{p} has schema version {row[0]}, newer than this dissect-study writes "
+                         f"({SCHEMA_VERSION}); upgrade dissect-study or choose another --db")
+
+
 def _warn_if_newer(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     try:
         row = con.execute("SELECT max(version) FROM schema_version").fetchone()
