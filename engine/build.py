@@ -33,7 +33,7 @@ def build(ex: Executor) -> None:
     device = _device(ex.opt.device or _study_device(ex))
     ex.device = device
     ctx = BuildContext(base_dir=ex.base_dir, cache_dir=str(ex.cache.root), device=device,
-                       log=ex.log.info, probes=ex.probes)
+                       log=ex.log.info, probes=ex.probes, warn=lambda m: ex.log.warn("build", m))
     ex.ctx = ctx
     for step in ex.plan.concept_sets:
         _unset_env_check(step.name, step.params)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dissect_study.engine.models.base import BuildContext
 from dissect_study.engine.probes import ProbeError, build_probe
 from dissect_study.engine.probes.base import Probe, ProbeItem
 from dissect_study.engine.probes.compose import apply_sample, balanced_quotas, sample_indices
@@ -37,12 +37,13 @@ class Sample:  # the DSL's Sample(n, balanced_by, seed), as the factory receives
     seed: int = 0
 
 
-CTX = SimpleNamespace(base_dir=".", cache_dir=".", log=lambda m: LOGS.append(m))
+CTX = BuildContext(base_dir=".", cache_dir=".", log=lambda m: LOGS.append(m), warn=lambda m: LOGS.append(m))
 
 
 def ctx_with(probes):
     """A build context holding already-built probes, as the executor's does for `union`."""
-    return SimpleNamespace(base_dir=".", cache_dir=".", log=lambda m: LOGS.append(m), probes=probes)
+    return BuildContext(base_dir=".", cache_dir=".", log=lambda m: LOGS.append(m), warn=lambda m: LOGS.append(m),
+                        probes=probes)
 LOGS: list[str] = []
 
 

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
-
-from dissect_study.engine.probes import ProbeError, build_probe
-from dissect_study.engine.probes.base import ImageUnreadable
-from dissect_study.dsl.vocabulary import PROBE_SOURCES
-
 from test_probes_decode import ramp16, write_dicom
 
+from dissect_study.dsl.vocabulary import PROBE_SOURCES
+from dissect_study.engine.models.base import BuildContext
+from dissect_study.engine.probes import ProbeError, build_probe
+from dissect_study.engine.probes.base import ImageUnreadable
 
-def ctx_for(base: Path, logs: list[str] | None = None):
-    return SimpleNamespace(base_dir=str(base), cache_dir=str(base / ".cache"),
-                           log=(logs.append if logs is not None else (lambda m: None)))
+
+def ctx_for(base: Path, logs: list[str] | None = None) -> BuildContext:
+    sink = logs.append if logs is not None else (lambda m: None)
+    return BuildContext(base_dir=str(base), cache_dir=str(base / ".cache"), log=sink, warn=sink)
 
 
 def png(path: Path, value: int = 100, shape=(6, 5), dtype=np.uint8) -> Path:

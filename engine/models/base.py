@@ -23,6 +23,7 @@ A factory registers under the source-function name a study uses
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -155,6 +156,15 @@ class BuildContext:
     log: Callable[[str], None] = print
     #: already-built probes by study name (`union(a, b)` refers to them)
     probes: dict[str, Any] = field(default_factory=dict)
+    #: where a factory's warnings go; a run records them in its `warnings` table
+    warn: Callable[[str], None] | None = None
+
+    def warning(self, message: str) -> None:
+        """A warning about what is being built (a config that disagrees, a sample cut short)."""
+        if self.warn is not None:
+            self.warn(message)
+        else:
+            logging.getLogger(__name__).warning(message)
 
 
 #: `dissector NAME = func(...)`: (NAME, validated parameters, context) -> Dissector

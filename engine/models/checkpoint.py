@@ -661,9 +661,10 @@ def _check_container(path: Path, param: str | None) -> None:
 
 
 def _note(log: Callable[[str], None] | None, message: str) -> None:
-    logger.warning(message)
     if log is not None:
         log(message)
+    else:
+        logger.warning(message)
 
 
 def _refusal(where: str, found: list[tuple[str, str]], names: list[str]) -> CheckpointError:

@@ -156,7 +156,7 @@ def build_classifier(name: str, params: dict[str, Any], ctx: BuildContext) -> Ef
         task=params.get("task"),
         n_class=params.get("n_class"),
         trust=bool(params.get("trust_checkpoint", False)),
-        log=ctx.log,
+        log=ctx.warning,
         name=name,
     )
     return t.to(ctx.device)

@@ -530,9 +530,10 @@ def _check_config(
             notes.append(f"its config has base.{key} = {cfg[key]} but Mammo-CLIP preprocessing uses {ours}")
     for note in notes:
         message = f"checkpoint {path}: {note}"
-        logger.warning(message)
         if log is not None:
             log(message)
+        else:
+            logger.warning(message)
 
 
 def load_mammo_clip(
@@ -689,7 +690,7 @@ def build_mammo_clip(name: str, params: dict[str, Any], ctx: BuildContext) -> Ma
         text,
         variant=params.get("variant", "auto"),
         trust=bool(params.get("trust_checkpoint", False)),
-        log=ctx.log,
+        log=ctx.warning,
         image_size=tuple(params.get("image_size", IMAGE_SIZE)),
     )
     d.name = name
@@ -707,7 +708,7 @@ def build_mammo_clip_general(name: str, params: dict[str, Any], ctx: BuildContex
         variant=params.get("variant", "b5"),
         projection_seed=int(params.get("projection_seed", 0)),
         trust=bool(params.get("trust_checkpoint", False)),
-        log=ctx.log,
+        log=ctx.warning,
         image_size=tuple(params.get("image_size", IMAGE_SIZE)),
     )
     d.name = name

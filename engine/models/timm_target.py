@@ -202,7 +202,7 @@ def build_timm(name: str, params: dict[str, Any], ctx: BuildContext) -> TimmTarg
         weights,
         num_classes=params.get("num_classes"),
         trust=bool(params.get("trust_checkpoint", False)),
-        log=ctx.log,
+        log=ctx.warning,
         name=name,
     )
     t.to(ctx.device)

@@ -51,7 +51,7 @@ def build_probe(name: str, func: str, params: dict[str, Any], ctx: Any, sample: 
     if sample is not None:
         from dissect_study.engine.probes.compose import apply_sample
 
-        probe = apply_sample(probe, sample, log=ctx.log)
+        probe = apply_sample(probe, sample, log=ctx.warning)
     return probe
 
 

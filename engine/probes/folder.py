@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ COUNTED_ATTRIBUTES = ("view", "laterality", "density", "birads", "mass", "calcif
 
 
 # --------------------------------------------------------------------------- paths
-def user_path(value: str, ctx: Any, what: str, kind: str = "any") -> Path:
+def user_path(value: str | None, ctx: Any, what: str, kind: str = "any") -> Path:
     """A path written in the study, resolved against the study's folder; must exist.
 
     `what` names the declaration key in errors (e.g. "probe vindr_test: root");
@@ -200,7 +201,7 @@ def build_folder(name: str, params: dict[str, Any], ctx: Any) -> FileProbe:
     """
     root = user_path(params.get("path"), ctx, f"probe {name}: path", kind="dir")
     recursive = bool(params.get("recursive", True))
-    files = iter_image_files(root, recursive, log=getattr(ctx, "log", None))
+    files = iter_image_files(root, recursive, log=getattr(ctx, "warning", None))
     if not files:
         raise ProbeError(
             f"probe {name}: no image files ({', '.join(IMAGE_SUFFIXES)}) under {root}"

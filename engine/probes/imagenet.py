@@ -40,7 +40,7 @@ def build_imagenet(name: str, params: dict[str, Any], ctx: Any) -> FileProbe:
         raise ProbeError(f"probe {name}: the class folders under {root} hold no image files.")
     empty = [c for c, n in counts.items() if n == 0]
     if empty and getattr(ctx, "log", None):
-        ctx.log(f"probe {name}: {len(empty)} class folder(s) without images: {', '.join(empty[:5])}")
+        ctx.warning(f"probe {name}: {len(empty)} class folder(s) without images: {', '.join(empty[:5])}")
     info = {
         "kind": "imagenet",
         "root": str(root),
