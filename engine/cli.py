@@ -174,9 +174,12 @@ def _check_paths(paths: tuple[str, ...], quiet_ok: bool = False) -> tuple[int, l
 
 
 def _read_quietly(path: str) -> str:
+    """The study's text for rendering diagnostics; "" where it cannot be read (a FIFO, /dev/zero, ...)."""
+    from dissect_study.dsl import StudyError, read_study_text
+
     try:
-        return Path(path).read_text(encoding="utf-8", errors="replace")
-    except (OSError, ValueError):
+        return read_study_text(path)
+    except StudyError:
         return ""
 
 
@@ -218,7 +221,9 @@ def fmt(files: tuple[str, ...], check_only: bool, stdout: bool) -> None:
                 click.echo(f"{p}: would reformat")
                 status = 1
         elif text != original:
-            Path(p).write_text(text, encoding="utf-8")
+            from dissect_study.engine.atomic import write_bytes_atomic
+
+            write_bytes_atomic(Path(p), text.encode("utf-8"))  # an interrupted fmt never truncates a study
             click.echo(f"{p}: reformatted")
     sys.exit(status)
 
@@ -275,6 +280,12 @@ def run(file: str, db: str | None, cache_dir: str | None, no_cache: bool, device
                       use_cache=not no_cache, device=device, batch_size=batch_size, quiet=quiet,
                       strict=strict, reports=not no_report, calibration=not no_calibration)
     ctx.meta[_NOTE] = "earlier runs are intact; a run is stored only once computed (cached work is kept)"
+
+    def stored(run_id: str, db_path: Path) -> None:  # from here on, a failure can only be the report's
+        ctx.meta[_NOTE] = (f"run {run_id} is stored in {db_path}; its report was not written or changed -- "
+                           f"render it with: dissect-study report --db {db_path} --run {run_id}")
+
+    opts.on_stored = stored
     result = run_study(study, opts)
     click.echo(f"run {result.run_id} finished in {result.seconds:.1f}s -> {result.db}")
     for p in result.reports:

@@ -58,6 +58,8 @@ class RunOptions:
     strict: bool = False
     reports: bool = True
     calibration: bool = True
+    #: called with (run_id, database) once the run is committed, before its reports are rendered
+    on_stored: Callable[[str, Path], None] | None = None
 
 
 @dataclass
@@ -195,6 +197,8 @@ class Executor:
         db = Path(self.opt.db) if self.opt.db else Path(self.base_dir) / RESULTS_DB_NAME
         store.write_run(db, self.record)
         self.log.info(f"stored    run {self.run_id} in {db}")
+        if self.opt.on_stored is not None:
+            self.opt.on_stored(self.run_id, db)
         result = RunResult(run_id=self.run_id, db=db, warnings=[m for _, m in self.log.warnings])
         if self.opt.reports:
             from dissect_study.engine.report import write_report

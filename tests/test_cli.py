@@ -180,3 +180,19 @@ def test_check_imports_no_torch(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_report_failure_after_the_run_is_stored_says_so(tmp_path: Path, monkeypatch) -> None:
+    """Issue 14 item 8: once the run is committed, a failing report must not claim nothing was written."""
+    import dissect_study.engine.run as run_mod
+    from dissect_study.engine.report.render import ReportWriteError
+
+    def fake_run_study(study, opts):
+        opts.on_stored("r42", tmp_path / "r.duckdb")  # what the executor calls right after the commit
+        raise ReportWriteError("report: cannot write out/report.html: disk full")
+
+    monkeypatch.setattr(run_mod, "run_study", fake_run_study)
+    res = CliRunner().invoke(cli, ["run", str(_write(tmp_path, GOOD))])
+    assert res.exit_code == 1
+    assert "run r42 is stored in" in res.output and "dissect-study report --db" in res.output
+    assert "earlier runs are intact" not in res.output

@@ -293,3 +293,16 @@ def test_an_unset_report_path_is_refused_before_any_work(tmp_path: Path, monkeyp
     with pytest.raises(RunError, match="report: parameter 'out' comes from the environment variable H4_UNSET_OUT"):
         run_study(study, RunOptions(db=tmp_path / "r.duckdb", cache_dir=tmp_path / "cache"))
     assert not (tmp_path / "r.duckdb").exists() and not (tmp_path / "cache").exists()
+
+
+def test_on_stored_is_called_after_the_commit_and_before_reports(tmp_path: Path, tiny_models) -> None:
+    seen: list[tuple[str, Path, bool]] = []
+
+    def stored(run_id: str, db: Path) -> None:
+        with duckdb.connect(str(db), read_only=True) as con:
+            committed = con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchone()[0] == 1
+        seen.append((run_id, db, committed and not (tmp_path / "out" / "report.html").exists()))
+
+    res, db = _run(tmp_path, on_stored=stored)
+    assert seen == [(res.run_id, db, True)]
+    assert (tmp_path / "out" / "report.html").exists()
