@@ -229,7 +229,8 @@ PROBE_SOURCES: dict[str, Function] = {
             (
                 _p("n", "int", 400, "Number of synthetic mammograms.", min=1, max=100_000),
                 _seed(),
-                _p("height", "int", 320, "Image height in pixels; width follows Mammo-CLIP's 1520x912 aspect.", min=32),
+                _p("height", "int", 320, "Image height in pixels; width follows Mammo-CLIP's 1520x912 aspect.", min=32,
+                   max=4096),
             ),
             "Procedural mammogram phantoms with ground-truth attributes (synthetic).",
         ),
@@ -445,14 +446,14 @@ DISSECT_OPTIONS: dict[str, Param] = {
     p.name: p
     for p in [
         _p("pooling", "str", "avg", "Spatial pooling of conv outputs (cls: token 0 of ViT outputs).", choices=POOLINGS),
-        _p("batch", "int", None, "Images per forward pass (default: the model's own).", min=1),
+        _p("batch", "int", None, "Images per forward pass (default: the model's own).", min=1, max=4096),
         _p("device", "str", "auto", choices=DEVICES),
         _p("precision", "str", "fp32", "bf16 autocast is used on CUDA only.", choices=PRECISIONS),
         _p("top_concepts", "int", 10, "Concepts stored per neuron.", min=1),
         _p("top_images", "int", 5, "Probe images stored per neuron.", min=1),
         _p("dedup_images", "bool", True, "De-duplicate probe rows by image id."),
         _p("dissector_train_mode", "bool", False, "Reference parity: run the dissector image tower in train mode."),
-        _p("workers", "int", 0, "DataLoader worker processes.", min=0),
+        _p("workers", "int", 0, "DataLoader worker processes.", min=0, max=256),
     ]
 }
 

@@ -660,3 +660,18 @@ def test_item15_huge_integers_are_a_diagnostic_not_a_crash() -> None:
         assert [d.code for d in err.value.diagnostics] == ["number-range"]
         assert len(str(err.value)) < 2000
     assert json.dumps(parse("probe p = f(n=9223372036854775807)\n").statements[0].source.args[0].value.value)
+
+
+def test_item02_parameters_that_size_memory_or_processes_are_bounded(tmp_path):
+    """One number must not be able to ask for a million-pixel phantom or 100,000 loader processes."""
+    from dissect_study.dsl import check_text
+
+    text = (
+        'study "x"\nconcepts c = shipped("mammo_v1")\nprobe p = phantom(n=20, height=1000000)\n'
+        'dissector d = demo()\ntarget M = demo("M")\n'
+        "dissect M at layers last by d on p with concepts c workers 100000 batch 1000000\n"
+    )
+    study, diags = check_text(text, str(tmp_path / "s.study"))
+    assert study is None
+    msgs = " | ".join(d.message for d in diags)
+    assert "'height' must be <= 4096" in msgs and "'workers' must be <= 256" in msgs and "'batch' must be <= 4096" in msgs
