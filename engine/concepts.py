@@ -332,9 +332,9 @@ def _finish(
     warnings.extend(overlap_warnings(texts, where, variants))
     # a subcategory name under two categories would merge in subcategory counts
     owners: dict[str, set[str]] = {}
-    for c in concepts:
-        if c.subcategory and c.category:
-            owners.setdefault(c.subcategory, set()).add(c.category)
+    for concept in concepts:
+        if concept.subcategory and concept.category:
+            owners.setdefault(concept.subcategory, set()).add(concept.category)
     shared = sorted(s for s, cs in owners.items() if len(cs) > 1)
     if shared:
         warnings.append(f"{where}: subcategory name(s) used under several categories (merged in subcategory counts): {_examples(shared)}")

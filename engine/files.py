@@ -37,6 +37,8 @@ def regular_file(path: str | os.PathLike[str], what: str, error: type[DissectStu
         raise error(f"{p}: the {what} is a folder; name a file")
     if not stat.S_ISREG(st.st_mode):
         kind = next((word for test, word in _KINDS if test(st.st_mode)), "not a regular file")
-        raise error(f"{p}: the {what} is {kind}, not a file on disk; reading it could wait forever. "
-                    "Save the content to a file and name that file.")
+        raise error(
+            f"{p}: the {what} is {kind}, not a file on disk; reading it could wait forever. "
+            "Save the content to a file and name that file."
+        )
     return p

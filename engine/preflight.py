@@ -96,8 +96,10 @@ def _cache(ex: Executor) -> list[str]:
             problem = f"{root} is not writable ({e.strerror or e})"
     if problem is None:
         return []
-    return [f"the cache folder cannot be used: {problem}; choose another with --cache-dir DIR or "
-            "$DISSECT_STUDY_CACHE" + ("" if _uses_demo_models(ex) else ", or run with --no-cache")]
+    return [
+        f"the cache folder cannot be used: {problem}; choose another with --cache-dir DIR or "
+        "$DISSECT_STUDY_CACHE" + ("" if _uses_demo_models(ex) else ", or run with --no-cache")
+    ]
 
 
 def _report_folders(ex: Executor) -> list[str]:
@@ -142,8 +144,10 @@ def _probe_sizes(ex: Executor) -> list[str]:
         n = len({it.image_id for it in probe.items}) if x.options.get("dedup_images", True) else len(probe)
         need, why = min_probe_images(x.similarity, x.similarity_params)
         if n < need:
-            problems.append(f"dissect {x.target} (line {x.line}): probe {x.probe} has {n} usable image"
-                            f"{'s' * (n != 1)}, {x.similarity} needs at least {need}: {why}")
+            problems.append(
+                f"dissect {x.target} (line {x.line}): probe {x.probe} has {n} usable image"
+                f"{'s' * (n != 1)}, {x.similarity} needs at least {need}: {why}"
+            )
     return problems
 
 
@@ -177,8 +181,10 @@ def _neuron_units(ex: Executor) -> list[str]:
         for layer in layers:
             width = widths.get(layer, 0)
             if width > 0 and a.unit >= width:
-                problems.append(f"line {a.span.line}: {a.text!r}: layer {layer} of {model} has {width} neurons "
-                                f"(units 0..{width - 1}), so there is no unit {a.unit}")
+                problems.append(
+                    f"line {a.span.line}: {a.text!r}: layer {layer} of {model} has {width} neurons "
+                    f"(units 0..{width - 1}), so there is no unit {a.unit}"
+                )
     return problems
 
 
