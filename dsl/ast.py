@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Union
 
 #: `${name}` inside a string: the one spelling of interpolation (the checker expands it; the parser
 #: bounds how long an expansion can get)
@@ -37,11 +36,11 @@ class Span:
 
 
 def _span() -> Span:
-    return field(compare=False, repr=False)  # type: ignore[return-value]
+    return field(compare=False, repr=False)
 
 
 def _opt_span() -> Span | None:
-    return field(default=None, compare=False, repr=False)  # type: ignore[return-value]
+    return field(default=None, compare=False, repr=False)
 
 
 # --------------------------------------------------------------------------- values
@@ -80,12 +79,12 @@ class Env:
     """`env("VAR")` or `env("VAR", default)`: a value read from the environment at check/run time."""
 
     var: str
-    default: "Value | None"
+    default: Value | None
     span: Span = _span()
     var_span: Span | None = _opt_span()
 
 
-Value = Union[Str, Num, Bool, Ident, Env]
+Value = Str | Num | Bool | Ident | Env
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,7 @@ class LayerAll:
     span: Span = _span()
 
 
-LayerItem = Union[LayerName, LayerRange, LayerAll]
+LayerItem = LayerName | LayerRange | LayerAll
 
 
 # --------------------------------------------------------------------------- statements
@@ -281,7 +280,7 @@ class Report:
     section_spans: tuple[Span, ...] = field(default=(), compare=False, repr=False)
 
 
-Statement = Union[StudyTitle, Let, Decl, LayerAliasDef, Dissect, DefaultThreshold, Analysis, ShowNeuron, Report]
+Statement = StudyTitle | Let | Decl | LayerAliasDef | Dissect | DefaultThreshold | Analysis | ShowNeuron | Report
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ compiler-style text users see:
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 from dissect_study.dsl.ast import Span
 from dissect_study.errors import DissectStudyError

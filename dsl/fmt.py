@@ -87,72 +87,90 @@ def fmt_rule(r: ast.ThresholdRule) -> str:
 
 
 def fmt_statement(s: ast.Statement, aliases: frozenset[str] = frozenset()) -> str:
+    """Canonical text of one statement: one small formatter per statement kind."""
     if isinstance(s, ast.StudyTitle):
         return f"study {fmt_str(s.title)}"
     if isinstance(s, ast.Let):
         return f"let {s.name} = {fmt_value(s.value)}"
     if isinstance(s, ast.Decl):
-        text = f"{s.kind} {s.name} = {fmt_call(s.source)}"
-        if s.sample is not None:
-            text += f" sample {s.sample.n}"
-            if s.sample.balanced_by:
-                text += f" balanced by {s.sample.balanced_by}"
-            if s.sample.seed is not None:
-                text += f" seed {s.sample.seed}"
-        return text
+        return _fmt_decl(s)
     if isinstance(s, ast.LayerAliasDef):
         return f"layer {s.name} = " + ", ".join(fmt_layer(i) for i in s.layers)
     if isinstance(s, ast.Dissect):
-        lines = [
-            "dissect " + ", ".join(t.name for t in s.targets),
-            "    " + fmt_layers(s.layers, aliases),
-            f"    by {s.dissector.name} on {s.probe.name} with concepts {s.concepts.name}",
-        ]
-        if s.similarity is not None:
-            lines.append(f"    using {fmt_call(s.similarity)}")
-        if s.options:
-            lines.append("    " + " ".join(f"{o.name} {fmt_value(o.value)}" for o in s.options))
-        return "\n".join(lines)
+        return _fmt_dissect(s, aliases)
     if isinstance(s, ast.DefaultThreshold):
-        text = fmt_rule(s.rule)
-        return text + (f" count {s.count}" if s.count else "")
+        return fmt_rule(s.rule) + (f" count {s.count}" if s.count else "")
     if isinstance(s, ast.Analysis):
-        names = [m.name for m in s.models]
-        if s.kind == "compare":
-            head = "compare " + " vs ".join(names)
-        elif s.kind == "gained":
-            head = f"{s.verb or 'gained'} {names[0]} over {names[1]}"
-        elif s.kind == "learned":
-            head = f"{s.verb or 'learned'} " + ", ".join(names)
-        elif s.kind == "analyze":
-            head = f"analyze {s.name} of " + ", ".join(names)
-        else:
-            head = f"{s.kind} " + ", ".join(names)
-        parts = [head]
-        if s.layers is not None:
-            parts.append(fmt_layers(s.layers, aliases))
-        if s.filter is not None:
-            parts.append(f"on {s.filter.level} {fmt_name(s.filter.name)}")
-        if s.threshold is not None:
-            parts.append(fmt_rule(s.threshold))
-        if s.count is not None:
-            parts.append(f"count {s.count}")
-        for o in s.options:
-            parts.append(f"{o.name} {fmt_value(o.value)}")
-        return " ".join(parts)
+        return _fmt_analysis(s, aliases)
     if isinstance(s, ast.ShowNeuron):
         return f"show neuron {s.model.name}.{fmt_layer(s.layer)}[{s.unit}] top {s.top}"
     if isinstance(s, ast.Report):
         text = f"report {fmt_str(s.out.value)} as " + ", ".join(s.formats)
-        if s.sections is not None:
-            text += " sections " + ", ".join(s.sections)
-        return text
+        return text + (" sections " + ", ".join(s.sections) if s.sections is not None else "")
     raise TypeError(s)  # pragma: no cover
 
 
+def _fmt_decl(s: ast.Decl) -> str:
+    text = f"{s.kind} {s.name} = {fmt_call(s.source)}"
+    if s.sample is not None:
+        text += f" sample {s.sample.n}"
+        if s.sample.balanced_by:
+            text += f" balanced by {s.sample.balanced_by}"
+        if s.sample.seed is not None:
+            text += f" seed {s.sample.seed}"
+    return text
+
+
+def _fmt_dissect(s: ast.Dissect, aliases: frozenset[str]) -> str:
+    lines = [
+        "dissect " + ", ".join(t.name for t in s.targets),
+        "    " + fmt_layers(s.layers, aliases),
+        f"    by {s.dissector.name} on {s.probe.name} with concepts {s.concepts.name}",
+    ]
+    if s.similarity is not None:
+        lines.append(f"    using {fmt_call(s.similarity)}")
+    if s.options:
+        lines.append("    " + " ".join(f"{o.name} {fmt_value(o.value)}" for o in s.options))
+    return "\n".join(lines)
+
+
+def _analysis_head(s: ast.Analysis) -> str:
+    names = [m.name for m in s.models]
+    if s.kind == "compare":
+        return "compare " + " vs ".join(names)
+    if s.kind == "gained":
+        return f"{s.verb or 'gained'} {names[0]} over {names[1]}"
+    if s.kind == "learned":
+        return f"{s.verb or 'learned'} " + ", ".join(names)
+    if s.kind == "analyze":
+        return f"analyze {s.name} of " + ", ".join(names)
+    return f"{s.kind} " + ", ".join(names)
+
+
+def _fmt_analysis(s: ast.Analysis, aliases: frozenset[str]) -> str:
+    parts = [_analysis_head(s)]
+    if s.layers is not None:
+        parts.append(fmt_layers(s.layers, aliases))
+    if s.filter is not None:
+        parts.append(f"on {s.filter.level} {fmt_name(s.filter.name)}")
+    if s.threshold is not None:
+        parts.append(fmt_rule(s.threshold))
+    if s.count is not None:
+        parts.append(f"count {s.count}")
+    parts.extend(f"{o.name} {fmt_value(o.value)}" for o in s.options)
+    return " ".join(parts)
+
+
 _GROUP = {
-    ast.StudyTitle: 0, ast.Let: 1, ast.Decl: 2, ast.LayerAliasDef: 3, ast.Dissect: 4, ast.DefaultThreshold: 5,
-    ast.Analysis: 6, ast.ShowNeuron: 6, ast.Report: 7,
+    ast.StudyTitle: 0,
+    ast.Let: 1,
+    ast.Decl: 2,
+    ast.LayerAliasDef: 3,
+    ast.Dissect: 4,
+    ast.DefaultThreshold: 5,
+    ast.Analysis: 6,
+    ast.ShowNeuron: 6,
+    ast.Report: 7,
 }
 
 
@@ -214,8 +232,11 @@ def format_study(study: ast.Study) -> str:
         again = parse(text, study.path)
     except StudyError as err:
         first = err.diagnostics[0] if err.diagnostics else None
-        raise _unsafe(study, first.span.line if first else 1, "its output would not parse"
-                      + (f" ({first.message})" if first else "")) from None
+        raise _unsafe(
+            study,
+            first.span.line if first else 1,
+            "its output would not parse" + (f" ({first.message})" if first else ""),
+        ) from None
     for old, new in zip(study.statements, again.statements):
         if old != new:
             raise _unsafe(study, old.span.line if old.span else 1, "its output would change this statement")
@@ -226,9 +247,18 @@ def format_study(study: ast.Study) -> str:
 
 def _unsafe(study: ast.Study, line: int, why: str) -> StudyError:
     span = ast.Span(study.path, line, 1, line, 2)
-    return StudyError([Diagnostic(ERROR, "fmt-unsafe", f"cannot format this study safely: {why}", span,
-                                  "the file is left as it is; please report this as a dissect-study bug")],
-                      study.source or "")
+    return StudyError(
+        [
+            Diagnostic(
+                ERROR,
+                "fmt-unsafe",
+                f"cannot format this study safely: {why}",
+                span,
+                "the file is left as it is; please report this as a dissect-study bug",
+            )
+        ],
+        study.source or "",
+    )
 
 
 def _layout(study: ast.Study) -> str:

@@ -52,8 +52,25 @@ MAX_INT = 2**63 - 1
 _LINE_BREAK = re.compile(r"\r\n|[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 STATEMENT_KEYWORDS = (
-    "study", "let", "concepts", "probe", "dissector", "target", "layer", "dissect", "threshold",
-    "compare", "learned", "missed", "gained", "lost", "thresholds", "keywords", "analyze", "show", "report",
+    "study",
+    "let",
+    "concepts",
+    "probe",
+    "dissector",
+    "target",
+    "layer",
+    "dissect",
+    "threshold",
+    "compare",
+    "learned",
+    "missed",
+    "gained",
+    "lost",
+    "thresholds",
+    "keywords",
+    "analyze",
+    "show",
+    "report",
 )
 
 
@@ -71,7 +88,9 @@ def lark_parser() -> Lark:
 
 # --------------------------------------------------------------------------- transformer
 def _tok_span(path: str, tok: Token) -> ast.Span:
-    return ast.Span(path, tok.line or 1, tok.column or 1, tok.end_line or tok.line or 1, tok.end_column or (tok.column or 1) + 1)
+    return ast.Span(
+        path, tok.line or 1, tok.column or 1, tok.end_line or tok.line or 1, tok.end_column or (tok.column or 1) + 1
+    )
 
 
 def _unescape(raw: str) -> str:
@@ -127,15 +146,29 @@ class _ToAst(Transformer):
         try:
             return _number(str(tok))
         except ValueError as err:
-            self.problems.append(Diagnostic(ERROR, "number-range", f"number {_short(str(tok))} is {err}",
-                                            self._ts(tok), "write an ordinary number, e.g. 0.25 or 1e-7"))
+            self.problems.append(
+                Diagnostic(
+                    ERROR,
+                    "number-range",
+                    f"number {_short(str(tok))} is {err}",
+                    self._ts(tok),
+                    "write an ordinary number, e.g. 0.25 or 1e-7",
+                )
+            )
             return 0
 
     def _int(self, tok: Token, what: str, minimum: int = 0) -> int:
         value = self._num(tok)
         if not isinstance(value, int) or value < minimum:
-            self.problems.append(Diagnostic(ERROR, "not-whole-number", f"{what} must be a whole number >= {minimum}, not {tok}",
-                                            self._ts(tok), f"write for example {max(minimum, 1)}"))
+            self.problems.append(
+                Diagnostic(
+                    ERROR,
+                    "not-whole-number",
+                    f"{what} must be a whole number >= {minimum}, not {tok}",
+                    self._ts(tok),
+                    f"write for example {max(minimum, 1)}",
+                )
+            )
             return minimum
         return value
 
@@ -211,9 +244,15 @@ class _ToAst(Transformer):
         too_long = max(len(a.lstrip("0")), len(b.lstrip("0"))) > 18
         start, end = (0, 0) if too_long else (int(a), int(b))
         if too_long or end - start + 1 > MAX_RANGE_LAYERS:
-            self.problems.append(Diagnostic(
-                ERROR, "range-too-large", f"layer range {_short(text)} names more than {MAX_RANGE_LAYERS:,} layers",
-                span, "a range names layers that exist, e.g. _blocks.0-38; list the layers you mean"))
+            self.problems.append(
+                Diagnostic(
+                    ERROR,
+                    "range-too-large",
+                    f"layer range {_short(text)} names more than {MAX_RANGE_LAYERS:,} layers",
+                    span,
+                    "a range names layers that exist, e.g. _blocks.0-38; list the layers you mean",
+                )
+            )
             return ast.LayerRange(m.group(1), 0, 0, span)
         return ast.LayerRange(m.group(1), start, end, span)
 
@@ -251,9 +290,13 @@ class _ToAst(Transformer):
 
     def sample_clause(self, meta, children):
         n, by, seed = children
-        return ast.Sample(self._int(n, "the sample size", 1), str(by) if by is not None else None,
-                          self._int(seed, "the seed") if seed is not None else None,
-                          self._span(meta), self._ts(by) if by is not None else None)
+        return ast.Sample(
+            self._int(n, "the sample size", 1),
+            str(by) if by is not None else None,
+            self._int(seed, "the seed") if seed is not None else None,
+            self._span(meta),
+            self._ts(by) if by is not None else None,
+        )
 
     def using_clause(self, meta, children):
         return children[0]
@@ -262,17 +305,28 @@ class _ToAst(Transformer):
     def named_rule(self, meta, children):
         first, second = children
         if second is not None:
-            return dict(combine=str(first), statistic=str(second), value=None,
-                        combine_span=self._ts(first), statistic_span=self._ts(second))
+            return dict(
+                combine=str(first),
+                statistic=str(second),
+                value=None,
+                combine_span=self._ts(first),
+                statistic_span=self._ts(second),
+            )
         if str(first) in ("max", "own"):
-            return dict(combine=str(first), statistic="mean_top1", value=None,
-                        combine_span=self._ts(first), statistic_span=None)
+            return dict(
+                combine=str(first), statistic="mean_top1", value=None, combine_span=self._ts(first), statistic_span=None
+            )
         return dict(combine="max", statistic=str(first), value=None, combine_span=None, statistic_span=self._ts(first))
 
     def fixed_rule(self, meta, children):
         (tok,) = children
-        return dict(combine="fixed", statistic="mean_top1", value=float(self._num(tok)), combine_span=self._ts(tok),
-                    statistic_span=None)
+        return dict(
+            combine="fixed",
+            statistic="mean_top1",
+            value=float(self._num(tok)),
+            combine_span=self._ts(tok),
+            statistic_span=None,
+        )
 
     def threshold_clause(self, meta, children):
         head, op = children
@@ -309,8 +363,16 @@ class _ToAst(Transformer):
 
     def dissect_stmt(self, meta, children):
         targets, _kw, layers, dissector, probe, concepts, similarity, *options = children
-        return ast.Dissect(targets, layers, self._ident(dissector), self._ident(probe), self._ident(concepts),
-                           similarity, tuple(options), self._span(meta))
+        return ast.Dissect(
+            targets,
+            layers,
+            self._ident(dissector),
+            self._ident(probe),
+            self._ident(concepts),
+            similarity,
+            tuple(options),
+            self._span(meta),
+        )
 
     def threshold_stmt(self, meta, children):
         (_, rule), count = children
@@ -329,8 +391,16 @@ class _ToAst(Transformer):
             span = val[1] if tag in ("count", "top") else (val[0].span if tag == "at" else val.span)
             if tag in seen:
                 word = {"at": "at layer(s)", "on": "on"}.get(tag, tag)
-                self.problems.append(Diagnostic(ERROR, "repeated-clause", f"'{word}' is given twice in this statement", span,
-                                                "keep one of them", [("first given", seen[tag])]))
+                self.problems.append(
+                    Diagnostic(
+                        ERROR,
+                        "repeated-clause",
+                        f"'{word}' is given twice in this statement",
+                        span,
+                        "keep one of them",
+                        [("first given", seen[tag])],
+                    )
+                )
             seen[tag] = span
             if tag == "at":
                 layers = val
@@ -343,8 +413,20 @@ class _ToAst(Transformer):
             elif tag == "top":
                 n, span = val
                 options.append(ast.Arg("top", ast.Num(n, span), span, span))
-        return ast.Analysis(kind, tuple(models), layers, filt, rule, count, tuple(options), name,
-                            self._span(meta), verb, name_span, count_span)
+        return ast.Analysis(
+            kind,
+            tuple(models),
+            layers,
+            filt,
+            rule,
+            count,
+            tuple(options),
+            name,
+            self._span(meta),
+            verb,
+            name_span,
+            count_span,
+        )
 
     def compare_stmt(self, meta, children):
         models = [c for c in children if isinstance(c, Token)]
@@ -382,7 +464,9 @@ class _ToAst(Transformer):
             item = self._range(layer, lspan)
         else:
             item = ast.LayerName(layer, lspan)
-        return ast.ShowNeuron(ast.Ident(model, mspan), item, self._int(unit, "the unit index"), top[1][0] if top else 5, self._span(meta))
+        return ast.ShowNeuron(
+            ast.Ident(model, mspan), item, self._int(unit, "the unit index"), top[1][0] if top else 5, self._span(meta)
+        )
 
     def report_stmt(self, meta, children):
         out, formats, sections = children
@@ -407,7 +491,7 @@ _TERMINAL_WORDS = {
     "NAME": "a name",
     "STRING": "a string in double quotes",
     "NUMBER": "a number",
-        "DOTTED": "a dotted layer name such as M.last or _blocks.38",
+    "DOTTED": "a dotted layer name such as M.last or _blocks.38",
     "RANGE": "a layer range such as _blocks.0-38",
     "$END": "the end of the file",
 }
@@ -417,7 +501,13 @@ _FRIENDLY: dict[str, tuple[str, str | None, list[str]]] = {
     "missing_equals": (
         "missing '=' after the declared name",
         "a declaration reads `probe NAME = source(...)`",
-        ['probe p vindr(root="a", csv="b")', 'concepts c shipped("x")', 'target t image_tower(d)', 'let x 5', 'layer a _blocks.1'],
+        [
+            'probe p vindr(root="a", csv="b")',
+            'concepts c shipped("x")',
+            "target t image_tower(d)",
+            "let x 5",
+            "layer a _blocks.1",
+        ],
     ),
     "missing_vs": (
         "models in a compare are separated by 'vs'",
@@ -426,8 +516,13 @@ _FRIENDLY: dict[str, tuple[str, str | None, list[str]]] = {
     ),
     "missing_comma_args": (
         "missing ',' between arguments",
-        "arguments are separated by commas: `vindr(root=\"a\", csv=\"b\")`",
-        ['probe p = vindr(root="a" csv="b")', 'probe p = vindr(root=a csv="b")', 'probe p = vindr(root=env("X") csv="b")', 'probe p = vindr(root=1 csv="b")'],
+        'arguments are separated by commas: `vindr(root="a", csv="b")`',
+        [
+            'probe p = vindr(root="a" csv="b")',
+            'probe p = vindr(root=a csv="b")',
+            'probe p = vindr(root=env("X") csv="b")',
+            'probe p = vindr(root=1 csv="b")',
+        ],
     ),
     "missing_paren": (
         "missing ')' to close the argument list",
@@ -436,8 +531,8 @@ _FRIENDLY: dict[str, tuple[str, str | None, list[str]]] = {
     ),
     "not_a_call": (
         "a source is written as a call: `name(arguments)`",
-        "for example `concepts c = shipped(\"mammo_v1\")`",
-        ['concepts c = "x"', 'probe p = vindr root', 'probe p = 5', 'dissector d = demo dissect'],
+        'for example `concepts c = shipped("mammo_v1")`',
+        ['concepts c = "x"', "probe p = vindr root", "probe p = 5", "dissector d = demo dissect"],
     ),
     "dissect_at": (
         "a dissect statement names its layers with `at layer(s) ...` after the targets",
@@ -457,7 +552,12 @@ _FRIENDLY: dict[str, tuple[str, str | None, list[str]]] = {
     "trailing_comma": (
         "a ',' must be followed by another item",
         "remove the trailing comma",
-        ["dissect M, at", "compare M vs C at layers early, on", "report \"x\" as html, sections", "dissect M at layers a, by"],
+        [
+            "dissect M, at",
+            "compare M vs C at layers early, on",
+            'report "x" as html, sections',
+            "dissect M at layers a, by",
+        ],
     ),
     "show_neuron": (
         "a neuron is written MODEL.LAYER[UNIT]",
@@ -470,7 +570,6 @@ _FRIENDLY: dict[str, tuple[str, str | None, list[str]]] = {
         ["compare M vs C at last", "dissect M at all", "keywords M at _blocks.1"],
     ),
 }
-
 
 
 def _more_examples() -> None:
@@ -499,6 +598,7 @@ def _more_examples() -> None:
 
 _more_examples()
 
+
 @functools.lru_cache(maxsize=1)
 def _terminal_words() -> dict[str, str]:
     words = dict(_TERMINAL_WORDS)
@@ -513,8 +613,10 @@ def _expected_words(expected: set[str] | frozenset[str]) -> str:
     kw = {n for n in expected if n.upper() in {k.upper() for k in STATEMENT_KEYWORDS}}
     rest = [words.get(n, n.lower()) for n in sorted(expected - kw)]
     if len(kw) >= 8:
-        return "the start of a statement (study, let, concepts, probe, dissector, target, layer, dissect, threshold, compare, ...)" + (
-            (", or " + ", ".join(sorted(set(rest)))) if rest else "")
+        return (
+            "the start of a statement (study, let, concepts, probe, dissector, target, layer, dissect, threshold, compare, ...)"
+            + ((", or " + ", ".join(sorted(set(rest)))) if rest else "")
+        )
     items = sorted({words.get(n, n.lower()) for n in kw}) + sorted(set(rest))
     if len(items) == 1:
         return items[0]
@@ -597,18 +699,34 @@ def syntax_diagnostic(err: UnexpectedInput, text: str, path: str) -> Diagnostic:
     """Turn a lark exception into one positioned, plainly worded diagnostic."""
     if isinstance(err, UnexpectedCharacters):
         line, col = err.line, err.column
-        ch = text[err.pos_in_stream] if 0 <= err.pos_in_stream < len(text) else ""
+        pos = err.pos_in_stream if err.pos_in_stream is not None else -1
+        ch = text[pos] if 0 <= pos < len(text) else ""
         span = ast.Span(path, line, col, line, col + 1)
         if ch == '"':
             line_text = text.splitlines()[line - 1] if text.splitlines() else ""
-            return Diagnostic(ERROR, "unclosed-string", "unclosed string", ast.Span(path, line, col, line, len(line_text) + 1),
-                              "a string ends with a double quote on the same line")
+            return Diagnostic(
+                ERROR,
+                "unclosed-string",
+                "unclosed string",
+                ast.Span(path, line, col, line, len(line_text) + 1),
+                "a string ends with a double quote on the same line",
+            )
         if ch == "'":
-            return Diagnostic(ERROR, "single-quote", "strings use double quotes, not single quotes", span,
-                              "write \"...\" instead of '...'")
+            return Diagnostic(
+                ERROR,
+                "single-quote",
+                "strings use double quotes, not single quotes",
+                span,
+                "write \"...\" instead of '...'",
+            )
         if ch == "$":
-            return Diagnostic(ERROR, "bare-interpolation", "'${...}' only works inside a string", span,
-                              "write \"${name}\" or just the name")
+            return Diagnostic(
+                ERROR,
+                "bare-interpolation",
+                "'${...}' only works inside a string",
+                span,
+                'write "${name}" or just the name',
+            )
         shown = repr(ch)[1:-1] if ch and not ch.isprintable() else ch
         allowed = {t for t in (err.allowed or set())}
         hint = f"expected {_expected_words(allowed)}" if allowed else None
@@ -637,9 +755,13 @@ def syntax_diagnostic(err: UnexpectedInput, text: str, path: str) -> Diagnostic:
 
 
 def _too_long(n: int, span: ast.Span) -> Diagnostic:
-    return Diagnostic(ERROR, "string-too-long", f"this string would be {n:,} characters long; a string is at most "
-                      f"{MAX_STRING_CHARS:,}", span, "strings name files, folders and concepts; check what it inserts "
-                      "with `${...}`")
+    return Diagnostic(
+        ERROR,
+        "string-too-long",
+        f"this string would be {n:,} characters long; a string is at most {MAX_STRING_CHARS:,}",
+        span,
+        "strings name files, folders and concepts; check what it inserts with `${...}`",
+    )
 
 
 def _walk(node: Any, kind: type) -> Iterator[Any]:
@@ -663,9 +785,15 @@ def _range_budget(statements: tuple[ast.Statement, ...]) -> list[Diagnostic]:
         for item in _walk(stmt, ast.LayerRange):
             total += max(0, item.end - item.start + 1)
             if total > MAX_STUDY_RANGE_LAYERS:
-                return [Diagnostic(ERROR, "range-too-large", f"the layer ranges of this study name more than "
-                                   f"{MAX_STUDY_RANGE_LAYERS:,} layers in all", item.span,
-                                   "list the layers the models have; `all` names every layer of a model")]
+                return [
+                    Diagnostic(
+                        ERROR,
+                        "range-too-large",
+                        f"the layer ranges of this study name more than {MAX_STUDY_RANGE_LAYERS:,} layers in all",
+                        item.span,
+                        "list the layers the models have; `all` names every layer of a model",
+                    )
+                ]
     return []
 
 
@@ -721,8 +849,14 @@ def parse(text: str, path: str = "<study>") -> ast.Study:
         builder = _ToAst(path)
         statements = builder.transform(tree)
     except VisitError as err:  # pragma: no cover - the grammar guarantees well-formed trees
-        raise StudyError([Diagnostic(ERROR, "internal", f"could not build the syntax tree: {err.orig_exc}",
-                                     ast.Span(path, 1, 1, 1, 2))], text) from None
+        raise StudyError(
+            [
+                Diagnostic(
+                    ERROR, "internal", f"could not build the syntax tree: {err.orig_exc}", ast.Span(path, 1, 1, 1, 2)
+                )
+            ],
+            text,
+        ) from None
     problems = builder.problems + _string_growth(tuple(statements), path) + _range_budget(tuple(statements))
     if problems:
         raise StudyError(problems, text)

@@ -32,8 +32,14 @@ def build(ex: Executor) -> None:
             _unset_env_check("report", {"out": r.out})
     device = _device(ex.opt.device or _study_device(ex))
     ex.device = device
-    ctx = BuildContext(base_dir=ex.base_dir, cache_dir=str(ex.cache.root), device=device,
-                       log=ex.log.info, probes=ex.probes, warn=lambda m: ex.log.warn("build", m))
+    ctx = BuildContext(
+        base_dir=ex.base_dir,
+        cache_dir=str(ex.cache.root),
+        device=device,
+        log=ex.log.info,
+        probes=ex.probes,
+        warn=lambda m: ex.log.warn("build", m),
+    )
     ex.ctx = ctx
     for step in ex.plan.concept_sets:
         _unset_env_check(step.name, step.params)
@@ -59,19 +65,24 @@ def build(ex: Executor) -> None:
         t0 = time.perf_counter()
         t = build_target(step.name, step.func, step.params, ctx)
         ex.targets[step.name] = t
-        ex.log.info(f"target    {step.name}: {step.func}, {len(t.layers())} hookable layers "
-                      f"({time.perf_counter() - t0:.1f}s)")
+        ex.log.info(
+            f"target    {step.name}: {step.func}, {len(t.layers())} hookable layers ({time.perf_counter() - t0:.1f}s)"
+        )
     for x in ex.plan.dissections:
         if x.options.get("dissector_train_mode"):
             d = ex.dissectors[x.dissector]
             if not isinstance(d, TrainModeSwitch):
-                raise RunError(f"dissect {x.target}: dissector_train_mode=true, but dissector {x.dissector} "
-                               f"has no train mode (only mammo_clip dissectors reproduce that reference bug)")
+                raise RunError(
+                    f"dissect {x.target}: dissector_train_mode=true, but dissector {x.dissector} "
+                    f"has no train mode (only mammo_clip dissectors reproduce that reference bug)"
+                )
             d.train_mode = True
-            ex.log.warn("build", f"dissector {x.dissector} runs its image tower in train mode "
-                                   f"(reference parity; embeddings depend on the batch)")
+            ex.log.warn(
+                "build",
+                f"dissector {x.dissector} runs its image tower in train mode "
+                f"(reference parity; embeddings depend on the batch)",
+            )
         ex.layer_names[x.target] = resolve_layers(ex.targets[x.target], x.layers, ex.plan.layer_aliases)
-
 
 
 def _study_device(ex: Executor) -> str:
@@ -86,7 +97,7 @@ def _unset_env_check(name: str, params: dict[str, Any]) -> None:
             raise RunError(
                 f"{span.path}:{span.line}:{span.col}: {name}: parameter '{key}' comes from the environment variable "
                 f"{value.var}, which is not set.\n  hint: export {value.var}=... before running, "
-                f"or give a default: env(\"{value.var}\", \"/path\")"
+                f'or give a default: env("{value.var}", "/path")'
             )
 
 
@@ -98,8 +109,9 @@ def _device(requested: str) -> str:
     return requested
 
 
-def resolve_layers(target: Target, items: tuple[ast.LayerItem, ...],
-                   study_aliases: dict[str, tuple[ast.LayerItem, ...]]) -> list[tuple[str, str | None]]:
+def resolve_layers(
+    target: Target, items: tuple[ast.LayerItem, ...], study_aliases: dict[str, tuple[ast.LayerItem, ...]]
+) -> list[tuple[str, str | None]]:
     """Symbolic layer items -> [(canonical layer name, alias or None)] in depth order."""
     infos = target.layers()
     names = [l.name for l in infos]

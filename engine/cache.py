@@ -29,9 +29,10 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable, Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -108,7 +109,8 @@ def make_key(namespace: str, parts: Mapping[str, Any]) -> str:
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
     """The raw bytes of a tensor (any dtype, bf16 included) as a buffer, without a numpy dtype."""
     flat = t.detach().to("cpu").contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
+    # ndarray implements the buffer protocol; numpy's stubs do not declare it (no copy is made here)
+    return memoryview(flat.view(torch.uint8).numpy())  # type: ignore[arg-type]
 
 
 def fingerprint_module(module: nn.Module) -> str:
@@ -255,7 +257,9 @@ class Cache:
         return read_entry(self.path(namespace, key), key=key)
 
     # -- write
-    def save(self, namespace: str, key: str, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None) -> None:
+    def save(
+        self, namespace: str, key: str, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None
+    ) -> None:
         """Write an entry atomically (temp file in the same folder, fsync, `os.replace`)."""
         if not self.enabled:
             return
@@ -270,9 +274,13 @@ class Cache:
                 f"Pass --cache-dir pointing to a writable folder, or --no-cache to run without a cache."
             ) from None
 
-    def get_or_compute(self, namespace: str, parts: Mapping[str, Any],
-                       compute: Callable[[], Mapping[str, torch.Tensor]],
-                       meta: Mapping[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], bool]:
+    def get_or_compute(
+        self,
+        namespace: str,
+        parts: Mapping[str, Any],
+        compute: Callable[[], Mapping[str, torch.Tensor]],
+        meta: Mapping[str, Any] | None = None,
+    ) -> tuple[dict[str, torch.Tensor], bool]:
         """(tensors, hit).  On a miss `compute()` runs and its result is saved."""
         if not self.enabled:
             return dict(compute()), False
@@ -304,8 +312,14 @@ def _entry_digest(tensors: Mapping[str, torch.Tensor], meta_json: str) -> str:
     return h.hexdigest()
 
 
-def write_entry(path: Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None, *,
-                key: str | None = None, namespace: str | None = None) -> None:
+def write_entry(
+    path: Path,
+    tensors: Mapping[str, torch.Tensor],
+    meta: Mapping[str, Any] | None = None,
+    *,
+    key: str | None = None,
+    namespace: str | None = None,
+) -> None:
     """One self-checking safetensors file, written atomically (temp file, fsync, `os.replace`).
 
     The header records the format, the key the entry was written for and a sha256 that covers the
@@ -316,8 +330,14 @@ def write_entry(path: Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[s
 
     clean = {name: _storable(t) for name, t in tensors.items()}
     meta_json = canonical_json(dict(meta or {}))
-    info = {"format": CACHE_FORMAT, "namespace": namespace, "key": key, "meta": json.loads(meta_json),
-            "sha256": _entry_digest(clean, meta_json), "created": time.time()}
+    info = {
+        "format": CACHE_FORMAT,
+        "namespace": namespace,
+        "key": key,
+        "meta": json.loads(meta_json),
+        "sha256": _entry_digest(clean, meta_json),
+        "created": time.time(),
+    }
     payload = st_save(clean, metadata={_META_KEY: json.dumps(info, default=_canonical)})
     path.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale_tmp(path.parent)
@@ -362,5 +382,5 @@ def _short(text: str, limit: int = 200) -> str:
 def _read_metadata(data: bytes) -> dict[str, str]:
     """The `__metadata__` map of a safetensors buffer (8-byte little-endian header length + JSON)."""
     n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     return header.get("__metadata__") or {}

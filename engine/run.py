@@ -97,6 +97,7 @@ class _Log:
 
 # ----------------------------------------------------------------------------- executor
 
+
 class Executor:
     """Runs one plan; the plan is its only input besides the run options (no study object)."""
 
@@ -131,15 +132,11 @@ class Executor:
 
     # ------------------------------------------------------------------ build
 
-
     # ------------------------------------------------------------------ passes
-
 
     # ------------------------------------------------------------------ score + label
 
-
     # ------------------------------------------------------------------ record
-
 
     def _optional(self, step: str, fn: Callable[[], None]) -> None:
         """Run a step the study did not ask for; if it cannot run on this data, warn and go on.
@@ -155,9 +152,7 @@ class Executor:
             self.log.warn(step, f"{step} skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             self.record.frames.pop(step, None)
 
-
     # ------------------------------------------------------------------ analyses
-
 
     # ------------------------------------------------------------------ neuron cards
 
@@ -188,12 +183,24 @@ class Executor:
         for step, msg in self.log.warnings:
             self.record.add("warnings", dict(step=step, message=msg))
         self.record.run = dict(
-            study_path=str(Path(self.plan.study_path).resolve()), study_title=self.plan.title,
-            study_sha256=self.plan.study_sha256, study_text=self.plan.study_text,
-            started_at=started, finished_at=_dt.datetime.now(), status="ok", tool_version=__version__,
-            params=dict(device=self.device, cache=str(self.cache.root) if self.opt.use_cache else None,
-                        batch_size=self.opt.batch_size, strict=self.opt.strict, torch=torch.__version__,
-                        python=platform.python_version(), machine=platform.machine()))
+            study_path=str(Path(self.plan.study_path).resolve()),
+            study_title=self.plan.title,
+            study_sha256=self.plan.study_sha256,
+            study_text=self.plan.study_text,
+            started_at=started,
+            finished_at=_dt.datetime.now(),
+            status="ok",
+            tool_version=__version__,
+            params=dict(
+                device=self.device,
+                cache=str(self.cache.root) if self.opt.use_cache else None,
+                batch_size=self.opt.batch_size,
+                strict=self.opt.strict,
+                torch=torch.__version__,
+                python=platform.python_version(),
+                machine=platform.machine(),
+            ),
+        )
         db = Path(self.opt.db) if self.opt.db else Path(self.base_dir) / RESULTS_DB_NAME
         store.write_run(db, self.record)
         self.log.info(f"stored    run {self.run_id} in {db}")
@@ -209,8 +216,13 @@ class Executor:
                 if not out.is_absolute():
                     out = Path(self.base_dir) / out
                 t1 = time.perf_counter()
-                paths = write_report(db, out, run_id=self.run_id, formats=tuple(r.formats),
-                                     sections=list(r.sections) if r.sections else None)
+                paths = write_report(
+                    db,
+                    out,
+                    run_id=self.run_id,
+                    formats=tuple(r.formats),
+                    sections=list(r.sections) if r.sections else None,
+                )
                 result.reports.extend(paths)
                 self.log.info(f"report    {', '.join(str(p) for p in paths)} ({time.perf_counter() - t1:.1f}s)")
         result.seconds = time.perf_counter() - t0

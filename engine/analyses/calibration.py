@@ -32,8 +32,17 @@ from dissect_study.engine.phantom.vocabulary import GROUND_TRUTH_CONCEPTS, attri
 
 #: columns of the DuckDB `calibration` table, minus run_id
 STORE_COLUMNS = (
-    "model", "layer", "similarity", "n_selective", "top1_hit", "top5_hit",
-    "mammi_hit_rate", "precision", "recall", "f1", "mean_label_cosine",
+    "model",
+    "layer",
+    "similarity",
+    "n_selective",
+    "top1_hit",
+    "top5_hit",
+    "mammi_hit_rate",
+    "precision",
+    "recall",
+    "f1",
+    "mean_label_cosine",
 )
 MAMMI_NAMES = ("mammi", "mammi_adaptive")
 
@@ -68,10 +77,12 @@ def neuron_selectivity(acts: Any, attributes: list[dict[str, Any]], min_positive
     """
     a = _np(acts)
     if a.ndim != 2 or a.shape[0] != len(attributes):
-        raise ValueError(f"neuron_selectivity: activations have shape {a.shape}, expected ({len(attributes)}, K) -- one row per probe image")
+        raise ValueError(
+            f"neuron_selectivity: activations have shape {a.shape}, expected ({len(attributes)}, K) -- one row per probe image"
+        )
     rows = []
     units = np.arange(a.shape[1])
-    for (attr, value) in GROUND_TRUTH_CONCEPTS:
+    for attr, value in GROUND_TRUTH_CONCEPTS:
         if not any(attr in d for d in attributes):
             continue
         y = np.array([attribute_matches(d, attr, value) for d in attributes])
@@ -79,7 +90,9 @@ def neuron_selectivity(acts: Any, attributes: list[dict[str, Any]], min_positive
         if n_pos < min_positives or len(y) - n_pos < min_positives:
             continue
         auc = auc_columns(a, y)
-        rows.append(pd.DataFrame({"unit": units, "attribute": attr, "value": [value] * len(units), "auc": auc, "n_pos": n_pos}))
+        rows.append(
+            pd.DataFrame({"unit": units, "attribute": attr, "value": [value] * len(units), "auc": auc, "n_pos": n_pos})
+        )
     if not rows:
         return pd.DataFrame(columns=["unit", "attribute", "value", "auc", "n_pos"])
     return pd.concat(rows, ignore_index=True)
@@ -95,7 +108,9 @@ def assign_ground_truth(selectivity: pd.DataFrame, min_auc: float = 0.8) -> pd.D
     cols = ["unit", "attribute", "value", "auc", "true_concepts"]
     if selectivity.empty:
         return pd.DataFrame(columns=cols)
-    sel = selectivity[selectivity["auc"] >= min_auc].sort_values(["unit", "auc"], ascending=[True, False], kind="mergesort")
+    sel = selectivity[selectivity["auc"] >= min_auc].sort_values(
+        ["unit", "auc"], ascending=[True, False], kind="mergesort"
+    )
     out = []
     for unit, g in sel.groupby("unit", sort=True):
         phrases: list[str] = []
@@ -104,7 +119,15 @@ def assign_ground_truth(selectivity: pd.DataFrame, min_auc: float = 0.8) -> pd.D
                 if p not in phrases:
                     phrases.append(p)
         best = g.iloc[0]
-        out.append({"unit": int(unit), "attribute": best["attribute"], "value": best["value"], "auc": float(best["auc"]), "true_concepts": tuple(phrases)})
+        out.append(
+            {
+                "unit": int(unit),
+                "attribute": best["attribute"],
+                "value": best["value"],
+                "auc": float(best["auc"]),
+                "true_concepts": tuple(phrases),
+            }
+        )
     return pd.DataFrame(out, columns=cols)
 
 
@@ -122,12 +145,19 @@ def mammi_selection(scores: np.ndarray, beta: float = 0.95) -> np.ndarray:
 
 
 def neuron_grades(
-    similarity_name: str, S: Any, concept_texts: list[str], truth: pd.DataFrame, top_k: int = 5, beta: float = 0.95,
+    similarity_name: str,
+    S: Any,
+    concept_texts: list[str],
+    truth: pd.DataFrame,
+    top_k: int = 5,
+    beta: float = 0.95,
 ) -> pd.DataFrame:
     """Per selective neuron: its labels and how they score against its true group."""
     s = _np(S)
     if s.ndim != 2 or s.shape[1] != len(concept_texts):
-        raise ValueError(f"calibration: S has shape {s.shape}, expected (K, {len(concept_texts)}) -- neurons x concepts")
+        raise ValueError(
+            f"calibration: S has shape {s.shape}, expected (K, {len(concept_texts)}) -- neurons x concepts"
+        )
     texts = [_norm(t) for t in concept_texts]
     rows = []
     for unit, true in zip(truth["unit"], truth["true_concepts"]):
@@ -144,12 +174,37 @@ def neuron_grades(
         precision = inter / len(pred_set)
         recall = inter / len(gt) if gt else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-        rows.append({
-            "unit": int(unit), "true_concepts": tuple(sorted(gt)), "top1": top[0] if top else None, "top5": tuple(top),
-            "predicted": tuple(pred) if pred else ("none",), "top1_hit": bool(top and top[0] in gt), "top5_hit": bool(gt & set(top)),
-            "mammi_hit": inter > 0, "precision": precision, "recall": recall, "f1": f1,
-        })
-    return pd.DataFrame(rows, columns=["unit", "true_concepts", "top1", "top5", "predicted", "top1_hit", "top5_hit", "mammi_hit", "precision", "recall", "f1"])
+        rows.append(
+            {
+                "unit": int(unit),
+                "true_concepts": tuple(sorted(gt)),
+                "top1": top[0] if top else None,
+                "top5": tuple(top),
+                "predicted": tuple(pred) if pred else ("none",),
+                "top1_hit": bool(top and top[0] in gt),
+                "top5_hit": bool(gt & set(top)),
+                "mammi_hit": inter > 0,
+                "precision": precision,
+                "recall": recall,
+                "f1": f1,
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "unit",
+            "true_concepts",
+            "top1",
+            "top5",
+            "predicted",
+            "top1_hit",
+            "top5_hit",
+            "mammi_hit",
+            "precision",
+            "recall",
+            "f1",
+        ],
+    )
 
 
 def _label_cosines(grades: pd.DataFrame, text_encoder: Callable[[list[str]], Any]) -> np.ndarray:
@@ -194,7 +249,14 @@ def calibration_table(
     n = len(grades)
     row: dict[str, Any] = {"model": model, "layer": layer, "similarity": similarity_name, "n_selective": n}
     ses: dict[str, float] = {}
-    for col, src in (("top1_hit", "top1_hit"), ("top5_hit", "top5_hit"), ("mammi_hit_rate", "mammi_hit"), ("precision", "precision"), ("recall", "recall"), ("f1", "f1")):
+    for col, src in (
+        ("top1_hit", "top1_hit"),
+        ("top5_hit", "top5_hit"),
+        ("mammi_hit_rate", "mammi_hit"),
+        ("precision", "precision"),
+        ("recall", "recall"),
+        ("f1", "f1"),
+    ):
         row[col], ses[f"{col}_se"] = _mean_se(grades[src].to_numpy(dtype=float))
     if text_encoder is not None and n:
         row["mean_label_cosine"], ses["mean_label_cosine_se"] = _mean_se(_label_cosines(grades, text_encoder))

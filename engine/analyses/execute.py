@@ -41,9 +41,11 @@ def sanity(ex: Executor) -> None:
         for r in results:
             ex.record.add("sanity", dict(dissector=dname, probe=pname, **r))
             if r.get("value") is not None and r.get("chance") is not None and abs(r["value"] - r["chance"]) < 0.05:
-                ex.log.warn("sanity", f"dissector {dname} is near chance on '{r['attribute']}' "
-                                        f"({r['metric']} {r['value']:.2f}); labels naming it are not trustworthy")
-
+                ex.log.warn(
+                    "sanity",
+                    f"dissector {dname} is near chance on '{r['attribute']}' "
+                    f"({r['metric']} {r['value']:.2f}); labels naming it are not trustworthy",
+                )
 
 
 def calibration(ex: Executor) -> None:
@@ -62,8 +64,9 @@ def calibration(ex: Executor) -> None:
         emb, emb_rows = ex.img_emb[(x.dissector, x.probe)]
         pos = {r: i for i, r in enumerate(emb_rows)}
         if not all(r in pos for r in rows):
-            ex.log.warn("calibration", f"calibration of {x.target} skipped: the dissector embedded only "
-                                         f"part of probe {x.probe}")
+            ex.log.warn(
+                "calibration", f"calibration of {x.target} skipped: the dissector embedded only part of probe {x.probe}"
+            )
             continue
         P = concept_activation_matrix(emb[[pos[r] for r in rows]], ex.text_emb[(x.dissector, x.concepts)])
         attrs = [probe.items[r].attributes for r in rows]
@@ -81,8 +84,7 @@ def calibration(ex: Executor) -> None:
                 params = {p.name: p.default for p in SIMILARITIES[sim].params if p.name != "template"}
                 # the study's own function was already scored (with the study's parameters)
                 try:
-                    S = (ex.S[(x.target, layer)] if sim == x.similarity
-                         else compute_similarity(sim, P, X, params).S)
+                    S = ex.S[(x.target, layer)] if sim == x.similarity else compute_similarity(sim, P, X, params).S
                 except DissectStudyError as e:
                     # the bench is optional: a function the probe cannot support
                     # (too few images, say) is left out, the run goes on
@@ -92,9 +94,10 @@ def calibration(ex: Executor) -> None:
                 df = cal.calibration_table(layer, sim, S, cs.texts, truth, text_encoder=encoder)
                 df["model"] = x.target
                 ex.record.add("calibration", df)
-        ex.log.info(f"calibrate {x.target}: {len(SIMILARITIES) - len(skipped)} similarity functions x "
-                      f"{len(ex.layer_names[x.target])} layers ({time.perf_counter() - t0:.1f}s)")
-
+        ex.log.info(
+            f"calibrate {x.target}: {len(SIMILARITIES) - len(skipped)} similarity functions x "
+            f"{len(ex.layer_names[x.target])} layers ({time.perf_counter() - t0:.1f}s)"
+        )
 
 
 def analyses(ex: Executor) -> None:
@@ -116,15 +119,25 @@ def analyses(ex: Executor) -> None:
         if kind == "show_neuron" and a.unit is not None and a.top is not None:
             options.update(unit=a.unit, top=a.top)
             ex.neuron_requests.extend((models[0], layer, a.unit, a.top) for layer in layers)
-        ex.record.add("analyses", dict(
-            analysis_id=a.index, kind=kind, analysis_names=list(a.analysis_names), statement=a.text,
-            line=a.span.line, models=models, layers=layers,
-            filter_level=flt.level if flt else None, filter_name=flt.name if flt else None,
-            threshold_rule=dict(combine=th.combine, statistic=th.statistic, value=th.value, op=th.op),
-            count_unit=a.count, options=options))
+        ex.record.add(
+            "analyses",
+            dict(
+                analysis_id=a.index,
+                kind=kind,
+                analysis_names=list(a.analysis_names),
+                statement=a.text,
+                line=a.span.line,
+                models=models,
+                layers=layers,
+                filter_level=flt.level if flt else None,
+                filter_name=flt.name if flt else None,
+                threshold_rule=dict(combine=th.combine, statistic=th.statistic, value=th.value, op=th.op),
+                count_unit=a.count,
+                options=options,
+            ),
+        )
     ex.record.derive.append(store_analyses)
     ex.log.info(f"analyses  {len(ex.plan.analyses)} statement(s); computed in SQL as the run is stored")
-
 
 
 def _analysis_layers(ex: Executor, a: CheckedAnalysis, models: list[str]) -> list[str]:
@@ -137,15 +150,18 @@ def _analysis_layers(ex: Executor, a: CheckedAnalysis, models: list[str]) -> lis
             names = [n for n, _ in resolve_layers(ex.targets[m], tuple(a.layers), ex.plan.layer_aliases)]
             bad = [n for n in names if n not in dissected]
             if bad:
-                raise RunError(f"line {a.span.line}: {a.text!r} asks for layer(s) "
-                               f"{', '.join(bad)} of {m}, which the dissect statement does not cover "
-                               f"(dissected: {', '.join(dissected)})")
+                raise RunError(
+                    f"line {a.span.line}: {a.text!r} asks for layer(s) "
+                    f"{', '.join(bad)} of {m}, which the dissect statement does not cover "
+                    f"(dissected: {', '.join(dissected)})"
+                )
         else:
             names = dissected
         per_model.append(names)
     common = [n for n in per_model[0] if all(n in p for p in per_model[1:])]
     if per_model and len(common) < len(per_model[0]) and a.layers:
-        raise RunError(f"line {a.span.line}: {a.text!r}: the models do not share the "
-                       f"layer names {sorted(set(per_model[0]) - set(common))}; compare models of one architecture")
+        raise RunError(
+            f"line {a.span.line}: {a.text!r}: the models do not share the "
+            f"layer names {sorted(set(per_model[0]) - set(common))}; compare models of one architecture"
+        )
     return common
-

@@ -21,9 +21,10 @@ import math
 import re
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,8 +33,8 @@ from torch.utils.data import DataLoader, Dataset
 from dissect_study.dsl.vocabulary import POOLINGS
 from dissect_study.engine.models.base import Dissector, Preprocess, Target
 from dissect_study.engine.probes.base import Probe
-from dissect_study.errors import DissectStudyError
 from dissect_study.engine.probes.decode import require_finite
+from dissect_study.errors import DissectStudyError
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -124,11 +125,14 @@ class ProbeDataset(Dataset):
                 f"preprocessing probe {self.probe.name!r} image {index} returned "
                 f"{type(x).__name__}{tuple(getattr(x, 'shape', ()))}; a Preprocess must return a (3, H, W) tensor"
             )
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            return _Skip(
+                index,
+                f"ImageUnreadable: {_item_path(self.probe, index)}: preprocessing gave NaN or "
+                "infinite values (pixel values beyond float32's range?)",
+            )
         return x, index
 
-        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            return _Skip(index, f"ImageUnreadable: {_item_path(self.probe, index)}: preprocessing gave NaN or "
-                                "infinite values (pixel values beyond float32's range?)")
 
 def _item_path(probe: Probe, index: int) -> str:
     try:
@@ -153,9 +157,16 @@ def collate_skipping(batch: list[Any]) -> tuple[torch.Tensor | None, list[int], 
 
 
 def _loader(dataset: ProbeDataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      collate_fn=collate_skipping, pin_memory=device.type == "cuda",
-                      persistent_workers=False, drop_last=False)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_skipping,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        drop_last=False,
+    )
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -180,8 +191,10 @@ def pool(output: Any, mode: str, layer: str = "?") -> torch.Tensor:
     elif isinstance(output, Mapping) and hasattr(output, "to_tuple"):  # transformers ModelOutput
         output = output.to_tuple()[0]
     if not isinstance(output, torch.Tensor):
-        raise ActivationError(f"layer {layer!r} returned {type(output).__name__}, not a tensor; hook a module "
-                              f"whose output is a tensor (or a tuple whose first element is one)")
+        raise ActivationError(
+            f"layer {layer!r} returned {type(output).__name__}, not a tensor; hook a module "
+            f"whose output is a tensor (or a tuple whose first element is one)"
+        )
     nd = output.ndim
     if nd == 2:
         return output
@@ -190,8 +203,10 @@ def pool(output: Any, mode: str, layer: str = "?") -> torch.Tensor:
             return output.mean(dim=(2, 3), dtype=torch.float32)
         if mode == "max":
             return output.amax(dim=(2, 3))
-        raise ActivationError(f"pooling {mode!r} does not apply to layer {layer!r}, whose output is "
-                              f"(B, C, H, W) {tuple(output.shape)}; use avg or max")
+        raise ActivationError(
+            f"pooling {mode!r} does not apply to layer {layer!r}, whose output is "
+            f"(B, C, H, W) {tuple(output.shape)}; use avg or max"
+        )
     if nd == 3:
         if mode == "cls":
             return output[:, 0]
@@ -199,10 +214,14 @@ def pool(output: Any, mode: str, layer: str = "?") -> torch.Tensor:
             return output.mean(dim=1, dtype=torch.float32)
         if mode == "max":
             return output.amax(dim=1)
-        raise ActivationError(f"pooling 'none' does not apply to layer {layer!r}, whose output is "
-                              f"(B, L, D) {tuple(output.shape)}; use cls, avg or max")
-    raise ActivationError(f"layer {layer!r} outputs a {nd}-D tensor {tuple(output.shape)}; pooling handles "
-                          f"(B, C, H, W), (B, L, D) and (B, F) outputs only")
+        raise ActivationError(
+            f"pooling 'none' does not apply to layer {layer!r}, whose output is "
+            f"(B, L, D) {tuple(output.shape)}; use cls, avg or max"
+        )
+    raise ActivationError(
+        f"layer {layer!r} outputs a {nd}-D tensor {tuple(output.shape)}; pooling handles "
+        f"(B, C, H, W), (B, L, D) and (B, F) outputs only"
+    )
 
 
 # ----------------------------------------------------------------------------- hooks
@@ -237,8 +256,9 @@ def resolve_module(target: Target, name: str) -> nn.Module:
 
 
 @contextmanager
-def hooked(target: Target, layers: Sequence[str], pooling: str,
-           sink: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
+def hooked(
+    target: Target, layers: Sequence[str], pooling: str, sink: Callable[[str, torch.Tensor], None]
+) -> Iterator[None]:
     """Register one pooling forward hook per layer; every hook is removed on exit, even on error.
 
     Each hook pools on the device and hands `(layer, pooled)` to `sink`.
@@ -247,8 +267,10 @@ def hooked(target: Target, layers: Sequence[str], pooling: str,
     handles = []
     try:
         for layer, module in modules:
+
             def hook(_m: nn.Module, _inp: Any, out: Any, _layer: str = layer) -> None:
                 sink(_layer, pool(out, pooling, _layer))
+
             handles.append(module.register_forward_hook(hook))
         yield
     finally:
@@ -270,12 +292,26 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     # disable=None lets tqdm turn itself off when stderr is not a terminal (CI logs, pipes)
-    return tqdm(total=total, desc=desc, unit="img", disable=None if enabled else True,
-                file=sys.stderr, leave=False, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="img",
+        disable=None if enabled else True,
+        file=sys.stderr,
+        leave=False,
+        dynamic_ncols=True,
+    )
 
 
-def _stream(dataset: ProbeDataset, batch_size: int, workers: int, device: torch.device, desc: str,
-            progress: bool, step: Callable[[torch.Tensor, list[int]], None]) -> tuple[list[int], list[tuple[int, str]], float]:
+def _stream(
+    dataset: ProbeDataset,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    desc: str,
+    progress: bool,
+    step: Callable[[torch.Tensor, list[int]], None],
+) -> tuple[list[int], list[tuple[int, str]], float]:
     """Feed every batch to `step`; return (kept indices, skipped, images/s)."""
     kept: list[int] = []
     skipped: list[tuple[int, str]] = []
@@ -316,7 +352,7 @@ class _Rows:
         mat, at = self.mats[name], self.filled[name]
         if block.shape[1] != mat.shape[1]:
             raise ActivationError(f"{name}: width changed between batches ({mat.shape[1]} -> {block.shape[1]})")
-        mat[at:at + block.shape[0]] = block
+        mat[at : at + block.shape[0]] = block
         self.filled[name] = at + block.shape[0]
 
     def result(self, name: str, n: int) -> torch.Tensor:
@@ -334,10 +370,19 @@ def _check_choice(value: str, choices: Sequence[str], what: str) -> None:
 _OUTPUT = "\0output"  # rows key of the forward output; no module is named so
 
 
-def extract_activations(target: Target, probe: Probe, layers: list[str], pooling: str = "avg",
-                        batch_size: int | None = None, device: str = "cpu", workers: int = 0,
-                        precision: str = "fp32", progress: bool = True,
-                        indices: Sequence[int] | None = None, keep_output: bool = False) -> ActivationResult:
+def extract_activations(
+    target: Target,
+    probe: Probe,
+    layers: list[str],
+    pooling: str = "avg",
+    batch_size: int | None = None,
+    device: str = "cpu",
+    workers: int = 0,
+    precision: str = "fp32",
+    progress: bool = True,
+    indices: Sequence[int] | None = None,
+    keep_output: bool = False,
+) -> ActivationResult:
     """Pooled activations of every layer in `layers` from ONE pass of `target` over `probe`.
 
     Rows follow `indices` (default: the whole probe in order) minus skipped images.
@@ -396,17 +441,24 @@ def extract_activations(target: Target, probe: Probe, layers: list[str], pooling
     with torch.inference_mode(), hooked(target, layers, pooling, sink):
         kept, skipped, speed = _stream(dataset, bs, workers, dev, f"{target.name}", progress, step)
     if not kept:
-        raise ActivationError(f"no image of probe {probe.name!r} could be read ({len(skipped)} skipped; "
-                              f"first: {skipped[0][1] if skipped else 'empty probe'})")
+        raise ActivationError(
+            f"no image of probe {probe.name!r} could be read ({len(skipped)} skipped; "
+            f"first: {skipped[0][1] if skipped else 'empty probe'})"
+        )
     acts = {layer: rows.result(layer, len(kept)) for layer in layers}
     output = rows.result(_OUTPUT, len(kept)) if keep_output else None
-    return ActivationResult(acts=acts, indices=kept, skipped=skipped, images_per_s=speed, precision=used,
-                            output=output)
+    return ActivationResult(acts=acts, indices=kept, skipped=skipped, images_per_s=speed, precision=used, output=output)
 
 
-def embed_images(dissector: Dissector, probe: Probe, indices: Sequence[int] | None = None,
-                 batch_size: int | None = None, device: str = "cpu", workers: int = 0,
-                 progress: bool = True) -> EmbeddingResult:
+def embed_images(
+    dissector: Dissector,
+    probe: Probe,
+    indices: Sequence[int] | None = None,
+    batch_size: int | None = None,
+    device: str = "cpu",
+    workers: int = 0,
+    progress: bool = True,
+) -> EmbeddingResult:
     """The dissector's projected image embeddings (its own preprocess and `encode_images`).
 
     Eval/train mode is the dissector adapter's business (`train_mode` parameter);
@@ -448,7 +500,7 @@ def embed_texts(dissector: Dissector, texts: list[str], chunk: int = 200) -> tor
     parts = []
     with torch.inference_mode():
         for start in range(0, len(texts), chunk):
-            piece = list(texts[start:start + chunk])
+            piece = list(texts[start : start + chunk])
             out = dissector.encode_texts(piece)
             if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != len(piece):
                 raise ActivationError(

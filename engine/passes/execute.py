@@ -44,11 +44,14 @@ def _text_pass(ex: Executor, dname: str, cname: str) -> None:
 
     d, cs = ex.dissectors[dname], ex.concept_sets[cname]
     t0 = time.perf_counter()
-    res, hit = ex.cache.get_or_compute("text", dict(dissector=d.fingerprint(), texts=cs.texts),
-                                       lambda: {"emb": embed_texts(d, cs.texts)})
+    res, hit = ex.cache.get_or_compute(
+        "text", dict(dissector=d.fingerprint(), texts=cs.texts), lambda: {"emb": embed_texts(d, cs.texts)}
+    )
     ex.text_emb[(dname, cname)] = res["emb"].float()
-    ex.log.info(f"text      {dname} x {cname}: {len(cs.texts)} concepts embedded "
-                f"({'cache' if hit else f'{time.perf_counter() - t0:.1f}s'})")
+    ex.log.info(
+        f"text      {dname} x {cname}: {len(cs.texts)} concepts embedded "
+        f"({'cache' if hit else f'{time.perf_counter() - t0:.1f}s'})"
+    )
 
 
 def _target_pass(ex: Executor, x: DissectionStep, keep_output: bool) -> tuple[torch.Tensor, list[int]] | None:
@@ -64,9 +67,14 @@ def _target_pass(ex: Executor, x: DissectionStep, keep_output: bool) -> tuple[to
     rows = _rows(ex, x.probe, x.options.get("dedup_images", True))
     layers = [n for n, _ in ex.layer_names[x.target]]
     t0 = time.perf_counter()
-    base = dict(target=target.fingerprint(), preprocess=target.preprocess.describe,
-                probe=probe.manifest_sha256(), rows=rows, pooling=x.options.get("pooling", "avg"),
-                precision=x.options.get("precision", "fp32"))
+    base = dict(
+        target=target.fingerprint(),
+        preprocess=target.preprocess.describe,
+        probe=probe.manifest_sha256(),
+        rows=rows,
+        pooling=x.options.get("pooling", "avg"),
+        precision=x.options.get("precision", "fp32"),
+    )
     tensors: dict[str, torch.Tensor] = {}
     missing: list[str] = []
     cached_rows: set[tuple[int, ...]] = set()
@@ -85,11 +93,19 @@ def _target_pass(ex: Executor, x: DissectionStep, keep_output: bool) -> tuple[to
         missing, tensors = list(layers), {}
     output = None
     if missing:
-        res = extract_activations(target, probe, missing, pooling=x.options.get("pooling", "avg"),
-                                  batch_size=ex.opt.batch_size or x.options.get("batch") or target.batch_size,
-                                  device=ex.device, workers=x.options.get("workers", 0),
-                                  precision=x.options.get("precision", "fp32"), progress=not ex.opt.quiet,
-                                  indices=rows, keep_output=keep_output)
+        res = extract_activations(
+            target,
+            probe,
+            missing,
+            pooling=x.options.get("pooling", "avg"),
+            batch_size=ex.opt.batch_size or x.options.get("batch") or target.batch_size,
+            device=ex.device,
+            workers=x.options.get("workers", 0),
+            precision=x.options.get("precision", "fp32"),
+            progress=not ex.opt.quiet,
+            indices=rows,
+            keep_output=keep_output,
+        )
         kept = list(res.indices)
         if res.output is not None:
             output = (res.output, kept)
@@ -99,21 +115,28 @@ def _target_pass(ex: Executor, x: DissectionStep, keep_output: bool) -> tuple[to
                 raise RunError(f"probe {x.probe}: image {idx} is unreadable ({reason}); --strict makes that fatal")
         for layer in missing:
             tensors[layer] = res.acts[layer]
-            ex.cache.save("acts", ex.cache.key("acts", layer=layer, **base),
-                          {"acts": res.acts[layer], "rows": torch.tensor(kept)}, {"layer": layer})
+            ex.cache.save(
+                "acts",
+                ex.cache.key("acts", layer=layer, **base),
+                {"acts": res.acts[layer], "rows": torch.tensor(kept)},
+                {"layer": layer},
+            )
         speed = f"{res.images_per_s:.1f} images/s"
     else:
         speed = "cache"
     ex.acts[key] = tensors
     ex.act_rows[key] = kept
     ex.act_requested[key] = rows
-    ex.log.info(f"target    {x.target} on {x.probe}: {len(kept)} images x {len(layers)} layers "
-                f"({speed}, {time.perf_counter() - t0:.1f}s)")
+    ex.log.info(
+        f"target    {x.target} on {x.probe}: {len(kept)} images x {len(layers)} layers "
+        f"({speed}, {time.perf_counter() - t0:.1f}s)"
+    )
     return output
 
 
-def _image_pass(ex: Executor, dname: str, pname: str, tower: str | None,
-                tower_out: tuple[torch.Tensor, list[int]] | None) -> None:
+def _image_pass(
+    ex: Executor, dname: str, pname: str, tower: str | None, tower_out: tuple[torch.Tensor, list[int]] | None
+) -> None:
     """The dissector's image embeddings: the cheapest pass its dissections allow, or none when
     `tower`'s pass already yielded them (`tower_out`: its forward output and rows)."""
     from dissect_study.dsl.vocabulary import SIMILARITIES
@@ -128,23 +151,34 @@ def _image_pass(ex: Executor, dname: str, pname: str, tower: str | None,
     row_users = []
     for x in users:
         spec = SIMILARITIES[x.similarity].param("top_k")
-        row_users.append(RowUser(
-            name=x.target, similarity=x.similarity, family=x.family,
-            top_k=int(x.similarity_params.get("top_k", spec.default if spec else 0)),
-            acts=ex.acts[(x.target, x.probe)], kept=ex.act_rows[(x.target, x.probe)],
-            top_images=int(x.options.get("top_images", 5)),
-            train_mode=bool(x.options.get("dissector_train_mode")),
-            needs_all_rows="the calibration bench scores every function on every image" if calibrating else None))
+        row_users.append(
+            RowUser(
+                name=x.target,
+                similarity=x.similarity,
+                family=x.family,
+                top_k=int(x.similarity_params.get("top_k", spec.default if spec else 0)),
+                acts=ex.acts[(x.target, x.probe)],
+                kept=ex.act_rows[(x.target, x.probe)],
+                top_images=int(x.options.get("top_images", 5)),
+                train_mode=bool(x.options.get("dissector_train_mode")),
+                needs_all_rows="the calibration bench scores every function on every image" if calibrating else None,
+            )
+        )
     choice = choose_rows(rows, row_users)
     if choice.reduced or len(rows) > cheapest_pass.MIN_PROBE_IMAGES:  # say why a large probe is whole
         ex.log.info(f"image     {dname} x {pname}: embedding {choice.reason}")
     rows = choice.rows
     ex.sanity_rows[(dname, pname)] = choice.sanity_rows
     train_mode = any(u.train_mode for u in row_users)
-    parts = dict(dissector=d.fingerprint(), preprocess=d.preprocess.describe,
-                 probe=probe.manifest_sha256(), rows=rows, train_mode=train_mode,
-                 # train-mode BatchNorm makes embeddings depend on the batch composition
-                 batch=(ex.opt.batch_size or d.batch_size) if train_mode else None)
+    parts = dict(
+        dissector=d.fingerprint(),
+        preprocess=d.preprocess.describe,
+        probe=probe.manifest_sha256(),
+        rows=rows,
+        train_mode=train_mode,
+        # train-mode BatchNorm makes embeddings depend on the batch composition
+        batch=(ex.opt.batch_size or d.batch_size) if train_mode else None,
+    )
     t0 = time.perf_counter()
     shared = _from_tower(d, rows, tower_out)
     how = f"embedded from {tower}'s pass (shared)" if shared is not None else "embedded"
@@ -152,18 +186,27 @@ def _image_pass(ex: Executor, dname: str, pname: str, tower: str | None,
     def compute() -> dict[str, torch.Tensor]:
         if shared is not None:
             return shared
-        r = embed_images(d, probe, indices=rows, batch_size=ex.opt.batch_size or d.batch_size,
-                         device=ex.device, progress=not ex.opt.quiet)
+        r = embed_images(
+            d,
+            probe,
+            indices=rows,
+            batch_size=ex.opt.batch_size or d.batch_size,
+            device=ex.device,
+            progress=not ex.opt.quiet,
+        )
         return {"emb": r.emb, "rows": torch.tensor(list(r.indices))}
 
     res, hit = ex.cache.get_or_compute("images", parts, compute)
     ex.img_emb[(dname, pname)] = (res["emb"].float(), res["rows"].tolist())
-    ex.log.info(f"image     {dname} x {pname}: {len(res['rows'])} images {how} "
-                f"({'cache' if hit else f'{time.perf_counter() - t0:.1f}s'})")
+    ex.log.info(
+        f"image     {dname} x {pname}: {len(res['rows'])} images {how} "
+        f"({'cache' if hit else f'{time.perf_counter() - t0:.1f}s'})"
+    )
 
 
-def _from_tower(d: Dissector, rows: list[int],
-                tower_out: tuple[torch.Tensor, list[int]] | None) -> dict[str, torch.Tensor] | None:
+def _from_tower(
+    d: Dissector, rows: list[int], tower_out: tuple[torch.Tensor, list[int]] | None
+) -> dict[str, torch.Tensor] | None:
     """The dissector's embeddings of `rows` from its image tower's forward output, when that covers them."""
     if tower_out is None or not isinstance(d, SharesImagePass):
         return None
@@ -180,7 +223,6 @@ def _rows(ex: Executor, probe_name: str, dedup: bool) -> list[int]:
     return _dedup_indices(probe) if dedup else list(range(len(probe)))
 
 
-
 def shared_passes(ex: Executor) -> dict[tuple[str, str], tuple[str, str]]:
     """(dissector, probe) -> (target, probe) whose forward pass also yields the dissector's embeddings.
 
@@ -195,9 +237,12 @@ def shared_passes(ex: Executor) -> dict[tuple[str, str], tuple[str, str]]:
             continue
         for x in ex.plan.dissections:
             t = ex.targets[x.target]
-            if (x.probe == pname and x.options.get("precision", "fp32") == "fp32"
-                    and t.fingerprint() == d.tower_fingerprint()
-                    and t.preprocess.describe == d.preprocess.describe):
+            if (
+                x.probe == pname
+                and x.options.get("precision", "fp32") == "fp32"
+                and t.fingerprint() == d.tower_fingerprint()
+                and t.preprocess.describe == d.preprocess.describe
+            ):
                 shared[(dname, pname)] = (x.target, x.probe)
                 break
     return shared

@@ -1,5 +1,4 @@
-"""Neuron cards: activation-map thumbnails for the neurons a study looks up (`show neuron`).
-"""
+"""Neuron cards: activation-map thumbnails for the neurons a study looks up (`show neuron`)."""
 
 from __future__ import annotations
 
@@ -26,8 +25,10 @@ def neuron_images(ex: Executor) -> None:
         target, probe = ex.targets[model], ex.probes[x.probe]
         X = ex.acts[(model, x.probe)][layer]
         if unit >= X.shape[1]:
-            raise RunError(f"show neuron {model}.{layer}[{unit}]: layer {layer} has {X.shape[1]} neurons "
-                           f"(units 0..{X.shape[1] - 1})")
+            raise RunError(
+                f"show neuron {model}.{layer}[{unit}]: layer {layer} has {X.shape[1]} neurons "
+                f"(units 0..{X.shape[1] - 1})"
+            )
         rows = ex.act_rows[(model, x.probe)]
         order = torch.argsort(X[:, unit], descending=True, stable=True)[:top].tolist()
         probe_rows = [rows[i] for i in order]
@@ -36,7 +37,7 @@ def neuron_images(ex: Executor) -> None:
         for rank, (i, r) in enumerate(zip(order, probe_rows), start=1):
             img = probe.load(r)
             png = activation_overlay_png(img if img.ndim == 2 else img.mean(axis=2), maps[rank - 1])
-            out.append(dict(model=model, layer=layer, unit=unit, rank=rank, image_idx=r,
-                            activation=float(X[i, unit]), png=png))
+            out.append(
+                dict(model=model, layer=layer, unit=unit, rank=rank, image_idx=r, activation=float(X[i, unit]), png=png)
+            )
         ex.record.add("neuron_images", pd.DataFrame(out))
-

@@ -14,8 +14,9 @@ from dissect_study.engine.models.base import Target
 from dissect_study.engine.probes.base import Probe
 
 
-def spatial_maps(target: Target, probe: Probe, layer: str, unit: int, rows: list[int],
-                 device: str = "cpu") -> list[np.ndarray]:
+def spatial_maps(
+    target: Target, probe: Probe, layer: str, unit: int, rows: list[int], device: str = "cpu"
+) -> list[np.ndarray]:
     """(h, w) activation map of `unit` at `layer` for each probe row (1x1 for FC/token outputs)."""
     module = target.module.get_submodule(layer)
     captured: list[torch.Tensor] = []

@@ -97,15 +97,19 @@ class Plan:
 
     def describe(self) -> str:
         lines = [f"plan for {self.study_path!s}: {self.title!r}"]
-        lines.append(f"  build: {len(self.concept_sets)} concept set(s), {len(self.probes)} probe(s), "
-                     f"{len(self.dissectors)} dissector(s), {len(self.targets)} target(s)")
+        lines.append(
+            f"  build: {len(self.concept_sets)} concept set(s), {len(self.probes)} probe(s), "
+            f"{len(self.dissectors)} dissector(s), {len(self.targets)} target(s)"
+        )
         for d, c in self.text_passes:
             lines.append(f"  text pass   : dissector {d} x concepts {c}")
         for d, p in self.image_passes:
             if (d, p) in self.shared_image_passes:
                 t, _ = self.shared_image_passes[(d, p)]
-                lines.append(f"  image pass  : dissector {d} x probe {p}, shared with target pass {t} "
-                             f"(its image tower: one forward pass serves both)")
+                lines.append(
+                    f"  image pass  : dissector {d} x probe {p}, shared with target pass {t} "
+                    f"(its image tower: one forward pass serves both)"
+                )
             else:
                 lines.append(f"  image pass  : dissector {d} x probe {p}")
         for t, p in self.target_passes:
@@ -113,7 +117,9 @@ class Plan:
             lines.append(f"  target pass : {t} on {p}, layers {layers} (one pass, all layers hooked)")
         for x in self.dissections:
             params = ", ".join(f"{k}={v}" for k, v in x.similarity_params.items())
-            lines.append(f"  dissect     : {x.target} by {x.dissector} on {x.probe} with {x.concepts} using {x.similarity}({params})")
+            lines.append(
+                f"  dissect     : {x.target} by {x.dissector} on {x.probe} with {x.concepts} using {x.similarity}({params})"
+            )
         for a in self.analyses:
             lines.append(f"  analysis    : {a.text}")
         for r in self.reports:
@@ -136,16 +142,26 @@ def _decl(kind: str, rd: ResolvedDecl) -> DeclStep:
 
 def build_plan(study: CheckedStudy) -> Plan:
     """Turn a CheckedStudy (dsl/checker.py) into a Plan with shared work deduplicated."""
-    plan = Plan(title=study.title or "", study_path=str(study.path), study_sha256=study.sha256,
-                study_text=study.source, tau_statistic=study.default_threshold.statistic,
-                layer_aliases=dict(study.layer_aliases))
+    plan = Plan(
+        title=study.title or "",
+        study_path=str(study.path),
+        study_sha256=study.sha256,
+        study_text=study.source,
+        tau_statistic=study.default_threshold.statistic,
+        layer_aliases=dict(study.layer_aliases),
+    )
     for d in study.dissections:
         for t in d.targets:
             plan.dissections.append(
                 DissectionStep(
-                    target=t, layers=tuple(d.layers), dissector=d.dissector, probe=d.probe,
-                    concepts=d.concepts, similarity=d.similarity,
-                    similarity_params=dict(d.similarity_params), options=dict(d.options),
+                    target=t,
+                    layers=tuple(d.layers),
+                    dissector=d.dissector,
+                    probe=d.probe,
+                    concepts=d.concepts,
+                    similarity=d.similarity,
+                    similarity_params=dict(d.similarity_params),
+                    options=dict(d.options),
                     line=d.span.line,
                 )
             )
@@ -181,8 +197,12 @@ def _shared_image_passes(plan: Plan) -> dict[tuple[str, str], tuple[str, str]]:
     shared: dict[tuple[str, str], tuple[str, str]] = {}
     for x in plan.dissections:
         key = (x.dissector, x.probe)
-        if (towers.get(x.target) == x.dissector and key not in train_mode and key not in shared
-                and x.options.get("precision", "fp32") == "fp32"):
+        if (
+            towers.get(x.target) == x.dissector
+            and key not in train_mode
+            and key not in shared
+            and x.options.get("precision", "fp32") == "fp32"
+        ):
             shared[key] = (x.target, x.probe)
     return shared
 

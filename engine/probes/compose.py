@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -127,8 +128,7 @@ def sample_indices(items: list[ProbeItem], n: int, balanced_by: str | None = Non
     if balanced_by is None:
         if n >= len(items):
             return list(range(len(items)))
-        chosen = sorted(range(len(items)), key=lambda i: (ranks[i], i))[:n]
-        return sorted(chosen)
+        return sorted(sorted(range(len(items)), key=lambda i: (ranks[i], i))[:n])
     lacking = [i for i, it in enumerate(items) if it.attributes.get(balanced_by) is None]
     if lacking:
         known = sorted({k for it in items for k in it.attributes})

@@ -85,7 +85,7 @@ def _pil_to_array(im) -> np.ndarray:
     if mode in ("L", "RGB"):
         return np.asarray(im).copy()
     if mode == "1":
-        return (np.asarray(im).astype(np.uint8) * 255)
+        return np.asarray(im).astype(np.uint8) * 255
     if mode.startswith("I;16"):
         return np.asarray(im).astype(np.uint16)
     if mode == "I":
@@ -257,8 +257,9 @@ def _central(n: int, fraction: float) -> slice:
     return slice(margin, max(margin + 1, n - margin))
 
 
-def extract_breast_roi(img: np.ndarray, background_max: int = ROI_BACKGROUND_MAX,
-                       central: float = ROI_CENTRAL_FRACTION) -> np.ndarray:
+def extract_breast_roi(
+    img: np.ndarray, background_max: int = ROI_BACKGROUND_MAX, central: float = ROI_CENTRAL_FRACTION
+) -> np.ndarray:
     """Crop a uint8 mammogram to the breast (our implementation of docs/METHOD.md §7.2).
 
     Detection runs on a copy with pixels <= `background_max` set to 0 (labels,

@@ -93,8 +93,9 @@ def resolve_inside(root: Path, rel: str, what: str, cache: dict[str, str] | None
     return Path(joined)
 
 
-def iter_image_files(root: Path, recursive: bool, suffixes: Iterable[str] = IMAGE_SUFFIXES,
-                     log: Callable[[str], None] | None = None) -> list[Path]:
+def iter_image_files(
+    root: Path, recursive: bool, suffixes: Iterable[str] = IMAGE_SUFFIXES, log: Callable[[str], None] | None = None
+) -> list[Path]:
     """Image files under `root` in sorted relative-path order.
 
     Skipped, and counted in one warning: hidden names, links leaving the root, symlink loops
@@ -148,8 +149,11 @@ def iter_image_files(root: Path, recursive: bool, suffixes: Iterable[str] = IMAG
 
     visit(Path(os.path.abspath(root)))
     if skipped:
-        (log or logger.warning)(f"probe folder {root}: skipped {len(skipped)} entries: " + "; ".join(skipped[:5])
-                                + (f"; ... ({len(skipped) - 5} more)" if len(skipped) > 5 else ""))
+        (log or logger.warning)(
+            f"probe folder {root}: skipped {len(skipped)} entries: "
+            + "; ".join(skipped[:5])
+            + (f"; ... ({len(skipped) - 5} more)" if len(skipped) > 5 else "")
+        )
     found.sort(key=lambda p: p.relative_to(os.path.abspath(root)).as_posix())
     return found
 
@@ -171,8 +175,9 @@ def attribute_counts(items: list[ProbeItem], keys: Iterable[str] = COUNTED_ATTRI
 class FileProbe(Probe):
     """Items whose `path` is an image file, decoded on demand by `loader`."""
 
-    def __init__(self, name: str, items: list[ProbeItem], info: dict[str, Any],
-                 loader: Callable[[str], np.ndarray] = decode_any) -> None:
+    def __init__(
+        self, name: str, items: list[ProbeItem], info: dict[str, Any], loader: Callable[[str], np.ndarray] = decode_any
+    ) -> None:
         self.name = name
         self._items = list(items)
         self._info = dict(info)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import altair as alt
 import pandas as pd
@@ -44,12 +45,34 @@ CATEGORY_TITLES: dict[str, str] = {
     "miscellaneous": "Miscellaneous",
 }
 #: extra categories (user concept sets) get these, in sorted order of their normalised names
-EXTRA_COLOURS = ("#17becf", "#bcbd22", "#e377c2", "#393b79", "#8c6d31", "#637939", "#7b4173", "#3182bd", "#e6550d", "#31a354")
+EXTRA_COLOURS = (
+    "#17becf",
+    "#bcbd22",
+    "#e377c2",
+    "#393b79",
+    "#8c6d31",
+    "#637939",
+    "#7b4173",
+    "#3182bd",
+    "#e6550d",
+    "#31a354",
+)
 UNCATEGORISED = "Uncategorised"
 UNCATEGORISED_COLOUR = "#b0b0b0"
 
 #: models: a separate palette (a model is never a category)
-MODEL_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
+MODEL_COLOURS = (
+    "#4c72b0",
+    "#dd8452",
+    "#55a868",
+    "#c44e52",
+    "#8172b3",
+    "#937860",
+    "#da8bc3",
+    "#8c8c8c",
+    "#ccb974",
+    "#64b5cd",
+)
 DOMAIN_COLOURS = {"mammography": "#9467bd", "non-mammography": "#2ca02c"}
 
 
@@ -74,7 +97,7 @@ class Palette:
     titles: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_categories(cls, categories: Iterable[str | None]) -> "Palette":
+    def from_categories(cls, categories: Iterable[str | None]) -> Palette:
         titles: dict[str, str] = {}
         extras: set[str] = set()
         for c in categories:
@@ -172,7 +195,7 @@ def fit_width(svg: str, max_width: float = PAGE_WIDTH_PX) -> str:
     w, h = float(m.group(2)), float(m.group(3))
     if w > max_width:
         w, h = max_width, h * max_width / w
-    return f'{m.group(1)}width="{w:.0f}" height="{h:.0f}"' + svg[m.end():]
+    return f'{m.group(1)}width="{w:.0f}" height="{h:.0f}"' + svg[m.end() :]
     return svg
 
 
@@ -191,6 +214,7 @@ def _facet_width(n: int, total: int = 560, minimum: int = 90) -> int:
 
 
 # ----------------------------------------------------------------------------- charts
+
 
 def tau_chart(df: pd.DataFrame, layer_order: Sequence[str], models: Sequence[str]) -> str:
     """Fig. 4a/8: tau per layer, one line per model, layers by depth."""
@@ -228,8 +252,9 @@ def domain_chart(df: pd.DataFrame, layer_order: Sequence[str], models: Sequence[
     return to_svg(_config(chart))
 
 
-def category_stack_chart(df: pd.DataFrame, layer_order: Sequence[str], models: Sequence[str], palette: Palette,
-                         unit: str) -> str:
+def category_stack_chart(
+    df: pd.DataFrame, layer_order: Sequence[str], models: Sequence[str], palette: Palette, unit: str
+) -> str:
     """Fig. 4c: the top-3 broad categories per model, stacked, one panel per layer."""
     layers = [l for l in layer_order if l in set(df["layer"])]
     chart = (
@@ -292,8 +317,9 @@ def calibration_chart(df: pd.DataFrame, layer_order: Sequence[str], similarities
             x=alt.X("layer:N", sort=layers, title=None, axis=alt.Axis(labelAngle=-40)),
             xOffset=alt.XOffset("similarity:N", sort=list(similarities)),
             y=alt.Y("top1_hit:Q", title="top-1 hit rate", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("similarity:N", sort=list(similarities), scale=alt.Scale(scheme="tableau10"),
-                            title="similarity"),
+            color=alt.Color(
+                "similarity:N", sort=list(similarities), scale=alt.Scale(scheme="tableau10"), title="similarity"
+            ),
         )
         .properties(width=520, height=200)
     )
@@ -303,4 +329,6 @@ def calibration_chart(df: pd.DataFrame, layer_order: Sequence[str], similarities
 def legend_items(palette: Palette, present: Iterable[str | None]) -> list[dict[str, Any]]:
     """Legend rows (title, colour) for the categories present, in the palette's order."""
     titles = {palette.title(c) for c in present}
-    return [dict(title=t, colour=c) for t, c in palette.legend() + [(UNCATEGORISED, UNCATEGORISED_COLOUR)] if t in titles]
+    return [
+        dict(title=t, colour=c) for t, c in palette.legend() + [(UNCATEGORISED, UNCATEGORISED_COLOUR)] if t in titles
+    ]

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Sequence
 
 import duckdb
 import jinja2
@@ -36,7 +36,9 @@ class ReportWriteError(DissectStudyError):
 
 def _env() -> jinja2.Environment:
     if not (TEMPLATE_DIR / "report.html.j2").exists():
-        raise FileNotFoundError(f"{TEMPLATE_DIR}: report templates are missing (report.html.j2); reinstall dissect-study")
+        raise FileNotFoundError(
+            f"{TEMPLATE_DIR}: report templates are missing (report.html.j2); reinstall dissect-study"
+        )
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
         autoescape=True,  # always, whatever the extension: every string in the model is user data
@@ -65,7 +67,7 @@ def wbr(value: object) -> Markup:
         tok = m.group(0)
         if re.search(r"[/_.=,:\-]", tok):
             return re.sub(r"([/_.=,:\-])", "\\1" + mark, tok)
-        return mark.join(tok[i:i + 16] for i in range(0, len(tok), 16))  # hashes: every 16 characters
+        return mark.join(tok[i : i + 16] for i in range(0, len(tok), 16))  # hashes: every 16 characters
 
     text = _LONG_TOKEN.sub(breakable, text)
     return Markup(str(escape(text)).replace(mark, "<wbr>"))
@@ -94,8 +96,13 @@ def render_pdf(model: ReportModel, path: str | Path, html: str | None = None) ->
     return path
 
 
-def write_report(db_path: str | Path, out_dir: str | Path, run_id: str | None = None,
-                 formats: Sequence[str] = ("html", "pdf"), sections: list[str] | None = None) -> list[Path]:
+def write_report(
+    db_path: str | Path,
+    out_dir: str | Path,
+    run_id: str | None = None,
+    formats: Sequence[str] = ("html", "pdf"),
+    sections: list[str] | None = None,
+) -> list[Path]:
     """Build the model of one stored run and write `report.html` and/or `report.pdf` into `out_dir`."""
     from dissect_study.engine.store.database import connect
 
@@ -127,6 +134,7 @@ def write_report(db_path: str | Path, out_dir: str | Path, run_id: str | None = 
                     render_pdf(model, tmp, html=html)
     except OSError as e:
         where = f"{e.filename}: " if e.filename and str(e.filename) != str(out) else ""
-        raise ReportWriteError(f"cannot write the report to {out}: {where}{e.strerror or e}; no report file was "
-                               f"written or changed") from None
+        raise ReportWriteError(
+            f"cannot write the report to {out}: {where}{e.strerror or e}; no report file was written or changed"
+        ) from None
     return targets

@@ -12,10 +12,10 @@ Concept names are user data: every text node is escaped here.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from markupsafe import escape
@@ -95,12 +95,14 @@ def _centre_rank(gh: int, gw: int, aspect: float) -> np.ndarray:
 
 def _sizes(words: Sequence[Word], min_size: float, max_size: float) -> list[float]:
     lo, hi = min(w.weight for w in words), max(w.weight for w in words)
-    return [min_size + (max_size - min_size) * (1.0 if hi - lo <= 1e-12 else (w.weight - lo) / (hi - lo))
-            for w in words]
+    return [
+        min_size + (max_size - min_size) * (1.0 if hi - lo <= 1e-12 else (w.weight - lo) / (hi - lo)) for w in words
+    ]
 
 
-def canvas_height(words: Sequence[Word], width: int = 560, min_size: float = 8.0, max_size: float = 24.0,
-                  lo: int = 160, hi: int = 480) -> int:
+def canvas_height(
+    words: Sequence[Word], width: int = 560, min_size: float = 8.0, max_size: float = 24.0, lo: int = 160, hi: int = 480
+) -> int:
     """A height that leaves room for every word (about 1.8x their total box area), within [lo, hi]."""
     if not words:
         return lo
@@ -109,8 +111,15 @@ def canvas_height(words: Sequence[Word], width: int = 560, min_size: float = 8.0
     return int(min(hi, max(lo, 1.8 * area / width)))
 
 
-def layout(words: Sequence[Word], width: int = 560, height: int = 300, min_size: float = 8.0,
-           max_size: float = 24.0, cell: int = 2, pad: float = 1.5) -> list[Placed]:
+def layout(
+    words: Sequence[Word],
+    width: int = 560,
+    height: int = 300,
+    min_size: float = 8.0,
+    max_size: float = 24.0,
+    cell: int = 2,
+    pad: float = 1.5,
+) -> list[Placed]:
     """Place words on a width x height canvas; words that find no room are left out.
 
     Each word goes to the free spot nearest the centre; "free" is read off a
@@ -135,22 +144,23 @@ def layout(words: Sequence[Word], width: int = 560, height: int = 300, min_size:
         # occupied cells inside the box at every top-left position, by the summed-area table
         box = sat[bh:, bw:] - sat[:-bh, bw:] - sat[bh:, :-bw] + sat[:-bh, :-bw]
         # rank of each position's box centre; the free position with the lowest rank wins
-        r = rank[bh // 2: bh // 2 + gh - bh + 1, bw // 2: bw // 2 + gw - bw + 1]
+        r = rank[bh // 2 : bh // 2 + gh - bh + 1, bw // 2 : bw // 2 + gw - bw + 1]
         cand = np.where(box == 0, r, never)
         best = int(np.argmin(cand))
         if cand.flat[best] == never:
             continue
         spot = divmod(best, cand.shape[1])
         gy, gx = int(spot[0]), int(spot[1])
-        grid[gy:gy + bh, gx:gx + bw] = 1
+        grid[gy : gy + bh, gx : gx + bw] = 1
         np.cumsum(np.cumsum(grid, 0), 1, out=sat[1:, 1:])
         x, y = gx * cell, gy * cell
         placed.append(Placed(w.text, x + pad, y + pad + size * 0.95, size, tw - 2 * pad, w.colour, w.title))
     return placed
 
 
-def wordcloud_svg(words: Sequence[Word], width: int = 560, height: int | None = None,
-                  max_height: int = 420) -> tuple[str, int]:
+def wordcloud_svg(
+    words: Sequence[Word], width: int = 560, height: int | None = None, max_height: int = 420
+) -> tuple[str, int]:
     """An SVG string and the number of words placed.  All text is escaped.
 
     The canvas grows with the words up to `max_height`; beyond that every size

@@ -61,40 +61,101 @@ def score(ex: Executor) -> None:
             ex.S[(x.target, layer)] = S
             K, M = S.shape
             taus = layer_taus(S)
-            rec.add("layers", dict(model=x.target, layer=layer, layer_index=_layer_index(ex, x.target, layer),
-                                   alias=alias, n_neurons=K, tau=taus[tau_stat], tau_statistic=tau_stat,
-                                   tau_mean_top1=taus["mean_top1"], tau_mean_all=taus["mean_all"],
-                                   tau_median_top1=taus["median_top1"]))
+            rec.add(
+                "layers",
+                dict(
+                    model=x.target,
+                    layer=layer,
+                    layer_index=_layer_index(ex, x.target, layer),
+                    alias=alias,
+                    n_neurons=K,
+                    tau=taus[tau_stat],
+                    tau_statistic=tau_stat,
+                    tau_mean_top1=taus["mean_top1"],
+                    tau_mean_all=taus["mean_all"],
+                    tau_median_top1=taus["median_top1"],
+                ),
+            )
             k = min(int(x.options.get("top_concepts", 10)), M)
             sc, idx = top_concepts(S, k)
             units = np.repeat(np.arange(K), k)
             cid = idx.numpy().reshape(-1)
             texts = np.array(cs.texts, dtype=object)
-            rec.add("neuron_labels", pd.DataFrame(dict(
-                model=x.target, layer=layer, unit=units, rank=np.tile(np.arange(1, k + 1), K),
-                concept_id=cid, concept=texts[cid], score=sc.numpy().reshape(-1).astype(float))))
+            rec.add(
+                "neuron_labels",
+                pd.DataFrame(
+                    dict(
+                        model=x.target,
+                        layer=layer,
+                        unit=units,
+                        rank=np.tile(np.arange(1, k + 1), K),
+                        concept_id=cid,
+                        concept=texts[cid],
+                        score=sc.numpy().reshape(-1).astype(float),
+                    )
+                ),
+            )
             ti = min(int(x.options.get("top_images", 5)), X.shape[0])
             acts, img_idx = top_images(X, ti)[:2]
             constant = (X.max(dim=0).values - X.min(dim=0).values) <= 1e-12
-            rec.add("neurons", pd.DataFrame(dict(
-                model=x.target, layer=layer, unit=np.arange(K), concept_id=idx[:, 0].numpy(),
-                label=texts[idx[:, 0].numpy()], score=sc[:, 0].numpy().astype(float),
-                constant=constant.numpy())))
+            rec.add(
+                "neurons",
+                pd.DataFrame(
+                    dict(
+                        model=x.target,
+                        layer=layer,
+                        unit=np.arange(K),
+                        concept_id=idx[:, 0].numpy(),
+                        label=texts[idx[:, 0].numpy()],
+                        score=sc[:, 0].numpy().astype(float),
+                        constant=constant.numpy(),
+                    )
+                ),
+            )
             rows_arr = np.array(rows)
-            rec.add("top_images", pd.DataFrame(dict(
-                model=x.target, layer=layer, unit=np.repeat(np.arange(K), ti),
-                rank=np.tile(np.arange(1, ti + 1), K), image_idx=rows_arr[img_idx.numpy().reshape(-1)],
-                activation=acts.numpy().reshape(-1).astype(float))))
-            rec.add("similarities", pd.DataFrame(dict(
-                model=x.target, layer=layer, unit=np.repeat(np.arange(K, dtype=np.int32), M),
-                concept_id=np.tile(np.arange(M, dtype=np.int32), K),
-                score=S.numpy().reshape(-1).astype(np.float32))))
-        rec.add("dissections", dict(model=x.target, dissector=x.dissector, probe=x.probe, concept_set=x.concepts,
-                                    similarity=x.similarity, similarity_params=used_params,
-                                    pooling=x.options.get("pooling", "avg"), options=x.options, notes=notes))
-        ex.log.info(f"dissect   {x.target}: {len(ex.layer_names[x.target])} layer(s) labelled with "
-                      f"{x.similarity} ({len(cs.texts)} concepts, {len(rows)} images)")
-
+            rec.add(
+                "top_images",
+                pd.DataFrame(
+                    dict(
+                        model=x.target,
+                        layer=layer,
+                        unit=np.repeat(np.arange(K), ti),
+                        rank=np.tile(np.arange(1, ti + 1), K),
+                        image_idx=rows_arr[img_idx.numpy().reshape(-1)],
+                        activation=acts.numpy().reshape(-1).astype(float),
+                    )
+                ),
+            )
+            rec.add(
+                "similarities",
+                pd.DataFrame(
+                    dict(
+                        model=x.target,
+                        layer=layer,
+                        unit=np.repeat(np.arange(K, dtype=np.int32), M),
+                        concept_id=np.tile(np.arange(M, dtype=np.int32), K),
+                        score=S.numpy().reshape(-1).astype(np.float32),
+                    )
+                ),
+            )
+        rec.add(
+            "dissections",
+            dict(
+                model=x.target,
+                dissector=x.dissector,
+                probe=x.probe,
+                concept_set=x.concepts,
+                similarity=x.similarity,
+                similarity_params=used_params,
+                pooling=x.options.get("pooling", "avg"),
+                options=x.options,
+                notes=notes,
+            ),
+        )
+        ex.log.info(
+            f"dissect   {x.target}: {len(ex.layer_names[x.target])} layer(s) labelled with "
+            f"{x.similarity} ({len(cs.texts)} concepts, {len(rows)} images)"
+        )
 
 
 def _embed_prompts(ex: Executor, dname: str, texts: list[str]) -> torch.Tensor:
@@ -102,10 +163,10 @@ def _embed_prompts(ex: Executor, dname: str, texts: list[str]) -> torch.Tensor:
     from dissect_study.engine.passes.activations import embed_texts
 
     d = ex.dissectors[dname]
-    res, _ = ex.cache.get_or_compute("text", dict(dissector=d.fingerprint(), texts=texts),
-                                       lambda: {"emb": embed_texts(d, texts)})
+    res, _ = ex.cache.get_or_compute(
+        "text", dict(dissector=d.fingerprint(), texts=texts), lambda: {"emb": embed_texts(d, texts)}
+    )
     return res["emb"].float()
-
 
 
 def _layer_index(ex: Executor, target: str, layer: str) -> int:
@@ -113,4 +174,3 @@ def _layer_index(ex: Executor, target: str, layer: str) -> int:
         if info.name == layer:
             return info.index
     return -1
-
