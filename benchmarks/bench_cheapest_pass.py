@@ -46,15 +46,12 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from torch import nn
 
-from dissect_study.engine.plan import cheapest_pass
-from dissect_study.engine.passes.activations import embed_images, extract_activations
-from dissect_study.engine.scores.labels import topk_image_union
 from dissect_study.engine.models.efficientnet import CONFIGS, EfficientNet, block_specs
 from dissect_study.engine.models.mammo_clip import (
     IMAGE_SIZE,
@@ -64,7 +61,10 @@ from dissect_study.engine.models.mammo_clip import (
     mammo_clip_preprocess,
     paper_layer_aliases,
 )
+from dissect_study.engine.passes.activations import embed_images, extract_activations
 from dissect_study.engine.phantom.probe import PhantomProbe
+from dissect_study.engine.plan import cheapest_pass
+from dissect_study.engine.scores.labels import topk_image_union
 from dissect_study.engine.scores.similarity import concept_activation_matrix, soft_wpmi
 
 #: the engine's thresholds (engine/cheapest_pass.py)
@@ -86,8 +86,15 @@ def engine_rows(acts: dict[str, torch.Tensor], top_k: int) -> tuple[int, list[in
     instead (see ``engine_takes_union``).
     """
     n = next(iter(acts.values())).shape[0]
-    user = cheapest_pass.RowUser(name="target", similarity="soft_wpmi", family="topk", top_k=top_k,
-                                 acts=acts, kept=list(range(n)), top_images=TOP_IMAGES)
+    user = cheapest_pass.RowUser(
+        name="target",
+        similarity="soft_wpmi",
+        family="topk",
+        top_k=top_k,
+        acts=acts,
+        kept=list(range(n)),
+        top_images=TOP_IMAGES,
+    )
     choice = cheapest_pass.choose_rows(list(range(n)), [user], max_fraction=1.0)
     if not choice.reduced:
         return n, choice.rows
@@ -132,16 +139,29 @@ def tiny_bert() -> nn.Module:
 
     from dissect_study.engine.models.mammo_clip import new_bert
 
-    return new_bert(BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=64, max_position_embeddings=64))
+    return new_bert(
+        BertConfig(
+            vocab_size=128,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    )
 
 
 def mammo_clip_dissector(variant: str, size: tuple[int, int], seed: int = 0) -> MammoClipDissector:
     torch.manual_seed(seed)
     model = MammoClipModel(CONFIGS[variant], tiny_bert())
-    return MammoClipDissector(model, tokenizer=None, preprocess=mammo_clip_preprocess(size),
-                              fingerprint=f"bench-{variant}-{size[0]}x{size[1]}", facts={"source": "random"},
-                              name=f"random_{variant}")
+    return MammoClipDissector(
+        model,
+        tokenizer=None,
+        preprocess=mammo_clip_preprocess(size),
+        fingerprint=f"bench-{variant}-{size[0]}x{size[1]}",
+        facts={"source": "random"},
+        name=f"random_{variant}",
+    )
 
 
 @torch.no_grad()
@@ -182,7 +202,7 @@ class Clock:
     """Wall and process CPU seconds of a block; cpu/wall well below the thread count means the
     process was waiting (I/O, or -- in a VM -- its vCPUs were not running)."""
 
-    def __enter__(self) -> "Clock":
+    def __enter__(self) -> Clock:
         self._w, self._c = time.perf_counter(), time.process_time()
         return self
 
@@ -210,8 +230,11 @@ def time_full_res(d: MammoClipDissector, batch: int, repeat: int, warmup: int) -
                 out = d.encode_images(x)
             if r >= warmup:
                 per_image.append(c.wall / batch)
-            print(f"  {'warm-up' if r < warmup else 'timed'} forward {r + 1}: {c.wall:.2f} s for {batch} image(s), "
-                  f"out {tuple(out.shape)}, {c.busy}, load {load_avg()}", flush=True)
+            print(
+                f"  {'warm-up' if r < warmup else 'timed'} forward {r + 1}: {c.wall:.2f} s for {batch} image(s), "
+                f"out {tuple(out.shape)}, {c.busy}, load {load_avg()}",
+                flush=True,
+            )
     return per_image, t_pre
 
 
@@ -235,17 +258,23 @@ UnionRow = tuple[str, int, str, int, int, int, int, str]
 
 def print_union_table(top_k: int, results: Iterable[UnionRow]) -> None:
     """Rows: (layer set, neurons, activations, N, |U|, |U + sanity|, |U| at k=28, note)."""
-    print(f"{'layer set':<19}{'neurons':>8}  {'activations':<13}{'N':>6}{'|U| k=' + str(top_k):>11}{'|U+sanity|':>12}"
-          f"{'of N':>8}{'|U| k=' + str(WPMI_TOP_K):>10}  i.i.d. closed form")
+    print(
+        f"{'layer set':<19}{'neurons':>8}  {'activations':<13}{'N':>6}{'|U| k=' + str(top_k):>11}{'|U+sanity|':>12}"
+        f"{'of N':>8}{'|U| k=' + str(WPMI_TOP_K):>10}  i.i.d. closed form"
+    )
     for name, k_neurons, source, n, u, u_s, u28, note in results:
-        print(f"{name:<19}{k_neurons:>8}  {source:<13}{n:>6}{u:>11}{u_s:>12}{u_s / n:>8.1%}{u28:>10}  {note}",
-              flush=True)
+        print(
+            f"{name:<19}{k_neurons:>8}  {source:<13}{n:>6}{u:>11}{u_s:>12}{u_s / n:>8.1%}{u28:>10}  {note}", flush=True
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="under a minute: CNN on 2200 images at 64 px, "
-                    "B5 1520x912 timed once, end-to-end with a B0 dissector")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="under a minute: CNN on 2200 images at 64 px, B5 1520x912 timed once, end-to-end with a B0 dissector",
+    )
     ap.add_argument("--n", type=int, default=4000, help="probe size for the union (VinDr scale)")
     ap.add_argument("--cnn-n", type=int, default=None, help="probe size for the CNN activations (default --n)")
     ap.add_argument("--top-k", type=int, default=100, help="the similarity's top_k (soft_wpmi default 100)")
@@ -254,10 +283,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full-batch", type=int, default=1, help="batch size of the 1520x912 timing")
     ap.add_argument("--full-repeat", type=int, default=None, help="timed 1520x912 forwards (default 3, quick 1)")
     ap.add_argument("--e2e-n", type=int, default=2400, help="probe size of the end-to-end run (0: skip it)")
-    ap.add_argument("--e2e-layers", default="early", choices=list(b5_layer_sets()),
-                    help="layer set whose union the end-to-end run embeds")
-    ap.add_argument("--e2e-dissector", default=None, choices=["b5", "b0"],
-                    help="architecture of the end-to-end dissector (default b5, quick b0)")
+    ap.add_argument(
+        "--e2e-layers",
+        default="early",
+        choices=list(b5_layer_sets()),
+        help="layer set whose union the end-to-end run embeds",
+    )
+    ap.add_argument(
+        "--e2e-dissector",
+        default=None,
+        choices=["b5", "b0"],
+        help="architecture of the end-to-end dissector (default b5, quick b0)",
+    )
     ap.add_argument("--batch", type=int, default=32, help="batch size of the reduced-size passes")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = ap.parse_args(argv)
@@ -275,30 +312,43 @@ def main(argv: list[str] | None = None) -> int:
     chans = b5_channels()
     probe = PhantomProbe(cnn_n, seed=0, height=height)
     size = (height, probe.width)
-    print(f"N={N} images, top_k={Z} (engine k = max(top_k, top_images={TOP_IMAGES})), sanity sample "
-          f"{SANITY_SAMPLE}, union pass only above {MIN_PROBE_FOR_UNION} images; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {load_avg()}")
-    print("B5 layer sets: " + ", ".join(f"{k} = {v[0] if len(v) == 1 else f'{len(v)} blocks'} "
-                                         f"({sum(chans[l] for l in v)} neurons)" for k, v in sets.items())
-          + f"; block table {check_against_shared(chans)}")
+    print(
+        f"N={N} images, top_k={Z} (engine k = max(top_k, top_images={TOP_IMAGES})), sanity sample "
+        f"{SANITY_SAMPLE}, union pass only above {MIN_PROBE_FOR_UNION} images; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {load_avg()}"
+    )
+    print(
+        "B5 layer sets: "
+        + ", ".join(
+            f"{k} = {v[0] if len(v) == 1 else f'{len(v)} blocks'} ({sum(chans[l] for l in v)} neurons)"
+            for k, v in sets.items()
+        )
+        + f"; block table {check_against_shared(chans)}"
+    )
 
     # ------------------------------------------------------------------ 1a. CNN on phantoms
-    print(f"\n[1a] EfficientNet-B5 (seeded random weights, BN statistics re-estimated on {args.bn_images} "
-          f"phantoms of seed 1), avg-pooled block outputs on {cnn_n} phantoms (seed 0) at {size[0]}x{size[1]}",
-          flush=True)
+    print(
+        f"\n[1a] EfficientNet-B5 (seeded random weights, BN statistics re-estimated on {args.bn_images} "
+        f"phantoms of seed 1), avg-pooled block outputs on {cnn_n} phantoms (seed 0) at {size[0]}x{size[1]}",
+        flush=True,
+    )
     torch.manual_seed(0)
     b5 = EfficientNet(CONFIGS["b5"]).eval()
     with Clock() as c_bn:
         recalibrate_bn(b5, PhantomProbe(args.bn_images, seed=1, height=height), size, args.bn_images, args.batch)
     target = EfficientNetTarget(b5, mammo_clip_preprocess(size), "bench-b5-random-bn", name="random_b5")
     with Clock() as c_t:
-        res = extract_activations(target, probe, sets["all 39 blocks"], pooling="avg", batch_size=args.batch,
-                                  progress=False)
+        res = extract_activations(
+            target, probe, sets["all 39 blocks"], pooling="avg", batch_size=args.batch, progress=False
+        )
     acts = res.acts
     stds = {l: float(acts[l].std(0).mean()) for l in sets["early+middle+last"]}
-    print(f"  BN re-estimation {c_bn.wall:.1f} s; target pass (39 blocks hooked) {c_t.wall:.1f} s "
-          f"({len(res.indices) / c_t.wall:.1f} images/s, {c_t.busy}); mean per-neuron std "
-          + ", ".join(f"{l} {s:.3g}" for l, s in stds.items()), flush=True)
+    print(
+        f"  BN re-estimation {c_bn.wall:.1f} s; target pass (39 blocks hooked) {c_t.wall:.1f} s "
+        f"({len(res.indices) / c_t.wall:.1f} images/s, {c_t.busy}); mean per-neuron std "
+        + ", ".join(f"{l} {s:.3g}" for l, s in stds.items()),
+        flush=True,
+    )
 
     rows_out: list[UnionRow] = []
     cnn_frac: dict[str, int] = {}
@@ -306,8 +356,9 @@ def main(argv: list[str] | None = None) -> int:
         sub = {l: acts[l] for l in layers}
         u, rows = engine_rows(sub, Z)
         cnn_frac[name] = len(rows)
-        rows_out.append((name, sum(chans[l] for l in layers), "B5 phantoms", cnn_n, u, len(rows),
-                         union_size(sub, WPMI_TOP_K), ""))
+        rows_out.append(
+            (name, sum(chans[l] for l in layers), "B5 phantoms", cnn_n, u, len(rows), union_size(sub, WPMI_TOP_K), "")
+        )
 
     # ------------------------------------------------------------------ 1b. i.i.d. worst case
     g = torch.Generator().manual_seed(0)
@@ -318,50 +369,66 @@ def main(argv: list[str] | None = None) -> int:
         iid_frac[name] = len(rows)
         K = sum(chans[l] for l in layers)
         expect = N * (1 - (1 - min(Z, N) / N) ** K)
-        rows_out.append((name, K, "i.i.d.", N, u, len(rows), union_size(sub, WPMI_TOP_K),
-                         f"E|U| = {expect:.0f}"))
+        rows_out.append((name, K, "i.i.d.", N, u, len(rows), union_size(sub, WPMI_TOP_K), f"E|U| = {expect:.0f}"))
     print("\n[1] union of every neuron's top-k images (|U+sanity| = what the engine embeds)")
     print_union_table(Z, sorted(rows_out, key=lambda r: (list(sets).index(r[0]), r[2])))
 
     # ------------------------------------------------------------------ 2. dissector cost at 1520x912
-    print(f"\n[2] Mammo-CLIP dissector image path (EfficientNet-B5 + projection, random weights) at "
-          f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, batch {args.full_batch}, inference_mode, {torch.get_num_threads()} threads",
-          flush=True)
+    print(
+        f"\n[2] Mammo-CLIP dissector image path (EfficientNet-B5 + projection, random weights) at "
+        f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, batch {args.full_batch}, inference_mode, {torch.get_num_threads()} threads",
+        flush=True,
+    )
     d_full = mammo_clip_dissector("b5", IMAGE_SIZE)
     per_image, t_pre = time_full_res(d_full, args.full_batch, full_repeat, warmup=0 if quick else 1)
     del d_full
     t_img = statistics.median(per_image)
-    print(f"  B5 forward: median {t_img:.2f} s/image (min {min(per_image):.2f}, max {max(per_image):.2f}, "
-          f"{len(per_image)} timed); phantom render + Mammo-CLIP preprocess {t_pre:.2f} s/image (not timed below)")
+    print(
+        f"  B5 forward: median {t_img:.2f} s/image (min {min(per_image):.2f}, max {max(per_image):.2f}, "
+        f"{len(per_image)} timed); phantom render + Mammo-CLIP preprocess {t_pre:.2f} s/image (not timed below)"
+    )
     print(f"\n[2] projected dissector pass at {t_img:.2f} s/image (N={N} images; cost taken as proportional to images)")
-    print(f"{'layer set':<19}{'activations':<13}{'embedded':>9}{'full pass':>11}{'union pass':>12}{'saving':>8}"
-          f"{'saved':>10}  {'both passes*':>12}  engine (>{cheapest_pass.MAX_FRACTION:.0%}: full pass)")
+    print(
+        f"{'layer set':<19}{'activations':<13}{'embedded':>9}{'full pass':>11}{'union pass':>12}{'saving':>8}"
+        f"{'saved':>10}  {'both passes*':>12}  engine (>{cheapest_pass.MAX_FRACTION:.0%}: full pass)"
+    )
     for name in sets:
         for source, count, n_ref in (("B5 phantoms", cnn_frac[name], cnn_n), ("i.i.d.", iid_frac[name], N)):
             frac = count / n_ref  # CNN fractions measured on cnn_n images, applied to N
             full, union = N * t_img, N * frac * t_img
             both = ratio(2 * full, full + union)
-            print(f"{name:<19}{source:<13}{frac:>9.1%}{fmt_s(full):>11}{fmt_s(union):>12}{ratio(full, union):>7.2f}x"
-                  f"{fmt_s(full - union):>10}  {both:>11.2f}x  "
-                  f"{'union' if engine_takes_union(round(frac * N), N) else 'full pass'}", flush=True)
+            print(
+                f"{name:<19}{source:<13}{frac:>9.1%}{fmt_s(full):>11}{fmt_s(union):>12}{ratio(full, union):>7.2f}x"
+                f"{fmt_s(full - union):>10}  {both:>11.2f}x  "
+                f"{'union' if engine_takes_union(round(frac * N), N) else 'full pass'}",
+                flush=True,
+            )
     if cnn_n != N:
-        print(f"  note: the B5-phantom fractions were measured on N={cnn_n} images and are applied to N={N} here "
-              f"(at fixed k the fraction falls as N grows, so they overstate the union)")
-    print("  * both passes: target pass (all N, an EfficientNet-B5 target such as G/M/C costs about the same per "
-          "image) + dissector pass, naive vs union")
+        print(
+            f"  note: the B5-phantom fractions were measured on N={cnn_n} images and are applied to N={N} here "
+            f"(at fixed k the fraction falls as N grows, so they overstate the union)"
+        )
+    print(
+        "  * both passes: target pass (all N, an EfficientNet-B5 target such as G/M/C costs about the same per "
+        "image) + dissector pass, naive vs union"
+    )
 
     # ------------------------------------------------------------------ 3. end-to-end, small scale
     if e2e_n > MIN_PROBE_FOR_UNION:
         layers = sets[args.e2e_layers]
         sub = {l: acts[l][:e2e_n] for l in layers}
         u, rows = engine_rows(sub, Z)
-        print(f"\n[3] end-to-end (measured): embed_images with a random MammoClipDissector ({e2e_arch.upper()}) at "
-              f"{size[0]}x{size[1]} on the first {e2e_n} phantoms; union of layer set '{args.e2e_layers}' at "
-              f"k={Z}: {u} images + sanity sample = {len(rows)} ({len(rows) / e2e_n:.1%})", flush=True)
+        print(
+            f"\n[3] end-to-end (measured): embed_images with a random MammoClipDissector ({e2e_arch.upper()}) at "
+            f"{size[0]}x{size[1]} on the first {e2e_n} phantoms; union of layer set '{args.e2e_layers}' at "
+            f"k={Z}: {u} images + sanity sample = {len(rows)} ({len(rows) / e2e_n:.1%})",
+            flush=True,
+        )
         d = mammo_clip_dissector(e2e_arch, size)
         # without this every image gets the same embedding (the signal vanishes) and S is all zeros
-        recalibrate_bn(d.model.image_encoder, PhantomProbe(args.bn_images, seed=1, height=height), size,
-                       args.bn_images, args.batch)
+        recalibrate_bn(
+            d.model.image_encoder, PhantomProbe(args.bn_images, seed=1, height=height), size, args.bn_images, args.batch
+        )
         e_probe = PhantomProbe(e2e_n, seed=0, height=height)
         embed_images(d, e_probe, indices=list(range(args.batch)), batch_size=args.batch, progress=False)  # warm-up
         with Clock() as c_full:
@@ -369,11 +436,15 @@ def main(argv: list[str] | None = None) -> int:
         with Clock() as c_union:
             part = embed_images(d, e_probe, indices=rows, batch_size=args.batch, progress=False)
         diff = float((full.emb[rows] - part.emb).abs().max() / full.emb.abs().max())
-        print(f"  full pass  {c_full.wall:7.1f} s ({len(full.indices) / c_full.wall:.1f} images/s, "
-              f"{len(full.indices)} images, {c_full.busy})")
-        print(f"  union pass {c_union.wall:7.1f} s ({len(part.indices) / c_union.wall:.1f} images/s, "
-              f"{len(part.indices)} images, {c_union.busy}); measured saving {ratio(c_full.wall, c_union.wall):.2f}x, "
-              f"predicted from images {ratio(e2e_n, len(rows)):.2f}x")
+        print(
+            f"  full pass  {c_full.wall:7.1f} s ({len(full.indices) / c_full.wall:.1f} images/s, "
+            f"{len(full.indices)} images, {c_full.busy})"
+        )
+        print(
+            f"  union pass {c_union.wall:7.1f} s ({len(part.indices) / c_union.wall:.1f} images/s, "
+            f"{len(part.indices)} images, {c_union.busy}); measured saving {ratio(c_full.wall, c_union.wall):.2f}x, "
+            f"predicted from images {ratio(e2e_n, len(rows)):.2f}x"
+        )
         # S is unchanged when P's rows outside the union are zeros (what run.py.score builds)
         M = 64
         text = torch.randn(M, full.emb.shape[1], generator=torch.Generator().manual_seed(1))
@@ -385,10 +456,12 @@ def main(argv: list[str] | None = None) -> int:
         P_own = torch.zeros_like(P_full)  # the full pass's own union rows: isolates "rows outside are zero"
         P_own[rows] = P_full[rows]
         exact = torch.equal(soft_wpmi(P_own, X, top_k=Z), S_full)
-        print(f"  union rows' embeddings vs the full pass: max rel diff {diff:.1e} (batch composition differs); "
-              f"soft_wpmi S from the union pass (P zero outside the union) vs full P: max |dS| / max |S| = "
-              f"{rel_diff(S_part, S_full):.1e}; full-pass P zeroed outside the union gives identical S: {exact} "
-              f"(M={M} random concepts)")
+        print(
+            f"  union rows' embeddings vs the full pass: max rel diff {diff:.1e} (batch composition differs); "
+            f"soft_wpmi S from the union pass (P zero outside the union) vs full P: max |dS| / max |S| = "
+            f"{rel_diff(S_part, S_full):.1e}; full-pass P zeroed outside the union gives identical S: {exact} "
+            f"(M={M} random concepts)"
+        )
     else:
         print(f"\n[3] end-to-end skipped (needs more than {MIN_PROBE_FOR_UNION} images; --e2e-n {e2e_n})")
 

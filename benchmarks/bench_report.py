@@ -41,7 +41,9 @@ def main() -> None:
         models = ("G", "M", "C1", "C2", "C4")
     t = time.perf_counter()
     run_id = make_run(db, models=models, n_concepts=args.concepts, neurons=(24, 128, 512), n_images=200)
-    print(f"synthetic run      {time.perf_counter() - t:6.1f} s  ({len(models)} models x 3 layers x {args.concepts} concepts)")
+    print(
+        f"synthetic run      {time.perf_counter() - t:6.1f} s  ({len(models)} models x 3 layers x {args.concepts} concepts)"
+    )
     t0 = time.perf_counter()
     con = connect(db, read_only=True)
     model = build_report_model(con, run_id)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 from dissect_study.engine.phantom.generator import make_phantom
@@ -21,8 +20,14 @@ WANTED = [
     (lambda a: a["mass_margin"] == "spiculated", "spiculated mass"),
     (lambda a: a["mass_margin"] == "circumscribed" and a["mass_shape"] == "oval", "oval circumscribed mass"),
     (lambda a: a["mass_density"] == "fat", "fat-containing mass"),
-    (lambda a: a["calc_morphology"] == "fine linear" and a["calc_distribution"] in ("linear", "segmental"), "fine linear calcs"),
-    (lambda a: a["calc_morphology"] == "fine pleomorphic" and a["calc_distribution"] == "grouped", "grouped pleomorphic calcs"),
+    (
+        lambda a: a["calc_morphology"] == "fine linear" and a["calc_distribution"] in ("linear", "segmental"),
+        "fine linear calcs",
+    ),
+    (
+        lambda a: a["calc_morphology"] == "fine pleomorphic" and a["calc_distribution"] == "grouped",
+        "grouped pleomorphic calcs",
+    ),
     (lambda a: a["calc_morphology"] == "popcorn", "popcorn calcs"),
     (lambda a: a["calc_morphology"] == "rim", "rim calcs"),
     (lambda a: a["architectural_distortion"] and not a["mass"], "architectural distortion"),
