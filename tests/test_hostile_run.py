@@ -383,7 +383,7 @@ def test_item14_bad_db_cache_and_report_paths_before_building(tmp_path: Path, ti
     a_file.write_text("not a folder", encoding="utf-8")
     (tmp_path / "out").write_text("a file where the report folder goes", encoding="utf-8")
     cases = [
-        (dict(db=tmp_path / "missing" / "r.duckdb"), "folder .*missing does not exist"),
+        (dict(db=a_file / "sub" / "r.duckdb"), "cannot create the results database, .*plain.txt is a file"),
         (dict(db=tmp_path), "is a folder; --db names the results file"),
         (dict(db=a_file), "not a database DuckDB can open"),
         (dict(cache_dir=a_file / "cache"), "cache folder cannot be used: .*plain.txt is a file"),
@@ -393,6 +393,9 @@ def test_item14_bad_db_cache_and_report_paths_before_building(tmp_path: Path, ti
         with pytest.raises(RunError, match=pattern):
             _run(tmp_path, text, **opts)
     assert tiny_models == {"dissector": 0, "target": 0}  # nothing was built, let alone trained
+    fresh = tmp_path / "new" / "deeper" / "r.duckdb"  # a folder that can be created is created
+    result = _run(tmp_path, text, db=fresh, calibration=False)
+    assert result.db == fresh and fresh.is_file()
 
 
 def test_item14_newer_schema_is_refused_before_building(tmp_path: Path, tiny_models) -> None:  # noqa: F811

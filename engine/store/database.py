@@ -364,18 +364,20 @@ def connect(path: str | Path, read_only: bool = False, wait: float | None = None
 def check_writable_database(path: str | Path) -> None:
     """Refuse now a database `write_run` would refuse at the end of a run (engine/preflight.py).
 
-    A missing folder, a folder or a non-DuckDB file in its place, a read-only file or
-    a newer schema; a bad $DISSECT_STUDY_LOCK_TIMEOUT too.  A lock held right now is no
-    reason: `write_run` waits for it.
+    A folder that cannot be created, a folder or a non-DuckDB file in its place, a
+    read-only file or a newer schema; a bad $DISSECT_STUDY_LOCK_TIMEOUT too.  A lock
+    held right now is no reason: `write_run` waits for it.
     """
     lock_timeout()
     p = Path(path).expanduser()
     if not p.exists():
-        parent = p.parent.resolve()
-        if not parent.is_dir():
-            raise StoreError(f"{p}: the folder {parent} does not exist; create it or choose another --db")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise StoreError(f"{p}: cannot create the results database, the folder {parent} is not writable")
+        folder = p.parent.resolve()
+        existing = next(a for a in (folder, *folder.parents) if a.exists())
+        if not existing.is_dir():
+            raise StoreError(f"{p}: cannot create the results database, {existing} is a file, not a folder; "
+                             "choose another --db")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise StoreError(f"{p}: cannot create the results database, the folder {existing} is not writable")
         return
     if p.is_dir():
         raise StoreError(f"{p} is a folder; --db names the results file, e.g. {p / 'results.duckdb'}")
@@ -484,6 +486,10 @@ def write_run(db_path: str | Path, record: RunRecord, wait: float | None = None)
     never lost to a lock.  Runs staged earlier are merged first.
     """
     db_path = Path(db_path)
+    try:
+        db_path.parent.mkdir(parents=True, exist_ok=True)  # --db may name a new folder
+    except OSError as e:
+        raise StoreError(f"{db_path}: cannot create its folder ({e.strerror or e})") from None
     try:
         con = connect(db_path, wait=wait)
     except StoreLockedError as e:
