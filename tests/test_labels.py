@@ -7,16 +7,16 @@ import statistics
 import pytest
 import torch
 
+from dissect_study.dsl.vocabulary import THRESHOLD_STATISTICS
 from dissect_study.engine.scores.labels import (
     TAU_STATISTICS,
     layer_tau,
-    layer_threshold,
     layer_taus,
+    layer_threshold,
     top_concepts,
     top_images,
     topk_image_union,
 )
-from dissect_study.dsl.vocabulary import THRESHOLD_STATISTICS
 from dissect_study.engine.scores.similarity import soft_wpmi, wpmi
 
 NAN = float("nan")
@@ -143,8 +143,10 @@ def test_layer_threshold_keeps_its_statistic():
     assert layer_threshold(S).statistic == "mean_top1"
 
 
-def test_top_images_rejects_nan():
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_top_images_rejects_non_finite(bad):
     X = torch.zeros(4, 2)
-    X[1, 1] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
+    X[1, 1] = bad
+    with pytest.raises(ValueError, match="NaN/inf"):
         top_images(X, 2)
+    top_images(torch.full((4, 2), 3e38), 2)  # finite, though its float32 sum overflows
