@@ -312,6 +312,14 @@ def soft_wpmi(
         _soft_wpmi_log_lik(q, ranks[:, span[0] : span[1]], fac, log_lik[span[0] : span[1]])
 
     workers = min(len(spans), torch.get_num_threads()) if on_cpu else 1
+    logger.debug(
+        "soft_wpmi: %d neurons x %d concepts in steps of %d on %d thread(s), %d factors per log",
+        k_total,
+        m,
+        step,
+        workers,
+        fac.group,
+    )
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(run, spans))
