@@ -3,7 +3,7 @@
     python benchmarks/bench_cheapest_pass.py          # N=4000, top_k=100, CNN at 96 px, B5 1520x912 x3, e2e 2400
     python benchmarks/bench_cheapest_pass.py --quick  # CNN on 2200 at 64 px, B5 1520x912 x1, e2e with a B0
 
-Why: for the top-k-only similarities (``soft_wpmi``, ``wpmi``; ``similarity.TOPK_ONLY``) S reads
+Why: for the top-k-only similarities (``soft_wpmi``, ``wpmi``: family ``topk`` in dsl/vocabulary.py) S reads
 row i of P only if image i is among some neuron's top-k images, so on probes over 2,000 images
 ``engine/run.py`` embeds only ``labels.topk_image_union`` of the target's activations plus a fixed
 512-image random sample for the zero-shot sanity check.  The naive baseline embeds every probe

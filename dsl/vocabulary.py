@@ -104,7 +104,7 @@ CONCEPT_SOURCES: dict[str, Function] = {
     for f in [
         Function(
             "shipped",
-            (_req("name", "str", "Name of a concept set shipped in concept_sets/ (e.g. \"mammo_v1\")."),),
+            (_req("name", "str", 'Name of a concept set shipped in concept_sets/ (e.g. "mammo_v1").'),),
             "A concept set that ships with dissect-study.",
             positional=("name",),
         ),
@@ -137,9 +137,26 @@ CONCEPT_SOURCES: dict[str, Function] = {
             (
                 _req("path", "path", "Category workbook: one sheet per broad category, one column per subcategory."),
                 _p("concepts", "path", None, "Optional txt file fixing the concept list and its order."),
-                _p("precedence", "str", "last", "Which match wins when a concept is listed twice.", choices=("last", "first")),
-                _p("match", "str", "stripped", "Compare cells after stripping whitespace (default) or exactly as the reference notebook did.", choices=("stripped", "exact")),
-                _p("non_mammography", "str", "Environmental_and_Natural", "Sheet whose concepts are not mammography concepts."),
+                _p(
+                    "precedence",
+                    "str",
+                    "last",
+                    "Which match wins when a concept is listed twice.",
+                    choices=("last", "first"),
+                ),
+                _p(
+                    "match",
+                    "str",
+                    "stripped",
+                    "Compare cells after stripping whitespace (default) or exactly as the reference notebook did.",
+                    choices=("stripped", "exact"),
+                ),
+                _p(
+                    "non_mammography",
+                    "str",
+                    "Environmental_and_Natural",
+                    "Sheet whose concepts are not mammography concepts.",
+                ),
                 _p("tasks", "path", None, "Optional JSON map {task: [concept, ...]}."),
             ),
             "The Mammo-CLIP Dissect category workbook (Extended_Breast_text_categories.xlsx).",
@@ -176,7 +193,9 @@ PROBE_SOURCES: dict[str, Function] = {
                 _req("path", "path", "CSV manifest, one row per image."),
                 _p("path_column", "str", "path"),
                 _p("id_column", "str", None, "Column with a unique image id (default: the path)."),
-                _p("root", "path", None, "Folder that relative paths are resolved against (default: the CSV's folder)."),
+                _p(
+                    "root", "path", None, "Folder that relative paths are resolved against (default: the CSV's folder)."
+                ),
             ),
             "A CSV manifest: an image path column plus attribute columns.",
             positional=("path",),
@@ -185,7 +204,11 @@ PROBE_SOURCES: dict[str, Function] = {
             "vindr",
             (
                 _req("root", "path", "Folder holding the images (`<study_id>/<image_id>.png`, or DICOM)."),
-                _req("csv", "path", "breast-level_annotations.csv, finding_annotations.csv or vindr_detection_v1_folds.csv."),
+                _req(
+                    "csv",
+                    "path",
+                    "breast-level_annotations.csv, finding_annotations.csv or vindr_detection_v1_folds.csv.",
+                ),
                 _p("split", "str", "test", choices=("test", "training", "all")),
                 _p("findings", "path", None, "finding_annotations.csv, to attach finding categories and boxes."),
                 _p("image_format", "str", "png", choices=("png", "dicom")),
@@ -229,8 +252,14 @@ PROBE_SOURCES: dict[str, Function] = {
             (
                 _p("n", "int", 400, "Number of synthetic mammograms.", min=1, max=100_000),
                 _seed(),
-                _p("height", "int", 320, "Image height in pixels; width follows Mammo-CLIP's 1520x912 aspect.", min=32,
-                   max=4096),
+                _p(
+                    "height",
+                    "int",
+                    320,
+                    "Image height in pixels; width follows Mammo-CLIP's 1520x912 aspect.",
+                    min=32,
+                    max=4096,
+                ),
             ),
             "Procedural mammogram phantoms with ground-truth attributes (synthetic).",
         ),
@@ -245,9 +274,18 @@ DISSECTOR_SOURCES: dict[str, Function] = {
             "mammo_clip",
             (
                 _req("checkpoint", "path", "Mammo-CLIP checkpoint (b5-model-best-epoch-7.tar or the B2 file)."),
-                _req("text", "path", "Local Bio_ClinicalBERT folder (tokenizer + config; weights come from the checkpoint)."),
+                _req(
+                    "text",
+                    "path",
+                    "Local Bio_ClinicalBERT folder (tokenizer + config; weights come from the checkpoint).",
+                ),
                 _p("variant", "str", "auto", choices=("auto", "b5", "b2")),
-                _p("train_mode", "bool", False, "Run the image tower in train mode, as the reference code did (not recommended)."),
+                _p(
+                    "train_mode",
+                    "bool",
+                    False,
+                    "Run the image tower in train mode, as the reference code did (not recommended).",
+                ),
                 TRUST,
             ),
             "Mammo-CLIP (EfficientNet image tower + BioClinicalBERT text tower).",
@@ -291,8 +329,18 @@ TARGET_SOURCES: dict[str, Function] = {
             "classifier",
             (
                 _req("checkpoint", "path", "Fine-tuned classifier .pth (Mammo-CLIP BreastClipClassifier)."),
-                _req("base", "ref", "Dissector the classifier was fine-tuned from (architecture, preprocessing).", ref_kind="dissector"),
-                _p("task", "str", None, choices=("density", "birads", "cancer_birads", "mass", "calcification", "cancer")),
+                _req(
+                    "base",
+                    "ref",
+                    "Dissector the classifier was fine-tuned from (architecture, preprocessing).",
+                    ref_kind="dissector",
+                ),
+                _p(
+                    "task",
+                    "str",
+                    None,
+                    choices=("density", "birads", "cancer_birads", "mass", "calcification", "cancer"),
+                ),
                 _p("n_class", "int", None, "Expected number of classes; checked against the file.", min=1),
                 TRUST,
             ),
@@ -301,7 +349,7 @@ TARGET_SOURCES: dict[str, Function] = {
         Function(
             "timm",
             (
-                _req("model", "str", "timm architecture name, e.g. \"resnet50\"."),
+                _req("model", "str", 'timm architecture name, e.g. "resnet50".'),
                 _req("weights", "path", "Local weights file (.safetensors or .pth)."),
                 _p("num_classes", "int", None, "Head size, if the weights have a classifier head."),
                 TRUST,
@@ -318,7 +366,9 @@ TARGET_SOURCES: dict[str, Function] = {
         Function(
             "demo",
             (
-                _req("variant", "str", "Which demo model.", choices=("G", "M", "C_density", "C_mass", "C_calcification")),
+                _req(
+                    "variant", "str", "Which demo model.", choices=("G", "M", "C_density", "C_mass", "C_calcification")
+                ),
                 _seed(),
             ),
             "The embedded demo targets (G untrained, M the demo dissector's tower, C fine-tuned from M).",
@@ -362,7 +412,13 @@ SIMILARITIES: dict[str, Function] = {
             "CLIP-Dissect's WPMI.",
             family="topk",
         ),
-        Function("cos", (), "Cosine similarity of activation and concept columns.", family="stats", aliases=("cos_similarity",)),
+        Function(
+            "cos",
+            (),
+            "Cosine similarity of activation and concept columns.",
+            family="stats",
+            aliases=("cos_similarity",),
+        ),
         Function(
             "cos_cubed",
             (_p("min_norm", "float", 1e-3, "Floor of the column norms (division guard).", min=0, min_exclusive=True),),
@@ -374,8 +430,15 @@ SIMILARITIES: dict[str, Function] = {
             "rank_reorder",
             (
                 _p("p", "float", 3.0, min=0),
-                _p("top_fraction", "float", 0.05, "Share of the probe's images ranked per neuron: at least one image.",
-                   min=0, max=1, min_exclusive=True),
+                _p(
+                    "top_fraction",
+                    "float",
+                    0.05,
+                    "Share of the probe's images ranked per neuron: at least one image.",
+                    min=0,
+                    max=1,
+                    min_exclusive=True,
+                ),
                 _p("scale_p", "float", 0.5),
                 _p("n_permutations", "int", 5, min=1),
                 _seed(),
@@ -387,7 +450,14 @@ SIMILARITIES: dict[str, Function] = {
             "mammi",
             (
                 _p("alpha", "float", 93.0, "Adaptive representative-image threshold, percent.", min=0, max=100),
-                _p("beta", "float", 0.95, "Concept selection threshold as a fraction of the best score.", min=0, max=1),
+                _p(
+                    "beta",
+                    "float",
+                    0.95,
+                    "Concept selection threshold as a fraction of the best score (MAMMI's label sets: the calibration bench's mammi_hit_rate); S itself does not depend on it.",
+                    min=0,
+                    max=1,
+                ),
                 _p("template", "str", "", "Prompt template prefix; its embedding is subtracted (adaptive cosine)."),
             ),
             "MAMMI/WWW adaptive selection and adaptive cosine.",
@@ -426,8 +496,10 @@ def min_probe_images(similarity: str, params: dict[str, Any]) -> tuple[int, str]
             while math.floor(n * fraction) < 1:
                 n += 1
             if n > MIN_PROBE_IMAGES:
-                return n, (f"rank_reorder ranks floor(N x top_fraction) images per neuron, which is 0 below "
-                           f"{n} images at top_fraction={fraction:g}")
+                return n, (
+                    f"rank_reorder ranks floor(N x top_fraction) images per neuron, which is 0 below "
+                    f"{n} images at top_fraction={fraction:g}"
+                )
     return MIN_PROBE_IMAGES, "over fewer than 2 images every neuron is constant, so no label means anything"
 
 
@@ -502,8 +574,12 @@ def _c(name: str, type: str, doc: str = "") -> Column:
 
 
 _MODEL, _LAYER = _c("model", "VARCHAR"), _c("layer", "VARCHAR")
-_CONCEPT = (_c("concept_id", "INTEGER"), _c("concept", "VARCHAR"), _c("category", "VARCHAR"),
-            _c("subcategory", "VARCHAR"))
+_CONCEPT = (
+    _c("concept_id", "INTEGER"),
+    _c("concept", "VARCHAR"),
+    _c("category", "VARCHAR"),
+    _c("subcategory", "VARCHAR"),
+)
 
 #: the threshold rule of a study without a `threshold` statement, and of the macros
 #: called without one: the paper's comparison rule (docs/METHOD.md §5.2)
@@ -516,70 +592,135 @@ ANALYSES: dict[str, AnalysisSpec] = {
         AnalysisSpec(
             "layer_thresholds",
             "tau per (model, layer) under the study's statistic; its evolution across layers (Fig. 4a/8).",
-            (_MODEL, _LAYER, _c("layer_index", "INTEGER", "depth order: sort by this, never by name"),
-             _c("alias", "VARCHAR"), _c("n_neurons", "INTEGER"), _c("tau", "DOUBLE", "under tau_statistic"),
-             _c("tau_statistic", "VARCHAR"), _c("tau_mean_top1", "DOUBLE"), _c("tau_mean_all", "DOUBLE"),
-             _c("tau_median_top1", "DOUBLE")),
-            statements=("thresholds",), sections=("thresholds",), stored=False,
+            (
+                _MODEL,
+                _LAYER,
+                _c("layer_index", "INTEGER", "depth order: sort by this, never by name"),
+                _c("alias", "VARCHAR"),
+                _c("n_neurons", "INTEGER"),
+                _c("tau", "DOUBLE", "under tau_statistic"),
+                _c("tau_statistic", "VARCHAR"),
+                _c("tau_mean_top1", "DOUBLE"),
+                _c("tau_mean_all", "DOUBLE"),
+                _c("tau_median_top1", "DOUBLE"),
+            ),
+            statements=("thresholds",),
+            sections=("thresholds",),
+            stored=False,
         ),
         AnalysisSpec(
             "captured_concepts",
             "Concepts a (model, layer) encodes under a threshold rule, with the neurons carrying them.",
-            (_MODEL, _LAYER, *_CONCEPT, _c("domain", "VARCHAR"), _c("tasks", "VARCHAR[]"),
-             _c("n_neurons", "INTEGER", "neurons whose passing top-1 label is this concept"),
-             _c("units", "INTEGER[]"), _c("max_score", "DOUBLE"),
-             _c("threshold", "DOUBLE", "the tau applied to this (model, layer)")),
-            statements=("compare", "learned"), sections=("wordclouds",),
+            (
+                _MODEL,
+                _LAYER,
+                *_CONCEPT,
+                _c("domain", "VARCHAR"),
+                _c("tasks", "VARCHAR[]"),
+                _c("n_neurons", "INTEGER", "neurons whose passing top-1 label is this concept"),
+                _c("units", "INTEGER[]"),
+                _c("max_score", "DOUBLE"),
+                _c("threshold", "DOUBLE", "the tau applied to this (model, layer)"),
+            ),
+            statements=("compare", "learned"),
+            sections=("wordclouds",),
         ),
         AnalysisSpec(
             "category_counts",
             "Captured concepts per broad category, subcategory, domain and task (Fig. 4b, 9).",
-            (_MODEL, _LAYER, _c("level", "VARCHAR", "category | subcategory | domain | task"), _c("grp", "VARCHAR"),
-             _c("n_concepts", "INTEGER", "unique captured concepts (paper text)"),
-             _c("n_neurons", "INTEGER", "passing neurons (reference notebook)")),
-            statements=("compare",), sections=("domains", "tasks"),
+            (
+                _MODEL,
+                _LAYER,
+                _c("level", "VARCHAR", "category | subcategory | domain | task"),
+                _c("grp", "VARCHAR"),
+                _c("n_concepts", "INTEGER", "unique captured concepts (paper text)"),
+                _c("n_neurons", "INTEGER", "passing neurons (reference notebook)"),
+            ),
+            statements=("compare",),
+            sections=("domains", "tasks"),
         ),
         AnalysisSpec(
             "top_categories",
             "The top three broad categories per (model, layer) (Fig. 4c).",
-            (_MODEL, _LAYER, _c("rank", "INTEGER", "1..3; ties broken by fixed category order"),
-             _c("category", "VARCHAR"), _c("n_concepts", "INTEGER"), _c("n_neurons", "INTEGER")),
-            statements=("compare",), sections=("top_categories",),
+            (
+                _MODEL,
+                _LAYER,
+                _c("rank", "INTEGER", "1..3; ties broken by fixed category order"),
+                _c("category", "VARCHAR"),
+                _c("n_concepts", "INTEGER"),
+                _c("n_neurons", "INTEGER"),
+            ),
+            statements=("compare",),
+            sections=("top_categories",),
         ),
         AnalysisSpec(
             "concept_changes",
             "Concepts unique to each model and shared, per layer and category (Table 3).",
-            (_LAYER, *_CONCEPT, _c("status", "VARCHAR", "'shared' (all models) | 'unique' (one model) | 'partial'"),
-             _c("present_in", "VARCHAR[]", "models capturing it at this layer")),
-            statements=("compare", "gained"), sections=("changes",),
+            (
+                _LAYER,
+                *_CONCEPT,
+                _c("status", "VARCHAR", "'shared' (all models) | 'unique' (one model) | 'partial'"),
+                _c("present_in", "VARCHAR[]", "models capturing it at this layer"),
+            ),
+            statements=("compare", "gained"),
+            sections=("changes",),
         ),
         AnalysisSpec(
             "missed_concepts",
             "Concepts never captured at any analysed layer, after the overlap de-dup (Fig. 10, 11).",
-            (_MODEL, *_CONCEPT, _c("domain", "VARCHAR"),
-             _c("status", "VARCHAR", "learned | missed | missed_overlap (dropped by the de-dup rule)"),
-             _c("overlap_with", "VARCHAR", "the learned concept that made it an overlap")),
-            statements=("learned",), sections=("learned", "missed"),
-            options=(_p("dedup", "str", "one_way", "Near-duplicate rule for missed concepts (docs/METHOD.md §5.8).",
-                        choices=("one_way", "both", "none")),),
+            (
+                _MODEL,
+                *_CONCEPT,
+                _c("domain", "VARCHAR"),
+                _c("status", "VARCHAR", "learned | missed | missed_overlap (dropped by the de-dup rule)"),
+                _c("overlap_with", "VARCHAR", "the learned concept that made it an overlap"),
+            ),
+            statements=("learned",),
+            sections=("learned", "missed"),
+            options=(
+                _p(
+                    "dedup",
+                    "str",
+                    "one_way",
+                    "Near-duplicate rule for missed concepts (docs/METHOD.md §5.8).",
+                    choices=("one_way", "both", "none"),
+                ),
+            ),
         ),
         AnalysisSpec(
             "neuron_profile",
             "Top concepts and top images of one neuron (Fig. 6, 7).",
-            (_c("rank", "INTEGER"), _c("concept_id", "INTEGER"), _c("concept", "VARCHAR"), _c("score", "DOUBLE"),
-             _c("category", "VARCHAR"), _c("subcategory", "VARCHAR"), _c("domain", "VARCHAR")),
-            statements=("neuron",), sections=("neurons",), stored=False,
+            (
+                _c("rank", "INTEGER"),
+                _c("concept_id", "INTEGER"),
+                _c("concept", "VARCHAR"),
+                _c("score", "DOUBLE"),
+                _c("category", "VARCHAR"),
+                _c("subcategory", "VARCHAR"),
+                _c("domain", "VARCHAR"),
+            ),
+            statements=("neuron",),
+            sections=("neurons",),
+            stored=False,
             options=(_p("top", "int", 5, "Top concepts and top images shown.", min=1),),
         ),
         AnalysisSpec(
             "keyword_neurons",
             "Neurons whose top-k labels share one keyword.",
-            (_MODEL, _LAYER, _c("unit", "INTEGER"), _c("keyword", "VARCHAR"),
-             _c("share", "DOUBLE", "fraction of the top-k labels containing the keyword"), _c("labels", "VARCHAR[]")),
-            statements=("keywords",), sections=("keywords",),
-            options=(_p("top", "int", 5, "Top-k labels of a neuron that are compared.", min=1),
-                     _p("min_share", "float", 0.5, "Share of the top-k labels that must contain the keyword.",
-                        min=0, max=1)),
+            (
+                _MODEL,
+                _LAYER,
+                _c("unit", "INTEGER"),
+                _c("keyword", "VARCHAR"),
+                _c("share", "DOUBLE", "fraction of the top-k labels containing the keyword"),
+                _c("labels", "VARCHAR[]"),
+            ),
+            statements=("keywords",),
+            sections=("keywords",),
+            options=(
+                _p("top", "int", 5, "Top-k labels of a neuron that are compared.", min=1),
+                _p("min_share", "float", 0.5, "Share of the top-k labels that must contain the keyword.", min=0, max=1),
+            ),
         ),
     ]
 }
@@ -655,11 +796,14 @@ def register_function(kind: str, function: Function) -> Function:
     error, so a plugin can never silently replace a built-in.  See docs/EXTENDING.md.
     """
     if kind not in FUNCTION_KINDS:
-        raise VocabularyError(f"cannot register {function.name!r}: kind must be one of {', '.join(FUNCTION_KINDS)}, "
-                              f"not {kind!r}")
+        raise VocabularyError(
+            f"cannot register {function.name!r}: kind must be one of {', '.join(FUNCTION_KINDS)}, not {kind!r}"
+        )
     if kind == "similarity" and function.family not in SIMILARITY_FAMILIES:
-        raise VocabularyError(f"similarity {function.name!r}: family must be one of {', '.join(SIMILARITY_FAMILIES)}, "
-                              f"not {function.family!r} (it decides which probe images the dissector must embed)")
+        raise VocabularyError(
+            f"similarity {function.name!r}: family must be one of {', '.join(SIMILARITY_FAMILIES)}, "
+            f"not {function.family!r} (it decides which probe images the dissector must embed)"
+        )
     table = SIMILARITIES if kind == "similarity" else SOURCES[kind]
     if table.get(function.name) == function:
         return table[function.name]
@@ -667,7 +811,8 @@ def register_function(kind: str, function: Function) -> Function:
     for n in (function.name, *function.aliases):
         other = taken.get(n)
         if other is not None and other != function:
-            raise VocabularyError(f"cannot register {kind} function {function.name!r}: the name {n!r} is already "
-                                  f"taken by {other.name!r}")
+            raise VocabularyError(
+                f"cannot register {kind} function {function.name!r}: the name {n!r} is already taken by {other.name!r}"
+            )
     table[function.name] = function
     return function

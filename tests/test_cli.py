@@ -81,7 +81,7 @@ def test_report_rejects_unknown_format(tmp_path: Path) -> None:
 
 
 def test_run_threads_option_sets_torch_threads(tmp_path: Path, monkeypatch) -> None:
-    # wiring only: the kernels follow torch's thread count (tests/test_kernels.py)
+    # wiring only: torch's thread count (the SoftWPMI steps follow it)
     import torch
 
     import dissect_study.engine.run as run_mod

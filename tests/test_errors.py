@@ -25,8 +25,6 @@ from dissect_study.errors import DissectStudyError
 INTERNAL_SIGNALS = {
     # the probe's skip signal: the activation pass turns it into a skipped row (RunError under --strict)
     "dissect_study.engine.probes.base.ImageUnreadable",
-    # the compiled top-k's NaN/inf signal, caught by similarity.py and re-raised as a ValueError
-    "dissect_study.engine.scores.kernels.NonFiniteInput",
 }
 
 

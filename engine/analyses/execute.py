@@ -91,7 +91,16 @@ def calibration(ex: Executor) -> None:
                     skipped[sim] = str(e).splitlines()[0]
                     ex.log.warn("calibration", f"calibration of {x.target}: {sim} skipped ({skipped[sim]})")
                     continue
-                df = cal.calibration_table(layer, sim, S, cs.texts, truth, text_encoder=encoder)
+                df = cal.calibration_table(
+                    layer,
+                    sim,
+                    S,
+                    cs.texts,
+                    truth,
+                    text_encoder=encoder,
+                    # MAMMI's selection threshold: the study's own, when the study uses MAMMI
+                    beta=float(x.similarity_params.get("beta", 0.95)) if sim == x.similarity == "mammi" else 0.95,
+                )
                 df["model"] = x.target
                 ex.record.add("calibration", df)
         ex.log.info(
