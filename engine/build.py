@@ -136,7 +136,7 @@ def resolve_layers(
             raise RunError(
                 f"target {target.name!r} has no layer {text!r}.{hint} "
                 f"Run `dissect-study inspect` on its weights to list layers "
-                f"({len(names)} layers: {', '.join(names[:4])} ... {', '.join(names[-2:])})."
+                f"({len(names)} layers: {_layer_list(names)})."
             ) from None
 
     def resolve_item(item: ast.LayerItem, alias: str | None) -> None:
@@ -157,3 +157,10 @@ def resolve_layers(
             resolve_item(item, None)
     order = {n: i for i, n in enumerate(names)}
     return sorted(out.items(), key=lambda kv: order.get(kv[0], 1 << 30))
+
+
+def _layer_list(names: list[str]) -> str:
+    """A layer list short enough for a message, never repeating a name."""
+    if len(names) <= 6:
+        return ", ".join(names)
+    return f"{', '.join(names[:4])}, ..., {', '.join(names[-2:])}"

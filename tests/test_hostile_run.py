@@ -512,3 +512,72 @@ def test_item16_fifo_concept_file_is_refused_not_waited_on(tmp_path: Path) -> No
     with pytest.raises(ConceptSetError, match="is a folder"):
         load_concept_set("c", "txt", {"path": "."}, tmp_path)
     assert time.monotonic() - t0 < 30
+
+
+def test_item15_degenerate_scores_are_a_warning(tmp_path: Path, tiny_models) -> None:  # noqa: F811
+    """cos_cubed(min_norm=1e30) zeroes every score: the run must say the labels are arbitrary."""
+    text = HEAD + (
+        "probe p = phantom(n=24, seed=1, height=64)\n"
+        "dissect A at layers last by d on p with concepts c using cos_cubed(min_norm=1e30)\n"
+    )
+    res = _run(tmp_path, text)
+    assert any("score every concept alike" in w and "min_norm" in w for w in res.warnings), res.warnings
+    with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as con:
+        stored = con.execute("SELECT message FROM warnings WHERE run_id = ?", [res.run_id]).fetchall()
+    assert any("score every concept alike" in m for (m,) in stored)
+
+
+def test_item15_ordinary_scores_raise_no_such_warning(tmp_path: Path, tiny_models) -> None:  # noqa: F811
+    text = HEAD + (
+        "probe p = phantom(n=24, seed=1, height=64)\n"
+        "dissect A at layers last by d on p with concepts c using cos_cubed()\n"
+    )
+    assert not [w for w in _run(tmp_path, text).warnings if "alike" in w]
+
+
+def test_item16_layer_list_in_messages_never_repeats_a_layer() -> None:
+    from dissect_study.engine.build import _layer_list
+
+    assert _layer_list(["blocks.0", "blocks.1", "blocks.2", "blocks.3", "blocks.4"]) == (
+        "blocks.0, blocks.1, blocks.2, blocks.3, blocks.4"
+    )
+    many = [f"_blocks.{i}" for i in range(39)]
+    shown = _layer_list(many).replace("...", "").replace(" ", "").split(",")
+    shown = [s for s in shown if s]
+    assert len(shown) == len(set(shown)) == 6 and shown[-1] == "_blocks.38"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_item16_fifo_probe_manifest_is_refused_not_waited_on(tmp_path: Path) -> None:
+    from dissect_study.engine.probes import ProbeError
+    from dissect_study.engine.probes.manifest import read_csv_text
+
+    fifo = tmp_path / "probe.csv"
+    os.mkfifo(fifo)
+    done: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_csv_text(fifo, "probe p")
+        except BaseException as e:  # noqa: BLE001 -- whatever it raises is what we check
+            done.append(e)
+
+    th = threading.Thread(target=read, daemon=True)
+    th.start()
+    th.join(5)
+    assert not th.is_alive(), "reading a FIFO manifest hung"
+    assert done and isinstance(done[0], ProbeError), done
+
+
+def test_item04_too_few_readable_images_stop_at_the_pass(tmp_path: Path, tiny_models) -> None:  # noqa: F811
+    """Two images of which one is unreadable: the pre-flight counted two, the pass reads one."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.full((40, 30), 120, np.uint8)).save(folder / "good.png")
+    (folder / "bad.png").write_bytes(b"not a png at all")
+    text = HEAD + f'probe p = folder("{folder}")\ndissect A at layers last by d on p with concepts c\n'
+    with pytest.raises(RunError, match=r"only 1 of 2 images could be read"):
+        _run(tmp_path, text)
+    assert not (tmp_path / "r.duckdb").exists() or not duckdb.connect(str(tmp_path / "r.duckdb")).execute(
+        "SELECT count(*) FROM runs"
+    ).fetchone()[0]

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from dissect_study.dsl.vocabulary import min_probe_images
 from dissect_study.engine.models.base import Dissector, SharesImagePass, TrainModeSwitch
 from dissect_study.engine.plan.steps import DissectionStep
 from dissect_study.engine.probes.base import Probe
@@ -124,6 +125,11 @@ def _target_pass(ex: Executor, x: DissectionStep, keep_output: bool) -> tuple[to
         speed = f"{res.images_per_s:.1f} images/s"
     else:
         speed = "cache"
+    need, why = min_probe_images(x.similarity, x.similarity_params)
+    if len(kept) < need:  # the pre-flight counted the probe; unreadable images can leave fewer
+        raise RunError(
+            f"probe {x.probe}: only {len(kept)} of {len(rows)} images could be read; {x.similarity} needs {need} ({why})"
+        )
     ex.acts[key] = tensors
     ex.act_rows[key] = kept
     ex.act_requested[key] = rows

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dissect_study.engine.files import regular_file
 from dissect_study.engine.probes import ProbeError
 from dissect_study.engine.probes.base import ProbeItem
 from dissect_study.engine.probes.folder import FileProbe, resolve_inside, user_path
@@ -46,6 +47,7 @@ def read_csv_text(path: Path, what: str) -> CsvTable:
     The standard csv module, not pandas: no type guessing, and it is several
     times faster than building a DataFrame only to turn it back into dicts.
     """
+    path = regular_file(path, f"{what}: CSV", ProbeError)  # a FIFO or device must not hang the scan
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)

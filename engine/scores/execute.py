@@ -55,6 +55,8 @@ def score(ex: Executor) -> None:
                 if n not in notes:
                     notes.append(n)
                     ex.log.info(f"note      {x.target}: {n}")
+            for w in res.warnings:
+                ex.log.warn(f"score {x.target}", f"{x.target} {layer}: {w}")
             if res.top_k_used is not None:
                 used_params["top_k"] = res.top_k_used
             S = res.S.float()

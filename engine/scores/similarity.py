@@ -568,6 +568,8 @@ class SimilarityResult:
     S: Tensor
     top_k_used: int | None
     notes: list[str] = field(default_factory=list)
+    #: what makes the labels degenerate (the run records these as warnings, not notes)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _params(spec: Function | None, name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -645,4 +647,12 @@ def compute_similarity(
     n_nan = int(torch.isnan(S).all(1).sum())
     if n_nan:
         notes.append(f"{n_nan} neurons have no defined score under {canonical} (NaN rows; no label).")
-    return SimilarityResult(S=S.float(), top_k_used=top_k_used, notes=notes)
+    S32 = S.float()
+    warnings = []
+    n_flat = int((S32 == S32[:, :1]).all(1).sum()) if S32.shape[1] > 1 else 0
+    if 2 * (n_flat - n_const) > S32.shape[0]:  # constant neurons are already noted
+        warnings.append(
+            f"{canonical}: {n_flat} of {S32.shape[0]} neurons score every concept alike, so their labels are "
+            f"arbitrary; check the function's parameters ({', '.join(f'{k}={v}' for k, v in sorted(kw.items()) if not isinstance(v, Tensor)) or 'defaults'})."
+        )
+    return SimilarityResult(S=S32, top_k_used=top_k_used, notes=notes, warnings=warnings)
