@@ -63,7 +63,7 @@ def test_union_concatenates_in_order_and_dispatches_load():
 
 def test_union_errors():
     a = ListProbe("a", [{}])
-    with pytest.raises(ProbeError, match="not declared before it"):
+    with pytest.raises(ProbeError, match="not built yet"):
         build_probe("u", "union", {"refs": ["a", "zz"]}, ctx_with({"a": a}))
     with pytest.raises(ProbeError, match="more than once"):
         build_probe("u", "union", {"refs": ["a", "a"]}, ctx_with({"a": a}))

@@ -67,8 +67,8 @@ def build_union(name: str, params: dict[str, Any], ctx: Any) -> UnionProbe:
     missing = [r for r in refs if r not in probes]
     if missing:
         raise ProbeError(
-            f"probe {name}: union() refers to {', '.join(missing)}, which is not declared before it; "
-            f"declared probes: {', '.join(probes) or 'none'}."
+            f"probe {name}: union() refers to {', '.join(missing)}, which is not built yet; "
+            f"built probes: {', '.join(probes) or 'none'} (a study's plan builds members first)."
         )
     return UnionProbe(name, [(r, probes[r]) for r in refs])
 
