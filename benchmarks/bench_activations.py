@@ -119,8 +119,8 @@ def rq2_passes(n_images: int) -> None:
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from checkpoint_fixtures import write_tiny_real_clip  # type: ignore[import-not-found]
-    from test_models_helpers import (  # type: ignore[import-not-found]
+    from helpers.checkpoints import write_tiny_real_clip  # type: ignore[import-not-found]
+    from helpers.models import (  # type: ignore[import-not-found]
         make_text_folder,
         save_classifier,
         tiny_bert_config,

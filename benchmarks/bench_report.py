@@ -1,7 +1,7 @@
 """Benchmark: render the report of a paper-sized run (5 models x 3 layers x ~760 concepts).
 
 Target (issue): under 60 s on the development machine for model + HTML + PDF.
-The run is synthetic (tests/test_report.py `make_run`: 24/128/512 neurons at
+The run is synthetic (tests/helpers/report.py `make_run`: 24/128/512 neurons at
 _blocks.2/19/38 like EfficientNet-B5, 200 probe images, every analysis table,
 one neuron card with five overlay thumbnails).  Prints one line per stage.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from test_report import make_run  # noqa: E402
+from helpers.report import make_run  # noqa: E402
 
 from dissect_study.engine.report.model import build_report_model  # noqa: E402
 from dissect_study.engine.report.render import render_html, render_pdf  # noqa: E402

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers.tiny import tiny_models  # noqa: F401 -- the fixture, for every test that asks for it
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

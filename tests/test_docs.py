@@ -19,8 +19,9 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers.paths import REPO as REPO_DIR
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_DIR
 SECT = "\u00a7"
 
 #: file kinds that may carry a citation (code, docs, studies, templates, grammar, configs)

@@ -3,7 +3,7 @@
 The quick start is `make demo`; here the demo study runs in a copy of the
 repository's layout with the same command the Makefile's `demo` recipe uses,
 but on a small phantom probe and with the tiny dissector and targets of
-test_run.py (training the real demo models is the demo's job, not this test's).
+tests/helpers/tiny.py (training the real demo models is the demo's job, not this test's).
 Then every command line of the README's code blocks runs in a real shell from
 that copy's root, through the installed `dissect-study` entry point and
 `. .venv/bin/activate` exactly as written, and must exit 0; so must the two
@@ -24,12 +24,13 @@ from pathlib import Path
 import duckdb
 import pytest
 from click.testing import CliRunner
-from test_run import TinyDissector, TinyTarget
+from helpers.tiny import TinyDissector, TinyTarget
 
 from dissect_study.engine import models as model_factories
 from dissect_study.engine.cli import cli
+from helpers.paths import REPO as REPO_DIR
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_DIR
 ACTIVATE = ". .venv/bin/activate"
 DEMO_PROBE = "phantom(n=400, seed=0)"
 SMALL_PROBE = "phantom(n=24, seed=0, height=64)"

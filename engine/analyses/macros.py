@@ -486,6 +486,15 @@ def _check_thresholds(con: duckdb.DuckDBPyConnection, run_id: str, args: dict[st
         f"SELECT model, layer FROM {_THRESHOLDS.call(run_id, args)} WHERE threshold IS NULL OR isnan(threshold)"
     ).fetchall()
     if missing:
+        # in the statement's order: by depth, then the models as listed (the query's order is arbitrary)
+        depth = dict(
+            ((m, layer), i)
+            for m, layer, i in con.execute(
+                "SELECT model, layer, layer_index FROM layers WHERE run_id = ?", [run_id]
+            ).fetchall()
+        )
+        models = list(args.get("models") or [])
+        missing.sort(key=lambda ml: (depth.get(ml, 1 << 30), models.index(ml[0]) if ml[0] in models else len(models)))
         stat = args.get("statistic") or DEFAULT_THRESHOLD["statistic"]
         where = ", ".join(f"{m} {layer}" for m, layer in missing[:4]) + (" ..." if len(missing) > 4 else "")
         raise AnalysisError(

@@ -98,7 +98,7 @@ def mammo_clip_normalise(x: torch.Tensor) -> torch.Tensor:
     """Per-image min-max over all channels, then Mammo-CLIP's scalar z-score, in float32.
 
     The order of float32 operations follows the reference path exactly, so a
-    1520x912 image gives bit-identical tensors (tests/test_fidelity.py).
+    1520x912 image gives bit-identical tensors (tests/engine/models/test_fidelity.py).
     """
     x = x - x.min()
     top = x.max()
