@@ -33,8 +33,13 @@ from dissect_study.plugins import load_plugins
 CONCEPT_SET_DIR = Path(__file__).resolve().parent.parent / "concept_sets"
 
 #: a study without a `threshold` statement (vocabulary.DEFAULT_THRESHOLD, shared with the analyses' macros)
-DEFAULT_RULE = ast.ThresholdRule(R.DEFAULT_THRESHOLD["combine"], R.DEFAULT_THRESHOLD["statistic"], None,
-                                 R.DEFAULT_THRESHOLD["op"], ast.Span("<default>", 1, 1, 1, 2))
+DEFAULT_RULE = ast.ThresholdRule(
+    R.DEFAULT_THRESHOLD["combine"],
+    R.DEFAULT_THRESHOLD["statistic"],
+    None,
+    R.DEFAULT_THRESHOLD["op"],
+    ast.Span("<default>", 1, 1, 1, 2),
+)
 
 _INTERP = re.compile(r"\$\{([^}]*)\}")
 
@@ -51,8 +56,10 @@ class UnsetEnv:
     span: ast.Span
 
     def message(self) -> str:
-        return (f"{self.span}: environment variable {self.var} is not set; "
-                f"set it (export {self.var}=...) or give env(\"{self.var}\", default)")
+        return (
+            f"{self.span}: environment variable {self.var} is not set; "
+            f'set it (export {self.var}=...) or give env("{self.var}", default)'
+        )
 
 
 @dataclass
@@ -192,8 +199,14 @@ class _Checker:
         self.default_stmt: ast.DefaultThreshold | None = None
 
     # ------------------------------------------------------------------ helpers
-    def error(self, code: str, message: str, span: ast.Span, hint: str | None = None,
-              related: list[tuple[str, ast.Span]] | None = None) -> None:
+    def error(
+        self,
+        code: str,
+        message: str,
+        span: ast.Span,
+        hint: str | None = None,
+        related: list[tuple[str, ast.Span]] | None = None,
+    ) -> None:
         self.diags.append(Diagnostic(ERROR, code, message, span, hint, related or []))
 
     def warning(self, code: str, message: str, span: ast.Span, hint: str | None = None) -> None:
@@ -208,8 +221,12 @@ class _Checker:
         key = (node.var, node.span.line, node.span.col)
         if key not in self.warned_env:
             self.warned_env.add(key)
-            self.warning("env-unset", f"environment variable {node.var} is not set", node.var_span or node.span,
-                         f"`run` needs it: export {node.var}=... (or write env(\"{node.var}\", default))")
+            self.warning(
+                "env-unset",
+                f"environment variable {node.var} is not set",
+                node.var_span or node.span,
+                f'`run` needs it: export {node.var}=... (or write env("{node.var}", default))',
+            )
         return UnsetEnv(node.var, node.var_span or node.span)
 
     def interpolate(self, node: ast.Str) -> Any:
@@ -219,14 +236,18 @@ class _Checker:
         parts: list[str] = []
         pos = 0
         for m in _INTERP.finditer(text):
-            parts.append(text[pos: m.start()])
+            parts.append(text[pos : m.start()])
             pos = m.end()
             name = m.group(1).strip()
             col = node.span.col + 1 + m.start()
             span = ast.Span(node.span.path, node.span.line, col, node.span.line, col + len(m.group(0)))
             if name not in self.lets:
-                self.error("unknown-let", f"unknown name '{name}' in ${{...}}", span,
-                           suggest_hint(name, self.lets) or "${name} refers to a `let` defined earlier in the study")
+                self.error(
+                    "unknown-let",
+                    f"unknown name '{name}' in ${{...}}",
+                    span,
+                    suggest_hint(name, self.lets) or "${name} refers to a `let` defined earlier in the study",
+                )
                 return None
             val = self.lets[name]
             if isinstance(val, UnsetEnv):
@@ -264,12 +285,20 @@ class _Checker:
         other = self.kind_of(ident.name)
         if other is not None:
             d = self.decls[other][ident.name]
-            self.error("wrong-kind", f"'{ident.name}' is a {_KIND_WORD[other]}, but {role or 'this'} must be a {word}",
-                       ident.span, suggest_hint(ident.name, self.decls[kind]) or f"declare a {word} with `{kind} NAME = ...`",
-                       [("declared", d.name_span or d.span)])
+            self.error(
+                "wrong-kind",
+                f"'{ident.name}' is a {_KIND_WORD[other]}, but {role or 'this'} must be a {word}",
+                ident.span,
+                suggest_hint(ident.name, self.decls[kind]) or f"declare a {word} with `{kind} NAME = ...`",
+                [("declared", d.name_span or d.span)],
+            )
         else:
-            self.error("unknown-name", f"unknown {word} '{ident.name}'", ident.span,
-                       suggest_hint(ident.name, self.decls[kind]) or f"declare it first: `{kind} {ident.name} = ...`")
+            self.error(
+                "unknown-name",
+                f"unknown {word} '{ident.name}'",
+                ident.span,
+                suggest_hint(ident.name, self.decls[kind]) or f"declare it first: `{kind} {ident.name} = ...`",
+            )
         return None
 
     # ------------------------------------------------------------------ parameters
@@ -283,8 +312,12 @@ class _Checker:
             if t == "str_or_ref":
                 return True, node.name
         if t == "ref":
-            self.error("expected-name", f"{where} parameter '{param.name}' takes the name of a {_KIND_WORD.get(param.ref_kind or '', 'declaration')}, without quotes",
-                       node.span, None)
+            self.error(
+                "expected-name",
+                f"{where} parameter '{param.name}' takes the name of a {_KIND_WORD.get(param.ref_kind or '', 'declaration')}, without quotes",
+                node.span,
+                None,
+            )
             return False, None
         val = self.value(node)
         if isinstance(val, ast.Ident):
@@ -305,17 +338,27 @@ class _Checker:
         """A bare name where a value belongs: a declaration's name, or an unknown `let`."""
         other = self.kind_of(val.name)
         if other:
-            self.error("wrong-kind", f"'{val.name}' is a {_KIND_WORD[other]}, not a value for '{param.name}'", val.span,
-                       "use a string in double quotes, or a `let` name")
+            self.error(
+                "wrong-kind",
+                f"'{val.name}' is a {_KIND_WORD[other]}, not a value for '{param.name}'",
+                val.span,
+                "use a string in double quotes, or a `let` name",
+            )
         else:
-            self.error("unknown-let", f"unknown name '{val.name}'", val.span,
-                       suggest_hint(val.name, self.lets) or "a bare name refers to a `let`; write a string in double quotes")
+            self.error(
+                "unknown-let",
+                f"unknown name '{val.name}'",
+                val.span,
+                suggest_hint(val.name, self.lets) or "a bare name refers to a `let`; write a string in double quotes",
+            )
 
     def from_env(self, node: ast.Value, val: Any) -> bool:
         """Whether `val` came from the environment (directly or through a `let`): text may then be a number."""
         if isinstance(node, ast.Env):
             return True
-        return isinstance(node, ast.Ident) and isinstance(val, str) and isinstance(self.let_nodes.get(node.name), ast.Env)
+        return (
+            isinstance(node, ast.Ident) and isinstance(val, str) and isinstance(self.let_nodes.get(node.name), ast.Env)
+        )
 
     def convert(self, param: R.Param, node: ast.Value, val: Any, where: str) -> tuple[bool, Any]:
         """Check `val` against the parameter's type; environment text is converted to int/float/bool."""
@@ -323,8 +366,12 @@ class _Checker:
         if t in ("str", "path", "layer", "str_or_ref"):
             if isinstance(val, str):
                 return True, val
-            self.error("type", f"{where} parameter '{param.name}' takes a string, not {_pytype(val)}", node.span,
-                       f"write {param.name}=\"{val}\"" if not isinstance(val, bool) else None)
+            self.error(
+                "type",
+                f"{where} parameter '{param.name}' takes a string, not {_pytype(val)}",
+                node.span,
+                f'write {param.name}="{val}"' if not isinstance(val, bool) else None,
+            )
             return False, None
         convert = _CONVERTERS.get(t)
         if convert is None:
@@ -339,16 +386,28 @@ class _Checker:
     def check_range(self, param: R.Param, node: ast.Value, val: Any, where: str) -> tuple[bool, Any]:
         """Choices and numeric bounds of a parameter."""
         if param.choices is not None and val not in param.choices:
-            self.error("choice", f"{where} parameter '{param.name}' cannot be '{val}'", node.span,
-                       suggest_hint(str(val), param.choices) or "choose one of: " + ", ".join(param.choices))
+            self.error(
+                "choice",
+                f"{where} parameter '{param.name}' cannot be '{val}'",
+                node.span,
+                suggest_hint(str(val), param.choices) or "choose one of: " + ", ".join(param.choices),
+            )
             return False, None
         if isinstance(val, (int, float)) and not isinstance(val, bool):
             if param.min is not None and (val <= param.min if param.min_exclusive else val < param.min):
                 op = ">" if param.min_exclusive else ">="
-                self.error("bounds", f"{where} parameter '{param.name}' must be {op} {_fmt_num(param.min)}, not {_fmt_num(val)}", node.span)
+                self.error(
+                    "bounds",
+                    f"{where} parameter '{param.name}' must be {op} {_fmt_num(param.min)}, not {_fmt_num(val)}",
+                    node.span,
+                )
                 return False, None
             if param.max is not None and val > param.max:
-                self.error("bounds", f"{where} parameter '{param.name}' must be <= {_fmt_num(param.max)}, not {_fmt_num(val)}", node.span)
+                self.error(
+                    "bounds",
+                    f"{where} parameter '{param.name}' must be <= {_fmt_num(param.max)}, not {_fmt_num(val)}",
+                    node.span,
+                )
                 return False, None
         return True, val
 
@@ -365,8 +424,13 @@ class _Checker:
             if param is None:
                 continue
             if param.name in given:
-                self.error("duplicate-param", f"{where} parameter '{param.name}' is given twice", arg.span,
-                           None, [("first given", given[param.name])])
+                self.error(
+                    "duplicate-param",
+                    f"{where} parameter '{param.name}' is given twice",
+                    arg.span,
+                    None,
+                    [("first given", given[param.name])],
+                )
                 continue
             given[param.name] = arg.span
             ok, val = self.coerce(param, arg.value, where)
@@ -376,8 +440,12 @@ class _Checker:
         if fn.variadic_ref_kind:
             params["refs"] = refs
             if not refs and not any(a.name is None for a in call.args):
-                self.error("missing-param", f"{where} needs at least one {_KIND_WORD[fn.variadic_ref_kind]}", call.func_span or call.span,
-                           f"for example {fn.name}(a, b)")
+                self.error(
+                    "missing-param",
+                    f"{where} needs at least one {_KIND_WORD[fn.variadic_ref_kind]}",
+                    call.func_span or call.span,
+                    f"for example {fn.name}(a, b)",
+                )
         return params
 
     def variadic_ref(self, kind: str, arg: ast.Arg, where: str, refs: list[str]) -> None:
@@ -393,29 +461,46 @@ class _Checker:
         """The parameter an argument sets: the next positional slot, or its name (consuming that slot)."""
         if arg.name is None:
             if not positional:
-                self.error("too-many-positional", f"{where} takes no more positional arguments", arg.span,
-                           f"name it: {fn.params[0].name}=..." if fn.params else f"{fn.name}() takes no arguments")
+                self.error(
+                    "too-many-positional",
+                    f"{where} takes no more positional arguments",
+                    arg.span,
+                    f"name it: {fn.params[0].name}=..." if fn.params else f"{fn.name}() takes no arguments",
+                )
                 return None
             return fn.param(positional.pop(0))
         param = fn.param(arg.name)
         if param is None:
-            self.error("unknown-param", f"{where} has no parameter '{arg.name}'", arg.name_span or arg.span,
-                       suggest_hint(arg.name, fn.param_names)
-                       or ("parameters: " + ", ".join(p.name for p in fn.params) if fn.params else f"{fn.name}() takes no parameters"))
+            self.error(
+                "unknown-param",
+                f"{where} has no parameter '{arg.name}'",
+                arg.name_span or arg.span,
+                suggest_hint(arg.name, fn.param_names)
+                or (
+                    "parameters: " + ", ".join(p.name for p in fn.params)
+                    if fn.params
+                    else f"{fn.name}() takes no parameters"
+                ),
+            )
             return None
         if param.name in positional:
             positional.remove(param.name)
         return param
 
-    def fill_defaults(self, fn: R.Function, call: ast.Call, given: dict[str, ast.Span], params: dict[str, Any],
-                      where: str) -> None:
+    def fill_defaults(
+        self, fn: R.Function, call: ast.Call, given: dict[str, ast.Span], params: dict[str, Any], where: str
+    ) -> None:
         """Defaults for parameters not given; an error for each required one missing."""
         for p in fn.params:
             if p.name in given:
                 continue
             if p.required:
-                self.error("missing-param", f"{where} needs parameter '{p.name}'", call.func_span or call.span,
-                           f"add {p.name}=... ({p.doc})" if p.doc else f"add {p.name}=...")
+                self.error(
+                    "missing-param",
+                    f"{where} needs parameter '{p.name}'",
+                    call.func_span or call.span,
+                    f"add {p.name}=... ({p.doc})" if p.doc else f"add {p.name}=...",
+                )
             else:
                 params[p.name] = p.default
 
@@ -433,8 +518,12 @@ class _Checker:
                     self.error("unknown-alias", f"unknown layer alias '{item.text}'", item.span, hint)
                     continue
             if isinstance(item, ast.LayerRange) and item.start > item.end:
-                self.error("range", f"layer range '{item.prefix}{item.start}-{item.end}' is empty: it starts after it ends",
-                           item.span, f"write {item.prefix}{item.end}-{item.start}")
+                self.error(
+                    "range",
+                    f"layer range '{item.prefix}{item.start}-{item.end}' is empty: it starts after it ends",
+                    item.span,
+                    f"write {item.prefix}{item.end}-{item.start}",
+                )
                 continue
             out.append(item)
         return tuple(out)
@@ -448,11 +537,15 @@ class _Checker:
         if name in self.aliases_expanded:
             return self.aliases_expanded[name]
         if name in self.expanding:
-            chain = " -> ".join([*self.expanding[self.expanding.index(name):], name])
+            chain = " -> ".join([*self.expanding[self.expanding.index(name) :], name])
             d = self.aliases[name]
-            self.error("alias-cycle", f"layer aliases form a cycle: {chain}", use.span if use else d.span,
-                       "an alias must end in layer names; remove one of the references",
-                       [("defined", d.name_span or d.span)])
+            self.error(
+                "alias-cycle",
+                f"layer aliases form a cycle: {chain}",
+                use.span if use else d.span,
+                "an alias must end in layer names; remove one of the references",
+                [("defined", d.name_span or d.span)],
+            )
             return ()
         self.expanding.append(name)
         try:
@@ -484,43 +577,65 @@ class _Checker:
         if known is None:
             return
         for item in items:
-            if isinstance(item, ast.LayerAll) or (isinstance(item, ast.LayerName) and item.text in R.BUILTIN_LAYER_ALIASES):
+            if isinstance(item, ast.LayerAll) or (
+                isinstance(item, ast.LayerName) and item.text in R.BUILTIN_LAYER_ALIASES
+            ):
                 continue
             wanted = item.names() if isinstance(item, ast.LayerRange) else [item.text]
             missing = [n for n in wanted if n not in known]
             if missing:
-                self.error("layer-not-dissected", f"layer '{missing[0]}' of {model} is not dissected", item.span,
-                           suggest_hint(missing[0], known, cutoff=0.8) or "dissected layers: " + ", ".join(sorted(known)[:8]),
-                           [(f"{model} is dissected", stmt.span)])
+                self.error(
+                    "layer-not-dissected",
+                    f"layer '{missing[0]}' of {model} is not dissected",
+                    item.span,
+                    suggest_hint(missing[0], known, cutoff=0.8) or "dissected layers: " + ", ".join(sorted(known)[:8]),
+                    [(f"{model} is dissected", stmt.span)],
+                )
 
     # ------------------------------------------------------------------ thresholds
     def check_rule(self, rule: ast.ThresholdRule) -> bool:
         ok = True
         if rule.combine not in R.THRESHOLD_COMBINES:
             ok = False
-            self.error("threshold-combine", f"unknown threshold combination '{rule.combine}'", rule.combine_span or rule.span,
-                       suggest_hint(rule.combine, ("max", "own")) or "use max (of the compared models' tau), own, or a number")
+            self.error(
+                "threshold-combine",
+                f"unknown threshold combination '{rule.combine}'",
+                rule.combine_span or rule.span,
+                suggest_hint(rule.combine, ("max", "own")) or "use max (of the compared models' tau), own, or a number",
+            )
         if rule.combine != "fixed" and rule.statistic not in R.THRESHOLD_STATISTICS:
             ok = False
             pool = list(R.THRESHOLD_STATISTICS) + (["max", "own"] if rule.combine_span is None else [])
-            self.error("threshold-statistic", f"unknown threshold statistic '{rule.statistic}'", rule.statistic_span or rule.span,
-                       suggest_hint(rule.statistic, pool) or "statistics: " + ", ".join(R.THRESHOLD_STATISTICS))
+            self.error(
+                "threshold-statistic",
+                f"unknown threshold statistic '{rule.statistic}'",
+                rule.statistic_span or rule.span,
+                suggest_hint(rule.statistic, pool) or "statistics: " + ", ".join(R.THRESHOLD_STATISTICS),
+            )
         return ok
 
     def check_count(self, count: str | None, span: ast.Span | None) -> str | None:
         if count is None:
             return None
         if count not in R.COUNT_UNITS:
-            self.error("count-unit", f"cannot count '{count}'", span or ast.Span(self.study.path, 1, 1, 1, 2),
-                       suggest_hint(count, R.COUNT_UNITS) or "count concepts or neurons")
+            self.error(
+                "count-unit",
+                f"cannot count '{count}'",
+                span or ast.Span(self.study.path, 1, 1, 1, 2),
+                suggest_hint(count, R.COUNT_UNITS) or "count concepts or neurons",
+            )
             return None
         return count
 
     # ------------------------------------------------------------------ main pass
     def run(self) -> CheckedStudy:
         st = self.study
-        out = CheckedStudy(title="", path=st.path, source=st.source,
-                           sha256=hashlib.sha256(st.source.encode("utf-8", "surrogatepass")).hexdigest())
+        out = CheckedStudy(
+            title="",
+            path=st.path,
+            source=st.source,
+            sha256=hashlib.sha256(st.source.encode("utf-8", "surrogatepass")).hexdigest(),
+        )
         # Pass 1: declarations, so references may point forward.
         for s in st.statements:
             if isinstance(s, ast.Decl):
@@ -545,8 +660,12 @@ class _Checker:
         # Pass 3: analyses and reports, which refer to what the dissect statements cover.
         self.check_outputs(out)
         if not any(isinstance(s, ast.Dissect) for s in st.statements):
-            self.warning("nothing-to-do", "this study has no dissect statement", ast.Span(st.path, 1, 1, 1, 2),
-                         "add `dissect TARGET at layers ... by DISSECTOR on PROBE with concepts SET`")
+            self.warning(
+                "nothing-to-do",
+                "this study has no dissect statement",
+                ast.Span(st.path, 1, 1, 1, 2),
+                "add `dissect TARGET at layers ... by DISSECTOR on PROBE with concepts SET`",
+            )
         out.lets = dict(self.lets)
         return out
 
@@ -567,39 +686,68 @@ class _Checker:
         table = self.decls[s.kind]
         if s.name in table:
             first = table[s.name]
-            self.error("duplicate", f"{_KIND_WORD[s.kind]} '{s.name}' is declared twice", s.name_span or s.span,
-                       "rename one of them", [("earlier declaration", first.name_span or first.span)])
+            self.error(
+                "duplicate",
+                f"{_KIND_WORD[s.kind]} '{s.name}' is declared twice",
+                s.name_span or s.span,
+                "rename one of them",
+                [("earlier declaration", first.name_span or first.span)],
+            )
         else:
             table[s.name] = s
 
     def declare_alias(self, s: ast.LayerAliasDef) -> None:
         if s.name in self.aliases:
             first = self.aliases[s.name]
-            self.error("duplicate", f"layer alias '{s.name}' is defined twice", s.name_span or s.span,
-                       "rename one of them", [("earlier declaration", first.name_span or first.span)])
+            self.error(
+                "duplicate",
+                f"layer alias '{s.name}' is defined twice",
+                s.name_span or s.span,
+                "rename one of them",
+                [("earlier declaration", first.name_span or first.span)],
+            )
         elif s.name in R.BUILTIN_LAYER_ALIASES:
-            self.error("builtin-alias", f"'{s.name}' is a built-in layer alias and cannot be redefined", s.name_span or s.span,
-                       "choose another name; early/middle/last are resolved per model by the engine")
+            self.error(
+                "builtin-alias",
+                f"'{s.name}' is a built-in layer alias and cannot be redefined",
+                s.name_span or s.span,
+                "choose another name; early/middle/last are resolved per model by the engine",
+            )
         else:
             self.aliases[s.name] = s
 
     # ------------------------------------------------------------------ pass 2: statements
     def check_title(self, s: ast.StudyTitle, out: CheckedStudy) -> None:
         if self.title_span is not None:
-            self.error("duplicate", "the study title is given twice", s.span, "keep one `study \"...\"` line",
-                       [("earlier title", self.title_span)])
+            self.error(
+                "duplicate",
+                "the study title is given twice",
+                s.span,
+                'keep one `study "..."` line',
+                [("earlier title", self.title_span)],
+            )
         else:
             self.title_span, out.title = s.span, s.title
 
     def check_let(self, s: ast.Let, out: CheckedStudy) -> None:
         if s.name in self.let_spans:
-            self.error("duplicate", f"'{s.name}' is defined twice", s.name_span or s.span, "rename one of them",
-                       [("earlier definition", self.let_spans[s.name])])
+            self.error(
+                "duplicate",
+                f"'{s.name}' is defined twice",
+                s.name_span or s.span,
+                "rename one of them",
+                [("earlier definition", self.let_spans[s.name])],
+            )
             return
         val = self.value(s.value)
         if isinstance(val, ast.Ident):
-            self.error("unknown-let", f"unknown name '{val.name}'", val.span,
-                       suggest_hint(val.name, self.lets) or "a bare name refers to an earlier `let`; write a string in double quotes")
+            self.error(
+                "unknown-let",
+                f"unknown name '{val.name}'",
+                val.span,
+                suggest_hint(val.name, self.lets)
+                or "a bare name refers to an earlier `let`; write a string in double quotes",
+            )
             val = None
         self.lets[s.name] = val
         self.let_nodes[s.name] = s.value
@@ -611,9 +759,13 @@ class _Checker:
 
     def check_default_threshold(self, s: ast.DefaultThreshold, out: CheckedStudy) -> None:
         if self.default_stmt is not None:
-            self.error("duplicate", "the study threshold is given twice", s.span,
-                       "keep one study-wide `threshold` statement; give others per analysis",
-                       [("earlier threshold", self.default_stmt.span)])
+            self.error(
+                "duplicate",
+                "the study threshold is given twice",
+                s.span,
+                "keep one study-wide `threshold` statement; give others per analysis",
+                [("earlier threshold", self.default_stmt.span)],
+            )
             return
         self.default_stmt = s
         if self.check_rule(s.rule):
@@ -626,8 +778,13 @@ class _Checker:
         fn = R.lookup_function(s.kind, s.source.func)
         where = f"{s.source.func}()"
         if fn is None:
-            self.error("unknown-function", f"unknown {_KIND_WORD[s.kind]} source '{s.source.func}'", s.source.func_span or s.source.span,
-                       suggest_hint(s.source.func, R.suggestion_pool(s.kind)) or f"{s.kind} sources: " + ", ".join(R.SOURCES[s.kind]))
+            self.error(
+                "unknown-function",
+                f"unknown {_KIND_WORD[s.kind]} source '{s.source.func}'",
+                s.source.func_span or s.source.span,
+                suggest_hint(s.source.func, R.suggestion_pool(s.kind))
+                or f"{s.kind} sources: " + ", ".join(R.SOURCES[s.kind]),
+            )
             return
         params = self.call_params(fn, s.source, where)
         if s.kind == "concepts" and fn.name == "shipped":
@@ -635,11 +792,17 @@ class _Checker:
         if fn.variadic_ref_kind == "probe" and s.name in params.get("refs", []):
             self.error("self-reference", f"probe '{s.name}' cannot include itself", s.source.span)
         if s.sample is not None and s.kind != "probe":
-            self.error("sample-not-probe", f"only probes can be sampled, not a {_KIND_WORD[s.kind]}", s.sample.span,
-                       "move `sample ...` to a probe declaration")
+            self.error(
+                "sample-not-probe",
+                f"only probes can be sampled, not a {_KIND_WORD[s.kind]}",
+                s.sample.span,
+                "move `sample ...` to a probe declaration",
+            )
         getattr(out, _BUCKET[s.kind])[s.name] = ResolvedDecl(s.name, s.kind, fn.name, params, s.sample, s.span)
 
-    def probe_size(self, out: CheckedStudy, name: str, visiting: frozenset[str] = frozenset()) -> tuple[int, bool] | None:
+    def probe_size(
+        self, out: CheckedStudy, name: str, visiting: frozenset[str] = frozenset()
+    ) -> tuple[int, bool] | None:
         """(images, exact) of probe `name` when the study alone fixes it, else None.
 
         phantom(n) has n images; `sample N` at most N (exactly min(N, size) when the size is
@@ -675,8 +838,12 @@ class _Checker:
             if n < need:
                 where = node.similarity if node.similarity is not None and need > R.MIN_PROBE_IMAGES else node.probe
                 fix = f" or top_fraction >= {1 / n:.4g}" if d.similarity == "rank_reorder" and n > 0 else ""
-                self.error("probe-too-small", f"probe '{d.probe}' has {images}; this dissection needs at least {need}",
-                           where.span, f"{why}; use a larger probe (phantom(n=...), sample N){fix}")
+                self.error(
+                    "probe-too-small",
+                    f"probe '{d.probe}' has {images}; this dissection needs at least {need}",
+                    where.span,
+                    f"{why}; use a larger probe (phantom(n=...), sample N){fix}",
+                )
 
     def check_shipped_name(self, s: ast.Decl, params: dict[str, Any]) -> None:
         """`shipped(NAME)` names a set in the package's concept_sets folder: a name, never a path."""
@@ -689,13 +856,21 @@ class _Checker:
         arg = next((a for a in s.source.args if a.name in (None, "name")), None)
         span = arg.value.span if arg is not None else s.source.span
         listing = "shipped sets: " + (", ".join(shipped) or "none")
-        own = "for your own file write csv(\"...\"), txt(\"...\"), json(\"...\") or xlsx(\"...\")"
+        own = 'for your own file write csv("..."), txt("..."), json("...") or xlsx("...")'
         if not _SET_NAME.fullmatch(name):
-            self.error("shipped-name", f"shipped() takes the name of a shipped concept set, not a path: \"{name}\"",
-                       span, f"{listing}; {own}")
+            self.error(
+                "shipped-name",
+                f'shipped() takes the name of a shipped concept set, not a path: "{name}"',
+                span,
+                f"{listing}; {own}",
+            )
         else:
-            self.error("unknown-shipped", f"no shipped concept set '{name}'", span,
-                       suggest_hint(name, shipped) or f"{listing}; {own}")
+            self.error(
+                "unknown-shipped",
+                f"no shipped concept set '{name}'",
+                span,
+                suggest_hint(name, shipped) or f"{listing}; {own}",
+            )
 
     def check_union_cycles(self) -> None:
         probes = self.decls["probe"]
@@ -747,8 +922,13 @@ class _Checker:
                 continue
             if name in self.dissected:
                 first = self.dissected[name][0]
-                self.error("dissected-twice", f"target '{name}' is dissected twice", t.span,
-                           "dissect each target once; list all its layers in one statement", [("first dissected", first.span)])
+                self.error(
+                    "dissected-twice",
+                    f"target '{name}' is dissected twice",
+                    t.span,
+                    "dissect each target once; list all its layers in one statement",
+                    [("first dissected", first.span)],
+                )
                 ok = False
                 continue
             if name in targets:
@@ -763,8 +943,13 @@ class _Checker:
             return "soft_wpmi", {p.name: p.default for p in R.SIMILARITIES["soft_wpmi"].params}
         fn = R.lookup_similarity(call.func)
         if fn is None:
-            self.error("unknown-similarity", f"unknown similarity function '{call.func}'", call.func_span or call.span,
-                       suggest_hint(call.func, R.suggestion_pool("similarity")) or "similarities: " + ", ".join(R.SIMILARITIES))
+            self.error(
+                "unknown-similarity",
+                f"unknown similarity function '{call.func}'",
+                call.func_span or call.span,
+                suggest_hint(call.func, R.suggestion_pool("similarity"))
+                or "similarities: " + ", ".join(R.SIMILARITIES),
+            )
             return None
         return fn.name, self.call_params(fn, call, f"{fn.name}()")
 
@@ -776,12 +961,21 @@ class _Checker:
             assert opt.name is not None
             param = R.DISSECT_OPTIONS.get(opt.name)
             if param is None:
-                self.error("unknown-option", f"unknown dissect option '{opt.name}'", opt.name_span or opt.span,
-                           suggest_hint(opt.name, R.DISSECT_OPTIONS) or "options: " + ", ".join(R.DISSECT_OPTIONS))
+                self.error(
+                    "unknown-option",
+                    f"unknown dissect option '{opt.name}'",
+                    opt.name_span or opt.span,
+                    suggest_hint(opt.name, R.DISSECT_OPTIONS) or "options: " + ", ".join(R.DISSECT_OPTIONS),
+                )
                 continue
             if opt.name in given:
-                self.error("duplicate-param", f"dissect option '{opt.name}' is given twice", opt.span, None,
-                           [("first given", given[opt.name])])
+                self.error(
+                    "duplicate-param",
+                    f"dissect option '{opt.name}' is given twice",
+                    opt.span,
+                    None,
+                    [("first given", given[opt.name])],
+                )
                 continue
             given[opt.name] = opt.span
             good, val = self.coerce(param, opt.value, "dissect")
@@ -816,8 +1010,21 @@ class _Checker:
         options = self.analysis_options(s)
         if sum(1 for d in self.diags if d.is_error) > before:
             return None
-        return CheckedAnalysis(index, kind, names, models, layers, filt, rule, count, options, None,
-                               options.get("top") if kind == "keywords" else None, text, s.span)
+        return CheckedAnalysis(
+            index,
+            kind,
+            names,
+            models,
+            layers,
+            filt,
+            rule,
+            count,
+            options,
+            None,
+            options.get("top") if kind == "keywords" else None,
+            text,
+            s.span,
+        )
 
     def analysis_models(self, idents: Iterable[ast.Ident]) -> list[str]:
         """The dissected models an analysis names, each once."""
@@ -830,24 +1037,46 @@ class _Checker:
                 self.error("duplicate", f"model '{name}' is listed twice", m.span)
                 continue
             if name not in self.dissected:
-                self.error("not-dissected", f"model '{name}' is never dissected", m.span,
-                           f"add it to a dissect statement: `dissect {name} at layers ... by ...`")
+                self.error(
+                    "not-dissected",
+                    f"model '{name}' is never dissected",
+                    m.span,
+                    f"add it to a dissect statement: `dissect {name} at layers ... by ...`",
+                )
                 continue
             models.append(name)
         return models
 
-    def check_show_neuron(self, s: ast.ShowNeuron, index: int, out: CheckedStudy, models: list[str], text: str,
-                          before: int) -> CheckedAnalysis | None:
+    def check_show_neuron(
+        self, s: ast.ShowNeuron, index: int, out: CheckedStudy, models: list[str], text: str, before: int
+    ) -> CheckedAnalysis | None:
         layers = self.expand_layers((s.layer,))
         if len(layers) != 1 or isinstance(layers[0], (ast.LayerRange, ast.LayerAll)):
-            self.error("neuron-layer", "a neuron look-up needs exactly one layer", s.layer.span,
-                       "name one layer or an alias of one layer, e.g. M.last[242]")
+            self.error(
+                "neuron-layer",
+                "a neuron look-up needs exactly one layer",
+                s.layer.span,
+                "name one layer or an alias of one layer, e.g. M.last[242]",
+            )
         for m in models:
             self.check_analysis_layers(m, layers)
         if sum(1 for d in self.diags if d.is_error) > before:
             return None
-        return CheckedAnalysis(index, "neuron", R.statement_analyses("neuron"), models, layers, None,
-                               out.default_threshold, out.default_count, {"top": s.top}, s.unit, s.top, text, s.span)
+        return CheckedAnalysis(
+            index,
+            "neuron",
+            R.statement_analyses("neuron"),
+            models,
+            layers,
+            None,
+            out.default_threshold,
+            out.default_count,
+            {"top": s.top},
+            s.unit,
+            s.top,
+            text,
+            s.span,
+        )
 
     def analysis_names(self, s: ast.Analysis) -> tuple[str, ...]:
         """The analyses a statement runs: its kind's (vocabulary.ANALYSES specs), or `analyze NAME`'s one."""
@@ -855,8 +1084,12 @@ class _Checker:
             return R.statement_analyses(s.kind)
         assert s.name is not None
         if s.name not in R.ANALYSES:
-            self.error("unknown-analysis", f"unknown analysis '{s.name}'", s.name_span or s.span,
-                       suggest_hint(s.name, R.ANALYSES) or "analyses: " + ", ".join(R.ANALYSES))
+            self.error(
+                "unknown-analysis",
+                f"unknown analysis '{s.name}'",
+                s.name_span or s.span,
+                suggest_hint(s.name, R.ANALYSES) or "analyses: " + ", ".join(R.ANALYSES),
+            )
             return ()
         return (s.name,)
 
@@ -868,11 +1101,13 @@ class _Checker:
             for part, word in (("concepts", "concept set"), ("probe", "probe")):
                 a, b = getattr(first, part).name, getattr(other, part).name
                 if a != b:
-                    self.error("incomparable",
-                               f"{models[0]} and {m} are dissected with different {word}s ('{a}' and '{b}')",
-                               next(i.span for i in s.models if i.name == m),
-                               f"dissect the compared models with the same {word}",
-                               [(f"{models[0]} is dissected", first.span), (f"{m} is dissected", other.span)])
+                    self.error(
+                        "incomparable",
+                        f"{models[0]} and {m} are dissected with different {word}s ('{a}' and '{b}')",
+                        next(i.span for i in s.models if i.name == m),
+                        f"dissect the compared models with the same {word}",
+                        [(f"{models[0]} is dissected", first.span), (f"{m} is dissected", other.span)],
+                    )
 
     def analysis_rule(self, s: ast.Analysis, default: ast.ThresholdRule) -> ast.ThresholdRule:
         if s.threshold is None:
@@ -880,10 +1115,13 @@ class _Checker:
         if s.threshold.span.line > s.span.line and s.threshold.span.col == 1:
             # The language is newline-insensitive: a `threshold` line right after an analysis is that
             # analysis's clause, which is rarely what a line of its own at column 1 means.
-            self.warning("threshold-attached",
-                         f"this threshold applies to the {s.verb or s.kind} statement above, not to the whole study",
-                         s.threshold.span, "to set the study default, move the `threshold` statement before the "
-                         "analyses; to keep it here, indent it")
+            self.warning(
+                "threshold-attached",
+                f"this threshold applies to the {s.verb or s.kind} statement above, not to the whole study",
+                s.threshold.span,
+                "to set the study default, move the `threshold` statement before the "
+                "analyses; to keep it here, indent it",
+            )
         return s.threshold if self.check_rule(s.threshold) else default
 
     def analysis_options(self, s: ast.Analysis) -> dict[str, Any]:
@@ -900,13 +1138,22 @@ class _Checker:
             assert opt.name is not None
             param = allowed.get(opt.name)
             if param is None:
-                self.error("unknown-option", f"{where} has no option '{opt.name}'", opt.name_span or opt.span,
-                           suggest_hint(opt.name, allowed)
-                           or ("options: " + ", ".join(allowed) if allowed else f"{where} takes no options"))
+                self.error(
+                    "unknown-option",
+                    f"{where} has no option '{opt.name}'",
+                    opt.name_span or opt.span,
+                    suggest_hint(opt.name, allowed)
+                    or ("options: " + ", ".join(allowed) if allowed else f"{where} takes no options"),
+                )
                 continue
             if opt.name in seen:
-                self.error("duplicate-param", f"option '{opt.name}' is given twice", opt.span, None,
-                           [("first given", seen[opt.name])])
+                self.error(
+                    "duplicate-param",
+                    f"option '{opt.name}' is given twice",
+                    opt.span,
+                    None,
+                    [("first given", seen[opt.name])],
+                )
                 continue
             seen[opt.name] = opt.span
             good, val = self.coerce(param, opt.value, where)
@@ -918,8 +1165,12 @@ class _Checker:
 
     def check_filter(self, f: ast.Filter, models: list[str]) -> ast.Filter | None:
         if f.level not in R.CATEGORY_LEVELS:
-            self.error("filter-level", f"cannot filter on '{f.level}'", f.level_span or f.span,
-                       suggest_hint(f.level, R.CATEGORY_LEVELS) or "filter on category, subcategory, task or domain")
+            self.error(
+                "filter-level",
+                f"cannot filter on '{f.level}'",
+                f.level_span or f.span,
+                suggest_hint(f.level, R.CATEGORY_LEVELS) or "filter on category, subcategory, task or domain",
+            )
             return None
         if not models:
             return f
@@ -942,14 +1193,22 @@ class _Checker:
             # `on category Calcification` where Calcification is a task: say so, and mean what the user meant.
             level = elsewhere[0]
             canonical = {n.lower(): n for n in table[level]}[f.name.lower()]
-            self.warning("filter-level-resolved", f"'{f.name}' is a {level}, not a {f.level}, in concept set '{arg.value}'",
-                         f.name_span or f.span, f"filtering on {level} '{canonical}'; write `on {level} {canonical}` to be explicit")
+            self.warning(
+                "filter-level-resolved",
+                f"'{f.name}' is a {level}, not a {f.level}, in concept set '{arg.value}'",
+                f.name_span or f.span,
+                f"filtering on {level} '{canonical}'; write `on {level} {canonical}` to be explicit",
+            )
             return ast.Filter(level, canonical, f.span, f.level_span, f.name_span)
         hint = suggest_hint(f.name, names)
         if elsewhere:
             hint = f"'{f.name}' is a {' and a '.join(elsewhere)} of concept set '{arg.value}': write `on {elsewhere[0]} {f.name}`"
-        self.error("unknown-category", f"concept set '{arg.value}' has no {f.level} '{f.name}'", f.name_span or f.span,
-                   hint or f"{f.level} names: " + ", ".join(sorted(names)[:10]))
+        self.error(
+            "unknown-category",
+            f"concept set '{arg.value}' has no {f.level} '{f.name}'",
+            f.name_span or f.span,
+            hint or f"{f.level} names: " + ", ".join(sorted(names)[:10]),
+        )
         return None
 
     def check_report(self, s: ast.Report) -> CheckedReport:
@@ -958,8 +1217,12 @@ class _Checker:
         for i, fmt in enumerate(s.formats):
             span = s.format_spans[i] if i < len(s.format_spans) else s.span
             if fmt not in R.REPORT_FORMATS:
-                self.error("report-format", f"unknown report format '{fmt}'", span,
-                           suggest_hint(fmt, R.REPORT_FORMATS) or "formats: " + ", ".join(R.REPORT_FORMATS))
+                self.error(
+                    "report-format",
+                    f"unknown report format '{fmt}'",
+                    span,
+                    suggest_hint(fmt, R.REPORT_FORMATS) or "formats: " + ", ".join(R.REPORT_FORMATS),
+                )
             elif fmt in seen:
                 self.error("duplicate", f"format '{fmt}' is listed twice", span)
             seen.add(fmt)
@@ -968,8 +1231,12 @@ class _Checker:
             for i, sec in enumerate(s.sections):
                 span = s.section_spans[i] if i < len(s.section_spans) else s.span
                 if sec not in R.REPORT_SECTIONS:
-                    self.error("report-section", f"unknown report section '{sec}'", span,
-                               suggest_hint(sec, R.REPORT_SECTIONS) or "sections: " + ", ".join(R.REPORT_SECTIONS))
+                    self.error(
+                        "report-section",
+                        f"unknown report section '{sec}'",
+                        span,
+                        suggest_hint(sec, R.REPORT_SECTIONS) or "sections: " + ", ".join(R.REPORT_SECTIONS),
+                    )
                 elif sec in seen:
                     self.error("duplicate", f"section '{sec}' is listed twice", span)
                 seen.add(sec)
@@ -1001,7 +1268,9 @@ def _to_bool(val: Any, env_text: str | None) -> tuple[bool, Any]:
 
 #: parameter type -> (value, stripped text when it came from the environment) -> (ok, value)
 _CONVERTERS: dict[str, Callable[[Any, str | None], tuple[bool, Any]]] = {
-    "int": _to_int, "float": _to_float, "bool": _to_bool,
+    "int": _to_int,
+    "float": _to_float,
+    "bool": _to_bool,
 }
 _TYPE_WORD = {"int": "a whole number", "float": "a number", "bool": "true or false"}
 
@@ -1012,7 +1281,7 @@ def _pytype(val: Any) -> str:
     if isinstance(val, (int, float)):
         return f"the number {_fmt_num(val)}"
     if isinstance(val, str):
-        return f"the string \"{val}\""
+        return f'the string "{val}"'
     return type(val).__name__
 
 

@@ -465,7 +465,11 @@ class _ToAst(Transformer):
         else:
             item = ast.LayerName(layer, lspan)
         return ast.ShowNeuron(
-            ast.Ident(model, mspan), item, self._int(unit, "the unit index"), top[1][0] if top else 5, self._span(meta)
+            ast.Ident(model, mspan),
+            item,
+            self._int(unit, "the unit index"),
+            top[1][0] if top else _show_neuron_top(),
+            self._span(meta),
         )
 
     def report_stmt(self, meta, children):
@@ -861,3 +865,12 @@ def parse(text: str, path: str = "<study>") -> ast.Study:
     if problems:
         raise StudyError(problems, text)
     return ast.Study(path=path, source=text, statements=tuple(statements))
+
+
+def _show_neuron_top() -> int:
+    """`show neuron ... top N`'s default: the neuron_profile analysis spec's, the one place it is written."""
+    from dissect_study.dsl.vocabulary import ANALYSES
+
+    opt = ANALYSES["neuron_profile"].option("top")
+    assert opt is not None and isinstance(opt.default, int)
+    return opt.default

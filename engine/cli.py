@@ -92,10 +92,24 @@ class _Command(click.Command):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.params.append(click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=_remember,
-                                        help="Warnings and errors only: no progress bars or step summaries."))
-        self.params.append(click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, callback=_remember,
-                                        help="Also debug messages (and the traceback of an error)."))
+        self.params.append(
+            click.Option(
+                ["-q", "--quiet"],
+                is_flag=True,
+                expose_value=False,
+                callback=_remember,
+                help="Warnings and errors only: no progress bars or step summaries.",
+            )
+        )
+        self.params.append(
+            click.Option(
+                ["-v", "--verbose"],
+                is_flag=True,
+                expose_value=False,
+                callback=_remember,
+                help="Also debug messages (and the traceback of an error).",
+            )
+        )
 
     def invoke(self, ctx: click.Context) -> Any:
         quiet, verbose = ctx.meta.get(_QUIET, False), ctx.meta.get(_VERBOSE, False)
@@ -134,6 +148,7 @@ def _fail(ctx: click.Context, message: str, code: int) -> None:
     click.echo(message.rstrip() + (f"\n  note: {note}" if note else ""), err=True)
     ctx.exit(code)
 
+
 EXAMPLES = """
 \b
 Examples:
@@ -153,6 +168,7 @@ def cli() -> None:
 
 
 # ------------------------------------------------------------------------- check / fmt
+
 
 def _check_paths(paths: tuple[str, ...], quiet_ok: bool = False) -> tuple[int, list]:
     from dissect_study.dsl import check_file, render
@@ -198,7 +214,9 @@ def check(files: tuple[str, ...]) -> None:
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True)
-@click.option("--check", "check_only", is_flag=True, help="Exit 1 if a file is not canonically formatted; write nothing.")
+@click.option(
+    "--check", "check_only", is_flag=True, help="Exit 1 if a file is not canonically formatted; write nothing."
+)
 @click.option("--stdout", is_flag=True, help="Print the formatted study instead of rewriting the file.")
 def fmt(files: tuple[str, ...], check_only: bool, stdout: bool) -> None:
     """Rewrite study FILES in canonical formatting (idempotent)."""
@@ -230,25 +248,51 @@ def fmt(files: tuple[str, ...], check_only: bool, stdout: bool) -> None:
 
 # ------------------------------------------------------------------------- run
 
+
 @cli.command()
 @click.argument("file")
-@click.option("--db", type=click.Path(dir_okay=False), help="Results database (default: results.duckdb beside the study).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Cache for embeddings, activations and built demo models (default: $DISSECT_STUDY_CACHE or ~/.cache/dissect-study).")
+@click.option(
+    "--db", type=click.Path(dir_okay=False), help="Results database (default: results.duckdb beside the study)."
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    help="Cache for embeddings, activations and built demo models (default: $DISSECT_STUDY_CACHE or ~/.cache/dissect-study).",
+)
 @click.option("--no-cache", is_flag=True, help="Recompute everything; read and write no cache.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Override the study's device.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override images per forward pass.")
-@click.option("--strict", is_flag=True,
-              help="Fail on an unreadable probe image, or an optional step that cannot run, instead of skipping it.")
-@click.option("--no-calibration", is_flag=True,
-              help="Skip the calibration bench that runs automatically on probes with ground truth (phantoms).")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Fail on an unreadable probe image, or an optional step that cannot run, instead of skipping it.",
+)
+@click.option(
+    "--no-calibration",
+    is_flag=True,
+    help="Skip the calibration bench that runs automatically on probes with ground truth (phantoms).",
+)
 @click.option("--no-report", is_flag=True, help="Skip the study's report statements.")
 @click.option("--dry-run", is_flag=True, help="Check the study and print the plan; compute nothing.")
-@click.option("--threads", type=click.IntRange(min=1),
-              help="CPU threads for torch (default: torch's choice). "
-                   "On a loaded shared machine 1 can beat 2: parallel ops wait for descheduled threads.")
-def run(file: str, db: str | None, cache_dir: str | None, no_cache: bool, device: str | None,
-        batch_size: int | None, strict: bool, no_calibration: bool, no_report: bool, dry_run: bool,
-        threads: int | None) -> None:
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="CPU threads for torch (default: torch's choice). "
+    "On a loaded shared machine 1 can beat 2: parallel ops wait for descheduled threads.",
+)
+def run(
+    file: str,
+    db: str | None,
+    cache_dir: str | None,
+    no_cache: bool,
+    device: str | None,
+    batch_size: int | None,
+    strict: bool,
+    no_calibration: bool,
+    no_report: bool,
+    dry_run: bool,
+    threads: int | None,
+) -> None:
     """Execute the study FILE: dissect, analyse, store in DuckDB, render reports."""
     ctx = click.get_current_context()
     quiet = bool(ctx.meta.get(_QUIET))
@@ -276,14 +320,24 @@ def run(file: str, db: str | None, cache_dir: str | None, no_cache: bool, device
         except ImportError:
             pass
 
-    opts = RunOptions(db=Path(db) if db else None, cache_dir=Path(cache_dir) if cache_dir else None,
-                      use_cache=not no_cache, device=device, batch_size=batch_size, quiet=quiet,
-                      strict=strict, reports=not no_report, calibration=not no_calibration)
+    opts = RunOptions(
+        db=Path(db) if db else None,
+        cache_dir=Path(cache_dir) if cache_dir else None,
+        use_cache=not no_cache,
+        device=device,
+        batch_size=batch_size,
+        quiet=quiet,
+        strict=strict,
+        reports=not no_report,
+        calibration=not no_calibration,
+    )
     ctx.meta[_NOTE] = "earlier runs are intact; a run is stored only once computed (cached work is kept)"
 
     def stored(run_id: str, db_path: Path) -> None:  # from here on, a failure can only be the report's
-        ctx.meta[_NOTE] = (f"run {run_id} is stored in {db_path}; its report was not written or changed -- "
-                           f"render it with: dissect-study report --db {db_path} --run {run_id}")
+        ctx.meta[_NOTE] = (
+            f"run {run_id} is stored in {db_path}; its report was not written or changed -- "
+            f"render it with: dissect-study report --db {db_path} --run {run_id}"
+        )
 
     opts.on_stored = stored
     result = run_study(study, opts)
@@ -291,13 +345,17 @@ def run(file: str, db: str | None, cache_dir: str | None, no_cache: bool, device
     for p in result.reports:
         click.echo(f"report: {p}")
     if result.warnings:
-        click.echo(f"{len(result.warnings)} warning(s); see: dissect-study query \"SELECT * FROM warnings WHERE run_id = '{result.run_id}'\" --db {result.db}")
+        click.echo(
+            f"{len(result.warnings)} warning(s); see: dissect-study query \"SELECT * FROM warnings WHERE run_id = '{result.run_id}'\" --db {result.db}"
+        )
 
 
 # ------------------------------------------------------------------------- query
 
-_DB_HELP = ("Results database (default: ./results.duckdb, else the most recently written results.duckdb "
-            "up to 3 folders below, e.g. studies/results.duckdb after `make demo`; named on stderr).")
+_DB_HELP = (
+    "Results database (default: ./results.duckdb, else the most recently written results.duckdb "
+    "up to 3 folders below, e.g. studies/results.duckdb after `make demo`; named on stderr)."
+)
 
 
 def _results_db(db: str | None) -> str:
@@ -325,9 +383,12 @@ def _ellipsis() -> str:
 @click.argument("sql")
 @click.option("--db", type=click.Path(dir_okay=False), help=_DB_HELP)
 @click.option("--format", "fmt_", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-@click.option("--max-width", type=click.IntRange(min=0),
-              help="Widest line of a table; long cells are cut with an ellipsis (default: the terminal's width, "
-                   "120 when not a terminal; 0: no limit).")
+@click.option(
+    "--max-width",
+    type=click.IntRange(min=0),
+    help="Widest line of a table; long cells are cut with an ellipsis (default: the terminal's width, "
+    "120 when not a terminal; 0: no limit).",
+)
 def query(sql: str, db: str | None, fmt_: str, max_width: int | None) -> None:
     """Run read-only SQL against a results database.
 
@@ -368,17 +429,24 @@ def query(sql: str, db: str | None, fmt_: str, max_width: int | None) -> None:
 
         width = shutil.get_terminal_size((120, 24)).columns if max_width is None else max_width
         numeric = [is_numeric_dtype(df[c]) and not is_bool_dtype(df[c]) for c in df.columns]
-        table = render_table([str(c) for c in df.columns], df.itertuples(index=False, name=None), numeric,
-                             max_width=width, mark=_ellipsis())
+        table = render_table(
+            [str(c) for c in df.columns],
+            df.itertuples(index=False, name=None),
+            numeric,
+            max_width=width,
+            mark=_ellipsis(),
+        )
         click.echo(table.text)
         if table.n_elided or table.n_hidden_columns:
             hidden = f", {table.n_hidden_columns} column(s) left out" if table.n_hidden_columns else ""
             logging.getLogger(__name__).info(
                 f"({table.n_elided} cell(s) cut{hidden} to fit {width} characters; "
-                "--max-width 0 or --format csv shows everything)")
+                "--max-width 0 or --format csv shows everything)"
+            )
 
 
 # ------------------------------------------------------------------------- report
+
 
 @cli.command()
 @click.option("--db", type=click.Path(dir_okay=False), help=_DB_HELP)
@@ -408,19 +476,47 @@ def report(db: str | None, run_id: str | None, out: str, formats: str, sections:
 
 # ------------------------------------------------------------------------- init
 
+
 @cli.command()
 @click.argument("study_file", type=click.Path(dir_okay=False))
-@click.option("--images", type=click.Path(file_okay=False), help="Folder of probe images (with --csv: the root of its paths).")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="CSV manifest: one row per image, a path column and attribute columns.")
+@click.option(
+    "--images", type=click.Path(file_okay=False), help="Folder of probe images (with --csv: the root of its paths)."
+)
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False),
+    help="CSV manifest: one row per image, a path column and attribute columns.",
+)
 @click.option("--path-column", default="path", show_default=True, help="The CSV's image-path column.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Mammo-CLIP checkpoint (default: $MAMMOCLIP_CHECKPOINT at run time).")
-@click.option("--text", type=click.Path(file_okay=False), help="Bio_ClinicalBERT folder (default: $BIOCLINICALBERT at run time).")
-@click.option("--classifier", "classifiers", multiple=True, metavar="TASK=CHECKPOINT",
-              help="A fine-tuned classifier to dissect too, e.g. calcification=c4.pth (repeatable).")
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False),
+    help="Mammo-CLIP checkpoint (default: $MAMMOCLIP_CHECKPOINT at run time).",
+)
+@click.option(
+    "--text", type=click.Path(file_okay=False), help="Bio_ClinicalBERT folder (default: $BIOCLINICALBERT at run time)."
+)
+@click.option(
+    "--classifier",
+    "classifiers",
+    multiple=True,
+    metavar="TASK=CHECKPOINT",
+    help="A fine-tuned classifier to dissect too, e.g. calcification=c4.pth (repeatable).",
+)
 @click.option("--title", help="The study's title.")
 @click.option("--force", is_flag=True, help="Overwrite STUDY_FILE if it exists.")
-def init(study_file: str, images: str | None, csv_path: str | None, path_column: str, checkpoint: str | None,
-         text: str | None, classifiers: tuple[str, ...], title: str | None, force: bool) -> None:
+def init(
+    study_file: str,
+    images: str | None,
+    csv_path: str | None,
+    path_column: str,
+    checkpoint: str | None,
+    text: str | None,
+    classifiers: tuple[str, ...],
+    title: str | None,
+    force: bool,
+) -> None:
     """Write a commented study skeleton for your images and checkpoints, and check it."""
     from dissect_study.engine.init import SkeletonSpec, write_skeleton
 
@@ -428,10 +524,20 @@ def init(study_file: str, images: str | None, csv_path: str | None, path_column:
     for c in classifiers:
         task, sep, path = c.partition("=")
         if not sep or not task or not path:
-            raise click.BadParameter(f"{c!r}: write TASK=CHECKPOINT, e.g. calcification=c4.pth", param_hint="--classifier")
+            raise click.BadParameter(
+                f"{c!r}: write TASK=CHECKPOINT, e.g. calcification=c4.pth", param_hint="--classifier"
+            )
         pairs.append((task.strip(), path.strip()))
-    spec = SkeletonSpec(Path(study_file), images=images, csv=csv_path, path_column=path_column, checkpoint=checkpoint,
-                        text=text, classifiers=pairs, title=title)
+    spec = SkeletonSpec(
+        Path(study_file),
+        images=images,
+        csv=csv_path,
+        path_column=path_column,
+        checkpoint=checkpoint,
+        text=text,
+        classifiers=pairs,
+        title=title,
+    )
     write_skeleton(spec, force=force)
     n_errors, _ = _check_paths((study_file,))
     if n_errors:  # a skeleton that does not check is a bug of `init`; say so rather than hide it
@@ -442,10 +548,13 @@ def init(study_file: str, images: str | None, csv_path: str | None, path_column:
 
 # ------------------------------------------------------------------------- inspect
 
+
 @cli.command()
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--trust-checkpoint", is_flag=True, help="Allow unpickling beyond tensors and allow-listed config classes.")
+@click.option(
+    "--trust-checkpoint", is_flag=True, help="Allow unpickling beyond tensors and allow-listed config classes."
+)
 def inspect(path: str, as_json: bool, trust_checkpoint: bool) -> None:
     """Recognise a checkpoint or model folder and list its hookable layers."""
     from dissect_study.engine.models.inspect import format_inspect, inspect_path

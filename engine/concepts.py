@@ -187,7 +187,9 @@ def _dedupe(texts: list[str], where: str, warnings: list[str]) -> list[str]:
         seen[k] = t
         out.append(t)
     if dups:
-        warnings.append(f"{where}: {len(dups)} duplicate concept(s) dropped (case-insensitive; first spelling kept): {_examples(dups)}")
+        warnings.append(
+            f"{where}: {len(dups)} duplicate concept(s) dropped (case-insensitive; first spelling kept): {_examples(dups)}"
+        )
     return out
 
 
@@ -208,8 +210,11 @@ def overlap_warnings(texts: list[str], where: str, variants: dict[str, str] | No
     """
     declared = {k.lower(): clean_text(v).lower() for k, v in (variants or {}).items() if clean_text(v)}
     present = {t.lower() for t in texts}
-    dangling = [f"{t!r} -> {declared[t.lower()]!r}" for t in texts
-                if t.lower() in declared and declared[t.lower()] not in present]
+    dangling = [
+        f"{t!r} -> {declared[t.lower()]!r}"
+        for t in texts
+        if t.lower() in declared and declared[t.lower()] not in present
+    ]
     groups: dict[str, list[str]] = {}
     for t in texts:
         groups.setdefault(fold_forms(t), []).append(t)
@@ -221,11 +226,15 @@ def overlap_warnings(texts: list[str], where: str, variants: dict[str, str] | No
             multi.append(" / ".join(g))
     out = []
     if dangling:
-        out.append(f"{where}: {len(dangling)} {VARIANT_COLUMN} entr(y/ies) name no concept of the set and were "
-                   f"ignored: {_examples(dangling)}")
+        out.append(
+            f"{where}: {len(dangling)} {VARIANT_COLUMN} entr(y/ies) name no concept of the set and were "
+            f"ignored: {_examples(dangling)}"
+        )
     if multi:
-        out.append(f"{where}: {len(multi)} group(s) of overlapping forms (kept; labels may split between them; "
-                   f"a {VARIANT_COLUMN} column declares intended ones): {_examples(multi)}")
+        out.append(
+            f"{where}: {len(multi)} group(s) of overlapping forms (kept; labels may split between them; "
+            f"a {VARIANT_COLUMN} column declares intended ones): {_examples(multi)}"
+        )
     return out
 
 
@@ -280,14 +289,18 @@ class _Cat:
     domain: str
 
 
-def _task_map(path: str | None, base_dir: str | Path, texts: list[str], warnings: list[str]) -> dict[str, tuple[str, ...]] | None:
+def _task_map(
+    path: str | None, base_dir: str | Path, texts: list[str], warnings: list[str]
+) -> dict[str, tuple[str, ...]] | None:
     """{concept_lower: (task, ...)} from a JSON {task: [concept, ...]} file, or None."""
     if not path:
         return None
     p = _resolve(path, base_dir, "tasks")
     data = _read_json(p)
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
-        raise ConceptSetError(f"{p}: a task map must be a JSON object {{task: [concept, ...]}}, e.g. {{\"mass\": [\"oval mass\"]}}.")
+        raise ConceptSetError(
+            f'{p}: a task map must be a JSON object {{task: [concept, ...]}}, e.g. {{"mass": ["oval mass"]}}.'
+        )
     known = {t.lower() for t in texts}
     out: dict[str, list[str]] = {}
     unknown: list[str] = []
@@ -301,7 +314,9 @@ def _task_map(path: str | None, base_dir: str | Path, texts: list[str], warnings
             if tag not in out.setdefault(k, []):
                 out[k].append(tag)
     if unknown:
-        warnings.append(f"{p.name}: {len(unknown)} task entr(y/ies) name no concept of the set and were ignored: {_examples(unknown)}")
+        warnings.append(
+            f"{p.name}: {len(unknown)} task entr(y/ies) name no concept of the set and were ignored: {_examples(unknown)}"
+        )
     return {k: tuple(v) for k, v in out.items()}
 
 
@@ -337,7 +352,9 @@ def _finish(
             owners.setdefault(concept.subcategory, set()).add(concept.category)
     shared = sorted(s for s, cs in owners.items() if len(cs) > 1)
     if shared:
-        warnings.append(f"{where}: subcategory name(s) used under several categories (merged in subcategory counts): {_examples(shared)}")
+        warnings.append(
+            f"{where}: subcategory name(s) used under several categories (merged in subcategory counts): {_examples(shared)}"
+        )
     if not concepts:
         raise ConceptSetError(f"{where}: the concept set is empty; add at least one concept.")
     return ConceptSet(name=name, concepts=concepts, warnings=warnings, source=source)
@@ -365,16 +382,32 @@ def load_txt(name: str, params: dict[str, Any], base_dir: str | Path) -> Concept
     if params.get("categories"):
         cp = _resolve(params["categories"], base_dir, "categories")
         if cp.suffix.lower() in (".xlsx", ".xlsm"):
-            cats, _order = _xlsx_categories(cp, params.get("precedence", "last"), params.get("non_mammography", "Environmental_and_Natural"), warnings)
+            cats, _order = _xlsx_categories(
+                cp,
+                params.get("precedence", "last"),
+                params.get("non_mammography", "Environmental_and_Natural"),
+                warnings,
+            )
         else:
             cats, _order = _json_categories(cp, warnings)
         extra = sorted(set(cats) - {t.lower() for t in texts})
         if extra:
-            warnings.append(f"{cp.name}: {len(extra)} categorised concept(s) are not in {p.name} and were ignored: {_examples(extra)}")
+            warnings.append(
+                f"{cp.name}: {len(extra)} categorised concept(s) are not in {p.name} and were ignored: {_examples(extra)}"
+            )
     else:
         note = "; no category map given"
     tasks = _task_map(params.get("tasks"), base_dir, texts, warnings) or {}
-    return _finish(name, texts, cats, tasks, warnings, {"func": "txt", "path": str(p), **_opt(params, "categories", "tasks")}, p.name, note)
+    return _finish(
+        name,
+        texts,
+        cats,
+        tasks,
+        warnings,
+        {"func": "txt", "path": str(p), **_opt(params, "categories", "tasks")},
+        p.name,
+        note,
+    )
 
 
 def _opt(params: dict[str, Any], *keys: str) -> dict[str, Any]:
@@ -393,18 +426,22 @@ def _csv_frame_rows(text: str, where: str) -> tuple[list[str], list[dict[str, st
     return list(reader.fieldnames or []), rows
 
 
-def _load_csv_text(name: str, text: str, where: str, params: dict[str, Any], base_dir: str | Path, source: dict[str, Any]) -> ConceptSet:
+def _load_csv_text(
+    name: str, text: str, where: str, params: dict[str, Any], base_dir: str | Path, source: dict[str, Any]
+) -> ConceptSet:
     header, rows = _csv_frame_rows(text, where)
     col = {k: params.get(f"{k}_column", k) for k in ("concept", "category", "subcategory", "domain", "tasks")}
     if col["concept"] not in header:
         raise ConceptSetError(
             f"{where}: no column {col['concept']!r} (columns found: {', '.join(header) or 'none'}); "
-            "name the concept column with concept_column=\"...\"."
+            'name the concept column with concept_column="...".'
         )
     warnings: list[str] = []
     absent = [f"{k}_column={col[k]!r}" for k in ("category", "subcategory", "domain", "tasks") if col[k] not in header]
     if absent and len(absent) < 4:
-        warnings.append(f"{where}: column(s) not found, left empty: {', '.join(absent)} (columns found: {', '.join(header)})")
+        warnings.append(
+            f"{where}: column(s) not found, left empty: {', '.join(absent)} (columns found: {', '.join(header)})"
+        )
     texts: list[str] = []
     cats: dict[str, _Cat] = {}
     tasks: dict[str, tuple[str, ...]] = {}
@@ -431,7 +468,9 @@ def _load_csv_text(name: str, text: str, where: str, params: dict[str, Any], bas
         if r.get(VARIANT_COLUMN):
             variants[k] = r[VARIANT_COLUMN]
     if bad_domain:
-        raise ConceptSetError(f"{where}: domain must be 'mammography' or 'non-mammography'; found {_examples(bad_domain)}.")
+        raise ConceptSetError(
+            f"{where}: domain must be 'mammography' or 'non-mammography'; found {_examples(bad_domain)}."
+        )
     if blank:
         warnings.append(f"{where}: {blank} row(s) with an empty concept ignored")
     texts = _dedupe(texts, where, warnings)
@@ -444,7 +483,9 @@ def _load_csv_text(name: str, text: str, where: str, params: dict[str, Any], bas
 @CONCEPT_LOADERS.register("csv")
 def load_csv(name: str, params: dict[str, Any], base_dir: str | Path) -> ConceptSet:
     p = _resolve(params["path"], base_dir, "path")
-    return _load_csv_text(name, _read_text(p), p.name, params, base_dir, {"func": "csv", "path": str(p), **_opt(params, "tasks")})
+    return _load_csv_text(
+        name, _read_text(p), p.name, params, base_dir, {"func": "csv", "path": str(p), **_opt(params, "tasks")}
+    )
 
 
 def shipped_names() -> list[str]:
@@ -459,11 +500,17 @@ def load_shipped(name: str, params: dict[str, Any], base_dir: str | Path) -> Con
     if set_name not in shipped_names() or not res.is_file():  # a name, never a path out of the package
         raise ConceptSetError(
             f"no shipped concept set {set_name!r}; shipped sets are: {', '.join(shipped_names()) or 'none'}. "
-            "Use txt(\"file\"), csv(\"file\"), xlsx(\"file\") or json(\"file\") for your own."
+            'Use txt("file"), csv("file"), xlsx("file") or json("file") for your own.'
         )
     text = res.read_text(encoding="utf-8")
-    return _load_csv_text(name, text, f"{set_name}.csv", {k: v for k, v in params.items() if k != "name"}, base_dir,
-                          {"func": "shipped", "name": set_name, **_opt(params, "tasks")})
+    return _load_csv_text(
+        name,
+        text,
+        f"{set_name}.csv",
+        {k: v for k, v in params.items() if k != "name"},
+        base_dir,
+        {"func": "shipped", "name": set_name, **_opt(params, "tasks")},
+    )
 
 
 # --------------------------------------------------------------------------- xlsx
@@ -491,7 +538,9 @@ def _xlsx_categories(
 
         wb = openpyxl.load_workbook(p, read_only=True, data_only=True)
     except Exception as e:  # zip/xml errors, not a workbook
-        raise ConceptSetError(f"{p}: cannot read the workbook ({type(e).__name__}: {e}); save it as .xlsx from a spreadsheet program.") from None
+        raise ConceptSetError(
+            f"{p}: cannot read the workbook ({type(e).__name__}: {e}); save it as .xlsx from a spreadsheet program."
+        ) from None
     cats: dict[str, _Cat] = {}
     order: list[str] = []
     cross: list[str] = []
@@ -529,9 +578,13 @@ def _xlsx_categories(
     finally:
         wb.close()
     if not nm_found:
-        warnings.append(f"{p.name}: no sheet named {non_mammo!r} (non_mammography); every concept counts as mammography")
+        warnings.append(
+            f"{p.name}: no sheet named {non_mammo!r} (non_mammography); every concept counts as mammography"
+        )
     if cross:
-        warnings.append(f"{p.name}: {len(cross)} concept(s) listed in several places; the {precedence} listing wins: {_examples(cross)}")
+        warnings.append(
+            f"{p.name}: {len(cross)} concept(s) listed in several places; the {precedence} listing wins: {_examples(cross)}"
+        )
     return cats, order
 
 
@@ -540,7 +593,10 @@ def load_xlsx(name: str, params: dict[str, Any], base_dir: str | Path) -> Concep
     p = _resolve(params["path"], base_dir, "path")
     warnings: list[str] = []
     cats, order = _xlsx_categories(
-        p, params.get("precedence", "last"), params.get("non_mammography", "Environmental_and_Natural"), warnings,
+        p,
+        params.get("precedence", "last"),
+        params.get("non_mammography", "Environmental_and_Natural"),
+        warnings,
         params.get("match", "stripped"),
     )
     if params.get("concepts"):
@@ -548,14 +604,21 @@ def load_xlsx(name: str, params: dict[str, Any], base_dir: str | Path) -> Concep
         texts = _read_lines(tp, warnings)
         extra = sorted(set(cats) - {t.lower() for t in texts})
         if extra:
-            warnings.append(f"{p.name}: {len(extra)} workbook concept(s) are not in {tp.name} and were ignored: {_examples(extra)}")
+            warnings.append(
+                f"{p.name}: {len(extra)} workbook concept(s) are not in {tp.name} and were ignored: {_examples(extra)}"
+            )
     else:
         texts = _dedupe(order, p.name, warnings)
     tasks = _task_map(params.get("tasks"), base_dir, texts, warnings) or {}
     note = "; the reference notebook counts them as mammography too (docs/METHOD.md §5.4)"
-    source = {"func": "xlsx", "path": str(p), "precedence": params.get("precedence", "last"),
-              "non_mammography": params.get("non_mammography", "Environmental_and_Natural"),
-              "match": params.get("match", "stripped"), **_opt(params, "concepts", "tasks")}
+    source = {
+        "func": "xlsx",
+        "path": str(p),
+        "precedence": params.get("precedence", "last"),
+        "non_mammography": params.get("non_mammography", "Environmental_and_Natural"),
+        "match": params.get("match", "stripped"),
+        **_opt(params, "concepts", "tasks"),
+    }
     return _finish(name, texts, cats, tasks, warnings, source, p.name, note)
 
 
@@ -579,7 +642,9 @@ def _json_categories(p: Path, warnings: list[str]) -> tuple[dict[str, _Cat], lis
         texts = [_json_text(x, p, f"item {i + 1}") for i, x in enumerate(data)]
         return {}, [t for t in texts if t]
     if not isinstance(data, dict):
-        raise ConceptSetError(f"{p}: expected a JSON object {{category: [concept, ...]}} or {{category: {{subcategory: [...]}}}}.")
+        raise ConceptSetError(
+            f"{p}: expected a JSON object {{category: [concept, ...]}} or {{category: {{subcategory: [...]}}}}."
+        )
     cats: dict[str, _Cat] = {}
     order: list[str] = []
     cross: list[str] = []
@@ -603,13 +668,19 @@ def _json_categories(p: Path, warnings: list[str]) -> tuple[dict[str, _Cat], lis
         elif isinstance(body, dict):
             for sub, items in body.items():
                 if not isinstance(items, list):
-                    raise ConceptSetError(f"{p}: {cat!r} -> {sub!r} must be a list of concepts, not {type(items).__name__}.")
+                    raise ConceptSetError(
+                        f"{p}: {cat!r} -> {sub!r} must be a list of concepts, not {type(items).__name__}."
+                    )
                 for i, t in enumerate(items):
                     put(t, category, clean_text(str(sub)), f"{cat!r} -> {sub!r} item {i + 1}")
         else:
-            raise ConceptSetError(f"{p}: category {cat!r} must map to a list or to {{subcategory: [...]}}, not {type(body).__name__}.")
+            raise ConceptSetError(
+                f"{p}: category {cat!r} must map to a list or to {{subcategory: [...]}}, not {type(body).__name__}."
+            )
     if cross:
-        warnings.append(f"{p.name}: {len(cross)} concept(s) listed more than once; the last listing wins: {_examples(cross)}")
+        warnings.append(
+            f"{p.name}: {len(cross)} concept(s) listed more than once; the last listing wins: {_examples(cross)}"
+        )
     return cats, order
 
 
@@ -620,7 +691,9 @@ def load_json(name: str, params: dict[str, Any], base_dir: str | Path) -> Concep
     cats, order = _json_categories(p, warnings)
     texts = _dedupe(order, p.name, warnings)
     tasks = _task_map(params.get("tasks"), base_dir, texts, warnings) or {}
-    return _finish(name, texts, cats, tasks, warnings, {"func": "json", "path": str(p), **_opt(params, "tasks")}, p.name)
+    return _finish(
+        name, texts, cats, tasks, warnings, {"func": "json", "path": str(p), **_opt(params, "tasks")}, p.name
+    )
 
 
 # --------------------------------------------------------------------------- entry point
@@ -638,7 +711,9 @@ def load_concept_set(name: str, func: str, params: dict[str, Any], base_dir: str
     message for user mistakes.
     """
     if func not in CONCEPT_LOADERS:
-        raise ConceptSetError(f"concepts {name}: unknown source {func!r}; use one of {', '.join(CONCEPT_LOADERS.names())}.")
+        raise ConceptSetError(
+            f"concepts {name}: unknown source {func!r}; use one of {', '.join(CONCEPT_LOADERS.names())}."
+        )
     spec = CONCEPT_SOURCES.get(func)
     for p in spec.params if spec is not None else ():
         if p.required and not params.get(p.name):

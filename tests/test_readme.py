@@ -24,11 +24,11 @@ from pathlib import Path
 import duckdb
 import pytest
 from click.testing import CliRunner
+from helpers.paths import REPO as REPO_DIR
 from helpers.tiny import TinyDissector, TinyTarget
 
 from dissect_study.engine import models as model_factories
 from dissect_study.engine.cli import cli
-from helpers.paths import REPO as REPO_DIR
 
 REPO = REPO_DIR
 ACTIVATE = ". .venv/bin/activate"

@@ -50,8 +50,13 @@ class UnionProbe(Probe):
         return self._parts[p_idx][1].load(i)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": "union", "n_images": len(self._items),
-                "parts": [p.describe() for _, p in self._parts], "counts": attribute_counts(self._items)}
+        return {
+            "name": self.name,
+            "kind": "union",
+            "n_images": len(self._items),
+            "parts": [p.describe() for _, p in self._parts],
+            "counts": attribute_counts(self._items),
+        }
 
 
 @PROBES.register("union")
@@ -167,8 +172,15 @@ class SubsetProbe(Probe):
 
     def describe(self) -> dict[str, Any]:
         d = dict(self.base.describe())
-        d.update({"name": self.name, "n_images": len(self._items), "n_images_before_sample": len(self.base),
-                  "sample": self._sample_info, "counts": attribute_counts(self._items)})
+        d.update(
+            {
+                "name": self.name,
+                "n_images": len(self._items),
+                "n_images_before_sample": len(self.base),
+                "sample": self._sample_info,
+                "counts": attribute_counts(self._items),
+            }
+        )
         if d.get("n_unique_ids") is not None:
             d["n_unique_ids"] = len({it.image_id for it in self._items})
         return d

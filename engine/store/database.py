@@ -43,8 +43,10 @@ SCHEMA_VERSION = 1
 def _analysis_table(spec: AnalysisSpec) -> str:
     """DDL of an analysis's results table: run_id, analysis_id, then the spec's columns."""
     cols = [("run_id", "VARCHAR", ""), ("analysis_id", "INTEGER", "")] + [(c.name, c.type, c.doc) for c in spec.columns]
-    lines = [f"            {n} {t}{',' if i < len(cols) - 1 else ''}" + (f"  -- {d}" if d else "")
-             for i, (n, t, d) in enumerate(cols)]
+    lines = [
+        f"            {n} {t}{',' if i < len(cols) - 1 else ''}" + (f"  -- {d}" if d else "")
+        for i, (n, t, d) in enumerate(cols)
+    ]
     return f"\n        CREATE TABLE IF NOT EXISTS {spec.name} (\n" + "\n".join(lines) + "\n        )"
 
 
@@ -329,12 +331,16 @@ def _open(path: Path, read_only: bool, wait: float) -> duckdb.DuckDBPyConnection
             left = deadline - time.monotonic()
             if left <= 0:
                 raise StoreLockedError(
-                    f"{path} is locked by {holder}" + (f", still after {wait:.0f}s" if wait else "")
-                    + f"; let it finish (or close it), or raise {LOCK_TIMEOUT_ENV}") from None
+                    f"{path} is locked by {holder}"
+                    + (f", still after {wait:.0f}s" if wait else "")
+                    + f"; let it finish (or close it), or raise {LOCK_TIMEOUT_ENV}"
+                ) from None
             if not waiting:
                 waiting = True
-                logger.warning(f"waiting for the lock on {path} held by {holder} "
-                               f"(up to {wait:.0f}s; {LOCK_TIMEOUT_ENV} sets the wait)")
+                logger.warning(
+                    f"waiting for the lock on {path} held by {holder} "
+                    f"(up to {wait:.0f}s; {LOCK_TIMEOUT_ENV} sets the wait)"
+                )
             time.sleep(min(pause, left))
             pause = min(pause * 2, 2.0)
             continue
@@ -374,8 +380,9 @@ def check_writable_database(path: str | Path) -> None:
         folder = p.parent.resolve()
         existing = next(a for a in (folder, *folder.parents) if a.exists())
         if not existing.is_dir():
-            raise StoreError(f"{p}: cannot create the results database, {existing} is a file, not a folder; "
-                             "choose another --db")
+            raise StoreError(
+                f"{p}: cannot create the results database, {existing} is a file, not a folder; choose another --db"
+            )
         if not os.access(existing, os.W_OK | os.X_OK):
             raise StoreError(f"{p}: cannot create the results database, the folder {existing} is not writable")
         return
@@ -398,8 +405,10 @@ def check_writable_database(path: str | Path) -> None:
     finally:
         con.close()
     if row and row[0] is not None and row[0] > SCHEMA_VERSION:
-        raise StoreError(f"{p} has schema version {row[0]}, newer than this dissect-study writes "
-                         f"({SCHEMA_VERSION}); upgrade dissect-study or choose another --db")
+        raise StoreError(
+            f"{p} has schema version {row[0]}, newer than this dissect-study writes "
+            f"({SCHEMA_VERSION}); upgrade dissect-study or choose another --db"
+        )
 
 
 def _warn_if_newer(con: duckdb.DuckDBPyConnection, path: Path) -> None:
@@ -408,9 +417,11 @@ def _warn_if_newer(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     except duckdb.Error:
         return  # not a results database (yet): the caller's query says so
     if row and row[0] is not None and row[0] > SCHEMA_VERSION:
-        logger.warning(f"{path} has schema version {row[0]}, newer than this dissect-study reads "
-                       f"({SCHEMA_VERSION}): tables may have changed meaning and what is shown may be wrong; "
-                       "upgrade dissect-study to read it")
+        logger.warning(
+            f"{path} has schema version {row[0]}, newer than this dissect-study reads "
+            f"({SCHEMA_VERSION}): tables may have changed meaning and what is shown may be wrong; "
+            "upgrade dissect-study to read it"
+        )
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -467,13 +478,18 @@ class RunRecord:
 
 def _jsonify(df: pd.DataFrame, con: duckdb.DuckDBPyConnection, table: str) -> pd.DataFrame:
     """Serialise dict/list values bound for JSON columns."""
-    types = dict(con.execute(f"SELECT column_name, data_type FROM information_schema.columns WHERE table_name = '{table}'").fetchall())
+    types = dict(
+        con.execute(
+            f"SELECT column_name, data_type FROM information_schema.columns WHERE table_name = '{table}'"
+        ).fetchall()
+    )
     out = df.copy()
     for col in out.columns:
         if types.get(col) == "JSON":
             # a str is taken as already-serialised JSON (never encoded twice)
-            out[col] = out[col].map(lambda v: v if v is None or isinstance(v, str)
-                                    else json.dumps(v, default=str, sort_keys=True))
+            out[col] = out[col].map(
+                lambda v: v if v is None or isinstance(v, str) else json.dumps(v, default=str, sort_keys=True)
+            )
     return out
 
 
@@ -496,7 +512,9 @@ def write_run(db_path: str | Path, record: RunRecord, wait: float | None = None)
         staged = stage_run(db_path, record)
         raise RunStagedError(
             f"{e}.\nThe finished run {record.run_id} is saved in {staged}; the next dissect-study run, query or "
-            f"report on {db_path} merges it (or render it now: dissect-study report --db {staged})", staged) from None
+            f"report on {db_path} merges it (or render it now: dissect-study report --db {staged})",
+            staged,
+        ) from None
     try:
         ensure_schema(con)
         _merge_staged(con, db_path)
@@ -526,6 +544,7 @@ def _insert_run(con: duckdb.DuckDBPyConnection, record: RunRecord) -> None:
 
 
 # ----------------------------------------------------------------------------- staged runs
+
 
 def staging_dir(db_path: str | Path) -> Path:
     """Where runs wait that could not be written to `db_path`: `<db>.staged/` beside it."""
@@ -558,8 +577,9 @@ def stage_run(db_path: str | Path, record: RunRecord) -> Path:
             con.close()
         os.replace(tmp, final)
     except (OSError, duckdb.Error) as e:
-        raise StoreError(f"{db_path} is locked and the finished run {record.run_id} could not be staged in "
-                         f"{folder} either: {e}") from None
+        raise StoreError(
+            f"{db_path} is locked and the finished run {record.run_id} could not be staged in {folder} either: {e}"
+        ) from None
     return final
 
 
@@ -575,17 +595,26 @@ def _merge_staged(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
         try:
             version = con.execute(f"SELECT max(version) FROM {alias}.schema_version").fetchone()
             if version is None or version[0] != SCHEMA_VERSION:
-                logger.warning(f"staged run {f} has schema version {version and version[0]}, not {SCHEMA_VERSION}; "
-                               "it is left where it is")
+                logger.warning(
+                    f"staged run {f} has schema version {version and version[0]}, not {SCHEMA_VERSION}; "
+                    "it is left where it is"
+                )
                 continue
-            ids = [r[0] for r in con.execute(f"SELECT run_id FROM {alias}.runs WHERE run_id NOT IN "
-                                             "(SELECT run_id FROM main.runs)").fetchall()]
+            ids = [
+                r[0]
+                for r in con.execute(
+                    f"SELECT run_id FROM {alias}.runs WHERE run_id NOT IN (SELECT run_id FROM main.runs)"
+                ).fetchall()
+            ]
             con.execute("BEGIN TRANSACTION")
             try:
                 for table in TABLES:
                     if table != "schema_version" and ids:
-                        con.execute(f'INSERT INTO main."{table}" BY NAME SELECT * FROM {alias}."{table}" '
-                                    f"WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
+                        con.execute(
+                            f'INSERT INTO main."{table}" BY NAME SELECT * FROM {alias}."{table}" '
+                            f"WHERE run_id IN (SELECT unnest(?::VARCHAR[]))",
+                            [ids],
+                        )
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -604,8 +633,10 @@ def _merge_before_reading(path: Path) -> None:
     try:
         con = _open(path, read_only=False, wait=0)
     except StoreError as e:
-        logger.warning(f"{len(staged_runs(path))} finished run(s) wait in {staging_dir(path)} and are not in "
-                       f"{path} yet ({e}); the next access that can write merges them")
+        logger.warning(
+            f"{len(staged_runs(path))} finished run(s) wait in {staging_dir(path)} and are not in "
+            f"{path} yet ({e}); the next access that can write merges them"
+        )
         return
     try:
         _merge_staged(con, path)
@@ -625,7 +656,9 @@ def _sql_str(text: str) -> str:
 _READ_TYPES = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
 _READ_CALLS = re.compile(
     r"\s*(CALL|PRAGMA)\s+(pragma_\w+|table_info|show_tables(_expanded)?|show_databases|database_size|"
-    r"storage_info|version|platform|duckdb_\w+)\s*(\(|;|$)", re.IGNORECASE)
+    r"storage_info|version|platform|duckdb_\w+)\s*(\(|;|$)",
+    re.IGNORECASE,
+)
 
 
 def check_read_only_sql(sql: str, con: duckdb.DuckDBPyConnection) -> str:
@@ -638,15 +671,17 @@ def check_read_only_sql(sql: str, con: duckdb.DuckDBPyConnection) -> str:
     """
     statements = con.extract_statements(sql)
     if not statements:
-        raise ReadOnlySqlError("no SQL statement given; for example: dissect-study query \"SELECT * FROM runs\"")
+        raise ReadOnlySqlError('no SQL statement given; for example: dissect-study query "SELECT * FROM runs"')
     for st in statements:
-        if st.type in _READ_TYPES or (st.type in (duckdb.StatementType.CALL, duckdb.StatementType.PRAGMA)
-                                      and _READ_CALLS.match(st.query)):
+        if st.type in _READ_TYPES or (
+            st.type in (duckdb.StatementType.CALL, duckdb.StatementType.PRAGMA) and _READ_CALLS.match(st.query)
+        ):
             continue
         text = " ".join(st.query.split())
         raise ReadOnlySqlError(
             f"query only reads: {st.type.name} statements are refused ({text[:80]}{'...' if len(text) > 80 else ''}); "
-            "use SELECT (or DESCRIBE, SHOW, EXPLAIN); a run writes the database")
+            "use SELECT (or DESCRIBE, SHOW, EXPLAIN); a run writes the database"
+        )
     con.execute("SET lock_configuration = true")
     return sql
 
@@ -664,4 +699,3 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame) -> Non
 def latest_run_id(con: duckdb.DuckDBPyConnection) -> str | None:
     row = con.execute("SELECT run_id FROM runs ORDER BY finished_at DESC LIMIT 1").fetchone()
     return row[0] if row else None
-

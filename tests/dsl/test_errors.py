@@ -10,10 +10,10 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers.paths import TESTS
 
 from dissect_study.dsl import check_file, check_text, parse, render
 from dissect_study.dsl.diagnostics import StudyError
-from helpers.paths import TESTS
 
 GOLDEN = TESTS / "golden" / "errors"
 CASES = sorted(GOLDEN.glob("*.study"))
@@ -46,7 +46,7 @@ def test_golden_error(case: Path):
 
 
 def test_user_example_parses_exactly_as_written():
-    study = parse('compare M vs C4 at layer last on category Calcification\n', "x.study")
+    study = parse("compare M vs C4 at layer last on category Calcification\n", "x.study")
     (a,) = study.statements
     assert [m.name for m in a.models] == ["M", "C4"]
     assert a.filter.level == "category" and a.filter.name == "Calcification"
@@ -74,7 +74,7 @@ def test_parse_raises_study_error_with_diagnostics():
         (b'study "caf\xe9"\n', "not-utf8"),
         (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, "binary"),
         (b"x" * 10_500_000, "too-large"),
-        ("study \"\u00e9\u4e2d\"\u2028\u00a7 garbage\n".encode("utf-8"), "unexpected-character"),  # U+2028 ends line 1
+        ('study "\u00e9\u4e2d"\u2028\u00a7 garbage\n'.encode("utf-8"), "unexpected-character"),  # U+2028 ends line 1
         (b"{{{{((((" * 1000, "unexpected-character"),
         (b"dissect " + b"a, " * 20000, "syntax-trailing-comma"),
     ],

@@ -12,9 +12,11 @@ from dissect_study.dsl.parser import RESERVED
 NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,6}", fullmatch=True).filter(lambda s: s not in RESERVED)
 WS = st.sampled_from([" ", "  ", "\n", "\n    ", " # note\n", "\t"])
 STRINGS = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=12).map(
-    lambda s: '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"')
-NUMBERS = st.one_of(st.integers(-10**6, 10**6).map(str),
-                    st.floats(allow_nan=False, allow_infinity=False, width=32).map(repr))
+    lambda s: '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+)
+NUMBERS = st.one_of(
+    st.integers(-(10**6), 10**6).map(str), st.floats(allow_nan=False, allow_infinity=False, width=32).map(repr)
+)
 
 
 @st.composite
@@ -44,8 +46,10 @@ def calls(draw):
     return f"{draw(NAMES)}({', '.join(args)})"
 
 
-LAYER = st.one_of(NAMES, st.sampled_from(["_blocks.2", "blocks.6.2", "vision_model.encoder.layers.11", "all",
-                                          "_blocks.0-38", "layer1-4"]))
+LAYER = st.one_of(
+    NAMES,
+    st.sampled_from(["_blocks.2", "blocks.6.2", "vision_model.encoder.layers.11", "all", "_blocks.0-38", "layer1-4"]),
+)
 
 
 @st.composite
@@ -57,7 +61,7 @@ def layers(draw):
 def rules(draw, op_required: bool = False):
     # After a one-word rule (`threshold own`) a following `name value` option would be read as the
     # statistic; studies write the operator there (the formatter always does), so the generator does.
-    ops = ['>=', '>'] if op_required else ['>=', '>', '']
+    ops = [">=", ">"] if op_required else [">=", ">", ""]
     if draw(st.booleans()):
         return f"threshold {draw(st.floats(0, 5, allow_nan=False).map(repr))} {draw(st.sampled_from(ops))}"
     head = draw(st.sampled_from(["max mean_top1", "own median_top1", "own", "mean_all", "max"]))
@@ -98,19 +102,25 @@ def statements(draw):
                 sample += f" balanced by {draw(n)}"
             if draw(st.booleans()):
                 sample += f" seed {draw(st.integers(0, 99))}"
-        return f"{draw(st.sampled_from(['concepts', 'probe', 'dissector', 'target']))} {draw(n)} = {draw(calls())}{sample}"
+        return (
+            f"{draw(st.sampled_from(['concepts', 'probe', 'dissector', 'target']))} {draw(n)} = {draw(calls())}{sample}"
+        )
     if k == 3:
         return f"layer {draw(n)} = {draw(layers())}"
     if k == 4:
-        text = (f"dissect {', '.join(draw(st.lists(n, min_size=1, max_size=3)))} at layers {draw(layers())} "
-                f"by {draw(n)} on {draw(n)} with concepts {draw(n)}")
+        text = (
+            f"dissect {', '.join(draw(st.lists(n, min_size=1, max_size=3)))} at layers {draw(layers())} "
+            f"by {draw(n)} on {draw(n)} with concepts {draw(n)}"
+        )
         if draw(st.booleans()):
             text += f" using {draw(calls())}"
         for _ in range(draw(st.integers(0, 2))):
             text += f" {draw(n)} {draw(values())}"
         return text
     if k == 5:
-        return draw(rules()) + (f" count {draw(st.sampled_from(['concepts', 'neurons']))}" if draw(st.booleans()) else "")
+        return draw(rules()) + (
+            f" count {draw(st.sampled_from(['concepts', 'neurons']))}" if draw(st.booleans()) else ""
+        )
     if k == 6:
         return f"compare {' vs '.join(draw(st.lists(n, min_size=2, max_size=4)))} {draw(tails())}"
     if k == 7:
@@ -128,7 +138,9 @@ def statements(draw):
         top = f" top {draw(st.integers(1, 9))}" if draw(st.booleans()) else ""
         return f"show neuron {draw(n)}.{layer}[{draw(st.integers(0, 999))}]{top}"
     fmts = ", ".join(draw(st.lists(st.sampled_from(["html", "pdf"]), min_size=1, max_size=2)))
-    secs = ", ".join(draw(st.lists(st.sampled_from(["summary", "thresholds", "learned", "neurons"]), min_size=1, max_size=3)))
+    secs = ", ".join(
+        draw(st.lists(st.sampled_from(["summary", "thresholds", "learned", "neurons"]), min_size=1, max_size=3))
+    )
     return f"report {draw(STRINGS)} as {fmts}" + (f" sections {secs}" if draw(st.booleans()) else "")
 
 
@@ -159,18 +171,21 @@ def test_comments_survive_formatting():
 
 
 def test_canonical_layout():
-    text = 'dissect G,M at layers all by d on p with concepts c using soft_wpmi( top_k = 100 ) pooling avg\ncompare G vs M  at  layers  early'
+    text = "dissect G,M at layers all by d on p with concepts c using soft_wpmi( top_k = 100 ) pooling avg\ncompare G vs M  at  layers  early"
     assert format_study(parse(text, "c")) == (
         "dissect G, M\n    at layers all\n    by d on p with concepts c\n    using soft_wpmi(top_k=100)\n    pooling avg\n\n"
-        "compare G vs M at layer early\n")
+        "compare G vs M at layer early\n"
+    )
 
 
 def test_threshold_after_analysis_belongs_to_it_and_is_flagged():
     from dissect_study.dsl import check_text
 
-    text = ('concepts c = shipped("mammo_v1")\nprobe p = phantom()\ndissector d = demo()\ntarget M = demo("M")\n'
-            'target G = demo("G")\ndissect G, M at layers all by d on p with concepts c\n'
-            'compare G vs M at layer last\nthreshold own mean_top1 >=\n')
+    text = (
+        'concepts c = shipped("mammo_v1")\nprobe p = phantom()\ndissector d = demo()\ntarget M = demo("M")\n'
+        'target G = demo("G")\ndissect G, M at layers all by d on p with concepts c\n'
+        "compare G vs M at layer last\nthreshold own mean_top1 >=\n"
+    )
     checked, diags = check_text(text, "t.study", env={})
     assert checked is not None and checked.analyses[0].threshold.combine == "own"
     assert [(d.code, d.span.line) for d in diags] == [("threshold-attached", 8)]

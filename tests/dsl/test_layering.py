@@ -14,10 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers.paths import REPO as REPO_DIR
+
 from dissect_study.dsl import check_text
 from dissect_study.engine.plan.steps import DeclStep, Plan, build_plan
 from dissect_study.engine.run import Executor
-from helpers.paths import REPO as REPO_DIR
 
 ROOT = REPO_DIR
 
@@ -36,8 +37,13 @@ print(json.dumps({"ok": checked is not None, "loaded": loaded}))
 
 def test_checking_a_study_imports_no_engine_torch_or_numba():
     """A fresh interpreter: import the checker and check the demo study, then look at sys.modules."""
-    out = subprocess.run([sys.executable, "-c", PROBE, str(ROOT / "studies" / "demo.study")],
-                         capture_output=True, text=True, check=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(ROOT / "studies" / "demo.study")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["ok"], "studies/demo.study should check cleanly"
     assert result["loaded"] == []
@@ -57,8 +63,7 @@ def _imports(path: Path) -> set[str]:
 def test_no_dsl_module_imports_the_engine_even_lazily():
     dsl_files = sorted((ROOT / "dsl").glob("*.py"))
     assert dsl_files
-    offenders = {f.name: sorted(m for m in _imports(f) if m.startswith("dissect_study.engine"))
-                 for f in dsl_files}
+    offenders = {f.name: sorted(m for m in _imports(f) if m.startswith("dissect_study.engine")) for f in dsl_files}
     assert {k: v for k, v in offenders.items() if v} == {}
     # the shared pieces both sides use import neither side's heavy modules
     for shared in ("errors.py", "plugins.py"):

@@ -46,16 +46,19 @@ def test_string_escapes():
     assert one(r'study "a \"q\" \\ b"').title == 'a "q" \\ b'
 
 
-@pytest.mark.parametrize("src, value", [
-    ('let x = "a/${b}"', Str("a/${b}", S)),
-    ("let x = 3", Num(3, S)),
-    ("let x = -2.5e-3", Num(-0.0025, S)),
-    ("let x = true", Bool(True, S)),
-    ("let x = false", Bool(False, S)),
-    ("let x = other", Ident("other", S)),
-    ('let x = env("X")', Env("X", None, S)),
-    ('let x = env("X", "/d")', Env("X", Str("/d", S), S)),
-])
+@pytest.mark.parametrize(
+    "src, value",
+    [
+        ('let x = "a/${b}"', Str("a/${b}", S)),
+        ("let x = 3", Num(3, S)),
+        ("let x = -2.5e-3", Num(-0.0025, S)),
+        ("let x = true", Bool(True, S)),
+        ("let x = false", Bool(False, S)),
+        ("let x = other", Ident("other", S)),
+        ('let x = env("X")', Env("X", None, S)),
+        ('let x = env("X", "/d")', Env("X", Str("/d", S), S)),
+    ],
+)
 def test_let_values(src, value):
     assert one(src) == Let("x", value, S)
 
@@ -68,7 +71,13 @@ def test_int_stays_int_and_float_stays_float():
 @pytest.mark.parametrize("kind", ["concepts", "probe", "dissector", "target"])
 def test_declarations(kind):
     d = one(f'{kind} a = f("p", k=1, r=b)')
-    assert d == Decl(kind, "a", Call("f", (Arg(None, Str("p", S), S), Arg("k", Num(1, S), S), Arg("r", Ident("b", S), S)), S), None, S)
+    assert d == Decl(
+        kind,
+        "a",
+        Call("f", (Arg(None, Str("p", S), S), Arg("k", Num(1, S), S), Arg("r", Ident("b", S), S)), S),
+        None,
+        S,
+    )
     assert (d.name_span.line, d.name_span.col) == (1, len(kind) + 2)
     assert d.source.func_span.col == len(kind) + 6
 
@@ -95,18 +104,36 @@ def test_union_probe():
 
 def test_layer_alias_with_names_ranges():
     d = one("layer paper = _blocks.2, blocks.6.2, vision_model.encoder.layers.11, layer4, _blocks.0-38, layer1-4")
-    assert d == LayerAliasDef("paper", (
-        LayerName("_blocks.2", S), LayerName("blocks.6.2", S), LayerName("vision_model.encoder.layers.11", S),
-        LayerName("layer4", S), LayerRange("_blocks.", 0, 38, S), LayerRange("layer", 1, 4, S)), S)
+    assert d == LayerAliasDef(
+        "paper",
+        (
+            LayerName("_blocks.2", S),
+            LayerName("blocks.6.2", S),
+            LayerName("vision_model.encoder.layers.11", S),
+            LayerName("layer4", S),
+            LayerRange("_blocks.", 0, 38, S),
+            LayerRange("layer", 1, 4, S),
+        ),
+        S,
+    )
     assert d.layers[4].names()[:2] == ["_blocks.0", "_blocks.1"] and len(d.layers[4].names()) == 39
 
 
 def test_dissect_full():
-    d = one("dissect G, M at layers all by mammo on vindr with concepts paper\n"
-            "    using soft_wpmi(top_k=100, lambda=1) pooling avg batch 4")
-    assert d == Dissect((Ident("G", S), Ident("M", S)), (LayerAll(S),), Ident("mammo", S), Ident("vindr", S), Ident("paper", S),
-                        Call("soft_wpmi", (Arg("top_k", Num(100, S), S), Arg("lambda", Num(1, S), S)), S),
-                        (Arg("pooling", Ident("avg", S), S), Arg("batch", Num(4, S), S)), S)
+    d = one(
+        "dissect G, M at layers all by mammo on vindr with concepts paper\n"
+        "    using soft_wpmi(top_k=100, lambda=1) pooling avg batch 4"
+    )
+    assert d == Dissect(
+        (Ident("G", S), Ident("M", S)),
+        (LayerAll(S),),
+        Ident("mammo", S),
+        Ident("vindr", S),
+        Ident("paper", S),
+        Call("soft_wpmi", (Arg("top_k", Num(100, S), S), Arg("lambda", Num(1, S), S)), S),
+        (Arg("pooling", Ident("avg", S), S), Arg("batch", Num(4, S), S)),
+        S,
+    )
     assert (d.span.line, d.span.end_line) == (1, 2)
 
 
@@ -115,27 +142,42 @@ def test_dissect_minimal():
     assert d.similarity is None and d.options == () and d.layers == (LayerName("last", S),)
 
 
-@pytest.mark.parametrize("src, rule, count", [
-    ("threshold max mean_top1 >= count concepts", ThresholdRule("max", "mean_top1", None, ">=", S), "concepts"),
-    ("threshold own median_top1 > count neurons", ThresholdRule("own", "median_top1", None, ">", S), "neurons"),
-    ("threshold own", ThresholdRule("own", "mean_top1", None, ">=", S), None),
-    ("threshold mean_all", ThresholdRule("max", "mean_all", None, ">=", S), None),
-    ("threshold 0.25 >", ThresholdRule("fixed", "mean_top1", 0.25, ">", S), None),
-])
+@pytest.mark.parametrize(
+    "src, rule, count",
+    [
+        ("threshold max mean_top1 >= count concepts", ThresholdRule("max", "mean_top1", None, ">=", S), "concepts"),
+        ("threshold own median_top1 > count neurons", ThresholdRule("own", "median_top1", None, ">", S), "neurons"),
+        ("threshold own", ThresholdRule("own", "mean_top1", None, ">=", S), None),
+        ("threshold mean_all", ThresholdRule("max", "mean_all", None, ">=", S), None),
+        ("threshold 0.25 >", ThresholdRule("fixed", "mean_top1", 0.25, ">", S), None),
+    ],
+)
 def test_default_threshold(src, rule, count):
     assert one(src) == DefaultThreshold(rule, count, S)
 
 
 def test_compare_users_example():
     a = one("compare M vs C4 at layer last on category Calcification")
-    assert a == Analysis("compare", (Ident("M", S), Ident("C4", S)), (LayerName("last", S),),
-                         Filter("category", "Calcification", S), None, None, (), None, S, verb="compare")
+    assert a == Analysis(
+        "compare",
+        (Ident("M", S), Ident("C4", S)),
+        (LayerName("last", S),),
+        Filter("category", "Calcification", S),
+        None,
+        None,
+        (),
+        None,
+        S,
+        verb="compare",
+    )
     assert a.filter.name_span.col == 43
 
 
 def test_compare_many_with_everything():
-    a = one('compare M vs C1 vs C2 at layers early, middle, last on subcategory "Mass shape" '
-            "threshold own median_top1 > count neurons")
+    a = one(
+        'compare M vs C1 vs C2 at layers early, middle, last on subcategory "Mass shape" '
+        "threshold own median_top1 > count neurons"
+    )
     assert [m.name for m in a.models] == ["M", "C1", "C2"]
     assert a.filter == Filter("subcategory", "Mass shape", S)
     assert a.threshold == ThresholdRule("own", "median_top1", None, ">", S)
@@ -179,8 +221,9 @@ def test_show_neuron_alias_and_layer_name():
 
 
 def test_report():
-    assert one('report "out/rq1" as html, pdf sections summary, thresholds, learned') == \
-        Report(Str("out/rq1", S), ("html", "pdf"), ("summary", "thresholds", "learned"), S)
+    assert one('report "out/rq1" as html, pdf sections summary, thresholds, learned') == Report(
+        Str("out/rq1", S), ("html", "pdf"), ("summary", "thresholds", "learned"), S
+    )
     assert one('report "out"') == Report(Str("out", S), ("html", "pdf"), None, S)
 
 

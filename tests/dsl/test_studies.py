@@ -7,13 +7,22 @@ import re
 from pathlib import Path
 
 import pytest
-
-from dissect_study.dsl import check_text, format_study, parse, render
 from helpers.paths import REPO as REPO_DIR
 
+from dissect_study.dsl import check_text, format_study, parse, render
+
 STUDIES = sorted((REPO_DIR / "studies").glob("*.study"))
-EXPECTED = {"demo", "rq1_general_vs_mammo", "rq2_finetuned", "rq3_learned_missed", "embed_implants",
-            "appendix_a", "appendix_b", "appendix_c", "appendix_d"}
+EXPECTED = {
+    "demo",
+    "rq1_general_vs_mammo",
+    "rq2_finetuned",
+    "rq3_learned_missed",
+    "embed_implants",
+    "appendix_a",
+    "appendix_b",
+    "appendix_c",
+    "appendix_d",
+}
 
 
 def test_all_paper_setups_are_shipped():
@@ -45,9 +54,9 @@ def _corruptions(line: str) -> list[str]:
     assert m
     indent, word, rest = m.groups()
     return [
-        f"{indent}xq{word}{rest}",      # misspelt leading word
-        f"{indent}@{word}{rest}",       # stray character
-        f'{indent}"{word}{rest}',       # unclosed string
+        f"{indent}xq{word}{rest}",  # misspelt leading word
+        f"{indent}@{word}{rest}",  # stray character
+        f'{indent}"{word}{rest}',  # unclosed string
     ]
 
 
@@ -91,9 +100,29 @@ def test_language_manual_covers_the_vocabulary():
     doc = (REPO_DIR / "docs" / "LANGUAGE.md").read_text(encoding="utf-8")
     words = [f"`{f.name}(" for table in R.SOURCES.values() for f in table.values()]
     words += [f"`{f.name}(" for f in R.SIMILARITIES.values()]
-    words += [f"`{p.name}`" for table in R.SOURCES.values() for f in table.values() for p in f.params if p.doc or p.choices]
-    words += [f"`{o}`" for o in R.DISSECT_OPTIONS] + [f"`{a}`" for a in R.ANALYSES] + [f"`{s}`" for s in R.REPORT_SECTIONS]
-    words += [f"`{kw}" for kw in ("study", "let", "layer", "dissect", "threshold", "compare", "learned", "gained",
-                                   "thresholds", "keywords", "analyze", "show neuron", "report")]
+    words += [
+        f"`{p.name}`" for table in R.SOURCES.values() for f in table.values() for p in f.params if p.doc or p.choices
+    ]
+    words += (
+        [f"`{o}`" for o in R.DISSECT_OPTIONS] + [f"`{a}`" for a in R.ANALYSES] + [f"`{s}`" for s in R.REPORT_SECTIONS]
+    )
+    words += [
+        f"`{kw}"
+        for kw in (
+            "study",
+            "let",
+            "layer",
+            "dissect",
+            "threshold",
+            "compare",
+            "learned",
+            "gained",
+            "thresholds",
+            "keywords",
+            "analyze",
+            "show neuron",
+            "report",
+        )
+    ]
     missing = [w for w in words if w not in doc]
     assert not missing, missing

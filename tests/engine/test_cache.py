@@ -23,14 +23,25 @@ from dissect_study.engine.cache import (
     fingerprint_module,
 )
 
-ACT_PARTS = dict(target="a" * 64, preprocess={"size": [1520, 912], "norm": "mammo"}, probe="b" * 64,
-                 rows=[0, 1, 2, 5], layer="_blocks.2", pooling="avg", precision="fp32")
+ACT_PARTS = dict(
+    target="a" * 64,
+    preprocess={"size": [1520, 912], "norm": "mammo"},
+    probe="b" * 64,
+    rows=[0, 1, 2, 5],
+    layer="_blocks.2",
+    pooling="avg",
+    precision="fp32",
+)
 
 
 def reference_key(namespace: str, parts: dict) -> str:
     """Independent statement of the key rule: sha256 of sorted, compact JSON with the format version."""
-    text = json.dumps({"format": CACHE_FORMAT, "namespace": namespace, "parts": parts},
-                      sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(
+        {"format": CACHE_FORMAT, "namespace": namespace, "parts": parts},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -45,11 +56,19 @@ def test_key_is_sha256_of_canonical_json(tmp_path: Path) -> None:
     assert c.key("acts", **{**ACT_PARTS, "rows": (0, 1, 2, 5)}) == c.key("acts", **ACT_PARTS)  # tuple == list
 
 
-@pytest.mark.parametrize("part, other", [
-    ("target", "c" * 64), ("preprocess", {"size": [1520, 912], "norm": "imagenet"}), ("probe", "d" * 64),
-    ("rows", [0, 1, 2, 6]), ("rows", [1, 0, 2, 5]), ("layer", "_blocks.19"), ("pooling", "max"),
-    ("precision", "bf16"),
-])
+@pytest.mark.parametrize(
+    "part, other",
+    [
+        ("target", "c" * 64),
+        ("preprocess", {"size": [1520, 912], "norm": "imagenet"}),
+        ("probe", "d" * 64),
+        ("rows", [0, 1, 2, 6]),
+        ("rows", [1, 0, 2, 5]),
+        ("layer", "_blocks.19"),
+        ("pooling", "max"),
+        ("precision", "bf16"),
+    ],
+)
 def test_every_part_changes_the_key(tmp_path: Path, part: str, other: object) -> None:
     c = Cache(tmp_path)
     assert c.key("acts", **{**ACT_PARTS, part: other}) != c.key("acts", **ACT_PARTS)

@@ -20,17 +20,58 @@ from dissect_study.engine.concepts import (
     load_concept_set,
 )
 
-REQUIRED = ["oval mass", "round mass", "irregular mass", "circumscribed margin", "obscured margin", "microlobulated margin",
-            "indistinct margin", "spiculated margin", "high density mass", "equal density mass", "low density mass",
-            "fat-containing mass", "punctate calcifications", "amorphous calcifications",
-            "coarse heterogeneous calcifications", "fine pleomorphic calcifications", "fine linear calcifications",
-            "rim calcifications", "popcorn calcifications", "diffuse calcifications", "regional calcifications",
-            "grouped calcifications", "linear calcifications", "segmental calcifications", "architectural distortion",
-            "asymmetry", "focal asymmetry", "intramammary lymph node", "axillary lymph node", "skin thickening",
-            "breast implant", "skin marker", "almost entirely fatty", "scattered fibroglandular densities",
-            "heterogeneously dense", "extremely dense", "density A", "density B", "density C", "density D",
-            "pectoral muscle", "nipple", "mass", "calcification", "craniocaudal view", "mediolateral oblique view",
-            "left breast", "right breast", "suspicious calcifications", "benign calcifications"]
+REQUIRED = [
+    "oval mass",
+    "round mass",
+    "irregular mass",
+    "circumscribed margin",
+    "obscured margin",
+    "microlobulated margin",
+    "indistinct margin",
+    "spiculated margin",
+    "high density mass",
+    "equal density mass",
+    "low density mass",
+    "fat-containing mass",
+    "punctate calcifications",
+    "amorphous calcifications",
+    "coarse heterogeneous calcifications",
+    "fine pleomorphic calcifications",
+    "fine linear calcifications",
+    "rim calcifications",
+    "popcorn calcifications",
+    "diffuse calcifications",
+    "regional calcifications",
+    "grouped calcifications",
+    "linear calcifications",
+    "segmental calcifications",
+    "architectural distortion",
+    "asymmetry",
+    "focal asymmetry",
+    "intramammary lymph node",
+    "axillary lymph node",
+    "skin thickening",
+    "breast implant",
+    "skin marker",
+    "almost entirely fatty",
+    "scattered fibroglandular densities",
+    "heterogeneously dense",
+    "extremely dense",
+    "density A",
+    "density B",
+    "density C",
+    "density D",
+    "pectoral muscle",
+    "nipple",
+    "mass",
+    "calcification",
+    "craniocaudal view",
+    "mediolateral oblique view",
+    "left breast",
+    "right breast",
+    "suspicious calcifications",
+    "benign calcifications",
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +102,12 @@ def test_shipped_set_sizes_and_categories(shipped):
     assert 350 <= dom["mammography"] <= 390 and 375 <= dom["non-mammography"] <= 405  # paper: 369 / 394
     cats = {c.category for c in shipped.concepts}
     assert cats == set(MAMMO_CATEGORIES) | {NON_MAMMO_CATEGORY}
-    assert {c.subcategory for c in shipped.concepts if c.domain == "non-mammography"} == {"Materials", "Natural", "Objects", "Colours"}
+    assert {c.subcategory for c in shipped.concepts if c.domain == "non-mammography"} == {
+        "Materials",
+        "Natural",
+        "Objects",
+        "Colours",
+    }
     assert shipped.category_order() == [*MAMMO_CATEGORIES, NON_MAMMO_CATEGORY]
     tasks = Counter(t for c in shipped.concepts for t in c.tasks)
     assert all(tasks[t] >= 30 for t in ("mass", "calcification", "density"))  # paper: 73 / 79 / 38
@@ -81,9 +127,25 @@ def test_shipped_set_sizes_and_categories(shipped):
 
 
 def test_category_order_mixes_naming_styles():
-    got = category_order(["Zebra things", "Environmental_and_Natural", "Interpretations", "Breast_locations",
-                          "Action or follow up", "Alpha", None])
-    assert got == ["Breast_locations", "Interpretations", "Action or follow up", "Alpha", "Zebra things", "Environmental_and_Natural"]
+    got = category_order(
+        [
+            "Zebra things",
+            "Environmental_and_Natural",
+            "Interpretations",
+            "Breast_locations",
+            "Action or follow up",
+            "Alpha",
+            None,
+        ]
+    )
+    assert got == [
+        "Breast_locations",
+        "Interpretations",
+        "Action or follow up",
+        "Alpha",
+        "Zebra things",
+        "Environmental_and_Natural",
+    ]
 
 
 def test_fold_forms():
@@ -108,14 +170,23 @@ def test_txt_normalisation_and_warnings(tmp_path):
 
 def test_txt_with_json_categories_and_tasks(tmp_path):
     (tmp_path / "c.txt").write_text("oval mass\nwood\nnipple\n", encoding="utf-8")
-    (tmp_path / "cats.json").write_text(json.dumps({
-        "Findings and characterizations": {"Mass shape": ["oval mass", "ghost"]},
-        "Environmental_and_Natural": ["wood"]}), encoding="utf-8")
+    (tmp_path / "cats.json").write_text(
+        json.dumps(
+            {
+                "Findings and characterizations": {"Mass shape": ["oval mass", "ghost"]},
+                "Environmental_and_Natural": ["wood"],
+            }
+        ),
+        encoding="utf-8",
+    )
     (tmp_path / "tasks.json").write_text(json.dumps({"Mass": ["oval mass", "nope"]}), encoding="utf-8")
     cs = load_concept_set("t", "txt", {"path": "c.txt", "categories": "cats.json", "tasks": "tasks.json"}, tmp_path)
     by = {c.text: c for c in cs.concepts}
-    assert (by["oval mass"].category, by["oval mass"].subcategory, by["oval mass"].tasks) == \
-        ("Findings and characterizations", "Mass shape", ("mass",))
+    assert (by["oval mass"].category, by["oval mass"].subcategory, by["oval mass"].tasks) == (
+        "Findings and characterizations",
+        "Mass shape",
+        ("mass",),
+    )
     assert by["wood"].domain == "non-mammography" and by["wood"].subcategory is None
     assert by["nipple"].category is None
     w = " | ".join(cs.warnings)
@@ -124,9 +195,15 @@ def test_txt_with_json_categories_and_tasks(tmp_path):
 
 def test_csv_loader_columns_and_errors(tmp_path):
     p = tmp_path / "s.csv"
-    p.write_text("name,group,tags\noval mass,Findings,mass; density\nwood,Environmental and natural,\n,x,\n", encoding="utf-8")
-    cs = load_concept_set("s", "csv", {"path": "s.csv", "concept_column": "name", "category_column": "group",
-                                       "tasks_column": "tags"}, tmp_path)
+    p.write_text(
+        "name,group,tags\noval mass,Findings,mass; density\nwood,Environmental and natural,\n,x,\n", encoding="utf-8"
+    )
+    cs = load_concept_set(
+        "s",
+        "csv",
+        {"path": "s.csv", "concept_column": "name", "category_column": "group", "tasks_column": "tags"},
+        tmp_path,
+    )
     assert cs.texts == ["oval mass", "wood"]
     assert cs.concepts[0].tasks == ("mass", "density")
     assert [c.domain for c in cs.concepts] == ["mammography", "non-mammography"]  # derived from the category
@@ -139,7 +216,9 @@ def test_csv_loader_columns_and_errors(tmp_path):
 
 
 def test_json_flat_and_errors(tmp_path):
-    (tmp_path / "a.json").write_text(json.dumps({"Colours": ["red", "blue"], "Objects": ["chair", "Red"]}), encoding="utf-8")
+    (tmp_path / "a.json").write_text(
+        json.dumps({"Colours": ["red", "blue"], "Objects": ["chair", "Red"]}), encoding="utf-8"
+    )
     cs = load_concept_set("j", "json", {"path": "a.json"}, tmp_path)
     assert cs.texts == ["red", "blue", "chair"]
     assert cs.concepts[0].category == "Objects"  # listed twice: the last listing wins
@@ -207,26 +286,52 @@ def test_xlsx_precedence_domains_and_stripping(tmp_path):
 @pytest.mark.shared
 def test_published_workbook_reproduces_paper_sizes(shared_dir):
     ref = shared_dir / "data" / "reference_concepts"
-    cs = load_concept_set("paper", "xlsx", {"path": "Extended_Breast_text_categories.xlsx",
-                                            "concepts": "Specific_concepts_sorted.txt"}, ref)
+    cs = load_concept_set(
+        "paper",
+        "xlsx",
+        {"path": "Extended_Breast_text_categories.xlsx", "concepts": "Specific_concepts_sorted.txt"},
+        ref,
+    )
     assert len(cs) == 763
     assert Counter(c.domain for c in cs.concepts) == {"mammography": 369, "non-mammography": 394}
     assert all(c.category is not None for c in cs.concepts)  # every txt concept is in the workbook
     assert len({(c.category, c.subcategory) for c in cs.concepts if c.domain == "mammography"}) == 22
-    assert {c.subcategory for c in cs.concepts if c.domain == "non-mammography"} == {"Materials", "Natural", "Objects", "Colours"}
+    assert {c.subcategory for c in cs.concepts if c.domain == "non-mammography"} == {
+        "Materials",
+        "Natural",
+        "Objects",
+        "Colours",
+    }
     per_cat = Counter(c.category for c in cs.concepts)
     # stripped cells: "questionable mass " also matches Interpretations/Suspicious findings (last wins)
-    assert per_cat == {"Breast_anatomy_or_structure": 31, "Breast_locations": 51, "Findings and characterizations": 138,
-                       "Interpretations": 140, "Action or follow up": 9, "Environmental_and_Natural": 394}
-    exact = load_concept_set("paper", "xlsx", {"path": "Extended_Breast_text_categories.xlsx",
-                                               "concepts": "Specific_concepts_sorted.txt", "match": "exact"}, ref)
+    assert per_cat == {
+        "Breast_anatomy_or_structure": 31,
+        "Breast_locations": 51,
+        "Findings and characterizations": 138,
+        "Interpretations": 140,
+        "Action or follow up": 9,
+        "Environmental_and_Natural": 394,
+    }
+    exact = load_concept_set(
+        "paper",
+        "xlsx",
+        {"path": "Extended_Breast_text_categories.xlsx", "concepts": "Specific_concepts_sorted.txt", "match": "exact"},
+        ref,
+    )
     assert Counter(c.category for c in exact.concepts)["Findings and characterizations"] == 139  # docs/METHOD.md §6.3
     assert Counter(c.category for c in exact.concepts)["Interpretations"] == 139
     # the paper's task sizes (73/79/38) are not in the workbook: no task tags without a task map
     assert not any(c.tasks for c in cs.concepts)
     sub = Counter(c.subcategory for c in cs.concepts)
-    calc = sum(sub[s] for s in ("Calcifications morphology", "Calcifications distribution", "Benign Calcifications",
-                                "Suspicious calcifications"))
+    calc = sum(
+        sub[s]
+        for s in (
+            "Calcifications morphology",
+            "Calcifications distribution",
+            "Benign Calcifications",
+            "Suspicious calcifications",
+        )
+    )
     assert (sub["Mass"], calc, sub["Breast Density"] + sub["Mammographic tissue"]) == (35, 82, 34)
     # without the txt the workbook alone yields the same 763 concepts
     alone = load_concept_set("paper", "xlsx", {"path": "Extended_Breast_text_categories.xlsx"}, ref)
@@ -243,12 +348,15 @@ def test_published_workbook_reproduces_paper_sizes(shared_dir):
 def test_overlapping_forms_warn_in_a_users_set_unless_declared(tmp_path):
     header = "concept,category,variant_of\n"
     rows = "density,Findings,\ndensities,Findings,{d}\nmass,Findings,\nmasses,Findings,{m}\noval mass,Findings,\n"
-    (tmp_path / "plain.csv").write_text("concept,category\ndensity,Findings\ndensities,Findings\nmass,Findings\n"
-                                        "masses,Findings\noval mass,Findings\n", encoding="utf-8")
+    (tmp_path / "plain.csv").write_text(
+        "concept,category\ndensity,Findings\ndensities,Findings\nmass,Findings\nmasses,Findings\noval mass,Findings\n",
+        encoding="utf-8",
+    )
     plain = load_concept_set("u", "csv", {"path": "plain.csv"}, tmp_path)
     assert [w for w in plain.warnings if "overlapping forms" in w] == [
         "plain.csv: 2 group(s) of overlapping forms (kept; labels may split between them; a variant_of column "
-        "declares intended ones): density / densities, mass / masses"]
+        "declares intended ones): density / densities, mass / masses"
+    ]
     # one pair declared: only the other is named
     (tmp_path / "half.csv").write_text(header + rows.format(d="density", m=""), encoding="utf-8")
     half = load_concept_set("u", "csv", {"path": "half.csv"}, tmp_path)
@@ -262,13 +370,16 @@ def test_overlapping_forms_warn_in_a_users_set_unless_declared(tmp_path):
 
 
 def test_a_variant_of_typo_silences_nothing_and_is_named(tmp_path):
-    (tmp_path / "c.csv").write_text("concept,category,variant_of\nmass,Findings,\nmasses,Findings,mas\n"
-                                    "oval mass,Findings,\n", encoding="utf-8")
+    (tmp_path / "c.csv").write_text(
+        "concept,category,variant_of\nmass,Findings,\nmasses,Findings,mas\noval mass,Findings,\n", encoding="utf-8"
+    )
     cs = load_concept_set("u", "csv", {"path": "c.csv"}, tmp_path)
     assert any("variant_of entr(y/ies) name no concept" in w and "'masses' -> 'mas'" in w for w in cs.warnings)
     assert any("overlapping forms" in w and "mass / masses" in w for w in cs.warnings)
     # declaring a variant of a concept outside its group does not silence the group either
-    (tmp_path / "d.csv").write_text("concept,category,variant_of\nmass,Findings,\nmasses,Findings,oval mass\n"
-                                    "oval mass,Findings,\n", encoding="utf-8")
+    (tmp_path / "d.csv").write_text(
+        "concept,category,variant_of\nmass,Findings,\nmasses,Findings,oval mass\noval mass,Findings,\n",
+        encoding="utf-8",
+    )
     cs = load_concept_set("u", "csv", {"path": "d.csv"}, tmp_path)
     assert any("overlapping forms" in w and "mass / masses" in w for w in cs.warnings)

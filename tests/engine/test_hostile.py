@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.paths import REPO as REPO_DIR
 from PIL import Image
 
 from dissect_study.dsl import StudyError, check_file, check_text, format_study, parse, parse_file, render
 from dissect_study.dsl.diagnostics import MAX_RENDERED
 from dissect_study.dsl.parser import MAX_RANGE_LAYERS, MAX_STRING_CHARS, MAX_STUDY_RANGE_LAYERS
-from helpers.paths import REPO as REPO_DIR
 
 REPO = REPO_DIR
 DEMO_STUDY = (REPO / "studies" / "demo.study").read_text(encoding="utf-8")
@@ -674,4 +674,6 @@ def test_item02_parameters_that_size_memory_or_processes_are_bounded(tmp_path):
     study, diags = check_text(text, str(tmp_path / "s.study"))
     assert study is None
     msgs = " | ".join(d.message for d in diags)
-    assert "'height' must be <= 4096" in msgs and "'workers' must be <= 256" in msgs and "'batch' must be <= 4096" in msgs
+    assert (
+        "'height' must be <= 4096" in msgs and "'workers' must be <= 256" in msgs and "'batch' must be <= 4096" in msgs
+    )

@@ -577,6 +577,7 @@ def test_item04_too_few_readable_images_stop_at_the_pass(tmp_path: Path, tiny_mo
     text = HEAD + f'probe p = folder("{folder}")\ndissect A at layers last by d on p with concepts c\n'
     with pytest.raises(RunError, match=r"only 1 of 2 images could be read"):
         _run(tmp_path, text)
-    assert not (tmp_path / "r.duckdb").exists() or not duckdb.connect(str(tmp_path / "r.duckdb")).execute(
-        "SELECT count(*) FROM runs"
-    ).fetchone()[0]
+    assert (
+        not (tmp_path / "r.duckdb").exists()
+        or not duckdb.connect(str(tmp_path / "r.duckdb")).execute("SELECT count(*) FROM runs").fetchone()[0]
+    )

@@ -44,12 +44,11 @@ def test_register_get_aliases_and_errors():
 
 def test_builtin_modules_are_imported_on_first_lookup_only(monkeypatch, tmp_path):
     mod = tmp_path / "h4_builtin_widgets.py"
-    mod.write_text("import tests_h4_widget_registry as r\n"
-                   "@r.REG.register('cube')\n"
-                   "def cube():\n    return 'cube'\n")
+    mod.write_text("import tests_h4_widget_registry as r\n@r.REG.register('cube')\ndef cube():\n    return 'cube'\n")
     holder = tmp_path / "tests_h4_widget_registry.py"
-    holder.write_text("from dissect_study.engine.registry import Registry\n"
-                      "REG = Registry('widget', ('h4_builtin_widgets',))\n")
+    holder.write_text(
+        "from dissect_study.engine.registry import Registry\nREG = Registry('widget', ('h4_builtin_widgets',))\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "h4_builtin_widgets", raising=False)
     monkeypatch.delitem(sys.modules, "tests_h4_widget_registry", raising=False)
@@ -73,8 +72,9 @@ def test_lazy_entries_import_their_module_when_looked_up(monkeypatch, tmp_path):
 
 
 # --------------------------------------------------------------------------- built-ins are complete
-@pytest.mark.parametrize("kind, reg", [("dissector", DISSECTORS), ("target", TARGETS), ("probe", PROBES),
-                                       ("concepts", CONCEPT_LOADERS)])
+@pytest.mark.parametrize(
+    "kind, reg", [("dissector", DISSECTORS), ("target", TARGETS), ("probe", PROBES), ("concepts", CONCEPT_LOADERS)]
+)
 def test_every_source_function_of_the_language_has_an_implementation(kind, reg):
     """A name the checker accepts but the engine cannot build would fail only at run time."""
     assert set(V.SOURCES[kind]) == set(reg.names())
@@ -143,8 +143,9 @@ def test_register_function_is_idempotent_and_guards_names(monkeypatch):
     monkeypatch.setitem(V.SOURCES, "probe", dict(V.PROBE_SOURCES))
     fn = V.Function("h4_grid", (V.Param("n", "int", 4, min=1),), "A grid.", aliases=("h4_lattice",))
     assert V.register_function("probe", fn) is fn
-    V.register_function("probe", V.Function("h4_grid", (V.Param("n", "int", 4, min=1),), "A grid.",
-                                            aliases=("h4_lattice",)))  # equal: a no-op
+    V.register_function(
+        "probe", V.Function("h4_grid", (V.Param("n", "int", 4, min=1),), "A grid.", aliases=("h4_lattice",))
+    )  # equal: a no-op
     assert V.lookup_function("probe", "h4_lattice") is fn
     with pytest.raises(V.VocabularyError, match="'folder' is already taken by 'folder'"):
         V.register_function("probe", V.Function("folder", (), "mine"))

@@ -48,14 +48,17 @@ def test_run_stores_results_consistent_with_the_math(tmp_path: Path, tiny_models
     texts = load_concept_set("c", "shipped", {"name": "mammo_v1"}, str(tmp_path)).texts
     P = concept_activation_matrix(embed_images(diss, probe, progress=False).emb, embed_texts(diss, texts))
     S = compute_similarity("soft_wpmi", P, X, {"top_k": 8}).S
-    stored = np.array(con.execute("SELECT score FROM similarities WHERE model='B' AND layer='2' "
-                                  "ORDER BY unit, concept_id").fetchall())[:, 0].reshape(S.shape)
+    stored = np.array(
+        con.execute("SELECT score FROM similarities WHERE model='B' AND layer='2' ORDER BY unit, concept_id").fetchall()
+    )[:, 0].reshape(S.shape)
     np.testing.assert_allclose(stored, S.numpy(), rtol=1e-5, atol=1e-6)
     # tau under the default statistic = mean of per-neuron top-1
     tau = con.execute("SELECT tau, tau_statistic FROM layers WHERE model='B' AND layer='2'").fetchone()
     assert tau[1] == "mean_top1" and tau[0] == pytest.approx(float(S.max(dim=1).values.mean()), rel=1e-5)
     # top images are the highest activations of each unit
-    top = con.execute("SELECT image_idx FROM top_images WHERE model='B' AND layer='2' AND unit=3 ORDER BY rank").fetchall()
+    top = con.execute(
+        "SELECT image_idx FROM top_images WHERE model='B' AND layer='2' AND unit=3 ORDER BY rank"
+    ).fetchall()
     assert [r[0] for r in top] == torch.argsort(X[:, 3], descending=True)[:5].tolist()
     # analyses and neuron cards were produced; the report exists
     assert con.execute("SELECT count(*) FROM captured_concepts").fetchone()[0] > 0
@@ -100,8 +103,7 @@ def test_unknown_layer_and_unset_env_are_clear(tmp_path: Path, tiny_models, monk
     with pytest.raises(RunError, match=r"no layer '_blocks.38'.*inspect"):
         _run(tmp_path, STUDY.replace("at layers all", "at layers _blocks.38"))
     monkeypatch.delenv("DS_TEST_UNSET", raising=False)
-    text = STUDY.replace('probe p = phantom(n=30, seed=5, height=64)',
-                         'probe p = folder(path=env("DS_TEST_UNSET"))')
+    text = STUDY.replace("probe p = phantom(n=30, seed=5, height=64)", 'probe p = folder(path=env("DS_TEST_UNSET"))')
     with pytest.raises(RunError, match="DS_TEST_UNSET.*not set"):
         _run(tmp_path, text)
 
@@ -122,8 +124,12 @@ def test_mammi_template_prefixes_prompts_and_subtracts_the_template(tmp_path: Pa
     tmpl = concept_activation_matrix(img, embed_texts(diss, ["a mammogram showing"]))[:, 0]
     S = compute_similarity("mammi", P, X, {"alpha": 90}, template_feats=tmpl).S
     con = duckdb.connect(str(db), read_only=True)
-    stored = np.array(con.execute("SELECT score FROM similarities WHERE model='A' AND layer='6' "
-                                  "ORDER BY unit, concept_id").fetchall(), dtype=float)[:, 0].reshape(S.shape)
+    stored = np.array(
+        con.execute(
+            "SELECT score FROM similarities WHERE model='A' AND layer='6' ORDER BY unit, concept_id"
+        ).fetchall(),
+        dtype=float,
+    )[:, 0].reshape(S.shape)
     np.testing.assert_allclose(stored, S.numpy(), rtol=1e-5, atol=1e-6)
     params = con.execute("SELECT similarity_params FROM dissections WHERE model='A'").fetchone()[0]
     assert '"template": "a mammogram showing"' in params
@@ -158,7 +164,11 @@ def test_resolve_layers_expands_ranges_all_and_study_aliases():
     assert [n for n, _ in resolve_layers(t, (everything,), {})] == [f"b.{i}" for i in range(5)]
     # a study alias whose items are a range and a builtin alias: every layer it names carries its name
     aliases = {"mine": (rng, ast.LayerName("last", span))}
-    assert resolve_layers(t, (ast.LayerName("mine", span),), aliases) == [("b.1", "mine"), ("b.2", "mine"), ("b.4", "mine")]
+    assert resolve_layers(t, (ast.LayerName("mine", span),), aliases) == [
+        ("b.1", "mine"),
+        ("b.2", "mine"),
+        ("b.4", "mine"),
+    ]
     with pytest.raises(RunError, match="has no layer 'b.9'"):
         resolve_layers(t, (ast.LayerName("b.9", span),), {})
 
@@ -169,9 +179,11 @@ def test_an_unset_report_path_is_refused_before_any_work(tmp_path: Path, monkeyp
     from dissect_study.engine.run import RunError, RunOptions, run_study
 
     monkeypatch.delenv("H4_UNSET_OUT", raising=False)
-    text = ('let out = env("H4_UNSET_OUT")\nconcepts c = shipped("mammo_v1")\nprobe p = phantom(n=4, height=64)\n'
-            'dissector d = demo()\ntarget G = demo("G")\ndissect G at layers last by d on p with concepts c\n'
-            'report "${out}/r" as html\n')
+    text = (
+        'let out = env("H4_UNSET_OUT")\nconcepts c = shipped("mammo_v1")\nprobe p = phantom(n=4, height=64)\n'
+        'dissector d = demo()\ntarget G = demo("G")\ndissect G at layers last by d on p with concepts c\n'
+        'report "${out}/r" as html\n'
+    )
     study, diags = check_text(text, str(tmp_path / "s.study"))
     assert study is not None and any(d.code == "env-unset" for d in diags)
     with pytest.raises(RunError, match="report: parameter 'out' comes from the environment variable H4_UNSET_OUT"):

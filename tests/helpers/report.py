@@ -219,7 +219,7 @@ def make_run(
                         )
                     )
             for task in ("mass", "calcification", "density"):
-                gg = g.loc[g["tasks"].map(lambda t: task in t)]
+                gg = g.loc[g["tasks"].map(lambda t, task=task: task in t)]
                 rows.append(
                     dict(
                         model=m,

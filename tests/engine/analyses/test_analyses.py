@@ -25,13 +25,13 @@ from typing import Any
 import duckdb
 import pandas as pd
 import pytest
+from helpers.paths import REPO as REPO_DIR
 
 from dissect_study.dsl import check_file
 from dissect_study.dsl import vocabulary as R
 from dissect_study.engine.analyses.macros import AnalysisError, resolve_filter, sql_literal, store_analyses
 from dissect_study.engine.registry import ANALYSES
 from dissect_study.engine.store import database as store
-from helpers.paths import REPO as REPO_DIR
 
 ANAT, LOC, FIND, INTERP, ACT, ENV = (
     "Breast anatomy or structure",

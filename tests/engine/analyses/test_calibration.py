@@ -39,9 +39,17 @@ def _probe(n=80, seed=1):
     attrs = []
     for i in range(n):
         spic = i % 4 == 0
-        attrs.append({"view": "CC" if i % 2 else "MLO", "laterality": "L", "density": "ABCD"[i % 3],
-                      "mass": spic or i % 4 == 1, "mass_margin": "spiculated" if spic else ("circumscribed" if i % 4 == 1 else None),
-                      "calcification": False, "calc_morphology": None})
+        attrs.append(
+            {
+                "view": "CC" if i % 2 else "MLO",
+                "laterality": "L",
+                "density": "ABCD"[i % 3],
+                "mass": spic or i % 4 == 1,
+                "mass_margin": "spiculated" if spic else ("circumscribed" if i % 4 == 1 else None),
+                "calcification": False,
+                "calc_morphology": None,
+            }
+        )
     return attrs, rng
 
 
@@ -60,7 +68,14 @@ def test_planted_neurons_get_their_true_group():
     assert "spiculated margin" in truth.iloc[0]["true_concepts"]
     assert truth.iloc[1]["true_concepts"] == ("mediolateral oblique view",)
 
-    concepts = ["spiculated margin", "round mass", "mediolateral oblique view", "craniocaudal view", "skin marker", "nipple"]
+    concepts = [
+        "spiculated margin",
+        "round mass",
+        "mediolateral oblique view",
+        "craniocaudal view",
+        "skin marker",
+        "nipple",
+    ]
     S = np.zeros((3, len(concepts)))
     S[0] = [0.9, 0.1, 0.0, 0.0, 0.2, 0.3]  # right
     S[1] = [0.1, 0.2, 0.5, 0.6, 0.0, 0.0]  # top-1 wrong (cc), top-5 right
@@ -83,12 +98,16 @@ def test_mammi_selection_and_label_cosine():
     assert list(mammi_selection(np.array([1.0, 0.97, 0.5, 0.96]), 0.95)) == [0, 1, 3]
     assert len(mammi_selection(np.array([-1.0, -0.5]))) == 0
     import pandas as pd
+
     truth = pd.DataFrame([{"unit": 0, "attribute": "mass", "value": True, "auc": 0.95, "true_concepts": ("mass",)}])
     concepts = ["mass", "oval mass", "nipple"]
     S = np.array([[1.0, 0.96, 0.1]])
     # a toy encoder: one-hot per distinct word set -> cosine is exact and known
     vecs = {"mass": [1, 0, 0], "oval mass": [1, 1, 0], "nipple": [0, 0, 1], "none": [0, 1, 1]}
-    enc = lambda texts: torch.tensor([vecs[t] for t in texts], dtype=torch.float32)
+
+    def enc(texts):
+        return torch.tensor([vecs[t] for t in texts], dtype=torch.float32)
+
     r = calibration_table("l", "mammi", S, concepts, truth, text_encoder=enc, with_se=True).iloc[0]
     assert r["mammi_hit_rate"] == 1.0 and r["precision"] == pytest.approx(0.5) and r["recall"] == 1.0
     assert r["mean_label_cosine"] == pytest.approx((1.0 + 1 / np.sqrt(2)) / 2)

@@ -33,18 +33,39 @@ def make_clip_folder(root: Path) -> Path:
     (root / "merges.txt").write_text("#version: 0.2\n")
     CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt")).save_pretrained(root)
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=32, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=1),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        ),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=8,
     )
     torch.manual_seed(0)
     CLIPModel(cfg).save_pretrained(root)
-    (root / "preprocessor_config.json").write_text(json.dumps(
-        {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32},
-         "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]}))
+    (root / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "size": {"shortest_edge": 32},
+                "crop_size": {"height": 32, "width": 32},
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.25, 0.25, 0.25],
+            }
+        )
+    )
     return root
 
 
@@ -72,7 +93,8 @@ def test_clip_dissector_and_vision_target(clip_dir):
     assert [l.name for l in v.layers()] == [f"vision_model.encoder.layers.{i}" for i in range(3)]
     seen = {}
     v.module.get_submodule("vision_model.encoder.layers.2").register_forward_hook(
-        lambda _m, _i, o: seen.update(o=o[0] if isinstance(o, tuple) else o))
+        lambda _m, _i, o: seen.update(o=o[0] if isinstance(o, tuple) else o)
+    )
     v.forward(x[None])
     assert seen["o"].shape == (1, 17, 16)  # CLS + 16 patches
     with pytest.raises(CheckpointError, match="not CLIP"):
@@ -88,8 +110,12 @@ def test_timm_target_from_local_weights(tmp_path):
     w = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(w))
     ctx = BuildContext(base_dir=str(tmp_path), cache_dir=str(tmp_path), log=lambda s: None)
-    t = build_target("T", "timm", {"model": "test_efficientnet", "weights": "w.safetensors", "num_classes": None,
-                                   "trust_checkpoint": False}, ctx)
+    t = build_target(
+        "T",
+        "timm",
+        {"model": "test_efficientnet", "weights": "w.safetensors", "num_classes": None, "trust_checkpoint": False},
+        ctx,
+    )
     x = t.preprocess(np.random.default_rng(1).integers(0, 65535, size=(200, 120), dtype=np.uint16))
     assert x.shape == (3, 160, 160)
     with torch.no_grad():

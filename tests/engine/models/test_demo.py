@@ -96,7 +96,9 @@ def test_targets(tiny):
     # every declared layer is hookable by name and has the declared channel count
     for info in c.layers():
         seen = {}
-        h = c.module.get_submodule(info.name).register_forward_hook(lambda mod, i, o: seen.setdefault("o", o))
+        h = c.module.get_submodule(info.name).register_forward_hook(
+            lambda mod, i, o, seen=seen: seen.setdefault("o", o)
+        )
         c.forward(x)
         h.remove()
         assert seen["o"].shape[1] == info.channels

@@ -27,8 +27,12 @@ def test_block_table_matches_shared_json(shared_dir, variant):
     assert len(specs) == len(rows)
     for r, s in zip(rows, specs):
         assert (s.lukemelas_name, s.timm_name) == (r["lukemelas_name"], r["timm_name"])
-        assert (s.in_channels, s.out_channels, s.expanded, s.se_channels) == \
-            (r["in_channels"], r["out_channels"], r["expanded_channels"], r["se_channels"])
+        assert (s.in_channels, s.out_channels, s.expanded, s.se_channels) == (
+            r["in_channels"],
+            r["out_channels"],
+            r["expanded_channels"],
+            r["se_channels"],
+        )
         assert (s.kernel, s.stride, s.residual) == (r["kernel_size"], r["block_stride"], r["residual_add"])
         assert list(s.padding) == r["dw_padding_used_by_mammoclip_LRTB"], s.index
 
@@ -62,8 +66,15 @@ def test_padding_is_fixed_for_nominal_size_not_input():
 
 
 def _bn(x, prefix, sd):
-    return F.batch_norm(x, sd[prefix + ".running_mean"], sd[prefix + ".running_var"], sd[prefix + ".weight"],
-                        sd[prefix + ".bias"], training=False, eps=1e-3)
+    return F.batch_norm(
+        x,
+        sd[prefix + ".running_mean"],
+        sd[prefix + ".running_var"],
+        sd[prefix + ".weight"],
+        sd[prefix + ".bias"],
+        training=False,
+        eps=1e-3,
+    )
 
 
 def _manual_forward(x, sd, specs, stem_pad):
@@ -77,8 +88,11 @@ def _manual_forward(x, sd, specs, stem_pad):
         h = F.conv2d(F.pad(h, s.padding), sd[p + "_depthwise_conv.weight"], stride=s.stride, groups=h.shape[1])
         h = F.silu(_bn(h, p + "_bn1", sd))
         g = h.mean(dim=(2, 3), keepdim=True)
-        g = F.conv2d(F.silu(F.conv2d(g, sd[p + "_se_reduce.weight"], sd[p + "_se_reduce.bias"])),
-                     sd[p + "_se_expand.weight"], sd[p + "_se_expand.bias"])
+        g = F.conv2d(
+            F.silu(F.conv2d(g, sd[p + "_se_reduce.weight"], sd[p + "_se_reduce.bias"])),
+            sd[p + "_se_expand.weight"],
+            sd[p + "_se_expand.bias"],
+        )
         h = torch.sigmoid(g) * h
         h = _bn(F.conv2d(h, sd[p + "_project_conv.weight"]), p + "_bn2", sd)
         x = h + x if (s.stride == 1 and s.in_channels == s.out_channels) else h

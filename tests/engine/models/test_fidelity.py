@@ -65,12 +65,22 @@ def dissector(clip_recipe, text_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("ckpt")
     sd = {k: torch.from_numpy(v) for k, v in clip_recipe.items()}
     optimizer, scheduler = compact_optimizer_state(sd)
-    path = save_real_clip_checkpoint(work / "b5-model-best-epoch-7.tar", sd, config=hydra_style_config(work / "hydra"),
-                                     optimizer=optimizer, scheduler=scheduler, epoch=7)
+    path = save_real_clip_checkpoint(
+        work / "b5-model-best-epoch-7.tar",
+        sd,
+        config=hydra_style_config(work / "hydra"),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        epoch=7,
+    )
     del sd
     ctx = BuildContext(base_dir=str(work), cache_dir=str(work / "cache"), log=lambda m: None)
-    d = build_dissector("mammo", "mammo_clip", {"checkpoint": path.name, "text": str(text_dir), "variant": "auto",
-                                                "trust_checkpoint": False}, ctx)
+    d = build_dissector(
+        "mammo",
+        "mammo_clip",
+        {"checkpoint": path.name, "text": str(text_dir), "variant": "auto", "trust_checkpoint": False},
+        ctx,
+    )
     assert (d.describe()["variant"], d.describe()["epoch"]) == ("b5", 7)
     path.unlink()  # the loaded weights are copies of the memory-mapped file
     return d
@@ -100,8 +110,12 @@ def image_outputs(dissector, batch):
     def hook(i):
         def fn(_m, _inp, out):
             o = out.detach().double()
-            seen[i] = {"mean": o.mean(dim=(2, 3)).numpy(), "shape": list(out.shape[1:]),
-                       **({"max": o.amax(dim=(2, 3)).numpy()} if i == 38 else {})}
+            seen[i] = {
+                "mean": o.mean(dim=(2, 3)).numpy(),
+                "shape": list(out.shape[1:]),
+                **({"max": o.amax(dim=(2, 3)).numpy()} if i == 38 else {}),
+            }
+
         return fn
 
     handles = [enc.get_submodule(f"_blocks.{i}").register_forward_hook(hook(i)) for i in blocks]
@@ -120,8 +134,11 @@ def image_outputs(dissector, batch):
 
 def test_recipe_weights_match_checksums(ref, clip_entries, clip_recipe):
     wc = ref["weights_check"]
-    bad = [e["key"] for e in clip_entries
-           if sha_all([clip_recipe[e["key"]]])[:16] != wc["per_tensor_sha256_first16hex"][e["key"]]]
+    bad = [
+        e["key"]
+        for e in clip_entries
+        if sha_all([clip_recipe[e["key"]]])[:16] != wc["per_tensor_sha256_first16hex"][e["key"]]
+    ]
     assert not bad, f"recipe tensors differ from the fixture: {bad[:5]}"
     assert sha_all(clip_recipe[e["key"]] for e in clip_entries) == wc["sha256_all_clip"]
 
@@ -146,22 +163,29 @@ def test_image_path_matches_reference(ref, image_outputs):
         for n in (0, 1):
             chk.summary(f"blocks_mean_pool.{i_str}.image_{n}", got["mean"][n], entry[f"image_{n}"])
     for n in (0, 1):
-        chk.summary(f"block38_max_pool.image_{n}", image_outputs["blocks"][38]["max"][n],
-                    r_img["block38_max_pool"][f"image_{n}"])
-        chk.summary(f"pooled_2048.image_{n}", image_outputs["pooled"][n].double().numpy(),
-                    r_img["pooled_2048"][f"image_{n}"])
+        chk.summary(
+            f"block38_max_pool.image_{n}",
+            image_outputs["blocks"][38]["max"][n],
+            r_img["block38_max_pool"][f"image_{n}"],
+        )
+        chk.summary(
+            f"pooled_2048.image_{n}", image_outputs["pooled"][n].double().numpy(), r_img["pooled_2048"][f"image_{n}"]
+        )
         proj = image_outputs["proj"][n].double()
         r = r_img["image_projection_prenorm_l2"][f"image_{n}"]
         chk.scalar(f"image_projection_prenorm_l2.image_{n}", float(proj.norm()), r, RTOL * abs(r))
-        chk.summary(f"image_embedding_512.image_{n}", (proj / proj.norm()).numpy(),
-                    r_img["image_embedding_512"][f"image_{n}"])
+        chk.summary(
+            f"image_embedding_512.image_{n}", (proj / proj.norm()).numpy(), r_img["image_embedding_512"][f"image_{n}"]
+        )
     print(f"image path: {chk.n} fields, worst error/tolerance {chk.worst[0]:.4f} at {chk.worst[1]}")
     assert not chk.fails, "\n".join(chk.fails[:20])
 
 
 def _text_tokens(ref) -> dict[str, torch.Tensor]:
     t = ref["inputs"]["text"]
-    return {k: torch.tensor([t["text_0"][k], t["text_1"][k]]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    return {
+        k: torch.tensor([t["text_0"][k], t["text_1"][k]]) for k in ("input_ids", "attention_mask", "token_type_ids")
+    }
 
 
 def test_text_path_and_similarity_match_reference(ref, dissector, image_outputs):
@@ -174,9 +198,15 @@ def test_text_path_and_similarity_match_reference(ref, dissector, image_outputs)
     for j in (0, 1):
         r = ref["text_encoder"][f"text_{j}"]
         chk.summary(f"text_{j}.eos_feature_768", eos[j].double().numpy(), r["eos_feature_768"])
-        chk.scalar(f"text_{j}.prenorm_l2", float(proj[j].double().norm()), r["text_projection_prenorm_l2"],
-                   RTOL * r["text_projection_prenorm_l2"])
-        chk.summary(f"text_{j}.text_embedding_512", (proj[j] / proj[j].norm()).double().numpy(), r["text_embedding_512"])
+        chk.scalar(
+            f"text_{j}.prenorm_l2",
+            float(proj[j].double().norm()),
+            r["text_projection_prenorm_l2"],
+            RTOL * r["text_projection_prenorm_l2"],
+        )
+        chk.summary(
+            f"text_{j}.text_embedding_512", (proj[j] / proj[j].norm()).double().numpy(), r["text_embedding_512"]
+        )
     img = image_outputs["proj"].double()
     img = img / img.norm(dim=1, keepdim=True)
     txt = proj.double() / proj.double().norm(dim=1, keepdim=True)
@@ -199,13 +229,23 @@ def test_encode_texts_uses_eos_not_cls(ref, dissector):
 
 def _classifier_file(ref, meta, clip_recipe, task, n_class, path):
     entries = meta["tensors_n_class_1"][:-2] + meta["tasks"][task]["head"]
-    sd = {e["key"]: (clip_recipe[e["key"]] if e["key"] in clip_recipe else recipe_tensor(e["key"], e["shape"]))
-          for e in entries}
-    assert sha_all(sd[e["key"]] for e in entries) == \
-        ref["weights_check"]["classifier_heads"][f"n_class_{n_class}"]["sha256_all_854"]
-    torch.save({"model": {k: torch.from_numpy(v) for k, v in sd.items()},
-                "predictions": np.zeros(3, dtype=np.float32), "epoch": 3,
-                **({"auroc": np.float64(0.5)} if n_class == 1 else {"accuracy": np.float64(0.5)})}, path)
+    sd = {
+        e["key"]: (clip_recipe[e["key"]] if e["key"] in clip_recipe else recipe_tensor(e["key"], e["shape"]))
+        for e in entries
+    }
+    assert (
+        sha_all(sd[e["key"]] for e in entries)
+        == ref["weights_check"]["classifier_heads"][f"n_class_{n_class}"]["sha256_all_854"]
+    )
+    torch.save(
+        {
+            "model": {k: torch.from_numpy(v) for k, v in sd.items()},
+            "predictions": np.zeros(3, dtype=np.float32),
+            "epoch": 3,
+            **({"auroc": np.float64(0.5)} if n_class == 1 else {"accuracy": np.float64(0.5)}),
+        },
+        path,
+    )
     return path
 
 
@@ -215,10 +255,12 @@ def test_classifier_logits_match_reference(ref, shared_dir, clip_recipe, dissect
     from dissect_study.engine.models.classifier import load_classifier
 
     meta = json.loads((shared_dir / "data/mammo_clip/classifier_b5_state_dict.json").read_text())
-    dens = load_classifier(_classifier_file(ref, meta, clip_recipe, "density", 4, tmp_path / "d.pth"),
-                           dissector, task="density")
-    mass = load_classifier(_classifier_file(ref, meta, clip_recipe, "Mass", 1, tmp_path / "m.pth"),
-                           dissector, task="mass")
+    dens = load_classifier(
+        _classifier_file(ref, meta, clip_recipe, "density", 4, tmp_path / "d.pth"), dissector, task="density"
+    )
+    mass = load_classifier(
+        _classifier_file(ref, meta, clip_recipe, "Mass", 1, tmp_path / "m.pth"), dissector, task="mass"
+    )
     assert all(torch.equal(a, b) for a, b in zip(dens.module.state_dict().values(), mass.module.state_dict().values()))
     seen = {}
 
@@ -228,8 +270,10 @@ def test_classifier_logits_match_reference(ref, shared_dir, clip_recipe, dissect
     def grab_pooled(_m, inputs, _o):
         seen["pooled"] = inputs[0].detach()
 
-    hooks = [dens.module.get_submodule("_blocks.38").register_forward_hook(grab),
-             dens.head.register_forward_hook(grab_pooled)]
+    hooks = [
+        dens.module.get_submodule("_blocks.38").register_forward_hook(grab),
+        dens.head.register_forward_hook(grab_pooled),
+    ]
     try:
         outputs = {"density": dens.forward(batch).double()}
     finally:

@@ -43,13 +43,23 @@ def test_attribute_vocabulary():
 
 
 def test_calcifications_are_bright_specks_inside_the_box():
-    sc = _find(lambda a: a["calcification"] and a["calc_distribution"] == "grouped" and not a["mass"] and not a["implant"] and not a["skin_marker"])
+    sc = _find(
+        lambda a: (
+            a["calcification"]
+            and a["calc_distribution"] == "grouped"
+            and not a["mass"]
+            and not a["implant"]
+            and not a["skin_marker"]
+        )
+    )
     img = render(sc, H).astype(float)
     from dissect_study.engine.phantom.generator import finding_boxes
+
     x0, y0, x1, y1 = finding_boxes(sc, H)["calcification"]
     inside = img[y0:y1, x0:x1]
     # the same scene without the calcifications: the specks are what makes the box bright
     import copy
+
     bare = copy.deepcopy(sc)
     bare.findings = [f for f in bare.findings if f.kind != "calcification"]
     ref = render(bare, H).astype(float)
@@ -64,7 +74,10 @@ def test_mass_changes_pixels_only_inside_its_box_and_breast():
     import copy
 
     from dissect_study.engine.phantom.generator import finding_boxes
-    sc = _find(lambda a: a["mass"] and a["mass_margin"] == "circumscribed" and a["mass_density"] == "high" and not a["implant"])
+
+    sc = _find(
+        lambda a: a["mass"] and a["mass_margin"] == "circumscribed" and a["mass_density"] == "high" and not a["implant"]
+    )
     img = render(sc, H).astype(int)
     bare = copy.deepcopy(sc)
     bare.findings = [f for f in bare.findings if f.kind != "mass"]
@@ -148,7 +161,14 @@ def test_vocabulary_phrases_and_truth():
     assert len(ALL_PHRASES) == len(set(ALL_PHRASES)) == 50
     a = {"view": "MLO", "laterality": "R", "density": "C", "mass": True, "mass_shape": "oval", "calcification": False}
     tc = true_concepts(a)
-    assert {"mediolateral oblique view", "right breast", "heterogeneously dense", "density C", "mass", "oval mass"} <= tc
+    assert {
+        "mediolateral oblique view",
+        "right breast",
+        "heterogeneously dense",
+        "density C",
+        "mass",
+        "oval mass",
+    } <= tc
     assert "calcification" not in tc
     assert all(isinstance(v, tuple) and v for v in GROUND_TRUTH_CONCEPTS.values())
 
@@ -163,6 +183,7 @@ def test_probe_contract():
     it = p.items[3]
     assert it.attributes["report"] and "boxes" in it.attributes
     import json
+
     json.dumps(it.attributes)  # JSON-able for the images table
     with pytest.raises(ValueError, match="height"):
         PhantomProbe(3, 0, 16)

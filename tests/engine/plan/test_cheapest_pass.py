@@ -33,8 +33,15 @@ def union_by_sorting(acts: dict[str, torch.Tensor], k: int) -> set[int]:
 
 def user(acts, kept=None, **kw) -> RowUser:
     n = next(iter(acts.values())).shape[0]
-    base = dict(name="T", similarity="soft_wpmi", family="topk", top_k=3, acts=acts,
-                kept=list(range(n)) if kept is None else kept, top_images=2)
+    base = dict(
+        name="T",
+        similarity="soft_wpmi",
+        family="topk",
+        top_k=3,
+        acts=acts,
+        kept=list(range(n)) if kept is None else kept,
+        top_images=2,
+    )
     base.update(kw)
     return RowUser(**base)
 
@@ -60,8 +67,7 @@ def test_union_maps_activation_rows_to_probe_rows_and_takes_every_user():
     A, B = acts(seed=1), acts(n=60, seed=2)
     kept_b = list(range(0, 120, 2))  # B's probe skipped every odd image
     rows = list(range(120))
-    c = choose_rows(rows, [user(A), user(B, kept=kept_b, top_k=5)], min_probe=50, sanity_sample=1,
-                    max_fraction=1.0)
+    c = choose_rows(rows, [user(A), user(B, kept=kept_b, top_k=5)], min_probe=50, sanity_sample=1, max_fraction=1.0)
     want = union_by_sorting(A, 3) | {kept_b[i] for i in union_by_sorting(B, 5)}
     assert set(c.rows) == want | set(c.sanity_rows)
     # top_images wins when it is larger than top_k
@@ -69,15 +75,17 @@ def test_union_maps_activation_rows_to_probe_rows_and_takes_every_user():
     assert set(c2.rows) == union_by_sorting(A, 4) | set(c2.sanity_rows)
 
 
-@pytest.mark.parametrize("change, words", [
-    (dict(family="full", similarity="rank_reorder"), "rank_reorder for T reads every image"),
-    (dict(train_mode=True), "train-mode dissector"),
-    (dict(needs_all_rows="the calibration bench scores every function"), "calibration bench"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (dict(family="full", similarity="rank_reorder"), "rank_reorder for T reads every image"),
+        (dict(train_mode=True), "train-mode dissector"),
+        (dict(needs_all_rows="the calibration bench scores every function"), "calibration bench"),
+    ],
+)
 def test_full_pass_when_a_subset_would_be_wrong(change, words):
     rows = list(range(100))
-    c = choose_rows(rows, [user(acts()), user(acts(seed=3), **change)], min_probe=50, sanity_sample=5,
-                    max_fraction=1.0)
+    c = choose_rows(rows, [user(acts()), user(acts(seed=3), **change)], min_probe=50, sanity_sample=5, max_fraction=1.0)
     assert not c.reduced and c.rows == rows and c.sanity_rows is None
     assert words in c.reason
 
@@ -129,12 +137,14 @@ def test_run_embeds_the_union_and_stores_the_same_S(tmp_path: Path, tiny_models,
     probe = PhantomProbe(30, 5, 64)
     X = extract_activations(TinyTarget("B", 2), probe, ["6"], progress=False).acts["6"]
     texts = load_concept_set("c", "shipped", {"name": "mammo_v1"}, str(tmp_path)).texts
-    P_full = concept_activation_matrix(embed_images(TinyDissector(), probe, progress=False).emb,
-                                       embed_texts(TinyDissector(), texts))
+    P_full = concept_activation_matrix(
+        embed_images(TinyDissector(), probe, progress=False).emb, embed_texts(TinyDissector(), texts)
+    )
     S = compute_similarity("soft_wpmi", P_full, X, {"top_k": 2}).S
     con = duckdb.connect(str(db), read_only=True)
-    stored = np.array(con.execute("SELECT score FROM similarities WHERE model='B' AND layer='6' "
-                                  "ORDER BY unit, concept_id").fetchall())[:, 0].reshape(S.shape)
+    stored = np.array(
+        con.execute("SELECT score FROM similarities WHERE model='B' AND layer='6' ORDER BY unit, concept_id").fetchall()
+    )[:, 0].reshape(S.shape)
     np.testing.assert_allclose(stored, S.numpy(), rtol=1e-5, atol=1e-6)
     ns = {r[0] for r in con.execute("SELECT n FROM sanity WHERE n IS NOT NULL").fetchall()}
     assert ns and max(ns) <= 4  # the zero-shot check saw the random sample only

@@ -42,8 +42,11 @@ CTX = BuildContext(base_dir=".", cache_dir=".", log=lambda m: LOGS.append(m), wa
 
 def ctx_with(probes):
     """A build context holding already-built probes, as the executor's does for `union`."""
-    return BuildContext(base_dir=".", cache_dir=".", log=lambda m: LOGS.append(m), warn=lambda m: LOGS.append(m),
-                        probes=probes)
+    return BuildContext(
+        base_dir=".", cache_dir=".", log=lambda m: LOGS.append(m), warn=lambda m: LOGS.append(m), probes=probes
+    )
+
+
 LOGS: list[str] = []
 
 
@@ -129,8 +132,9 @@ def test_sample_through_factory_logs_oversized_draw(tmp_path):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.sampled_from("ABCDEFG"), st.integers(0, 30), min_size=1), st.integers(0, 150),
-       st.integers(0, 5))
+@given(
+    st.dictionaries(st.sampled_from("ABCDEFG"), st.integers(0, 30), min_size=1), st.integers(0, 150), st.integers(0, 5)
+)
 def test_quotas_are_max_min_fair(sizes, n, seed):
     q = balanced_quotas(sizes, n, seed)
     assert sum(q.values()) == min(n, sum(sizes.values()))

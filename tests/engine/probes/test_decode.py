@@ -99,7 +99,7 @@ def reference_linear(x, c, w):
         elif v > c - 0.5 + (w - 1) / 2:
             out[i] = 1.0
         else:
-            out[i] = ((v - (c - 0.5)) / (w - 1) + 0.5)
+            out[i] = (v - (c - 0.5)) / (w - 1) + 0.5
     return out
 
 
@@ -138,8 +138,15 @@ def test_dicom_monochrome1_is_inverted(tmp_path):
 
 def test_dicom_window_and_rescale(tmp_path):
     px = ramp16(8, 8, hi=4000)
-    p = write_dicom(tmp_path / "w.dcm", px, bits_stored=12, WindowCenter=1500, WindowWidth=1001,
-                    RescaleSlope=2, RescaleIntercept=-1000)
+    p = write_dicom(
+        tmp_path / "w.dcm",
+        px,
+        bits_stored=12,
+        WindowCenter=1500,
+        WindowWidth=1001,
+        RescaleSlope=2,
+        RescaleIntercept=-1000,
+    )
     out = decode_dicom(p)
     hu = px.astype(np.float64) * 2 - 1000  # modality LUT first
     expected = reference_linear(hu.ravel(), 1500, 1001).reshape(px.shape)
@@ -162,8 +169,14 @@ def test_dicom_voi_lut_sequence(tmp_path):
     item = pydicom.Dataset()
     item.add_new("LUTDescriptor", "US", [8, 0, 8])
     item.add_new("LUTData", "US", lut)
-    p = write_dicom(tmp_path / "lut.dcm", px, bits_stored=8, VOILUTSequence=pydicom.Sequence([item]),
-                    WindowCenter=100, WindowWidth=10)  # the LUT takes precedence over the window
+    p = write_dicom(
+        tmp_path / "lut.dcm",
+        px,
+        bits_stored=8,
+        VOILUTSequence=pydicom.Sequence([item]),
+        WindowCenter=100,
+        WindowWidth=10,
+    )  # the LUT takes precedence over the window
     out = decode_dicom(p)
     np.testing.assert_allclose(out, np.array(lut, float).reshape(2, 4) / 255.0, atol=1e-6)
 
@@ -208,7 +221,7 @@ def test_offline_recipe_crops_border_inverts_and_finds_breast(tmp_path, mono1):
 def test_roi_ignores_faint_label_and_keeps_longest_run():
     img = np.zeros((100, 80), np.uint8)
     img[10:90, 30:70] = 150 + (np.arange(80)[:, None] % 5).astype(np.uint8) + (np.arange(40) % 7).astype(np.uint8)
-    img[40:60, 25:30] = 30   # faint label touching the breast: <= 40, so background (else the run would start at 25)
+    img[40:60, 25:30] = 30  # faint label touching the breast: <= 40, so background (else the run would start at 25)
     img[45:50, 15:18] = 200  # small bright marker: a shorter, separate run of columns
     out = extract_breast_roi(img)
     assert out.shape == (80, 40)

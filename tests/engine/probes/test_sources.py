@@ -88,8 +88,16 @@ def test_csv_manifest_attributes_normalised_and_ids_kept(tmp_path):
     p = build_probe("m", "csv", defaults("csv", path="data/m.csv", id_column="id"), ctx_for(tmp_path))
     a, b = p.items
     assert a.image_id == "00123" and b.image_id == "7"
-    assert a.attributes == {"view": "CC", "laterality": "L", "density": "C", "birads": 4, "mass": True,
-                            "findings": ["Mass", "Suspicious Calcification"], "age": 54, "site": "A1"}
+    assert a.attributes == {
+        "view": "CC",
+        "laterality": "L",
+        "density": "C",
+        "birads": 4,
+        "mass": True,
+        "findings": ["Mass", "Suspicious Calcification"],
+        "age": 54,
+        "site": "A1",
+    }
     assert b.attributes["density"] == "B" and b.attributes["mass"] is False and b.attributes["age"] is None
     assert b.attributes["findings"] == []
     assert p.load(1)[0, 0] == 20

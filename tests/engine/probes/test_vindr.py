@@ -40,8 +40,14 @@ def root(tmp_path_factory) -> Path:
 
 
 def vindr(vdir: Path, root: Path, csv_name: str, **kw):
-    params = {"root": str(root), "csv": csv_name, "split": "test", "findings": None,
-              "image_format": "png", "keep_duplicate_rows": False}
+    params = {
+        "root": str(root),
+        "csv": csv_name,
+        "split": "test",
+        "findings": None,
+        "image_format": "png",
+        "keep_duplicate_rows": False,
+    }
     params.update(kw)
     return build_probe("vindr_test", "vindr", params, SimpleNamespace(base_dir=str(vdir), cache_dir="", log=print))
 
@@ -109,7 +115,8 @@ def test_finding_counts_per_image_match_raw_file(vdir, finding):
     assert sum(it.attributes["mass"] for it in finding.items) == 219
     assert sum(it.attributes["calcification"] for it in finding.items) == 105
     assert sum(not it.attributes["findings"] for it in finding.items) == sum(
-        1 for cats in per_image.values() if cats == {"No Finding"})
+        1 for cats in per_image.values() if cats == {"No Finding"}
+    )
 
 
 def test_multi_finding_image_merges_boxes(finding):
@@ -204,7 +211,13 @@ def test_balanced_sample_on_vindr_density(finding):
 # --------------------------------------------------------------------------- bad input
 def test_bad_vindr_csvs(tmp_path):
     ctx = SimpleNamespace(base_dir=str(tmp_path), cache_dir="", log=print)
-    base = {"root": str(tmp_path), "split": "test", "findings": None, "image_format": "png", "keep_duplicate_rows": False}
+    base = {
+        "root": str(tmp_path),
+        "split": "test",
+        "findings": None,
+        "image_format": "png",
+        "keep_duplicate_rows": False,
+    }
     (tmp_path / "a.csv").write_text("image_id,laterality,split\nx,L,test\n")
     with pytest.raises(ProbeError) as e:
         build_probe("v", "vindr", {**base, "csv": "a.csv"}, ctx)
@@ -219,7 +232,9 @@ def test_bad_vindr_csvs(tmp_path):
     with pytest.raises(ProbeError, match="outside the root"):
         build_probe("v", "vindr", {**base, "csv": "c.csv"}, ctx)
 
-    (tmp_path / "d.csv").write_text(header + "s1,i1,L,CC,BI-RADS 1,DENSITY A,test\ns1,i1,R,CC,BI-RADS 1,DENSITY A,test\n")
+    (tmp_path / "d.csv").write_text(
+        header + "s1,i1,L,CC,BI-RADS 1,DENSITY A,test\ns1,i1,R,CC,BI-RADS 1,DENSITY A,test\n"
+    )
     with pytest.raises(ProbeError, match="different laterality"):
         build_probe("v", "vindr", {**base, "csv": "d.csv"}, ctx)
 
@@ -227,14 +242,22 @@ def test_bad_vindr_csvs(tmp_path):
 def test_vindr_study_and_view_column_spellings(tmp_path):
     """patient_id/view are accepted for study_id/view_position; with neither, the error names the usual column."""
     ctx = SimpleNamespace(base_dir=str(tmp_path), cache_dir="", log=print)
-    base = {"root": str(tmp_path), "split": "test", "findings": None, "image_format": "png", "keep_duplicate_rows": False}
+    base = {
+        "root": str(tmp_path),
+        "split": "test",
+        "findings": None,
+        "image_format": "png",
+        "keep_duplicate_rows": False,
+    }
     row = "s1,i1,L,cc,BI-RADS 2,DENSITY B,test\n"
     (tmp_path / "alt.csv").write_text("patient_id,image_id,laterality,view,breast_birads,breast_density,split\n" + row)
     p = build_probe("v", "vindr", {**base, "csv": "alt.csv"}, ctx)
     a = p.items[0].attributes
     assert (a["study_id"], a["view"], a["birads"], a["density"]) == ("s1", "CC", 2, "B")
     assert Path(p.items[0].path) == tmp_path / "s1" / "i1.png"
-    (tmp_path / "none.csv").write_text("image_id,laterality,breast_birads,breast_density,split\ni1,L,BI-RADS 2,DENSITY B,test\n")
+    (tmp_path / "none.csv").write_text(
+        "image_id,laterality,breast_birads,breast_density,split\ni1,L,BI-RADS 2,DENSITY B,test\n"
+    )
     with pytest.raises(ProbeError) as e:
         build_probe("v", "vindr", {**base, "csv": "none.csv"}, ctx)
     assert "study_id" in str(e.value) and "view_position" in str(e.value)

@@ -29,6 +29,7 @@ from dissect_study.engine.store.database import connect
 
 # ============================================================================ overlay
 
+
 def _bilinear_reference(a: np.ndarray, H: int, W: int) -> np.ndarray:
     """Straightforward per-pixel bilinear interpolation (half-pixel centres, clamped edges)."""
     h, w = a.shape
@@ -40,8 +41,12 @@ def _bilinear_reference(a: np.ndarray, H: int, W: int) -> np.ndarray:
             y0, x0 = int(np.floor(sy)), int(np.floor(sx))
             y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
             fy, fx = sy - y0, sx - x0
-            out[Y, X] = (a[y0, x0] * (1 - fy) * (1 - fx) + a[y0, x1] * (1 - fy) * fx
-                         + a[y1, x0] * fy * (1 - fx) + a[y1, x1] * fy * fx)
+            out[Y, X] = (
+                a[y0, x0] * (1 - fy) * (1 - fx)
+                + a[y0, x1] * (1 - fy) * fx
+                + a[y1, x0] * fy * (1 - fx)
+                + a[y1, x1] * fy * fx
+            )
     return out
 
 
@@ -72,13 +77,18 @@ def test_overlay_png_size_and_hot_spot():
 
 # ============================================================================ palette and word clouds
 
+
 def test_category_colours_normalised_and_deterministic():
     from dissect_study.engine.report.charts import Palette, normalise_category
 
     p = Palette.from_categories(["Breast_anatomy_or_structure", " Findings and characterizations", "Zeta", "alpha cat"])
-    pairs = [("Breast_anatomy_or_structure", "Breast anatomy or structure"), ("Breast_locations", "Breast locations"),
-             (" Findings and characterizations", "Findings and characterizations"),
-             ("Action or follow up", "Action or follow-up"), ("Environmental_and_Natural", "Environmental and natural")]
+    pairs = [
+        ("Breast_anatomy_or_structure", "Breast anatomy or structure"),
+        ("Breast_locations", "Breast locations"),
+        (" Findings and characterizations", "Findings and characterizations"),
+        ("Action or follow up", "Action or follow-up"),
+        ("Environmental_and_Natural", "Environmental and natural"),
+    ]
     for a, b in pairs:
         assert p.colour(a) == p.colour(b), (a, b)
     assert p.colour("Environmental_and_Natural") == "#2ca02c"  # docs/METHOD.md §5.10: green
@@ -113,6 +123,7 @@ def test_wordcloud_deterministic_no_overlap_escaped():
 
 # ============================================================================ the report of a run
 
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     from dissect_study.engine.report import build_report_model, render_html, render_pdf
@@ -133,8 +144,9 @@ def rendered(tmp_path_factory):
 def test_write_report_files_and_cli_errors(rendered, tmp_path):
     from dissect_study.engine.report import write_report
 
-    paths = write_report(rendered["db"], tmp_path / "out", run_id="r-old", formats=("html",),
-                         sections=["summary", "appendix"])
+    paths = write_report(
+        rendered["db"], tmp_path / "out", run_id="r-old", formats=("html",), sections=["summary", "appendix"]
+    )
     assert [p.name for p in paths] == ["report.html"]
     html = paths[0].read_text()
     assert "r-old" in html and 'id="sec-summary"' in html and 'id="sec-thresholds"' not in html
@@ -169,7 +181,10 @@ def test_sections_present_for_the_analyses_asked(rendered):
 
 def test_figure_count_matches_data(rendered):
     con, run_id, model, html = rendered["con"], rendered["run_id"], rendered["model"], rendered["html"]
-    q = lambda sql: con.execute(sql, [run_id]).fetchall()
+
+    def q(sql):
+        return con.execute(sql, [run_id]).fetchall()
+
     n_domain = len(q("SELECT DISTINCT analysis_id FROM category_counts WHERE run_id = ? AND level = 'domain'"))
     n_task = len(q("SELECT DISTINCT analysis_id FROM category_counts WHERE run_id = ? AND level = 'task'"))
     n_top = len(q("SELECT DISTINCT analysis_id FROM top_categories WHERE run_id = ?"))
@@ -178,13 +193,15 @@ def test_figure_count_matches_data(rendered):
     # word clouds: one per (model, deepest layer of the analysis), identical clouds shown once
     clouds = set()
     for (aid,) in q("SELECT DISTINCT analysis_id FROM captured_concepts WHERE run_id = ?"):
-        rows = con.execute("SELECT c.model, c.layer, c.threshold, list(c.concept_id ORDER BY c.concept_id) FROM "
-                           "captured_concepts c JOIN layers l ON l.run_id = c.run_id AND l.model = c.model AND "
-                           "l.layer = c.layer WHERE c.run_id = ? AND c.analysis_id = ? AND l.layer_index = "
-                           "(SELECT max(l2.layer_index) FROM captured_concepts c2 JOIN layers l2 ON "
-                           "l2.run_id = c2.run_id AND l2.model = c2.model AND l2.layer = c2.layer "
-                           "WHERE c2.run_id = ? AND c2.analysis_id = ?) GROUP BY ALL",
-                           [run_id, aid, run_id, aid]).fetchall()
+        rows = con.execute(
+            "SELECT c.model, c.layer, c.threshold, list(c.concept_id ORDER BY c.concept_id) FROM "
+            "captured_concepts c JOIN layers l ON l.run_id = c.run_id AND l.model = c.model AND "
+            "l.layer = c.layer WHERE c.run_id = ? AND c.analysis_id = ? AND l.layer_index = "
+            "(SELECT max(l2.layer_index) FROM captured_concepts c2 JOIN layers l2 ON "
+            "l2.run_id = c2.run_id AND l2.model = c2.model AND l2.layer = c2.layer "
+            "WHERE c2.run_id = ? AND c2.analysis_id = ?) GROUP BY ALL",
+            [run_id, aid, run_id, aid],
+        ).fetchall()
         clouds |= {(m, l, round(t, 9), tuple(ids)) for m, l, t, ids in rows}
     expected = 1 + n_domain + n_top + len(clouds) + n_task + n_changes + n_learned + 1  # + tau, + calibration
     assert len(model.figures()) == expected
@@ -195,8 +212,8 @@ def test_figure_count_matches_data(rendered):
 
 def test_layers_in_depth_order_not_alphabetical(rendered):
     html = rendered["html"]
-    sec = html[html.index('id="sec-thresholds"'):html.index('id="sec-domains"')]
-    table = sec[sec.index("<table"):]
+    sec = html[html.index('id="sec-thresholds"') : html.index('id="sec-domains"')]
+    table = sec[sec.index("<table") :]
     pos = [table.index(f"<td>{name} (") for name in ("_blocks.2", "_blocks.19", "_blocks.38")]
     assert pos == sorted(pos)  # as text, "_blocks.19" < "_blocks.2"
 
@@ -226,8 +243,12 @@ def test_html_is_self_contained(rendered):
     # the only http strings are XML namespace names inside inline SVG
     for u in re.findall(r"https?://[^\s\"'<>)]+", html):
         assert u.startswith("http://www.w3.org/"), u
-    assert html.count("data:image/png;base64,") == rendered["con"].execute(
-        "SELECT count(*) FROM neuron_images WHERE run_id = ?", [rendered["run_id"]]).fetchone()[0]
+    assert (
+        html.count("data:image/png;base64,")
+        == rendered["con"]
+        .execute("SELECT count(*) FROM neuron_images WHERE run_id = ?", [rendered["run_id"]])
+        .fetchone()[0]
+    )
 
 
 def _pdf_text(path: Path) -> tuple[str, list]:
@@ -251,21 +272,28 @@ def test_pdf_pages_fonts_and_headline_numbers(rendered):
     for p in pages:
         for f in (p["/Resources"].get("/Font") or {}).values():
             f = f.get_object()
-            desc = (f.get("/FontDescriptor") or {})
+            desc = f.get("/FontDescriptor") or {}
             if not desc and "/DescendantFonts" in f:
                 desc = f["/DescendantFonts"][0].get_object().get("/FontDescriptor", {})
             desc = desc.get_object() if hasattr(desc, "get_object") else desc
             fonts.add((str(f.get("/BaseFont")), any(k in desc for k in ("/FontFile", "/FontFile2", "/FontFile3"))))
     assert fonts and all(embedded for _, embedded in fonts), fonts
     # headline: mammography concepts at the deepest compared layer, per model, for every compare analysis
-    for (aid,) in con.execute("SELECT DISTINCT analysis_id FROM category_counts WHERE run_id = ? AND level = 'domain'",
-                              [run_id]).fetchall():
+    for (aid,) in con.execute(
+        "SELECT DISTINCT analysis_id FROM category_counts WHERE run_id = ? AND level = 'domain'", [run_id]
+    ).fetchall():
         rows = con.execute(
             "SELECT c.model, c.n_concepts FROM category_counts c JOIN layers l USING (run_id, model, layer) "
             "WHERE c.run_id = ? AND c.analysis_id = ? AND c.level = 'domain' AND c.grp = 'mammography' "
-            "QUALIFY l.layer_index = max(l.layer_index) OVER ()", [run_id, aid]).fetchall()
-        order = [m for (m,) in con.execute("SELECT model FROM models WHERE run_id = ? AND role = 'target' "
-                                           "ORDER BY rowid", [run_id]).fetchall()]
+            "QUALIFY l.layer_index = max(l.layer_index) OVER ()",
+            [run_id, aid],
+        ).fetchall()
+        order = [
+            m
+            for (m,) in con.execute(
+                "SELECT model FROM models WHERE run_id = ? AND role = 'target' ORDER BY rowid", [run_id]
+            ).fetchall()
+        ]
         rows.sort(key=lambda r: order.index(r[0]))
         first, rest = rows[0], rows[1:]
         noun = "mammography concept" if first[1] == 1 else "mammography concepts"
@@ -276,7 +304,9 @@ def test_pdf_pages_fonts_and_headline_numbers(rendered):
     # learned / missed headline
     m, learned, missed = con.execute(
         "SELECT model, count(*) FILTER (status = 'learned'), count(*) FILTER (status = 'missed' AND domain = "
-        "'mammography') FROM missed_concepts WHERE run_id = ? GROUP BY model", [run_id]).fetchone()
+        "'mammography') FROM missed_concepts WHERE run_id = ? GROUP BY model",
+        [run_id],
+    ).fetchone()
     assert f"{m} learned {learned} unique concepts" in text and f"of which {missed} remain" in text
     assert "NEAR CHANCE" in text  # laterality at 0.52 vs 0.5
     assert rendered["run_id"] in text and "a" * 16 in text.replace(" ", "")  # run id and study hash (appendix)
@@ -302,8 +332,11 @@ def test_neuron_cards_show_concepts_images_and_review(rendered):
     keys = con.execute("SELECT DISTINCT model, layer, unit FROM neuron_images WHERE run_id = ?", [run_id]).fetchall()
     assert {(c.model, c.layer, c.unit) for c in cards} == set(keys)
     for c in cards:
-        top = con.execute("SELECT concept, score FROM neuron_labels WHERE run_id = ? AND model = ? AND layer = ? AND "
-                          "unit = ? AND rank <= 5 ORDER BY rank", [run_id, c.model, c.layer, c.unit]).fetchall()
+        top = con.execute(
+            "SELECT concept, score FROM neuron_labels WHERE run_id = ? AND model = ? AND layer = ? AND "
+            "unit = ? AND rank <= 5 ORDER BY rank",
+            [run_id, c.model, c.layer, c.unit],
+        ).fetchall()
         assert [k.concept for k in c.concepts] == [t[0] for t in top]
         assert [k.score for k in c.concepts] == [f"{t[1]:.3f}" for t in top]
         assert len(c.images) == 5 and all(im.png_data_uri for im in c.images)
@@ -320,7 +353,8 @@ def test_colours_identical_across_charts_and_word_clouds(rendered):
     green = Palette.from_categories([]).colour("Environmental_and_Natural")
     clouds = [f.svg for f in model.figures() if f.kind == "wordcloud"]
     stacks = [f.svg for f in model.section("top_categories").blocks if False] or [
-        b.figure.svg for b in model.section("top_categories").blocks if b.kind == "figure"]
+        b.figure.svg for b in model.section("top_categories").blocks if b.kind == "figure"
+    ]
     assert any(f'fill="{green}"' in s for s in clouds)
     assert any(green in s for s in stacks)
     # a category's chip in the concept-set table has the colour its words use in the cloud

@@ -21,11 +21,25 @@ from dissect_study.engine.store import database as store
 
 def _record(n_rows: int = 10, model: str = "M") -> store.RunRecord:
     rec = store.RunRecord(store.new_run_id(), {"study_path": "x.study", "status": "ok", "params": {"device": "cpu"}})
-    rec.add("layers", pd.DataFrame({"model": [model], "layer": ["_blocks.38"], "layer_index": [38], "tau": [0.4],
-                                    "tau_statistic": ["mean_top1"]}))
-    rec.add("similarities", pd.DataFrame({"model": model, "layer": "_blocks.38", "unit": range(n_rows),
-                                          "concept_id": 0, "score": 0.5}))
-    rec.add("concepts", pd.DataFrame({"concept_set": ["s"], "concept_id": [0], "concept": ["mass"], "tasks": [["mass"]]}))
+    rec.add(
+        "layers",
+        pd.DataFrame(
+            {
+                "model": [model],
+                "layer": ["_blocks.38"],
+                "layer_index": [38],
+                "tau": [0.4],
+                "tau_statistic": ["mean_top1"],
+            }
+        ),
+    )
+    rec.add(
+        "similarities",
+        pd.DataFrame({"model": model, "layer": "_blocks.38", "unit": range(n_rows), "concept_id": 0, "score": 0.5}),
+    )
+    rec.add(
+        "concepts", pd.DataFrame({"concept_set": ["s"], "concept_id": [0], "concept": ["mass"], "tasks": [["mass"]]})
+    )
     return rec
 
 
@@ -34,8 +48,21 @@ def test_schema_has_every_documented_table_and_version(tmp_path: Path) -> None:
     store.write_run(db, _record())
     con = duckdb.connect(str(db), read_only=True)
     tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-    for t in ("runs", "models", "probes", "images", "concepts", "layers", "similarities", "neurons",
-              "top_images", "schema_version", "analyses", "calibration", "layer_thresholds"):
+    for t in (
+        "runs",
+        "models",
+        "probes",
+        "images",
+        "concepts",
+        "layers",
+        "similarities",
+        "neurons",
+        "top_images",
+        "schema_version",
+        "analyses",
+        "calibration",
+        "layer_thresholds",
+    ):
         assert t in tables, t
     assert con.execute("SELECT max(version) FROM schema_version").fetchone()[0] == store.SCHEMA_VERSION
     assert con.execute("SELECT tasks FROM concepts").fetchone()[0] == ["mass"]
@@ -127,8 +154,13 @@ def test_query_reads_and_refuses_writes_and_file_access(tmp_path: Path) -> None:
     assert ok.output.splitlines() == ["model,tau", "M,0.4"]
     js = runner.invoke(cli, ["query", "SELECT count(*) AS n FROM similarities", "--db", str(db), "--format", "json"])
     assert js.exit_code == 0 and '"n":10' in js.output
-    for sql in ("DELETE FROM runs", "DROP TABLE layers", "CREATE TABLE x (a INT)",
-                f"COPY runs TO '{tmp_path / 'leak.csv'}'", "SELECT * FROM read_csv('/etc/passwd')"):
+    for sql in (
+        "DELETE FROM runs",
+        "DROP TABLE layers",
+        "CREATE TABLE x (a INT)",
+        f"COPY runs TO '{tmp_path / 'leak.csv'}'",
+        "SELECT * FROM read_csv('/etc/passwd')",
+    ):
         res = runner.invoke(cli, ["query", sql, "--db", str(db)])
         assert res.exit_code == 1, (sql, res.output)
         assert "error:" in res.output and "Traceback" not in res.output
