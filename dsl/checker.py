@@ -1211,35 +1211,35 @@ class _Checker:
         )
         return None
 
+    def _check_listed(
+        self,
+        names: tuple[str, ...],
+        spans: tuple[ast.Span, ...],
+        fallback: ast.Span,
+        allowed: tuple[str, ...],
+        code: str,
+        what: str,
+    ) -> None:
+        """Each of `names` must be one of `allowed`, listed once (report formats, report sections)."""
+        seen: set[str] = set()
+        for i, name in enumerate(names):
+            span = spans[i] if i < len(spans) else fallback
+            if name not in allowed:
+                self.error(
+                    code,
+                    f"unknown report {what} '{name}'",
+                    span,
+                    suggest_hint(name, allowed) or f"{what}s: " + ", ".join(allowed),
+                )
+            elif name in seen:
+                self.error("duplicate", f"{what} '{name}' is listed twice", span)
+            seen.add(name)
+
     def check_report(self, s: ast.Report) -> CheckedReport:
         out = self.interpolate(s.out)
-        seen: set[str] = set()
-        for i, fmt in enumerate(s.formats):
-            span = s.format_spans[i] if i < len(s.format_spans) else s.span
-            if fmt not in R.REPORT_FORMATS:
-                self.error(
-                    "report-format",
-                    f"unknown report format '{fmt}'",
-                    span,
-                    suggest_hint(fmt, R.REPORT_FORMATS) or "formats: " + ", ".join(R.REPORT_FORMATS),
-                )
-            elif fmt in seen:
-                self.error("duplicate", f"format '{fmt}' is listed twice", span)
-            seen.add(fmt)
+        self._check_listed(s.formats, s.format_spans, s.span, R.REPORT_FORMATS, "report-format", "format")
         if s.sections:
-            seen = set()
-            for i, sec in enumerate(s.sections):
-                span = s.section_spans[i] if i < len(s.section_spans) else s.span
-                if sec not in R.REPORT_SECTIONS:
-                    self.error(
-                        "report-section",
-                        f"unknown report section '{sec}'",
-                        span,
-                        suggest_hint(sec, R.REPORT_SECTIONS) or "sections: " + ", ".join(R.REPORT_SECTIONS),
-                    )
-                elif sec in seen:
-                    self.error("duplicate", f"section '{sec}' is listed twice", span)
-                seen.add(sec)
+            self._check_listed(s.sections, s.section_spans, s.span, R.REPORT_SECTIONS, "report-section", "section")
         return CheckedReport(out if out is not None else s.out.value, s.formats, s.sections, s.span)
 
 
