@@ -30,13 +30,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dissect_study.dsl.vocabulary import POOLINGS
+from dissect_study.dsl.vocabulary import POOLINGS, PRECISIONS
 from dissect_study.engine.models.base import Dissector, Preprocess, Target
 from dissect_study.engine.probes.base import Probe
 from dissect_study.engine.probes.decode import require_finite
 from dissect_study.errors import DissectStudyError
-
-PRECISIONS = ("fp32", "bf16")
 
 
 class ActivationError(DissectStudyError):

@@ -16,10 +16,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from dissect_study.dsl.vocabulary import THRESHOLD_STATISTICS
 from dissect_study.engine.scores.similarity import all_finite, constant_columns, ranked_top_k
 
 #: the statistics a study may choose for tau_l (dsl/vocabulary.py THRESHOLD_STATISTICS)
-TAU_STATISTICS = ("mean_top1", "mean_all", "median_top1")
+TAU_STATISTICS = THRESHOLD_STATISTICS  # the language names them; one tuple
 
 
 def _check_s(S: Tensor, fn: str) -> None:

@@ -519,6 +519,13 @@ def write_run(db_path: str | Path, record: RunRecord, wait: float | None = None)
         ensure_schema(con)
         _merge_staged(con, db_path)
         _insert_run(con, record)
+    except (duckdb.Error, OSError) as e:  # a full disk, a file gone read-only, a damaged database
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise StoreError(
+            f"{db_path}: run {record.run_id} could not be stored ({first}); the transaction was rolled back, "
+            "so the database keeps exactly its earlier runs. Free space or fix the file's permissions, then run again "
+            "(the model passes come from the cache)."
+        ) from None
     finally:
         con.close()
     return db_path

@@ -177,3 +177,37 @@ def test_query_bad_sql_and_missing_db_are_clear(tmp_path: Path) -> None:
     store.write_run(db, _record())
     res = runner.invoke(cli, ["query", "SELEC nonsense", "--db", str(db)])
     assert res.exit_code == 1 and "Parser Error" in res.output
+
+
+def test_item09_a_failed_store_write_is_one_line_and_keeps_earlier_runs(
+    tmp_path: Path, monkeypatch, tiny_models
+) -> None:
+    """Issue 14 item 9 (store side): a full disk in the middle of the run's transaction."""
+    import duckdb as ddb
+    from click.testing import CliRunner
+    from helpers.tiny import STUDY
+
+    from dissect_study.engine.cli import cli
+    from dissect_study.engine.store import database
+
+    study = tmp_path / "s.study"
+    study.write_text(STUDY.replace('report "out" as html\n', ""), encoding="utf-8")
+    db = tmp_path / "r.duckdb"
+    args = ["run", str(study), "--db", str(db), "--cache-dir", str(tmp_path / "cache"), "-q"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+
+    real_insert = database._insert
+
+    def disk_full(con, table, df):
+        if table == "similarities":
+            raise ddb.IOException("could not write file: No space left on device")
+        return real_insert(con, table, df)
+
+    monkeypatch.setattr(database, "_insert", disk_full)
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1
+    assert "Traceback" not in res.output and "No space left on device" in res.output
+    assert "keeps exactly its earlier runs" in res.output
+    with ddb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+        assert con.execute("SELECT count(DISTINCT run_id) FROM similarities").fetchone()[0] == 1
