@@ -537,7 +537,7 @@ def _xlsx_categories(
         import openpyxl
 
         wb = openpyxl.load_workbook(p, read_only=True, data_only=True)
-    except Exception as e:  # zip/xml errors, not a workbook
+    except Exception as e:  # noqa: BLE001 -- zip/xml errors: not a workbook
         raise ConceptSetError(
             f"{p}: cannot read the workbook ({type(e).__name__}: {e}); save it as .xlsx from a spreadsheet program."
         ) from None

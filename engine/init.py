@@ -22,7 +22,8 @@ from dissect_study.dsl.vocabulary import SOURCES
 from dissect_study.errors import DissectStudyError
 
 #: the tasks a `classifier(...)` target accepts, from the language's vocabulary
-CLASSIFIER_TASKS: tuple[str, ...] = SOURCES["target"]["classifier"].param("task").choices or ()  # type: ignore[union-attr]
+_TASK = SOURCES["target"]["classifier"].param("task")
+CLASSIFIER_TASKS: tuple[str, ...] = (_TASK.choices or ()) if _TASK is not None else ()
 
 
 class InitError(DissectStudyError):

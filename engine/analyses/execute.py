@@ -35,7 +35,7 @@ def sanity(ex: Executor) -> None:
         attrs = [ex.probes[pname].items[r].attributes for r in rows]
         try:
             results = zero_shot_sanity(ex.dissectors[dname], emb, attrs)
-        except Exception as e:  # a sanity check must never sink a run
+        except Exception as e:  # noqa: BLE001 -- a sanity check must never sink a run
             ex.log.warn("sanity", f"zero-shot sanity check of {dname} on {pname} failed: {e}")
             continue
         for r in results:

@@ -747,7 +747,7 @@ def _load_legacy(p: Path, where: str, trust: bool, log: Callable[[str], None] | 
     _note(log, f"trust_checkpoint: fully unpickling the old-format file {p}")
     try:
         return torch.load(p, weights_only=False, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 -- a third-party loader's failure, reported with its type
         raise CheckpointError(
             f"{where}: cannot be read even with trust_checkpoint ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}). The file is damaged or not a torch.save file."
@@ -787,7 +787,7 @@ def load_weights_file(
             from safetensors.torch import load_file
 
             return dict(load_file(str(p), device="cpu"))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 -- a third-party loader's failure, reported with its type
             raise CheckpointError(
                 f"{_where(p, param)}: cannot be read as safetensors ({type(exc).__name__}: {exc}). "
                 "The file may be truncated; copy it again."

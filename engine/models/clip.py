@@ -93,7 +93,7 @@ def load_clip_folder(folder: Path, param: str = "path") -> tuple[CLIPModel, Any]
 
     try:
         cfg = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 -- a third-party loader's failure, reported with its type
         raise CheckpointError(f"{param} = {str(folder)!r}: no readable config.json ({exc}).") from exc
     if cfg.model_type != "clip":
         raise CheckpointError(
@@ -104,7 +104,7 @@ def load_clip_folder(folder: Path, param: str = "path") -> tuple[CLIPModel, Any]
         # output_loading_info=True returns (model, info); transformers annotates only the model
         loaded = CLIPModel.from_pretrained(str(folder), local_files_only=True, output_loading_info=True)
         model, info = cast(tuple[CLIPModel, dict[str, Any]], loaded)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 -- a third-party loader's failure, reported with its type
         raise CheckpointError(f"{param} = {str(folder)!r}: CLIP weights cannot be loaded ({exc}).") from exc
     missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
     if missing:
@@ -113,7 +113,7 @@ def load_clip_folder(folder: Path, param: str = "path") -> tuple[CLIPModel, Any]
         )
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 -- a third-party loader's failure, reported with its type
         raise CheckpointError(f"{param} = {str(folder)!r}: no usable tokenizer ({exc}).") from exc
     return model.eval(), tok
 

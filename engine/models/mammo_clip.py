@@ -203,7 +203,7 @@ def load_text_config(folder: Path, param: str = "text") -> Any:
         )
     try:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 -- a third-party loader's failure, reported with its type
         raise CheckpointError(f"{param} = {str(folder)!r}: config.json cannot be read ({exc}).") from exc
     if getattr(config, "model_type", None) != "bert":
         raise CheckpointError(
@@ -220,7 +220,7 @@ def load_tokenizer(folder: Path, param: str = "text") -> Any:
 
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 -- a third-party loader's failure, reported with its type
         raise CheckpointError(
             f"{param} = {str(folder)!r}: no usable tokenizer in this folder ({type(exc).__name__}: {exc}). "
             "It needs vocab.txt (and optionally tokenizer.json / tokenizer_config.json)."
@@ -629,7 +629,7 @@ def load_mammo_clip_general(
         # output_loading_info=True returns (model, info); transformers annotates only the model
         loaded = BertModel.from_pretrained(str(text_dir), local_files_only=True, output_loading_info=True)
         bert, info = cast(tuple[BertModel, dict[str, Any]], loaded)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 -- a third-party loader's failure, reported with its type
         raise CheckpointError(
             f"text = {str(text_dir)!r}: the BERT weights cannot be loaded ({type(exc).__name__}: {exc}). "
             "F_general needs the folder's weights (pytorch_model.bin or model.safetensors)."

@@ -39,8 +39,8 @@ def header_attributes(path: Path) -> dict[str, Any]:
 
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-    except Exception:
-        return {}  # load() will raise ImageUnreadable with the reason
+    except Exception:  # noqa: BLE001 -- load() raises ImageUnreadable with the reason
+        return {}
     attrs: dict[str, Any] = {}
     view = getattr(ds, "ViewPosition", "") or ""
     if view:
