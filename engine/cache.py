@@ -53,6 +53,10 @@ class CacheError(DissectStudyError):
     """The cache folder cannot be used (not writable, not a folder)."""
 
 
+class _OlderEntry(Exception):
+    """A cache entry in an earlier version's format: rebuilt without alarm."""
+
+
 def default_cache_dir() -> Path:
     """`$DISSECT_STUDY_CACHE`, else `$XDG_CACHE_HOME/dissect-study`, else `~/.cache/dissect-study`."""
     env = os.environ.get("DISSECT_STUDY_CACHE")
@@ -359,14 +363,24 @@ def read_entry(path: Path, *, key: str | None = None) -> tuple[dict[str, torch.T
     try:
         tensors = st_load(data)
         info = json.loads(_read_metadata(data)[_META_KEY])
-        if info.get("format") != CACHE_FORMAT or info.get("key") != key:
-            raise ValueError("written for another key or cache format")
+        if info.get("format") != CACHE_FORMAT:
+            raise _OlderEntry(f"cache format {info.get('format')}, this version writes {CACHE_FORMAT}")
+        if info.get("key") != key:
+            raise ValueError("written for another key")
         meta = info.get("meta", {})
         if info.get("sha256") != _entry_digest(tensors, canonical_json(meta)):
             raise ValueError("its bytes do not match their recorded sha256")
     except Exception as e:  # noqa: BLE001 -- any way an entry can be broken is the same miss
-        reason = "no checksum" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
-        logger.warning("cache entry %s is damaged (%s); deleted, it will be rebuilt", path, _short(reason))
+        if isinstance(e, (_OlderEntry, KeyError)):  # an earlier version's entry: expected once after an upgrade
+            logger.info(
+                "cache entry %s was written by an earlier version (%s); it will be rebuilt",
+                path,
+                _short(str(e) if isinstance(e, _OlderEntry) else "no checksum"),
+            )
+        else:
+            logger.warning(
+                "cache entry %s is damaged (%s); deleted, it will be rebuilt", path, _short(f"{type(e).__name__}: {e}")
+            )
         try:
             path.unlink()
         except OSError:

@@ -337,3 +337,20 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "dissect-study"
+
+
+def test_an_earlier_versions_entry_is_rebuilt_quietly(tmp_path: Path, monkeypatch, caplog) -> None:
+    """After an upgrade, old entries are expected misses: an info line, not a 'damaged' warning."""
+    import logging
+
+    from dissect_study.engine import cache as cache_mod
+
+    path = tmp_path / "e.safetensors"
+    monkeypatch.setattr(cache_mod, "CACHE_FORMAT", cache_mod.CACHE_FORMAT - 1)
+    cache_mod.write_entry(path, {"x": torch.ones(3)}, key="k")
+    monkeypatch.undo()
+    with caplog.at_level(logging.INFO, logger="dissect_study.engine.cache"):
+        assert cache_mod.read_entry(path, key="k") is None
+    assert not path.exists()
+    assert any("earlier version" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
