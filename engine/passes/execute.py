@@ -186,11 +186,13 @@ def _image_pass(
         batch=(ex.opt.batch_size or d.batch_size) if train_mode else None,
     )
     t0 = time.perf_counter()
-    shared = _from_tower(d, rows, tower_out)
-    how = f"embedded from {tower}'s pass (shared)" if shared is not None else "embedded"
+    how = "embedded"
 
-    def compute() -> dict[str, torch.Tensor]:
+    def compute() -> dict[str, torch.Tensor]:  # only on a cache miss
+        nonlocal how
+        shared = _from_tower(d, rows, tower_out)
         if shared is not None:
+            how = f"embedded from {tower}'s pass (shared)"
             return shared
         r = embed_images(
             d,

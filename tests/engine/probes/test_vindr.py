@@ -209,15 +209,13 @@ def test_balanced_sample_on_vindr_density(finding):
 
 
 # --------------------------------------------------------------------------- bad input
+#: the vindr() parameters these tests do not vary, as the checker defaults them
+VINDR_DEFAULTS = {"split": "test", "findings": None, "image_format": "png", "keep_duplicate_rows": False}
+
+
 def test_bad_vindr_csvs(tmp_path):
     ctx = SimpleNamespace(base_dir=str(tmp_path), cache_dir="", log=print)
-    base = {
-        "root": str(tmp_path),
-        "split": "test",
-        "findings": None,
-        "image_format": "png",
-        "keep_duplicate_rows": False,
-    }
+    base = {"root": str(tmp_path), **VINDR_DEFAULTS}
     (tmp_path / "a.csv").write_text("image_id,laterality,split\nx,L,test\n")
     with pytest.raises(ProbeError) as e:
         build_probe("v", "vindr", {**base, "csv": "a.csv"}, ctx)
@@ -242,13 +240,7 @@ def test_bad_vindr_csvs(tmp_path):
 def test_vindr_study_and_view_column_spellings(tmp_path):
     """patient_id/view are accepted for study_id/view_position; with neither, the error names the usual column."""
     ctx = SimpleNamespace(base_dir=str(tmp_path), cache_dir="", log=print)
-    base = {
-        "root": str(tmp_path),
-        "split": "test",
-        "findings": None,
-        "image_format": "png",
-        "keep_duplicate_rows": False,
-    }
+    base = {"root": str(tmp_path), **VINDR_DEFAULTS}
     row = "s1,i1,L,cc,BI-RADS 2,DENSITY B,test\n"
     (tmp_path / "alt.csv").write_text("patient_id,image_id,laterality,view,breast_birads,breast_density,split\n" + row)
     p = build_probe("v", "vindr", {**base, "csv": "alt.csv"}, ctx)
