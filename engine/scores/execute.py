@@ -98,8 +98,7 @@ def score(ex: Executor) -> None:
                 ),
             )
             ti = min(int(x.options.get("top_images", 5)), X.shape[0])
-            acts, img_idx = top_images(X, ti)[:2]
-            constant = (X.max(dim=0).values - X.min(dim=0).values) <= 1e-12
+            acts, img_idx, constant = top_images(X, ti)
             rec.add(
                 "neurons",
                 pd.DataFrame(
