@@ -98,3 +98,51 @@ SVG_TEXT_JS = """
   return min === Infinity ? null : min;
 })
 """
+
+#: JavaScript: pairs of axis labels (same axis of one chart) whose glyph boxes overlap or come within `gap` px.
+#: Each label's box is its own getBBox() mapped to the page by its screen matrix, so a slanted label is
+#: a rotated rectangle; two rectangles clash unless an edge normal of one of them separates them.
+AXIS_LABEL_CLASH_JS = """
+(gap) => {
+  const quad = (t) => {
+    const b = t.getBBox(), m = t.getScreenCTM(), g = gap / 2 / Math.hypot(m.a, m.b);
+    return [[b.x - g, b.y - g], [b.x + b.width + g, b.y - g], [b.x + b.width + g, b.y + b.height + g],
+            [b.x - g, b.y + b.height + g]].map(([x, y]) => new DOMPoint(x, y).matrixTransform(m));
+  };
+  const separated = (p, q) => {
+    for (const poly of [p, q]) for (let k = 0; k < 4; k++) {
+      const a = poly[k], b = poly[(k + 1) % 4], nx = a.y - b.y, ny = b.x - a.x;
+      const proj = (pts) => pts.map((v) => v.x * nx + v.y * ny);
+      const pp = proj(p), qq = proj(q);
+      if (Math.max(...pp) <= Math.min(...qq) || Math.max(...qq) <= Math.min(...pp)) return true;
+    }
+    return false;
+  };
+  const out = [];
+  document.querySelectorAll('.figure-body svg').forEach((svg, i) => {
+    svg.querySelectorAll('g.role-axis-label').forEach((axis) => {
+      const labels = Array.from(axis.querySelectorAll('text')).filter((t) => t.textContent.trim());
+      const quads = labels.map(quad);
+      for (let a = 0; a < labels.length; a++) for (let b = a + 1; b < labels.length; b++)
+        if (!separated(quads[a], quads[b])) out.push({figure: i, a: labels[a].textContent, b: labels[b].textContent});
+    });
+  });
+  return out;
+}
+"""
+
+#: JavaScript: elements inside a card that stick out of it (the card's review controls included)
+CARD_OVERFLOW_JS = """
+() => {
+  const out = [];
+  document.querySelectorAll('.card').forEach((card) => {
+    const c = card.getBoundingClientRect();
+    card.querySelectorAll('*').forEach((el) => {
+      const r = el.getBoundingClientRect();
+      if ((r.width || r.height) && (r.right > c.right + 1 || r.left < c.left - 1))
+        out.push({card: card.id, tag: el.tagName.toLowerCase(), cls: el.getAttribute('class') || ''});
+    });
+  });
+  return out;
+}
+"""
