@@ -91,11 +91,12 @@ def _palette_sets() -> dict[str, list[str]]:
         "categories": cats,
         "models": list(charts.MODEL_COLOURS),
         "domains": list(charts.DOMAIN_COLOURS.values()),
+        "nominal": list(charts.NOMINAL_COLOURS),
     }
 
 
 @pytest.mark.parametrize("deficiency", [None, "deuteranopia", "protanopia"])
-@pytest.mark.parametrize("which", ["categories", "models", "domains"])
+@pytest.mark.parametrize("which", ["categories", "models", "domains", "nominal"])
 def test_palettes_stay_distinguishable_under_colour_vision_deficiency(which, deficiency):
     colours = _palette_sets()[which]
     assert len(set(colours)) == len(colours)
