@@ -8,9 +8,8 @@ missing the test skips with a message saying what to install.
 
 from __future__ import annotations
 
+import atexit
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +34,12 @@ def chromium_path() -> str | None:
     return found
 
 
-@contextmanager
-def launch_chromium() -> Iterator[Any]:
-    """A playwright Browser on the system Chromium; skips the calling test when there is none."""
+_playwright: Any = None  # one driver per test process, stopped at exit
+
+
+def launch_chromium() -> Any:
+    """A playwright Browser on the system Chromium (close it when done); skips the calling test when there is none."""
+    global _playwright
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -45,15 +47,13 @@ def launch_chromium() -> Iterator[Any]:
     exe = chromium_path()
     if exe is None:
         pytest.skip("no Chromium found (apt-get install chromium); the browser test needs a system browser")
-    with sync_playwright() as pw:
-        try:
-            browser = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
-        except Exception as e:  # noqa: BLE001 - any launch failure means "no usable browser here": skip, say why
-            pytest.skip(f"Chromium at {exe} does not start headless: {e}")
-        try:
-            yield browser
-        finally:
-            browser.close()
+    if _playwright is None:
+        _playwright = sync_playwright().start()
+        atexit.register(_playwright.stop)
+    try:
+        return _playwright.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
+    except Exception as e:  # noqa: BLE001 - any launch failure means "no usable browser here": skip, say why
+        pytest.skip(f"Chromium at {exe} does not start headless: {e}")
 
 
 #: JavaScript: elements whose right edge passes the viewport, outside any horizontal scroll box

@@ -39,8 +39,9 @@ def report_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with launch_chromium() as b:
-        yield b
+    b = launch_chromium()
+    yield b
+    b.close()
 
 
 def _open(browser, path, width):
