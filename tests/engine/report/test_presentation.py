@@ -232,3 +232,20 @@ def test_band_axis_slants_labels_only_when_they_do_not_fit():
     wide = charts.band_axis(["M", "Cdensity", "Cmass", "Ccalc"], 120).to_dict()
     assert narrow["labelAngle"] != 0 and wide["labelAngle"] == 0
     assert charts.label_width(["Cdensity"]) > charts.label_width(["M"]) > 0
+
+
+def test_every_figure_svg_is_one_named_image(report):
+    html = report["html"]
+    svgs = re.findall(r'<div class="figure-body[^>]*>(<svg\b[^>]*>)', html)
+    assert len(svgs) == len(report["model"].figures())
+    for tag in svgs:
+        assert 'role="img"' in tag and re.search(r'aria-label="(Figure \d+\. |Word cloud of )', tag), tag[:200]
+
+
+def test_svg_named_escapes_and_keeps_an_existing_name():
+    from dissect_study.engine.report.render import svg_named
+
+    out = str(svg_named('<svg width="1"><text>x</text></svg>', 'a <b> & "c"'))
+    assert out.startswith('<svg width="1" role="img" aria-label="a &lt;b&gt; &amp; &#34;c&#34;">')
+    named = '<svg role="img" aria-label="kept"></svg>'
+    assert str(svg_named(named, "other")) == named
