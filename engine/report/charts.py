@@ -24,15 +24,17 @@ import pandas as pd
 
 FONT = "DejaVu Sans"  # installed locally (fc-list); embedded by WeasyPrint in the PDF
 
-#: docs/METHOD.md §5.10 colours for the paper's broad categories, keyed by normalised name
+#: docs/METHOD.md §5.10 colours for the paper's broad categories, keyed by normalised name.
+#: Paul Tol's "muted" scheme (personal.sron.nl/~pault, 2021): distinct under red-green and blue-yellow
+#: colour-vision deficiencies (checked in the tests with colour.py's simulation); hues follow the paper's.
 CATEGORY_COLOURS: dict[str, str] = {
-    "breast anatomy or structure": "#8c564b",  # brown
-    "breast locations": "#ff7f0e",  # orange
-    "findings and characterizations": "#9467bd",  # violet
-    "interpretations": "#1f77b4",  # blue
-    "action or follow up": "#d62728",  # red
-    "environmental and natural": "#2ca02c",  # green
-    "miscellaneous": "#7f7f7f",  # gray
+    "breast anatomy or structure": "#999933",  # olive (the paper's brown)
+    "breast locations": "#ddcc77",  # sand (the paper's orange)
+    "findings and characterizations": "#aa4499",  # purple
+    "interpretations": "#332288",  # indigo
+    "action or follow up": "#cc6677",  # rose (the paper's red)
+    "environmental and natural": "#117733",  # green
+    "miscellaneous": "#88ccee",  # cyan
 }
 #: display names of the paper's categories (xlsx sheet names and shipped names map here)
 CATEGORY_TITLES: dict[str, str] = {
@@ -44,36 +46,37 @@ CATEGORY_TITLES: dict[str, str] = {
     "environmental and natural": "Environmental and natural",
     "miscellaneous": "Miscellaneous",
 }
-#: extra categories (user concept sets) get these, in sorted order of their normalised names
+#: extra categories (user concept sets) get these, in sorted order of their normalised names: the rest of
+#: Tol's muted scheme first (still colour-blind safe with the seven above), then Tol's "light" scheme
 EXTRA_COLOURS = (
-    "#17becf",
-    "#bcbd22",
-    "#e377c2",
-    "#393b79",
-    "#8c6d31",
-    "#637939",
-    "#7b4173",
-    "#3182bd",
-    "#e6550d",
-    "#31a354",
+    "#44aa99",
+    "#882255",
+    "#77aadd",
+    "#ee8866",
+    "#eedd88",
+    "#ffaabb",
+    "#bbcc33",
+    "#aaaa00",
 )
 UNCATEGORISED = "Uncategorised"
-UNCATEGORISED_COLOUR = "#b0b0b0"
+UNCATEGORISED_COLOUR = "#dddddd"  # Tol's pale grey of the muted scheme
 
-#: models: a separate palette (a model is never a category)
+#: models: Okabe & Ito (2002) "colour universal design" colours, a separate palette (a model is never a
+#: category); assigned once per report in the order of the run's target models (`Palette.assign_models`)
 MODEL_COLOURS = (
-    "#4c72b0",
-    "#dd8452",
-    "#55a868",
-    "#c44e52",
-    "#8172b3",
-    "#937860",
-    "#da8bc3",
-    "#8c8c8c",
-    "#ccb974",
-    "#64b5cd",
+    "#0072b2",  # blue
+    "#e69f00",  # orange
+    "#009e73",  # bluish green
+    "#d55e00",  # vermillion
+    "#cc79a7",  # reddish purple
+    "#56b4e9",  # sky blue
+    "#000000",  # black
+    "#f0e442",  # yellow (last: weakest on white)
 )
-DOMAIN_COLOURS = {"mammography": "#9467bd", "non-mammography": "#2ca02c"}
+#: Tol's "high-contrast" blue and yellow: mammography vs non-mammography concepts
+DOMAIN_COLOURS = {"mammography": "#004488", "non-mammography": "#ddaa33"}
+#: other nominal scales (similarity functions): Tol's "bright" scheme
+NOMINAL_COLOURS = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb")
 
 
 def normalise_category(name: str | None) -> str:
@@ -91,10 +94,15 @@ def normalise_category(name: str | None) -> str:
 
 @dataclass
 class Palette:
-    """The one category -> colour map of a report, built from every category of the run."""
+    """The one category -> colour and model -> colour map of a report.
+
+    Built once per report from every category and target model of the run, so a
+    category or a model has the same colour in every figure, table chip and legend.
+    """
 
     extra: dict[str, str] = field(default_factory=dict)
     titles: dict[str, str] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_categories(cls, categories: Iterable[str | None]) -> Palette:
@@ -144,10 +152,26 @@ class Palette:
     def legend(self) -> list[tuple[str, str]]:
         return [(t, self._colour_of_title(t)) for t in self.order()]
 
+    def assign_models(self, models: Iterable[str]) -> Palette:
+        """Give each model, in this order, the next model colour (models already assigned keep theirs)."""
+        for m in models:
+            if m not in self.models:
+                self.models[m] = MODEL_COLOURS[len(self.models) % len(MODEL_COLOURS)]
+        return self
 
-def model_scale(models: Sequence[str]) -> alt.Scale:
-    models = list(dict.fromkeys(models))
-    return alt.Scale(domain=models, range=[MODEL_COLOURS[i % len(MODEL_COLOURS)] for i in range(len(models))])
+    def model_colour(self, model: str) -> str:
+        """The model's colour; a model the report did not announce gets the next free one (and keeps it)."""
+        return self.assign_models([model]).models[model]
+
+    def model_scale(self, models: Sequence[str]) -> alt.Scale:
+        """An Altair colour scale over the models of one chart, in the report-wide colours."""
+        models = list(dict.fromkeys(models))
+        return alt.Scale(domain=models, range=[self.model_colour(m) for m in models])
+
+
+def model_scale(models: Sequence[str], palette: Palette | None = None) -> alt.Scale:
+    """Model colours of one chart; pass the report's `palette` so a model keeps its colour across figures."""
+    return (palette or Palette()).model_scale(models)
 
 
 # ----------------------------------------------------------------------------- export
@@ -196,7 +220,6 @@ def fit_width(svg: str, max_width: float = PAGE_WIDTH_PX) -> str:
     if w > max_width:
         w, h = max_width, h * max_width / w
     return f'{m.group(1)}width="{w:.0f}" height="{h:.0f}"' + svg[m.end() :]
-    return svg
 
 
 def _config(chart: alt.TopLevelMixin) -> alt.TopLevelMixin:
@@ -213,10 +236,34 @@ def _facet_width(n: int, total: int = 560, minimum: int = 90) -> int:
     return max(minimum, int(total / max(n, 1)) - 20)
 
 
+#: axis label size of `_config` (px); labels are measured at this size
+LABEL_SIZE = 11
+
+
+def label_width(labels: Iterable[str], size: float = LABEL_SIZE) -> float:
+    """Width in px of the widest label in DejaVu Sans (measured with the font file when present)."""
+    from dissect_study.engine.report.wordcloud import text_width  # wordcloud imports this module
+
+    return max((text_width(str(t), size) for t in labels), default=0.0)
+
+
+def band_axis(labels: Sequence[str], band_px: float) -> alt.Axis:
+    """A nominal x axis whose labels never overlap: level when each fits its band, else slanted.
+
+    Why measured: vega's own overlap removal hides labels, and a level label wider
+    than its band runs into its neighbour (`Cdensity` into `Cmass` in a 4-model facet).
+    """
+    if label_width(labels) + 6 <= band_px:
+        return alt.Axis(labelAngle=0, labelLimit=0)
+    return alt.Axis(labelAngle=-40, labelAlign="right", labelBaseline="middle", labelLimit=0)
+
+
 # ----------------------------------------------------------------------------- charts
 
 
-def tau_chart(df: pd.DataFrame, layer_order: Sequence[str], models: Sequence[str]) -> str:
+def tau_chart(
+    df: pd.DataFrame, layer_order: Sequence[str], models: Sequence[str], palette: Palette | None = None
+) -> str:
     """Fig. 4a/8: tau per layer, one line per model, layers by depth."""
     chart = (
         alt.Chart(df)
@@ -224,7 +271,7 @@ def tau_chart(df: pd.DataFrame, layer_order: Sequence[str], models: Sequence[str
         .encode(
             x=alt.X("layer:N", sort=list(layer_order), title="layer (by depth)", axis=alt.Axis(labelAngle=-40)),
             y=alt.Y("tau:Q", title="τ (layer threshold)"),
-            color=alt.Color("model:N", scale=model_scale(models), title="model"),
+            color=alt.Color("model:N", scale=model_scale(models, palette), title="model"),
             tooltip=["model", "layer", alt.Tooltip("tau:Q", format=".3f")],
         )
         .properties(width=540, height=260)
@@ -237,16 +284,17 @@ def domain_chart(df: pd.DataFrame, layer_order: Sequence[str], models: Sequence[
     present = [d for d in DOMAIN_COLOURS if d in set(df["domain"])] + sorted(set(df["domain"]) - set(DOMAIN_COLOURS))
     scale = alt.Scale(domain=present, range=[DOMAIN_COLOURS.get(d, UNCATEGORISED_COLOUR) for d in present])
     layers = [l for l in layer_order if l in set(df["layer"])]
+    width = _facet_width(len(layers))
     chart = (
         alt.Chart(df)
         .mark_bar()
         .encode(
-            x=alt.X("model:N", sort=list(models), title=None, axis=alt.Axis(labelAngle=0)),
+            x=alt.X("model:N", sort=list(models), title=None, axis=band_axis(models, width / max(len(models), 1))),
             xOffset=alt.XOffset("domain:N", sort=present),
             y=alt.Y("count:Q", title=f"captured {unit}"),
             color=alt.Color("domain:N", scale=scale, title="domain"),
         )
-        .properties(width=_facet_width(len(layers)), height=220)
+        .properties(width=width, height=220)
         .facet(column=alt.Column("layer:N", sort=layers, title=None))
     )
     return to_svg(_config(chart))
@@ -257,22 +305,25 @@ def category_stack_chart(
 ) -> str:
     """Fig. 4c: the top-3 broad categories per model, stacked, one panel per layer."""
     layers = [l for l in layer_order if l in set(df["layer"])]
+    width = _facet_width(len(layers))
     chart = (
         alt.Chart(df)
         .mark_bar()
         .encode(
-            x=alt.X("model:N", sort=list(models), title=None, axis=alt.Axis(labelAngle=0)),
+            x=alt.X("model:N", sort=list(models), title=None, axis=band_axis(models, width / max(len(models), 1))),
             y=alt.Y("count:Q", title=f"captured {unit}", stack="zero"),
             color=alt.Color("category:N", scale=palette.scale(list(df["category"])), title="category"),
             order=alt.Order("rank:Q", sort="ascending"),
         )
-        .properties(width=_facet_width(len(layers)), height=220)
+        .properties(width=width, height=220)
         .facet(column=alt.Column("layer:N", sort=layers, title=None))
     )
     return to_svg(_config(chart))
 
 
-def task_chart(df: pd.DataFrame, layer_order: Sequence[str], models: Sequence[str], unit: str) -> str:
+def task_chart(
+    df: pd.DataFrame, layer_order: Sequence[str], models: Sequence[str], unit: str, palette: Palette | None = None
+) -> str:
     """Fig. 9: task-concept counts (mass / calcification / density) per layer and model."""
     tasks = sorted(set(df["task"]))
     layers = [l for l in layer_order if l in set(df["layer"])]
@@ -283,7 +334,7 @@ def task_chart(df: pd.DataFrame, layer_order: Sequence[str], models: Sequence[st
             x=alt.X("layer:N", sort=layers, title=None, axis=alt.Axis(labelAngle=-40)),
             xOffset=alt.XOffset("model:N", sort=list(models)),
             y=alt.Y("count:Q", title=f"captured {unit}"),
-            color=alt.Color("model:N", scale=model_scale(models), title="model"),
+            color=alt.Color("model:N", scale=model_scale(models, palette), title="model"),
         )
         .properties(width=_facet_width(len(tasks)), height=200)
         .facet(column=alt.Column("task:N", sort=tasks, title=None))
@@ -292,17 +343,23 @@ def task_chart(df: pd.DataFrame, layer_order: Sequence[str], models: Sequence[st
 
 
 def status_by_category_chart(df: pd.DataFrame, palette: Palette, status_order: Sequence[str], title_x: str) -> str:
-    """Table 3 / Fig. 10: counts per status (unique to a model, shared, learned, missed) by category."""
+    """Table 3 / Fig. 10: counts per status (unique to a model, shared, learned, missed) by category.
+
+    Row labels are shown whole ("blocks.0 · partial: Cdensity+Cmass+Ccalc"); the plot
+    narrows to leave them room within the page width.
+    """
+    labels_px = label_width(status_order)
+    width = int(max(220, min(460, PAGE_WIDTH_PX - 40 - labels_px)))
     chart = (
         alt.Chart(df)
         .mark_bar()
         .encode(
-            y=alt.Y("status:N", sort=list(status_order), title=None),
+            y=alt.Y("status:N", sort=list(status_order), title=None, axis=alt.Axis(labelLimit=0)),
             x=alt.X("count:Q", title=title_x, stack="zero"),
             color=alt.Color("category:N", scale=palette.scale(list(df["category"])), title="category"),
             order=alt.Order("order:Q", sort="ascending"),
         )
-        .properties(width=460, height=max(60, 26 * len(status_order)))
+        .properties(width=width, height=max(60, 26 * len(status_order)))
     )
     return to_svg(_config(chart))
 
@@ -318,7 +375,10 @@ def calibration_chart(df: pd.DataFrame, layer_order: Sequence[str], similarities
             xOffset=alt.XOffset("similarity:N", sort=list(similarities)),
             y=alt.Y("top1_hit:Q", title="top-1 hit rate", scale=alt.Scale(domain=[0, 1])),
             color=alt.Color(
-                "similarity:N", sort=list(similarities), scale=alt.Scale(scheme="tableau10"), title="similarity"
+                "similarity:N",
+                sort=list(similarities),
+                scale=alt.Scale(range=list(NOMINAL_COLOURS)),
+                title="similarity",
             ),
         )
         .properties(width=520, height=200)

@@ -317,6 +317,7 @@ class _Ctx:
         self.palette = Palette.from_categories(sorted(cats, key=charts.normalise_category))
         if not self.targets and len(self.layers):
             self.targets = list(dict.fromkeys(self.layers["model"]))
+        self.palette.assign_models(self.targets)  # one colour per model in every figure
         self.layer_order = self._layer_order()
         self.alias = {(r.model, r.layer): (r.alias or "") for r in self.layers.itertuples()}
         self.tau = {(r.model, r.layer): r.tau for r in self.layers.itertuples()}
@@ -718,7 +719,7 @@ def _thresholds(c: _Ctx) -> Section | None:
     stat = ", ".join(sorted(set(c.layers["tau_statistic"].dropna()))) or "mean_top1"
     s.blocks.append(
         _fig(
-            charts.tau_chart(df, c.layer_order, models),
+            charts.tau_chart(df, c.layer_order, models, c.palette),
             f"τ per layer for each model, layers in depth order (statistic: {stat}). "
             "A higher τ means the layer's neurons match their best concept more strongly on average.",
         )
@@ -890,7 +891,7 @@ def _tasks(c: _Ctx) -> Section | None:
         s.blocks.append(_heading(c.statement(aid)))
         s.blocks.append(
             _fig(
-                charts.task_chart(plot, c.layer_order, models, unit),
+                charts.task_chart(plot, c.layer_order, models, unit, c.palette),
                 f"Captured task {unit} (mass, calcification, density tags of the concept set) per layer "
                 f"and model; {c.threshold_text(aid)}.",
             )

@@ -47,7 +47,28 @@ def _env() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["wbr"] = wbr
+    env.filters["svg_named"] = svg_named
     return env
+
+
+_SVG_OPEN = re.compile(r"<svg\b[^>]*>")
+
+
+def svg_named(svg: str, name: str) -> Markup:
+    """A generated SVG (trusted markup) as one image with an accessible name, unless it already has one.
+
+    Why: a screen reader otherwise walks a chart's every tick label; the figure's
+    caption names it, and the data table beside it carries the numbers.
+    """
+    m = _SVG_OPEN.search(svg)
+    if not m or "aria-label=" in m.group(0) or "role=" in m.group(0):
+        return Markup(svg)
+    tag = (
+        m.group(0)[:-1].rstrip("/")
+        + f' role="img" aria-label="{escape(name)}"'
+        + ("/>" if m.group(0).endswith("/>") else ">")
+    )
+    return Markup(svg[: m.start()] + tag + svg[m.end() :])
 
 
 _LONG_TOKEN = re.compile(r"\S{28,}")

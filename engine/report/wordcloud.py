@@ -2,7 +2,10 @@
 
 Size is proportional to a concept's weight (docs/METHOD.md §5.10: the maximum
 similarity over the neurons carrying the label), colour is its broad category
-from the report's one `Palette`.  Placement takes, for each word, the free spot of an occupancy grid nearest
+from the report's one `Palette`.  Each word sits on a tag of its category's colour
+with black or white text, whichever contrasts more (WCAG 2.x, always >= 4.5:1):
+coloured text itself would fail the contrast minimum for the light colours of a
+colour-blind-safe palette, and darkened variants become indistinguishable.  Placement takes, for each word, the free spot of an occupancy grid nearest
 the centre (a dense spiral, vectorised); words are placed largest first with a name tie-break, so the same input
 always gives the same picture (no random seed, no external package).
 
@@ -21,10 +24,19 @@ import numpy as np
 from markupsafe import escape
 
 from dissect_study.engine.report.charts import FONT
+from dissect_study.engine.report.colour import contrast_ratio
 from dissect_study.engine.report.text import MAX_LABEL, elide
 
 #: longest word drawn (a longer one would not fit the canvas anyway)
 WORD_MAX = 60
+#: words named in the SVG's accessible name (the rest are counted)
+NAME_WORDS = 12
+#: space around a word's box; its tag is drawn `TAG_INSET` inside, so neighbouring tags never touch
+PAD = 2.5
+TAG_INSET = 1.0
+#: smallest word drawn, in px at the SVG's own size (the report never shrinks a cloud below it)
+MIN_SIZE = 9.0
+MAX_SIZE = 24.0
 
 _FONT_FILES = (
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -101,7 +113,12 @@ def _sizes(words: Sequence[Word], min_size: float, max_size: float) -> list[floa
 
 
 def canvas_height(
-    words: Sequence[Word], width: int = 560, min_size: float = 8.0, max_size: float = 24.0, lo: int = 160, hi: int = 480
+    words: Sequence[Word],
+    width: int = 560,
+    min_size: float = MIN_SIZE,
+    max_size: float = MAX_SIZE,
+    lo: int = 160,
+    hi: int = 480,
 ) -> int:
     """A height that leaves room for every word (about 1.8x their total box area), within [lo, hi]."""
     if not words:
@@ -115,10 +132,10 @@ def layout(
     words: Sequence[Word],
     width: int = 560,
     height: int = 300,
-    min_size: float = 8.0,
-    max_size: float = 24.0,
+    min_size: float = MIN_SIZE,
+    max_size: float = MAX_SIZE,
     cell: int = 2,
-    pad: float = 1.5,
+    pad: float = PAD,
 ) -> list[Placed]:
     """Place words on a width x height canvas; words that find no room are left out.
 
@@ -158,13 +175,26 @@ def layout(
     return placed
 
 
+def ink_on(fill: str) -> str:
+    """Black or white, whichever contrasts more with `fill` (at least 4.58:1 for any fill)."""
+    return "#000000" if contrast_ratio("#000000", fill) >= contrast_ratio("#ffffff", fill) else "#ffffff"
+
+
+def accessible_name(placed: Sequence[Placed]) -> str:
+    """What a screen reader says for the cloud: how many words, the largest ones first."""
+    names = [p.text for p in sorted(placed, key=lambda p: (-p.size, p.text))[:NAME_WORDS]]
+    more = f" and {len(placed) - len(names)} more" if len(placed) > len(names) else ""
+    return f"Word cloud of {len(placed)} concepts, largest first: {', '.join(names)}{more}"
+
+
 def wordcloud_svg(
     words: Sequence[Word], width: int = 560, height: int | None = None, max_height: int = 420
 ) -> tuple[str, int]:
     """An SVG string and the number of words placed.  All text is escaped.
 
-    The canvas grows with the words up to `max_height`; beyond that every size
-    shrinks by one common factor (size stays proportional to weight).  The
+    The canvas grows with the words up to `max_height`; beyond that the largest
+    sizes shrink (size stays increasing with weight) but no word is drawn below
+    `MIN_SIZE`: a word that finds no room is left out and the caption says so.  The
     SVG's viewBox is cropped to the words, so no blank band is printed.  Long words and tooltips
     are elided (`text.elide`): a word cloud of any stored run renders.
     """
@@ -173,8 +203,8 @@ def wordcloud_svg(
     height = height or min(need, max_height)
     scale = min(1.0, math.sqrt(height / need)) if need > height else 1.0
     placed: list[Placed] = []
-    for _ in range(4):
-        placed = layout(words, width, height, min_size=8.0 * scale, max_size=24.0 * scale)
+    for _ in range(4):  # shrink the largest words, never the smallest below MIN_SIZE (what still misses is left out)
+        placed = layout(words, width, height, min_size=MIN_SIZE, max_size=max(MIN_SIZE, MAX_SIZE * scale))
         if len(placed) == len(words):
             break
         scale *= 0.9
@@ -186,16 +216,21 @@ def wordcloud_svg(
     else:
         x0, y0, x1, y1 = 0.0, 0.0, float(width), 40.0
     w, h = x1 - x0, y1 - y0
+    name = escape(accessible_name(placed))
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="wordcloud" width="{w:.0f}" height="{h:.0f}" '
-        f'viewBox="{x0:.1f} {y0:.1f} {w:.1f} {h:.1f}" role="img">',
+        f'viewBox="{x0:.1f} {y0:.1f} {w:.1f} {h:.1f}" role="img" aria-label="{name}">',
+        f"<title>{name}</title>",
         f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{w:.1f}" height="{h:.1f}" fill="white"/>',
     ]
+    inset = PAD - TAG_INSET
     for p in placed:
         tip = f"<title>{escape(p.title)}</title>" if p.title else ""
         parts.append(
+            f'<g><rect x="{p.x - inset:.1f}" y="{p.y - p.size * 0.95 - inset:.1f}" width="{p.width + 2 * inset:.1f}" '
+            f'height="{p.size * 1.2 + 2 * inset:.1f}" rx="2" fill="{escape(p.colour)}"/>'
             f'<text x="{p.x:.1f}" y="{p.y:.1f}" font-family="{FONT}" font-size="{p.size:.1f}" '
-            f'fill="{escape(p.colour)}">{tip}{escape(p.text)}</text>'
+            f'fill="{ink_on(p.colour)}">{tip}{escape(p.text)}</text></g>'
         )
     parts.append("</svg>")
     return "".join(parts), len(placed)

@@ -91,8 +91,8 @@ def test_category_colours_normalised_and_deterministic():
     ]
     for a, b in pairs:
         assert p.colour(a) == p.colour(b), (a, b)
-    assert p.colour("Environmental_and_Natural") == "#2ca02c"  # docs/METHOD.md §5.10: green
-    assert p.colour("Breast_anatomy_or_structure") == "#8c564b"  # brown
+    assert p.colour("Environmental_and_Natural") == "#117733"  # docs/METHOD.md §5.10: green (Tol muted)
+    assert p.colour("Breast_anatomy_or_structure") == "#999933"  # olive, the paper's brown
     assert normalise_category("  Action_or-follow  up ") == "action or follow up"
     # extras: fixed palette in sorted order, independent of input order
     q = Palette.from_categories(["alpha cat", "Zeta"])
