@@ -752,6 +752,7 @@ REPORT_SECTIONS = (
     "missed",
     "neurons",
     "keywords",
+    "evidence",
     "calibration",
     "appendix",
 )

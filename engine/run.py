@@ -178,6 +178,10 @@ class Executor:
         describe_inputs(self)
         sanity(self)
         self._optional("calibration", lambda: calibration(self))
+        from dissect_study.engine.analyses.label_checks import known_neurons, label_evidence
+
+        self._optional("label_evidence", lambda: label_evidence(self))
+        self._optional("known_neurons", lambda: known_neurons(self))
         analyses(self)
         neuron_images(self)
         for step, msg in self.log.warnings:
