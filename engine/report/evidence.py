@@ -20,7 +20,7 @@ def _df(c: _Ctx, sql: str) -> pd.DataFrame:
     import duckdb
 
     try:
-        return c.df(sql, c.run_id)
+        return c.df(sql)
     except duckdb.Error:  # a database from before these tables: no evidence to show
         return pd.DataFrame()
 
