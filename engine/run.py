@@ -173,6 +173,9 @@ class Executor:
         preflight.before_build(self)
         build(self)
         preflight.after_build(self)
+        from dissect_study.engine.analyses.label_checks import check_annotations
+
+        check_annotations(self)
         run_passes(self)
         score(self)
         describe_inputs(self)

@@ -320,6 +320,8 @@ def calibration_table(
         row["mean_label_cosine"], ses["mean_label_cosine_se"] = _mean_se(_label_cosines(grades, text_encoder))
     else:
         row["mean_label_cosine"], ses["mean_label_cosine_se"] = float("nan"), float("nan")
+    row["bench"] = "measured"
+    row["top1_hit_lenient"] = row["top5_hit_lenient"] = float("nan")
     if "lenient_concepts" in truth.columns:
         lenient = neuron_grades(
             similarity_name,
@@ -331,7 +333,6 @@ def calibration_table(
         )
         row["top1_hit_lenient"] = _mean_se(lenient["top1_hit"].to_numpy(dtype=float))[0]
         row["top5_hit_lenient"] = _mean_se(lenient["top5_hit"].to_numpy(dtype=float))[0]
-    row["bench"] = "measured"
     if with_se:
         row.update(ses)
     return pd.DataFrame([row])

@@ -6,7 +6,7 @@ tables; the metrics stay pure and testable without a run.
 
 * `label_evidence` -- every dissected neuron's top labels (`TOP_LABELS`) whose
   concept an annotation of the probe covers, tested (table `label_evidence`);
-* `known_neurons` -- NeuronEval §5: a classifier's output neurons have known
+* `known_neurons` -- NeuronEval, section 5: a classifier's output neurons have known
   concepts (the density classes, the mass or calcification logit); dissect them
   and say whether their labels name their class (table `known_neurons`);
 * `calibration_ceilings` -- the calibration bench's perfect-neuron and oracle-P
@@ -66,6 +66,27 @@ def _attrs(ex: Executor, x: DissectionStep) -> list[dict[str, Any]]:
     return [probe.items[r].attributes for r in ex.act_rows[(x.target, x.probe)]]
 
 
+def _user_annotations(ex: Executor, x: DissectionStep) -> dict[str, np.ndarray] | None:
+    """The dissection's `annotations` CSV as concept vectors over its rows (None without one)."""
+    from pathlib import Path
+
+    path = x.options.get("annotations")
+    if not path:
+        return None
+    p = Path(str(path)).expanduser()
+    if not p.is_absolute():
+        p = Path(ex.base_dir) / p
+    probe = ex.probes[x.probe]
+    rows = ex.act_rows.get((x.target, x.probe)) or list(range(len(probe.items)))
+    return ann.load_annotation_csv(p, [probe.items[r].image_id for r in rows], ex.concept_sets[x.concepts].texts)
+
+
+def check_annotations(ex: Executor) -> None:
+    """Read every `annotations` CSV right after the build, so a bad file fails before the passes."""
+    for x in ex.plan.dissections:
+        _user_annotations(ex, x)
+
+
 def label_evidence(ex: Executor) -> None:
     """Test the top labels of every dissected neuron whose concept the probe annotates."""
     from dissect_study.engine.scores.labels import top_concepts
@@ -74,13 +95,15 @@ def label_evidence(ex: Executor) -> None:
     for x in ex.plan.dissections:
         probe = ex.probes[x.probe]
         cs = ex.concept_sets[x.concepts]
-        vectors = ann.concept_vectors(_attrs(ex, x), cs.texts, complete=probe.has_ground_truth)
+        vectors = ann.concept_vectors(
+            _attrs(ex, x), cs.texts, complete=probe.has_ground_truth, extra=_user_annotations(ex, x)
+        )
         if not vectors:
             ex.log.info(f"evidence  {x.target}: probe {x.probe} has no annotation linked to a concept of {x.concepts}")
             continue
         for layer, _ in ex.layer_names[x.target]:
             S = ex.S[(x.target, layer)]
-            k = min(TOP_LABELS, S.shape[1])
+            k = min(int(x.options.get("evidence_top") or TOP_LABELS), S.shape[1])
             sc, idx = top_concepts(S, k)
             K = S.shape[0]
             cid = idx.numpy().reshape(-1)
@@ -149,7 +172,7 @@ def _task(ex: Executor, name: str) -> str | None:
 
 
 def known_neurons(ex: Executor) -> None:
-    """NeuronEval §5: does each classifier output neuron's label name its class?"""
+    """NeuronEval, section 5: does each classifier output neuron's label name its class?"""
     from dissect_study.engine.scores.similarity import compute_similarity
 
     for x in ex.plan.dissections:

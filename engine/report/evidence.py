@@ -120,7 +120,7 @@ def evidence_blocks(c: _Ctx) -> list[Block]:
         blocks.append(_heading("Known-neuron test"))
         blocks.append(
             _para(
-                "A classifier's output neurons have known concepts (NeuronEval §5): each density output stands for its "
+                "A classifier's output neurons have known concepts (NeuronEval, section 5): each density output stands for its "
                 "class, a mass or calcification logit for its finding. Dissected like any neuron, does its label name "
                 "the class? 'strict' accepts the class's own phrases, 'lenient' every synonym the concept set holds."
             )
