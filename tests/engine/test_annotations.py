@@ -88,3 +88,37 @@ def test_user_csv_errors_name_the_line(tmp_path):
     g.write_text("id,label\n")
     with pytest.raises(ann.AnnotationError, match="image_id and concept"):
         ann.load_annotation_csv(g, ["img1"], ["mass"])
+
+
+@pytest.mark.shared
+def test_vindr_finding_annotations_link_to_concepts(shared_dir, tmp_path, mammo_texts):
+    """On the VinDr test split: vectors count exactly the images the raw CSV annotates."""
+    import csv
+    from types import SimpleNamespace
+
+    from dissect_study.engine.probes import build_probe
+
+    vdir = shared_dir / "data" / "vindr"
+    params = {
+        "root": str(tmp_path),
+        "csv": "finding_annotations.csv",
+        "split": "test",
+        "findings": None,
+        "image_format": "png",
+        "keep_duplicate_rows": False,
+    }
+    probe = build_probe("v", "vindr", params, SimpleNamespace(base_dir=str(vdir), cache_dir="", log=print))
+    attrs = [it.attributes for it in probe.items]
+    vec = ann.concept_vectors(attrs, mammo_texts, complete=probe.has_ground_truth)
+    by_text = {mammo_texts[cid]: (name, v) for cid, (name, v) in vec.items()}
+    with open(vdir / "finding_annotations.csv", newline="") as fh:
+        raw = [r for r in csv.DictReader(fh) if r["split"] == "test"]
+    mass_images = {r["image_id"] for r in raw if "Mass" in r["finding_categories"]}
+    name, v = by_text["mass"]
+    assert "findings=Mass" in name and int(np.nansum(v)) == len(mass_images)
+    density_d = {r["image_id"] for r in raw if r["breast_density"].strip().upper().endswith("D")}
+    assert int(np.nansum(by_text["BI-RADS density D"][1])) == len(density_d)
+    assert int(np.nansum(by_text["craniocaudal view"][1])) == len(
+        {r["image_id"] for r in raw if r["view_position"] == "CC"}
+    )
+    assert any(t.startswith("BI-RADS ") and t[-1].isdigit() for t in by_text)
