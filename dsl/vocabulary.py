@@ -526,6 +526,13 @@ DISSECT_OPTIONS: dict[str, Param] = {
         _p("dedup_images", "bool", True, "De-duplicate probe rows by image id."),
         _p("dissector_train_mode", "bool", False, "Reference parity: run the dissector image tower in train mode."),
         _p("workers", "int", 0, "DataLoader worker processes.", min=0, max=256),
+        _p(
+            "annotations",
+            "path",
+            None,
+            "CSV of the probe's annotations (image_id, concept[, present]) for label evidence; beside the study.",
+        ),
+        _p("evidence_top", "int", 5, "Labels per neuron checked against the probe's annotations.", min=1),
     ]
 }
 
@@ -752,6 +759,7 @@ REPORT_SECTIONS = (
     "missed",
     "neurons",
     "keywords",
+    "evidence",
     "calibration",
     "appendix",
 )

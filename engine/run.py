@@ -173,11 +173,18 @@ class Executor:
         preflight.before_build(self)
         build(self)
         preflight.after_build(self)
+        from dissect_study.engine.analyses.label_checks import check_annotations
+
+        check_annotations(self)
         run_passes(self)
         score(self)
         describe_inputs(self)
         sanity(self)
         self._optional("calibration", lambda: calibration(self))
+        from dissect_study.engine.analyses.label_checks import known_neurons, label_evidence
+
+        self._optional("label_evidence", lambda: label_evidence(self))
+        self._optional("known_neurons", lambda: known_neurons(self))
         analyses(self)
         neuron_images(self)
         for step, msg in self.log.warnings:

@@ -76,8 +76,7 @@ def calibration(ex: Executor) -> None:
         skipped: dict[str, str] = {}
         for layer, _ in ex.layer_names[x.target]:
             X = ex.acts[(x.target, x.probe)][layer].float()
-            sel = cal.neuron_selectivity(X, attrs)
-            truth = cal.assign_ground_truth(sel)
+            truth = cal.ground_truth_by_lift(X, attrs)
             for sim in SIMILARITIES:
                 if sim in skipped:
                     continue
@@ -103,6 +102,9 @@ def calibration(ex: Executor) -> None:
                 )
                 df["model"] = x.target
                 ex.record.add("calibration", df)
+        from dissect_study.engine.analyses.label_checks import calibration_ceilings
+
+        calibration_ceilings(ex, x, P, attrs)
         ex.log.info(
             f"calibrate {x.target}: {len(SIMILARITIES) - len(skipped)} similarity functions x "
             f"{len(ex.layer_names[x.target])} layers ({time.perf_counter() - t0:.1f}s)"

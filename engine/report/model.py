@@ -30,6 +30,9 @@ import pandas as pd
 from dissect_study.dsl.vocabulary import REPORT_SECTIONS
 from dissect_study.engine.report import charts
 from dissect_study.engine.report.charts import Palette
+from dissect_study.engine.report.evidence import calibration_blocks, evidence_blocks
+from dissect_study.engine.report.evidence import card_line as card_evidence
+from dissect_study.engine.report.evidence import summary_headline as evidence_headline
 from dissect_study.engine.report.text import MAX_LABEL, elide
 from dissect_study.engine.report.wordcloud import Word, wordcloud_svg
 from dissect_study.errors import DissectStudyError
@@ -61,6 +64,7 @@ SECTION_TITLES = {
     "missed": "Missed concepts",
     "neurons": "Neuron cards",
     "keywords": "Keyword-dominated neurons",
+    "evidence": "Label evidence",
     "calibration": "Calibration bench",
     "appendix": "Appendix: parameters and reproduction",
 }
@@ -133,6 +137,8 @@ class NeuronCard:
     constant: bool
     concepts: list[CardConcept]
     images: list[CardImage]
+    #: the top-1 label's evidence (engine/report/evidence.py), "" when the run has none
+    evidence: str = ""
 
 
 @dataclass
@@ -484,6 +490,9 @@ def _summary(c: _Ctx) -> Section:
             f"Dissector sanity: {len(sanity) - len(near)} of {len(sanity)} zero-shot checks are clearly away from chance"
             + (f"; near chance on {', '.join(sorted(set(near['attribute'])))}." if len(near) else ".")
         )
+    evidence_line = evidence_headline(c)
+    if evidence_line:
+        headlines.append(evidence_line)
     if headlines:
         s.blocks.append(_heading("Headline findings"))
         s.blocks.append(Block("kv", items=[["•", h] for h in headlines], level="bullets"))
@@ -1159,6 +1168,7 @@ def _neurons(c: _Ctx) -> Section | None:
                 constant=bool(nr["constant"].iloc[0]) if len(nr) and nr["constant"].iloc[0] is not None else False,
                 concepts=concepts,
                 images=images,
+                evidence=card_evidence(c, k.model, k.layer, int(k.unit), str(nr["label"].iloc[0]) if len(nr) else ""),
             )
         )
     s.blocks.append(Block("cards", cards=cards))
@@ -1195,8 +1205,17 @@ def _keywords(c: _Ctx) -> Section | None:
     return s if s.blocks else None
 
 
+def _evidence(c: _Ctx) -> Section | None:
+    s = Section("evidence", SECTION_TITLES["evidence"])
+    s.blocks.extend(evidence_blocks(c))
+    return s if s.blocks else None
+
+
 def _calibration(c: _Ctx) -> Section | None:
     df = c.df("SELECT * FROM calibration WHERE run_id = ?")
+    ceilings = calibration_blocks(c, df)
+    if "bench" in df.columns:  # ceilings are rows of their own (engine/analyses/label_checks.py)
+        df = df[df["bench"].fillna("measured") == "measured"]
     if not len(df):
         return None
     s = Section("calibration", SECTION_TITLES["calibration"])
@@ -1235,6 +1254,7 @@ def _calibration(c: _Ctx) -> Section | None:
             "store's calibration table.",
         )
     )
+    s.blocks.extend(ceilings)
     return s
 
 
@@ -1340,6 +1360,7 @@ BUILDERS: dict[str, Callable[[_Ctx], Section | None]] = {
     "missed": _missed,
     "neurons": _neurons,
     "keywords": _keywords,
+    "evidence": _evidence,
     "calibration": _calibration,
     "appendix": _appendix,
 }

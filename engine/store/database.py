@@ -238,8 +238,58 @@ TABLES: dict[str, str] = {
             precision DOUBLE,
             recall DOUBLE,
             f1 DOUBLE,
-            mean_label_cosine DOUBLE
+            mean_label_cosine DOUBLE,
+            bench VARCHAR,           -- 'measured' | 'perfect_neurons' | 'oracle_p' (ceilings; NULL in old runs = measured)
+            top1_hit_lenient DOUBLE, -- as top1_hit, accepting every synonym the concept set holds
+            top5_hit_lenient DOUBLE
         )""",
+    "label_evidence": """
+        CREATE TABLE IF NOT EXISTS label_evidence (
+            run_id VARCHAR,
+            model VARCHAR,
+            layer VARCHAR,
+            unit INTEGER,
+            rank INTEGER,            -- 1 = the label
+            concept_id INTEGER,
+            concept VARCHAR,
+            annotation VARCHAR,      -- the annotation(s) proving the concept present/absent
+            n_images INTEGER,        -- images whose annotation is known
+            n_positive INTEGER,
+            base_rate DOUBLE,        -- n_positive / n_images: AUPRC at chance
+            auprc DOUBLE,
+            auprc_lift DOUBLE,       -- (auprc - base_rate) / (1 - base_rate)
+            pearson DOUBLE,
+            f1 DOUBLE,
+            iou DOUBLE,
+            binarisation VARCHAR,    -- how F1 / IoU binarised the activations
+            p_value DOUBLE,          -- one-sided Mann-Whitney U
+            q_value DOUBLE,          -- Benjamini-Hochberg over all tests of the run
+            supported BOOLEAN        -- q < 0.05 and a positive effect
+        )""",
+    "known_neurons": """
+        CREATE TABLE IF NOT EXISTS known_neurons (
+            run_id VARCHAR,
+            model VARCHAR,           -- a classifier target
+            unit INTEGER,            -- its output neuron
+            class VARCHAR,           -- the class that output predicts (density=A, mass ...)
+            annotation VARCHAR,
+            similarity VARCHAR,
+            top1 VARCHAR,
+            top5 VARCHAR[],
+            top1_hit BOOLEAN,        -- top-1 label names the class (strict phrases)
+            top5_hit BOOLEAN,
+            top1_hit_lenient BOOLEAN,-- synonyms accepted
+            top5_hit_lenient BOOLEAN,
+            n_images INTEGER,
+            base_rate DOUBLE,
+            auprc DOUBLE,            -- of the output for its own class
+            auprc_lift DOUBLE
+        )""",
+}
+
+#: columns added to existing tables after they first shipped: added to older databases on open
+ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "calibration": (("bench", "VARCHAR"), ("top1_hit_lenient", "DOUBLE"), ("top5_hit_lenient", "DOUBLE")),
 }
 
 #: views over the tables (the analyses' table macros come from engine/analyses/macros.py)
@@ -436,6 +486,9 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         )
     for ddl in TABLES.values():
         con.execute(ddl)
+    for table, added in ADDED_COLUMNS.items():
+        for col, typ in added:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {col} {typ}")
     for ddl in VIEWS.values():
         con.execute(ddl)
     if current is None:

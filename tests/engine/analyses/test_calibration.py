@@ -130,3 +130,28 @@ def test_shape_errors_are_clear():
     attrs, _ = _probe(10)
     with pytest.raises(ValueError, match="one row per probe image"):
         neuron_selectivity(np.zeros((9, 2)), attrs)
+
+
+def test_ground_truth_by_lift_prefers_prevalence_aware_selectivity():
+    """A brightness-like unit passes AUC >= 0.8 for a rare attribute, yet its lift names the common one."""
+    from dissect_study.engine.analyses.calibration import ground_truth_by_lift
+
+    rng = np.random.default_rng(5)
+    n = 400
+    dense = rng.random(n) < 0.3
+    implant = np.zeros(n, bool)
+    implant[rng.choice(np.nonzero(dense)[0], 17, replace=False)] = True  # implants only in dense breasts
+    attrs = [{"density": "D" if d else "A", "implant": bool(i)} for d, i in zip(dense, implant)]
+    unit_dense = dense + 0.1 * rng.normal(size=n)
+    unit_implant = implant * 3.0 + 0.3 * rng.normal(size=n)
+    noise = rng.normal(size=n)
+    acts = np.stack([unit_dense, unit_implant, noise], axis=1)
+    assert auc_columns(unit_dense[:, None], implant)[0] >= 0.8  # the AUC rule would call it an implant unit too
+    truth = ground_truth_by_lift(acts, attrs)
+    got = {int(u): (a, v) for u, a, v in zip(truth["unit"], truth["attribute"], truth["value"])}
+    assert got[1] == ("implant", True)
+    assert got[0][0] == "density"
+    assert 2 not in got  # noise is not selective
+    lenient = truth.set_index("unit").loc[1, "lenient_concepts"]
+    assert "breast implant" in lenient and "silicone implant" in lenient
+    assert truth.set_index("unit").loc[1, "true_concepts"] == ("breast implant",)
