@@ -108,7 +108,10 @@ class Executor:
         self.base_dir = str(Path(plan.study_path).resolve().parent)
         self.cache = Cache(Path(options.cache_dir or default_cache_dir()), enabled=options.use_cache)
         self.run_id = store.new_run_id()
-        self.record = store.RunRecord(self.run_id, {})
+        #: where the run is stored; its large per-layer tables stream to a spill file beside it
+        #: as they are scored and are committed with the rest at the end (engine/store/database.py)
+        self.db_path = Path(options.db) if options.db else Path(self.base_dir) / RESULTS_DB_NAME
+        self.record = store.RunRecord(self.run_id, {}, spill=store.Spill(self.db_path, self.run_id))
         self.concept_sets: dict[str, ConceptSet] = {}
         self.probes: dict[str, Probe] = {}
         self.probe_rows: dict[str, list[int]] = {}
@@ -158,6 +161,14 @@ class Executor:
 
     # ------------------------------------------------------------------ all
     def execute(self) -> RunResult:
+        """Run the plan; whatever happens, the run's spill file does not outlive it."""
+        try:
+            return self._execute()
+        finally:
+            if self.record.spill is not None:
+                self.record.spill.discard()
+
+    def _execute(self) -> RunResult:
         from dissect_study.engine import preflight
         from dissect_study.engine.analyses.execute import analyses, calibration, sanity
         from dissect_study.engine.build import build
@@ -201,7 +212,7 @@ class Executor:
                 machine=platform.machine(),
             ),
         )
-        db = Path(self.opt.db) if self.opt.db else Path(self.base_dir) / RESULTS_DB_NAME
+        db = self.db_path
         store.write_run(db, self.record)
         self.log.info(f"stored    run {self.run_id} in {db}")
         if self.opt.on_stored is not None:
