@@ -36,6 +36,7 @@ from dissect_study.dsl.checker import CheckedStudy
 from dissect_study.engine.cache import Cache, default_cache_dir
 from dissect_study.engine.concepts import ConceptSet
 from dissect_study.engine.models.base import BuildContext, Dissector, Target
+from dissect_study.engine.passes.shards import make_passes
 from dissect_study.engine.plan.steps import Plan
 from dissect_study.engine.probes.base import Probe
 from dissect_study.engine.store import database as store
@@ -60,6 +61,10 @@ class RunOptions:
     calibration: bool = True
     #: called with (run_id, database) once the run is committed, before its reports are rendered
     on_stored: Callable[[str, Path], None] | None = None
+    #: where the model passes run: "local" (this process) or "ray" (engine/passes/ray_executor.py)
+    executor: str = "local"
+    #: the Ray cluster for executor "ray" (None: $RAY_ADDRESS, else a local cluster)
+    address: str | None = None
 
 
 @dataclass
@@ -112,6 +117,8 @@ class Executor:
         #: as they are scored and are committed with the rest at the end (engine/store/database.py)
         self.db_path = Path(options.db) if options.db else Path(self.base_dir) / RESULTS_DB_NAME
         self.record = store.RunRecord(self.run_id, {}, spill=store.Spill(self.db_path, self.run_id))
+        #: the model passes' executor (engine/passes/shards.py); Ray is imported only when chosen
+        self.passes = make_passes(options.executor, options.address)
         self.concept_sets: dict[str, ConceptSet] = {}
         self.probes: dict[str, Probe] = {}
         self.probe_rows: dict[str, list[int]] = {}
@@ -165,6 +172,7 @@ class Executor:
         try:
             return self._execute()
         finally:
+            self.passes.close()
             if self.record.spill is not None:
                 self.record.spill.discard()
 
