@@ -4,7 +4,8 @@ The run: 5 targets x EfficientNet-B5's 39 blocks (their real channel counts, 6,9
 neurons per model) x the 767 shipped concepts, soft_wpmi(top_k=100), the RQ2
 analyses, about 27 million similarity cells.  No model passes worth the name: the
 targets are stubs whose 39 "blocks" are fixed random linear maps of the pooled
-image (random activations of the right shapes), the dissector is a random projection.
+image (random activations of the right shapes), the dissector is a random projection;
+two `show neuron` statements give the report its neuron cards.
 Everything after the passes is the product's own code: scoring, streaming to the
 spill, the one-transaction write, the SQL analyses, the report.
 
@@ -23,7 +24,7 @@ also the latency of every README example query and of every analysis macro, and 
 report (HTML + PDF) render time with its sections, figures and neuron cards.
 Goals: beyond-inputs RSS < 2 GiB, write < 60 s, each README query < 1 s, report < 2 min.
 
-    .venv/bin/python benchmarks/bench_scale.py [--images 400] [--models 5] [--out DIR] [--no-baseline]
+    .venv/bin/python benchmarks/bench_scale.py [--images 400] [--models 5] [--threads 1] [--out DIR] [--no-baseline]
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ compare {vs} at layers paper on task mass
 compare {vs} at layers paper on task calcification
 gained {last} over {models[0]} at layer _blocks.38 on task calcification
 compare {models[0]} vs {last} at layer _blocks.38 on category Calcification
+show neuron {last}._blocks.38[3] top 5
+show neuron {models[0]}._blocks.19[7] top 5
 """
 
 
@@ -88,6 +91,18 @@ def _pooled(image: np.ndarray) -> torch.Tensor:
     x = nn.functional.interpolate(x[None, None], size=(8, 8), mode="area")[0]
     x = (x - x.mean()) / (x.std() + 1e-6)
     return x.expand(3, 8, 8).clone()
+
+
+class _Block(nn.Module):
+    """A stub block: ReLU of a random linear map of the pooled image, as a (B, C, 2, 2) map
+    (neuron cards need a spatial output; pooling it gives the linear map back)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(64, channels)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.lin(h))[:, :, None, None].expand(-1, -1, 2, 2)
 
 
 def _models() -> tuple[type, type]:
@@ -104,11 +119,11 @@ def _models() -> tuple[type, type]:
             self.name = name
             g = torch.Generator().manual_seed(int(hashlib.sha256(name.encode()).hexdigest()[:8], 16))
             self.net = nn.Module()
-            self.net._blocks = nn.ModuleList(nn.Linear(64, c) for c in B5_BLOCK_CHANNELS)
+            self.net._blocks = nn.ModuleList(_Block(c) for c in B5_BLOCK_CHANNELS)
             with torch.no_grad():
                 for blk in self.net._blocks:
-                    blk.weight.copy_(torch.randn(blk.weight.shape, generator=g) / 8)
-                    blk.bias.copy_(torch.randn(blk.bias.shape, generator=g) / 8)
+                    blk.lin.weight.copy_(torch.randn(blk.lin.weight.shape, generator=g) / 8)
+                    blk.lin.bias.copy_(torch.randn(blk.lin.bias.shape, generator=g) / 8)
 
         @property
         def module(self) -> nn.Module:
@@ -122,8 +137,8 @@ def _models() -> tuple[type, type]:
             h = batch[:, 0].flatten(1)
             out = h
             for blk in self.net._blocks:
-                out = torch.relu(blk(h))
-            return out
+                out = blk(h)
+            return out.mean(dim=(2, 3))
 
         def layers(self) -> list[LayerInfo]:
             return [LayerInfo(f"_blocks.{i}", c, i) for i, c in enumerate(B5_BLOCK_CHANNELS)]
@@ -203,7 +218,7 @@ def _time_queries(db: Path, run_id: str) -> tuple[list[dict[str, Any]], list[dic
         args = statement_args(row)
         for n in row["analysis_names"] or ():
             macro = ANALYSES.get(n)
-            if macro is None or n not in SPECS:
+            if macro is None or n not in SPECS or not SPECS[n].stored:
                 continue
             t = time.perf_counter()
             rows = con.execute(f"SELECT count(*) FROM {macro.call(run_id, args)}").fetchone()[0]
@@ -325,10 +340,14 @@ def main() -> None:
     ap.add_argument("--models", type=int, default=5, choices=range(1, 6))
     ap.add_argument("--out", type=Path, default=None, help="keep databases and report here (default: a temp dir)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the all-in-memory baseline run")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: stable timings on a shared machine, README Threads)"
+    )
     ap.add_argument("--child", choices=("stream", "memory"), help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_scale_"))
+    torch.set_num_threads(args.threads)
     if args.child:
         res = child(args.child, args.images, args.models, out / args.child)
         args.json.write_text(json.dumps(res, default=str), encoding="utf-8")
@@ -337,6 +356,7 @@ def main() -> None:
     for mode in ("stream",) if args.no_baseline else ("stream", "memory"):
         js = out / f"{mode}.json"
         cmd = [sys.executable, __file__, "--child", mode, "--images", str(args.images), "--models", str(args.models)]
+        cmd += ["--threads", str(args.threads)]
         subprocess.run([*cmd, "--out", str(out), "--json", str(js)], check=True, env=os.environ.copy())
         results[mode] = json.loads(js.read_text())
     s, b = results["stream"], results.get("memory")

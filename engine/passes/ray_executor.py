@@ -140,10 +140,12 @@ class RayPasses:
             if isinstance(cause, DissectStudyError):
                 raise cause from None  # the same clear message the local pass gives
             raise RayExecutorError(f"a Ray shard of the model pass failed: {cause or e}") from None
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as e:
+        except ray.exceptions.RayError as e:  # a worker or node died, out of memory, ... beyond the retries
+            first = (str(e).strip().splitlines() or [""])[0][:200]
             raise RayExecutorError(
-                f"a Ray worker running a shard of the model pass died {MAX_RETRIES + 1} times ({type(e).__name__}); "
-                "check the workers' memory (`ray status`), then run again: finished passes come from the cache"
+                f"a Ray shard of the model pass could not finish after {MAX_RETRIES} retries "
+                f"({type(e).__name__}: {first}); check the workers (`ray status`), then run again: "
+                "finished passes come from the cache"
             ) from None
 
     def activations(self, target: Target, probe: Probe, layers: list[str], **kw: Any) -> ActivationResult:

@@ -162,3 +162,23 @@ def test_a_killed_worker_has_its_shard_retried_and_the_run_is_identical(
     assert len(outcome) == 1 and isinstance(outcome[0], tuple), outcome
     assert {int(p.name) for p in marks.iterdir()} - {os.getpid(), victim}  # another worker ran the shard again
     _assert_identical(local_db, outcome[0][1])
+
+
+def test_cli_executor_options_are_checked_before_any_work(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_models
+) -> None:
+    from click.testing import CliRunner
+
+    from dissect_study.engine.cli import cli
+
+    study = tmp_path / "s.study"
+    study.write_text(STUDY_NO_REPORT, encoding="utf-8")
+    args = ["run", str(study), "--db", str(tmp_path / "r.duckdb"), "--cache-dir", str(tmp_path / "cache"), "-q"]
+    monkeypatch.setitem(sys.modules, "ray", None)
+    res = CliRunner().invoke(cli, [*args, "--executor", "ray"])
+    assert res.exit_code == 1 and "pip install 'dissect-study[ray]'" in res.output, res.output
+    assert "Traceback" not in res.output
+    res = CliRunner().invoke(cli, [*args, "--address", "10.0.0.1:6379"])
+    assert res.exit_code == 1 and "--executor ray" in res.output, res.output
+    assert tiny_models == {"dissector": 0, "target": 0}  # refused before building a model
+    assert not (tmp_path / "r.duckdb").exists()
