@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import torch
 from torch import nn
@@ -218,10 +219,13 @@ def _time_queries(db: Path, run_id: str) -> tuple[list[dict[str, Any]], list[dic
         args = statement_args(row)
         for n in row["analysis_names"] or ():
             macro = ANALYSES.get(n)
-            if macro is None or n not in SPECS or not SPECS[n].stored:
+            if macro is None or n not in SPECS:
                 continue
             t = time.perf_counter()
-            rows = con.execute(f"SELECT count(*) FROM {macro.call(run_id, args)}").fetchone()[0]
+            try:
+                rows = con.execute(f"SELECT count(*) FROM {macro.call(run_id, args)}").fetchone()[0]
+            except duckdb.Error:
+                continue  # a macro with arguments beyond the statement's (neuron_profile): not a table of the run
             analyses.append(dict(statement=row["statement"], analysis=n, seconds=time.perf_counter() - t, rows=rows))
     con.close()
     return queries, analyses

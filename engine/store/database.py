@@ -462,6 +462,8 @@ def new_run_id() -> str:
 #: the per-layer tables a `Spill` takes as they are produced (the bulk of a run's rows)
 STREAMED_TABLES = frozenset({"similarities", "neurons", "neuron_labels", "top_images", "neuron_images"})
 _SPILL_SUFFIX = ".spill"
+#: rows a spill gathers per commit: few commits, and a bounded transaction
+SPILL_COMMIT_ROWS = 3_000_000
 
 
 class Spill:
@@ -477,6 +479,7 @@ class Spill:
         self._con: duckdb.DuckDBPyConnection | None = None
         self.tables: set[str] = set()
         self.rows = 0
+        self._pending = 0  # rows appended since the last commit
 
     def append(self, table: str, df: pd.DataFrame, run_id: str) -> None:
         if self._con is None:
@@ -486,6 +489,10 @@ class Spill:
                 self.path.unlink(missing_ok=True)
                 self._con = duckdb.connect(str(self.path))
                 ensure_schema(self._con)
+                # a commit (WAL flush) per few million rows, not per layer: nothing reads the spill
+                # before close(), and a bounded transaction keeps its memory bounded
+                self._con.execute("BEGIN TRANSACTION")
+                self._pending = 0
             except (OSError, duckdb.Error) as e:
                 raise StoreError(f"{self.path}: cannot write the run's spill file beside the database ({e})") from None
         try:
@@ -499,11 +506,19 @@ class Spill:
             ) from None
         self.tables.add(table)
         self.rows += len(df)
+        self._pending += len(df)
+        if self._pending >= SPILL_COMMIT_ROWS:
+            self._con.execute("COMMIT")
+            self._con.execute("BEGIN TRANSACTION")
+            self._pending = 0
 
     def close(self) -> None:
         if self._con is not None:
-            self._con.close()
-            self._con = None
+            try:
+                self._con.execute("COMMIT")
+            finally:
+                self._con.close()
+                self._con = None
 
     def discard(self) -> None:
         self.close()

@@ -51,7 +51,11 @@ def _stored(db: Path, run_id: str) -> pd.DataFrame:
         ).df()
 
 
-def test_streamed_tables_leave_memory_at_once_and_are_stored_whole(tmp_path: Path) -> None:
+@pytest.mark.parametrize("commit_rows", [3_000_000, 1_000])  # one spill transaction; a commit every 1,000 rows
+def test_streamed_tables_leave_memory_at_once_and_are_stored_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, commit_rows: int
+) -> None:
+    monkeypatch.setattr(store, "SPILL_COMMIT_ROWS", commit_rows)
     db = tmp_path / "r.duckdb"
     rec, parts = _record(db, "run-1")
     assert "similarities" not in rec.frames and rec.frames["layers"]  # the big table is not held in memory
