@@ -16,7 +16,10 @@ named for the stage:
 Every expensive step goes through the content-keyed cache, so an interrupted run
 loses nothing but time and a re-run recomputes nothing.  All results are gathered
 in a `RunRecord` and written to DuckDB in one transaction at the very end: a
-failure anywhere leaves the database exactly as it was.
+failure anywhere leaves the database exactly as it was.  (The large per-layer tables
+wait in a spill file beside the database, not in memory: engine/store/database.py.)
+The image passes run in this process or, with `executor="ray"`, as shards on a Ray
+cluster (engine/passes/shards.py, engine/passes/ray_executor.py).
 """
 
 from __future__ import annotations
@@ -214,6 +217,7 @@ class Executor:
                 device=self.device,
                 cache=str(self.cache.root) if self.opt.use_cache else None,
                 batch_size=self.opt.batch_size,
+                executor=self.opt.executor,
                 strict=self.opt.strict,
                 torch=torch.__version__,
                 python=platform.python_version(),
