@@ -22,8 +22,15 @@ def start_cluster(num_cpus: int = 2) -> Iterator[object]:
     """Start (and finally stop) a local Ray cluster with `num_cpus` CPU workers."""
     import ray
 
+    before = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:  # the cluster's processes take the environment now; later tests get the old one back
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
     try:
         yield ray
     finally:
