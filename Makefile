@@ -24,7 +24,13 @@ demo: $(STAMP)
 	@echo '  $(BIN)/dissect-study query "SELECT model, layer, tau FROM layer_thresholds JOIN latest_run USING (run_id) ORDER BY model, layer_index"'
 	@echo '  $(BIN)/dissect-study query "SELECT model, layer, unit, label, score FROM neurons JOIN latest_run USING (run_id) ORDER BY score DESC LIMIT 10"'
 
-test: $(STAMP)
+# the tests also run the Ray executor on a local cluster: the [ray] extra on top of [dev]
+RAY_STAMP := $(VENV)/.installed-ray
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,ray]"
+	@touch $(RAY_STAMP)
+
+test: $(RAY_STAMP)
 	$(BIN)/python -m pytest -q tests
 
 # The repository root is the `dissect_study` package; mypy finds it through a

@@ -280,6 +280,20 @@ def fmt(files: tuple[str, ...], check_only: bool, stdout: bool) -> None:
     help="CPU threads for torch (default: torch's choice). "
     "On a loaded shared machine 1 can beat 2: parallel ops wait for descheduled threads.",
 )
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where the model passes run: this process, or shards on a Ray cluster "
+    "(needs pip install 'dissect-study[ray]'; scoring and the store stay here).",
+)
+@click.option(
+    "--address",
+    metavar="ADDRESS",
+    help="The Ray cluster for --executor ray, e.g. 10.0.0.5:6379 from `ray start --head` "
+    "(default: $RAY_ADDRESS, else a local cluster).",
+)
 def run(
     file: str,
     db: str | None,
@@ -292,6 +306,8 @@ def run(
     no_report: bool,
     dry_run: bool,
     threads: int | None,
+    executor: str = "local",
+    address: str | None = None,
 ) -> None:
     """Execute the study FILE: dissect, analyse, store in DuckDB, render reports."""
     ctx = click.get_current_context()
@@ -330,6 +346,8 @@ def run(
         strict=strict,
         reports=not no_report,
         calibration=not no_calibration,
+        executor=executor,
+        address=address,
     )
     ctx.meta[_NOTE] = "earlier runs are intact; a run is stored only once computed (cached work is kept)"
 

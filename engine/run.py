@@ -16,7 +16,10 @@ named for the stage:
 Every expensive step goes through the content-keyed cache, so an interrupted run
 loses nothing but time and a re-run recomputes nothing.  All results are gathered
 in a `RunRecord` and written to DuckDB in one transaction at the very end: a
-failure anywhere leaves the database exactly as it was.
+failure anywhere leaves the database exactly as it was.  (The large per-layer tables
+wait in a spill file beside the database, not in memory: engine/store/database.py.)
+The image passes run in this process or, with `executor="ray"`, as shards on a Ray
+cluster (engine/passes/shards.py, engine/passes/ray_executor.py).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from dissect_study.dsl.checker import CheckedStudy
 from dissect_study.engine.cache import Cache, default_cache_dir
 from dissect_study.engine.concepts import ConceptSet
 from dissect_study.engine.models.base import BuildContext, Dissector, Target
+from dissect_study.engine.passes.shards import make_passes
 from dissect_study.engine.plan.steps import Plan
 from dissect_study.engine.probes.base import Probe
 from dissect_study.engine.store import database as store
@@ -60,6 +64,10 @@ class RunOptions:
     calibration: bool = True
     #: called with (run_id, database) once the run is committed, before its reports are rendered
     on_stored: Callable[[str, Path], None] | None = None
+    #: where the model passes run: "local" (this process) or "ray" (engine/passes/ray_executor.py)
+    executor: str = "local"
+    #: the Ray cluster for executor "ray" (None: $RAY_ADDRESS, else a local cluster)
+    address: str | None = None
 
 
 @dataclass
@@ -108,7 +116,12 @@ class Executor:
         self.base_dir = str(Path(plan.study_path).resolve().parent)
         self.cache = Cache(Path(options.cache_dir or default_cache_dir()), enabled=options.use_cache)
         self.run_id = store.new_run_id()
-        self.record = store.RunRecord(self.run_id, {})
+        #: where the run is stored; its large per-layer tables stream to a spill file beside it
+        #: as they are scored and are committed with the rest at the end (engine/store/database.py)
+        self.db_path = Path(options.db) if options.db else Path(self.base_dir) / RESULTS_DB_NAME
+        self.record = store.RunRecord(self.run_id, {}, spill=store.Spill(self.db_path, self.run_id))
+        #: the model passes' executor (engine/passes/shards.py); Ray is imported only when chosen
+        self.passes = make_passes(options.executor, options.address)
         self.concept_sets: dict[str, ConceptSet] = {}
         self.probes: dict[str, Probe] = {}
         self.probe_rows: dict[str, list[int]] = {}
@@ -158,6 +171,15 @@ class Executor:
 
     # ------------------------------------------------------------------ all
     def execute(self) -> RunResult:
+        """Run the plan; whatever happens, the run's spill file does not outlive it."""
+        try:
+            return self._execute()
+        finally:
+            self.passes.close()
+            if self.record.spill is not None:
+                self.record.spill.discard()
+
+    def _execute(self) -> RunResult:
         from dissect_study.engine import preflight
         from dissect_study.engine.analyses.execute import analyses, calibration, sanity
         from dissect_study.engine.build import build
@@ -202,13 +224,14 @@ class Executor:
                 device=self.device,
                 cache=str(self.cache.root) if self.opt.use_cache else None,
                 batch_size=self.opt.batch_size,
+                executor=self.opt.executor,
                 strict=self.opt.strict,
                 torch=torch.__version__,
                 python=platform.python_version(),
                 machine=platform.machine(),
             ),
         )
-        db = Path(self.opt.db) if self.opt.db else Path(self.base_dir) / RESULTS_DB_NAME
+        db = self.db_path
         store.write_run(db, self.record)
         self.log.info(f"stored    run {self.run_id} in {db}")
         if self.opt.on_stored is not None:

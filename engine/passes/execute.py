@@ -61,8 +61,6 @@ def _target_pass(ex: Executor, x: DissectionStep, keep_output: bool) -> tuple[to
     Returns the target's forward output and its rows when `keep_output` and the pass ran:
     the dissector's embeddings when the target is its image tower.
     """
-    from dissect_study.engine.passes.activations import extract_activations
-
     target, probe = ex.targets[x.target], ex.probes[x.probe]
     key = (x.target, x.probe)
     rows = _rows(ex, x.probe, x.options.get("dedup_images", True))
@@ -94,7 +92,7 @@ def _target_pass(ex: Executor, x: DissectionStep, keep_output: bool) -> tuple[to
         missing, tensors = list(layers), {}
     output = None
     if missing:
-        res = extract_activations(
+        res = ex.passes.activations(  # this process, or shards on a Ray cluster (engine/passes/shards.py)
             target,
             probe,
             missing,
@@ -146,7 +144,6 @@ def _image_pass(
     """The dissector's image embeddings: the cheapest pass its dissections allow, or none when
     `tower`'s pass already yielded them (`tower_out`: its forward output and rows)."""
     from dissect_study.dsl.vocabulary import SIMILARITIES
-    from dissect_study.engine.passes.activations import embed_images
     from dissect_study.engine.plan import cheapest_pass
     from dissect_study.engine.plan.cheapest_pass import RowUser, choose_rows
 
@@ -194,7 +191,7 @@ def _image_pass(
         if shared is not None:
             how = f"embedded from {tower}'s pass (shared)"
             return shared
-        r = embed_images(
+        r = ex.passes.embeddings(
             d,
             probe,
             indices=rows,

@@ -258,6 +258,28 @@ def band_axis(labels: Sequence[str], band_px: float) -> alt.Axis:
     return alt.Axis(labelAngle=-40, labelAlign="right", labelBaseline="middle", labelLimit=0)
 
 
+#: most layer names a layer axis labels; a deeper axis labels every k-th layer (39 B5 blocks: every 3rd)
+MAX_LAYER_LABELS = 14
+
+
+def layer_ticks(layer_order: Sequence[str], most: int = MAX_LAYER_LABELS) -> list[str]:
+    """The layers a layer axis names: all of them up to `most`, else every k-th, first and last included.
+
+    Why: 39 rotated block names overlap into an unreadable band; every point is still drawn.
+    """
+    layers = list(layer_order)
+    if len(layers) <= most:
+        return layers
+    step = -(-len(layers) // most)
+    picked = layers[::step]
+    if picked[-1] != layers[-1]:
+        if len(layers) - 1 - layers.index(picked[-1]) <= step / 2:
+            picked[-1] = layers[-1]  # no two labels closer than half a step
+        else:
+            picked.append(layers[-1])
+    return picked
+
+
 # ----------------------------------------------------------------------------- charts
 
 
@@ -269,7 +291,12 @@ def tau_chart(
         alt.Chart(df)
         .mark_line(point=alt.OverlayMarkDef(size=45))
         .encode(
-            x=alt.X("layer:N", sort=list(layer_order), title="layer (by depth)", axis=alt.Axis(labelAngle=-40)),
+            x=alt.X(
+                "layer:N",
+                sort=list(layer_order),
+                title="layer (by depth)",
+                axis=alt.Axis(labelAngle=-40, values=layer_ticks(layer_order)),
+            ),
             y=alt.Y("tau:Q", title="τ (layer threshold)"),
             color=alt.Color("model:N", scale=model_scale(models, palette), title="model"),
             tooltip=["model", "layer", alt.Tooltip("tau:Q", format=".3f")],

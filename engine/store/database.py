@@ -10,6 +10,16 @@ inserted.  A crash, Ctrl-C or SIGKILL at any moment therefore leaves earlier run
 intact and no partial run visible -- DuckDB's WAL never replays an uncommitted
 transaction.
 
+Bounded memory (the per-layer tables of a paper-size run hold tens of millions of
+rows): a run's record may carry a `Spill`, a private DuckDB file beside the
+database (`<db>.staged/.<run_id>.<pid>.spill`).  The large per-layer tables
+(`STREAMED_TABLES`) go there layer by layer as they are scored, so no more than one
+layer's rows is ever held in memory; the final transaction copies them from the
+attached spill file (DuckDB streams that copy) together with the small tables kept
+in memory.  The spill is no result: nothing reads it, `write_run`'s transaction is
+still the only moment a run becomes visible, and a spill left by a killed run
+(its process gone) is deleted by the next write.
+
 Only one process may write a DuckDB file, and none while another reads it.  A
 finished run must not be lost to that: `write_run` waits for the lock (saying which
 process holds it) up to `DISSECT_STUDY_LOCK_TIMEOUT` seconds, and if it never
@@ -502,6 +512,107 @@ def new_run_id() -> str:
     return _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
+#: the per-layer tables a `Spill` takes as they are produced (the bulk of a run's rows)
+STREAMED_TABLES = frozenset({"similarities", "neurons", "neuron_labels", "top_images", "neuron_images"})
+_SPILL_SUFFIX = ".spill"
+#: rows a spill gathers per commit: few commits, and a bounded transaction
+SPILL_COMMIT_ROWS = 3_000_000
+
+
+class Spill:
+    """A run's private DuckDB file that the large per-layer tables stream into (module docstring).
+
+    Opened lazily on the first append; `close()` before the final transaction attaches it,
+    `discard()` deletes it (the run is stored, failed, or staged elsewhere).
+    """
+
+    def __init__(self, db_path: str | Path, run_id: str) -> None:
+        self.db_path = Path(db_path)
+        self.path = staging_dir(db_path) / f".{run_id}.{os.getpid()}{_SPILL_SUFFIX}"
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self.tables: set[str] = set()
+        self.rows = 0
+        self._pending = 0  # rows appended since the last commit
+
+    def append(self, table: str, df: pd.DataFrame, run_id: str) -> None:
+        if self._con is None:
+            remove_stale_spills(self.db_path)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.unlink(missing_ok=True)
+                self._con = duckdb.connect(str(self.path))
+                ensure_schema(self._con)
+                # a commit (WAL flush) per few million rows, not per layer: nothing reads the spill
+                # before close(), and a bounded transaction keeps its memory bounded
+                self._con.execute("BEGIN TRANSACTION")
+                self._pending = 0
+            except (OSError, duckdb.Error) as e:
+                raise StoreError(f"{self.path}: cannot write the run's spill file beside the database ({e})") from None
+        try:
+            _insert(self._con, table, df, run_id=run_id)
+        except (duckdb.Error, OSError) as e:  # a full disk, a folder gone read-only
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise StoreError(
+                f"{self.db_path}: run {run_id} could not be written to its spill file {self.path} ({first}); "
+                "nothing was stored, so the database keeps exactly its earlier runs. Free space or fix the "
+                "folder's permissions, then run again (the model passes come from the cache)."
+            ) from None
+        self.tables.add(table)
+        self.rows += len(df)
+        self._pending += len(df)
+        if self._pending >= SPILL_COMMIT_ROWS:
+            self._con.execute("COMMIT")
+            self._con.execute("BEGIN TRANSACTION")
+            self._pending = 0
+
+    def close(self) -> None:
+        if self._con is not None:
+            try:
+                self._con.execute("COMMIT")
+            finally:
+                self._con.close()
+                self._con = None
+
+    def discard(self) -> None:
+        self.close()
+        if self.path.parent.is_dir():  # never created when the run stopped before its first layer
+            for f in (self.path, self.path.with_name(self.path.name + ".wal")):
+                f.unlink(missing_ok=True)
+            _remove_if_empty(self.path.parent)
+
+
+def remove_stale_spills(db_path: str | Path) -> None:
+    """Delete spill files of `db_path` whose run's process is gone (a killed run leaves one)."""
+    folder = staging_dir(db_path)
+    try:
+        files = list(folder.glob(f".*{_SPILL_SUFFIX}")) + list(folder.glob(f".*{_SPILL_SUFFIX}.wal"))
+    except OSError:
+        return
+    for f in files:
+        pid = f.name.split(_SPILL_SUFFIX)[0].rsplit(".", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            f.unlink(missing_ok=True)
+            logger.info(f"removed {f}, left by a run that did not finish")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    except OSError:
+        pass  # another run's spill appeared meanwhile: the folder stays
+
+
 @dataclass
 class RunRecord:
     """Everything one run writes, gathered in memory and inserted at once.
@@ -510,13 +621,15 @@ class RunRecord:
     table's (missing columns become NULL); `run_id` is added on insert.
     `derive` are steps `(connection, run_id)` that compute further tables from the
     inserted ones inside the same transaction (the analyses: one implementation,
-    in SQL, and stored results that cannot disagree with it).
+    in SQL, and stored results that cannot disagree with it).  With a `spill`, the
+    `STREAMED_TABLES` go to it at once instead of `frames` (bounded memory).
     """
 
     run_id: str
     run: dict[str, Any]
     frames: dict[str, list[pd.DataFrame]] = field(default_factory=dict)
     derive: list[Callable[[duckdb.DuckDBPyConnection, str], None]] = field(default_factory=list)
+    spill: Spill | None = None
 
     def add(self, table: str, df: pd.DataFrame | Mapping[str, Any] | list[Mapping[str, Any]]) -> None:
         if table not in TABLES:
@@ -525,7 +638,11 @@ class RunRecord:
             df = pd.DataFrame([df])
         elif isinstance(df, list):
             df = pd.DataFrame(df)
-        if len(df):
+        if not len(df):
+            return
+        if self.spill is not None and table in STREAMED_TABLES:
+            self.spill.append(table, df, self.run_id)
+        else:
             self.frames.setdefault(table, []).append(df)
 
 
@@ -536,6 +653,8 @@ def _jsonify(df: pd.DataFrame, con: duckdb.DuckDBPyConnection, table: str) -> pd
             f"SELECT column_name, data_type FROM information_schema.columns WHERE table_name = '{table}'"
         ).fetchall()
     )
+    if not any(types.get(c) == "JSON" for c in df.columns):
+        return df  # nothing to serialise: no copy of a large frame
     out = df.copy()
     for col in out.columns:
         if types.get(col) == "JSON":
@@ -560,6 +679,15 @@ def write_run(db_path: str | Path, record: RunRecord, wait: float | None = None)
     except OSError as e:
         raise StoreError(f"{db_path}: cannot create its folder ({e.strerror or e})") from None
     try:
+        _write_run(db_path, record, wait)
+    finally:
+        if record.spill is not None:
+            record.spill.discard()  # stored, staged or failed: the spill has served
+    return db_path
+
+
+def _write_run(db_path: Path, record: RunRecord, wait: float | None) -> None:
+    try:
         con = connect(db_path, wait=wait)
     except StoreLockedError as e:
         staged = stage_run(db_path, record)
@@ -581,26 +709,38 @@ def write_run(db_path: str | Path, record: RunRecord, wait: float | None = None)
         ) from None
     finally:
         con.close()
-    return db_path
 
 
 def _insert_run(con: duckdb.DuckDBPyConnection, record: RunRecord) -> None:
-    con.execute("BEGIN TRANSACTION")
+    spill = record.spill
+    attached = spill is not None and bool(spill.tables)
+    if spill is not None and attached:
+        spill.close()
+        con.execute(f"ATTACH '{_sql_str(str(spill.path))}' AS run_spill (READ_ONLY)")
     try:
-        run = dict(record.run)
-        run["run_id"] = record.run_id
-        _insert(con, "runs", pd.DataFrame([run]))
-        for table, frames in record.frames.items():
-            for df in frames:
-                df = df.copy()
-                df["run_id"] = record.run_id
-                _insert(con, table, df)
-        for step in record.derive:
-            step(con, record.run_id)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        con.execute("BEGIN TRANSACTION")
+        try:
+            run = dict(record.run)
+            run["run_id"] = record.run_id
+            _insert(con, "runs", pd.DataFrame([run]))
+            if spill is not None and attached:
+                for table in sorted(spill.tables):
+                    con.execute(
+                        f'INSERT INTO main."{table}" BY NAME SELECT * FROM run_spill."{table}" WHERE run_id = ?',
+                        [record.run_id],
+                    )
+            for table, frames in record.frames.items():
+                for df in frames:
+                    _insert(con, table, df.assign(run_id=record.run_id))
+            for step in record.derive:
+                step(con, record.run_id)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    finally:
+        if attached:
+            con.execute("DETACH run_spill")
 
 
 # ----------------------------------------------------------------------------- staged runs
@@ -746,12 +886,18 @@ def check_read_only_sql(sql: str, con: duckdb.DuckDBPyConnection) -> str:
     return sql
 
 
-def _insert(con: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame) -> None:
+def _insert(con: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame, run_id: str | None = None) -> None:
+    """Insert `df` into `table` (missing columns NULL); `run_id`, when given, fills that column
+    (without copying a large frame to add it)."""
     df = _jsonify(df, con, table)
     con.register("_incoming", df)
     try:
-        cols = ", ".join(f'"{c}"' for c in df.columns)
-        con.execute(f'INSERT INTO "{table}" ({cols}) SELECT {cols} FROM _incoming')
+        names = [c for c in df.columns if not (run_id is not None and c == "run_id")]
+        cols = ", ".join(f'"{c}"' for c in names)
+        if run_id is None:
+            con.execute(f'INSERT INTO "{table}" ({cols}) SELECT {cols} FROM _incoming')
+        else:
+            con.execute(f'INSERT INTO "{table}" (run_id, {cols}) SELECT ?, {cols} FROM _incoming', [run_id])
     finally:
         con.unregister("_incoming")
 

@@ -198,10 +198,10 @@ def test_item09_a_failed_store_write_is_one_line_and_keeps_earlier_runs(
 
     real_insert = database._insert
 
-    def disk_full(con, table, df):
+    def disk_full(con, table, df, **kw):  # the spill's layer-by-layer writes, or the final transaction
         if table == "similarities":
             raise ddb.IOException("could not write file: No space left on device")
-        return real_insert(con, table, df)
+        return real_insert(con, table, df, **kw)
 
     monkeypatch.setattr(database, "_insert", disk_full)
     res = CliRunner().invoke(cli, args)
