@@ -753,6 +753,7 @@ REPORT_SECTIONS = (
     "neurons",
     "keywords",
     "calibration",
+    "reviews",
     "appendix",
 )
 

@@ -566,6 +566,34 @@ def inspect(path: str, as_json: bool, trust_checkpoint: bool) -> None:
         click.echo(format_inspect(info))
 
 
+# ------------------------------------------------------------------------- review
+
+
+@cli.group()
+def review() -> None:
+    """Radiologist review packets: bring filled answers back into the results database."""
+
+
+@review.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--db", type=click.Path(dir_okay=False), help=_DB_HELP)
+@click.option("--run", "run_id", help="Refuse files that are not packets of this run.")
+def review_import(files: tuple[str, ...], db: str | None, run_id: str | None) -> None:
+    """Import filled report PDFs and exported JSON answers into the `reviews` table.
+
+    All files or none: a file of another run, with unknown neurons or edited
+    field names is refused and nothing is imported.  A file imported before
+    (same content) is skipped.  `dissect-study report` then shows the agreement.
+    """
+    from dissect_study.engine.review.importer import import_reviews
+
+    res = import_reviews(_results_db(db), list(files), run=run_id)
+    click.echo(
+        f"imported {res.rows} answer(s) from {len(res.imported)} file(s)"
+        + (f"; {len(res.skipped)} file(s) imported before, skipped" if res.skipped else "")
+    )
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -61,6 +61,7 @@ SECTION_TITLES = {
     "missed": "Missed concepts",
     "neurons": "Neuron cards",
     "keywords": "Keyword-dominated neurons",
+    "reviews": "Radiologist review and agreement",
     "calibration": "Calibration bench",
     "appendix": "Appendix: parameters and reproduction",
 }
@@ -1325,6 +1326,13 @@ def _appendix(c: _Ctx) -> Section:
     return s
 
 
+def _reviews(c: _Ctx) -> Section | None:
+    """Answers imported with `dissect-study review import` (engine/review/section.py)."""
+    from dissect_study.engine.review.section import reviews_section
+
+    return reviews_section(c)
+
+
 BUILDERS: dict[str, Callable[[_Ctx], Section | None]] = {
     "summary": _summary,
     "sanity": _sanity,
@@ -1340,6 +1348,7 @@ BUILDERS: dict[str, Callable[[_Ctx], Section | None]] = {
     "neurons": _neurons,
     "keywords": _keywords,
     "calibration": _calibration,
+    "reviews": _reviews,
     "appendix": _appendix,
 }
 assert tuple(BUILDERS) == REPORT_SECTIONS, "report sections must follow registry.REPORT_SECTIONS"
