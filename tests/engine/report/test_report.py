@@ -342,8 +342,9 @@ def test_neuron_cards_show_concepts_images_and_review(rendered):
         assert len(c.images) == 5 and all(im.png_data_uri for im in c.images)
         assert all(dict(map(tuple, im.attributes)).get("view") in ("CC", "MLO") for im in c.images)
     html = rendered["html"]
-    for word in ("agree", "disagree", "unsure", "comment"):
-        assert f'-{word}"' in html
+    for word in ("agree", "disagree", "unsure"):
+        assert 'type="radio"' in html and f'value="{word}"' in html  # one radio group per card
+    assert '|comment" rows="3"></textarea>' in html  # a multi-line comment
 
 
 def test_colours_identical_across_charts_and_word_clouds(rendered):
