@@ -290,3 +290,49 @@ def test_bad_review_files_import_nothing(packet, tmp_path, case):
     )
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert _reviews(db) == []
+
+
+# ---------------------------------------------------------------------------- in a real browser
+
+
+@pytest.mark.slow
+def test_html_packet_in_chromium_fill_reload_export_import(packet, tmp_path, chromium_page):
+    db = _fresh_db(packet, tmp_path)
+    m, ly = packet["model"], packet["layer"]
+    html = tmp_path / "report.html"
+    html.write_text(packet["html"], encoding="utf-8")
+    page = chromium_page(1280)
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(html.as_uri())
+    verdict = card_field(RUN, m, ly, 2, "verdict")
+    page.fill(".review-reviewer", "Dr Web")
+    page.fill(".review-date", "2026-12-05")
+    page.check(f'input[name="{verdict}"][value="disagree"]')
+    page.check(f'input[name="{verdict}"][value="unsure"]')  # one radio group: the second pick replaces the first
+    page.fill(f'textarea[name="{card_field(RUN, m, ly, 2, "comment")}"]', "first line\nsecond line")
+    assert page.locator(f'input[name="{verdict}"]:checked').count() == 1
+
+    page.reload()  # answers persist in the browser
+    assert page.locator(f'input[name="{verdict}"][value="unsure"]').is_checked()
+    assert page.input_value(".review-reviewer") == "Dr Web"
+
+    with page.expect_download() as dl:
+        page.click(".review-export")
+    export = tmp_path / "export.json"
+    dl.value.save_as(export)
+    data = json.loads(export.read_text())
+    assert data["run_id"] == RUN and len(data["answers"]) == 1
+
+    r = CliRunner().invoke(cli, ["review", "import", str(export), "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    rows = _reviews(db)
+    assert [(x[2], x[4], x[5], x[6], x[7]) for x in rows] == [(2, "Dr Web", "unsure", "first line\nsecond line", "2026-12-05")]
+    assert all(u.startswith(("file:", "data:", "blob:")) for u in requests), requests  # no external resource
+
+    # without scripts the page still shows every control; only the export button stays hidden
+    bare = chromium_page(1280, java_script_enabled=False)
+    bare.goto(html.as_uri())
+    assert bare.locator('fieldset.review input[type="radio"]').count() == 3 * len(UNITS)
+    assert bare.locator("fieldset.review textarea").count() == len(UNITS)
+    assert not bare.locator(".review-export").is_visible()
