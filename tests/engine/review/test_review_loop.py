@@ -327,7 +327,9 @@ def test_html_packet_in_chromium_fill_reload_export_import(packet, tmp_path, chr
     r = CliRunner().invoke(cli, ["review", "import", str(export), "--db", str(db)])
     assert r.exit_code == 0, r.output
     rows = _reviews(db)
-    assert [(x[2], x[4], x[5], x[6], x[7]) for x in rows] == [(2, "Dr Web", "unsure", "first line\nsecond line", "2026-12-05")]
+    assert [(x[2], x[4], x[5], x[6], x[7]) for x in rows] == [
+        (2, "Dr Web", "unsure", "first line\nsecond line", "2026-12-05")
+    ]
     assert all(u.startswith(("file:", "data:", "blob:")) for u in requests), requests  # no external resource
 
     # without scripts the page still shows every control; only the export button stays hidden
