@@ -128,6 +128,8 @@ def analyses(ex: Executor) -> None:
         if kind == "show_neuron" and a.unit is not None and a.top is not None:
             options.update(unit=a.unit, top=a.top)
             ex.neuron_requests.extend((models[0], layer, a.unit, a.top) for layer in layers)
+        if kind == "review":
+            options["selected"] = [[layer, unit] for layer, unit in _review_packet(ex, a, models[0], layers)]
         ex.record.add(
             "analyses",
             dict(
@@ -174,3 +176,45 @@ def _analysis_layers(ex: Executor, a: CheckedAnalysis, models: list[str]) -> lis
             f"layer names {sorted(set(per_model[0]) - set(common))}; compare models of one architecture"
         )
     return common
+
+
+def _review_packet(ex: Executor, a: CheckedAnalysis, model: str, layers: list[str]) -> list[tuple[str, int]]:
+    """Pick a `review` statement's neurons from this run's labels and ask for their cards.
+
+    `labels supported/unsupported` on a run without label evidence is skipped with a
+    warning (the rest of the run is unaffected).
+    """
+    import pandas as pd
+
+    from dissect_study.engine.review.select import NoEvidenceError, ReviewSelectionError, ReviewSpec, select_neurons
+
+    neurons = pd.concat(ex.record.frames.get("neurons", []), ignore_index=True)
+    neurons = neurons.loc[neurons["model"] == model]
+    x = next(d for d in ex.plan.dissections if d.target == model)
+    concepts = ex.concept_sets[x.concepts].to_frame()
+    ev_frames = ex.record.frames.get("label_evidence", []) if "label_evidence" in store_tables() else []
+    evidence = pd.concat(ev_frames, ignore_index=True) if ev_frames else None
+    if evidence is not None:
+        evidence = evidence.loc[evidence["model"] == model]
+    flt = a.filter
+    spec = ReviewSpec.from_options(a.options, flt.level if flt else None, flt.name if flt else None)
+    try:
+        picked = select_neurons(neurons, concepts, layers, spec, evidence)
+    except NoEvidenceError as e:
+        ex.log.warn("review", f"line {a.span.line}: {a.text!r} skipped: {e}")
+        return []
+    except ReviewSelectionError as e:
+        raise RunError(f"line {a.span.line}: {a.text!r}: {e}") from None
+    if not picked:
+        ex.log.warn("review", f"line {a.span.line}: {a.text!r} selects no neuron; its packet is empty")
+    asked = {(m, ly, u) for m, ly, u, _ in ex.neuron_requests}
+    top = int(a.top or 5)
+    ex.neuron_requests.extend((model, ly, u, top) for ly, u in picked if (model, ly, u) not in asked)
+    return picked
+
+
+def store_tables() -> set[str]:
+    """Tables a run can record (label_evidence only once the store defines it)."""
+    from dissect_study.engine.store.database import TABLES
+
+    return set(TABLES)
