@@ -396,7 +396,7 @@ def query(sql: str, db: str | None, fmt_: str, max_width: int | None) -> None:
     Tables: runs, models, probes, images, concepts, dissections, layers,
     similarities, neurons, neuron_labels, top_images, sanity, analyses,
     captured_concepts, category_counts, top_categories, concept_changes,
-    missed_concepts, keyword_neurons, calibration, warnings (see README).
+    missed_concepts, keyword_neurons, calibration, warnings, reviews (see README).
     """
     import duckdb
 
@@ -569,7 +569,13 @@ def inspect(path: str, as_json: bool, trust_checkpoint: bool) -> None:
 # ------------------------------------------------------------------------- review
 
 
-@cli.group()
+class _CommandGroup(_Command, click.Group):
+    """A group of subcommands that, like every command, takes -q/-v (and so do its subcommands)."""
+
+    command_class = _Command
+
+
+@cli.group(cls=_CommandGroup)
 def review() -> None:
     """Radiologist review packets: bring filled answers back into the results database."""
 

@@ -1088,8 +1088,7 @@ def _neurons(c: _Ctx) -> Section | None:
     s.blocks.append(
         _para(
             "Each card shows a neuron's five best-matching concepts with their similarity scores, and the probe images that "
-            "activate it most, with the neuron's activation map overlaid (red = strongest). Reviewers: tick one box per "
-            "card and add a comment."
+            "activate it most, with the neuron's activation map overlaid (red = strongest)."
         )
     )
     probe_of = {r.model: r.probe for r in c.dissections.itertuples()}

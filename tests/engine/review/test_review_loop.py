@@ -136,6 +136,11 @@ def test_two_reviewers_round_trip_and_kappa(packet, tmp_path):
     assert sorted(int(row[2]) for row in dis.rows) == [1, 2, 3]  # unit 7: both agree
     assert any("looks like vessel" in row[4] for row in dis.rows)
     assert "Cohen&#39;s κ = 0.200" in render_html(m)
+    out = tmp_path / "next"
+    args = ["report", "--db", str(db), "--run", RUN, "--format", "html", "--sections", "reviews", "--out", str(out)]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert "Cohen&#39;s κ = 0.200" in (out / "report.html").read_text(encoding="utf-8")
 
 
 def test_fleiss_for_three_reviewers(packet, tmp_path):
