@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
+from dissect_study.errors import DissectStudyError
+
 #: every review field starts with this, so other form fields in a PDF are never misread
 PREFIX = "dsr"
 SEP = "|"
@@ -50,7 +52,7 @@ class FieldName:
     unit: int | None = None
 
 
-class FieldNameError(ValueError):
+class FieldNameError(DissectStudyError, ValueError):
     """A field that starts like a review field but is not one (hand-edited or damaged)."""
 
 
