@@ -49,3 +49,16 @@ def test_review_packets_in_a_run(tmp_path, tiny_models):
     assert any("labels supported` needs label evidence" in m for m in warnings), warnings
     html = (tmp_path / "out" / "report.html").read_text()
     assert html.count('<fieldset class="review"') == len(cards)
+
+
+def test_review_units_are_checked_before_any_work(tmp_path, tiny_models):
+    import pytest
+
+    from dissect_study.errors import DissectStudyError
+
+    text = STUDY.replace('report "out" as html\n', "review B.middle[2, 999]\n")
+    with pytest.raises(DissectStudyError) as e:
+        _run(tmp_path, text, calibration=False)
+    msg = str(e.value)
+    assert "so there is no unit 999" in msg and "unit 2," not in msg, msg
+    assert not (tmp_path / "r.duckdb").exists()
