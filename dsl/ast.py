@@ -269,6 +269,26 @@ class ShowNeuron:
 
 
 @dataclass(frozen=True)
+class Review:
+    """`review MODEL at layers ... [on LEVEL NAME] [top N | sample N [seed S]] [labels ...] [images N]`,
+    or `review MODEL.LAYER[u, v, ...]`: a review packet, one card per selected neuron.
+
+    `units` is the explicit list (empty for a selection); `options` keeps `labels` and `images`.
+    """
+
+    model: Ident
+    layers: tuple[LayerItem, ...]
+    units: tuple[int, ...]
+    filter: Filter | None
+    top: int | None
+    sample: int | None
+    seed: int | None
+    options: tuple[Arg, ...]
+    span: Span = _span()
+    size_span: Span | None = _opt_span()
+
+
+@dataclass(frozen=True)
 class Report:
     """`report "out" [as html, pdf] [sections a, b, ...]`."""
 
@@ -280,7 +300,9 @@ class Report:
     section_spans: tuple[Span, ...] = field(default=(), compare=False, repr=False)
 
 
-Statement = StudyTitle | Let | Decl | LayerAliasDef | Dissect | DefaultThreshold | Analysis | ShowNeuron | Report
+Statement = (
+    StudyTitle | Let | Decl | LayerAliasDef | Dissect | DefaultThreshold | Analysis | ShowNeuron | Report | Review
+)
 
 
 @dataclass(frozen=True)

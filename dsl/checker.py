@@ -678,6 +678,13 @@ class _Checker:
                 index += 1
                 if checked is not None:
                     out.analyses.append(checked)
+            elif isinstance(s, ast.Review):
+                from dissect_study.dsl.review import check_review
+
+                reviewed = check_review(self, s, index, out, _source_text(st.source, s.span))
+                index += 1
+                if reviewed is not None:
+                    out.analyses.append(reviewed)
             elif isinstance(s, ast.Report):
                 out.reports.append(self.check_report(s))
 

@@ -104,6 +104,8 @@ def fmt_statement(s: ast.Statement, aliases: frozenset[str] = frozenset()) -> st
         return _fmt_analysis(s, aliases)
     if isinstance(s, ast.ShowNeuron):
         return f"show neuron {s.model.name}.{fmt_layer(s.layer)}[{s.unit}] top {s.top}"
+    if isinstance(s, ast.Review):
+        return _fmt_review(s, aliases)
     if isinstance(s, ast.Report):
         text = f"report {fmt_str(s.out.value)} as " + ", ".join(s.formats)
         return text + (" sections " + ", ".join(s.sections) if s.sections is not None else "")
@@ -161,6 +163,21 @@ def _fmt_analysis(s: ast.Analysis, aliases: frozenset[str]) -> str:
     return " ".join(parts)
 
 
+def _fmt_review(s: ast.Review, aliases: frozenset[str]) -> str:
+    if s.units:
+        parts = [f"review {s.model.name}.{fmt_layer(s.layers[0])}[{', '.join(map(str, s.units))}]"]
+    else:
+        parts = [f"review {s.model.name}", fmt_layers(s.layers, aliases)]
+    if s.filter is not None:
+        parts.append(f"on {s.filter.level} {fmt_name(s.filter.name)}")
+    if s.top is not None:
+        parts.append(f"top {s.top}")
+    if s.sample is not None:
+        parts.append(f"sample {s.sample}" + (f" seed {s.seed}" if s.seed is not None else ""))
+    parts.extend(f"{o.name} {fmt_value(o.value)}" for o in s.options)
+    return " ".join(parts)
+
+
 _GROUP = {
     ast.StudyTitle: 0,
     ast.Let: 1,
@@ -170,6 +187,7 @@ _GROUP = {
     ast.DefaultThreshold: 5,
     ast.Analysis: 6,
     ast.ShowNeuron: 6,
+    ast.Review: 6,
     ast.Report: 7,
 }
 

@@ -30,7 +30,7 @@ GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
 RESERVED = frozenset(
     """study let concepts probe dissector target layer layers dissect at by on with using
     threshold count compare vs learned missed gained lost over thresholds keywords analyze of
-    top show neuron report as sections sample balanced seed all env true false""".split()
+    top show neuron report as sections sample balanced seed all env true false review""".split()
 )
 
 #: A layer range names at most this many layers: the deepest real models have a few hundred
@@ -71,6 +71,7 @@ STATEMENT_KEYWORDS = (
     "analyze",
     "show",
     "report",
+    "review",
 )
 
 
@@ -471,6 +472,63 @@ class _ToAst(Transformer):
             top[1][0] if top else _show_neuron_top(),
             self._span(meta),
         )
+
+    # -- review packets (engine/review/select.py picks the neurons at run time)
+    def review_sample(self, meta, children):
+        n, seed = children
+        return (
+            "sample",
+            (self._int(n, "the sample size", 1), self._int(seed, "the seed") if seed is not None else None),
+            self._span(meta),
+        )
+
+    def _review(self, meta, model: ast.Ident, layers: tuple, units: tuple[int, ...], tails) -> ast.Review:
+        filt = top = sample = seed = size_span = None
+        options: list[ast.Arg] = []
+        seen: dict[str, ast.Span] = {}
+        for t in tails:
+            if isinstance(t, ast.Arg):
+                options.append(t)
+                continue
+            tag, val = t[0], t[1]
+            span = t[2] if tag == "sample" else (val[1] if tag == "top" else val.span)
+            if tag in seen:
+                self.problems.append(
+                    Diagnostic(
+                        ERROR,
+                        "repeated-clause",
+                        f"'{tag}' is given twice in this statement",
+                        span,
+                        "keep one of them",
+                        [("first given", seen[tag])],
+                    )
+                )
+                continue
+            seen[tag] = span
+            if tag == "on":
+                filt = val
+            elif tag == "top":
+                top, size_span = val[0], span
+            else:
+                (sample, seed), size_span = val, span
+        return ast.Review(model, layers, units, filt, top, sample, seed, tuple(options), self._span(meta), size_span)
+
+    def review_select(self, meta, children):
+        model, _kw, layers, *tails = children
+        return self._review(meta, self._ident(model), layers, (), tails)
+
+    def review_units(self, meta, children):
+        ref, *rest = children
+        units = tuple(self._int(u, "the unit index") for u in rest if isinstance(u, Token))
+        tails = [t for t in rest if not isinstance(t, Token)]
+        model, _, layer = str(ref).partition(".")
+        s = self._ts(ref)
+        mspan = ast.Span(s.path, s.line, s.col, s.line, s.col + len(model))
+        lspan = ast.Span(s.path, s.line, s.col + len(model) + 1, s.end_line, s.end_col)
+        item: ast.LayerItem = (
+            self._range(layer, lspan) if re.fullmatch(r"(.*?)(\d+)-(\d+)", layer) else ast.LayerName(layer, lspan)
+        )
+        return self._review(meta, ast.Ident(model, mspan), (item,), units, tails)
 
     def report_stmt(self, meta, children):
         out, formats, sections = children

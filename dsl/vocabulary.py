@@ -761,6 +761,7 @@ REPORT_SECTIONS = (
     "keywords",
     "evidence",
     "calibration",
+    "reviews",
     "appendix",
 )
 

@@ -414,7 +414,7 @@ def query(sql: str, db: str | None, fmt_: str, max_width: int | None) -> None:
     Tables: runs, models, probes, images, concepts, dissections, layers,
     similarities, neurons, neuron_labels, top_images, sanity, analyses,
     captured_concepts, category_counts, top_categories, concept_changes,
-    missed_concepts, keyword_neurons, calibration, warnings (see README).
+    missed_concepts, keyword_neurons, calibration, warnings, reviews (see README).
     """
     import duckdb
 
@@ -582,6 +582,40 @@ def inspect(path: str, as_json: bool, trust_checkpoint: bool) -> None:
         click.echo(json.dumps(info, indent=2, default=str))
     else:
         click.echo(format_inspect(info))
+
+
+# ------------------------------------------------------------------------- review
+
+
+class _CommandGroup(_Command, click.Group):
+    """A group of subcommands that, like every command, takes -q/-v (and so do its subcommands)."""
+
+    command_class = _Command
+
+
+@cli.group(cls=_CommandGroup)
+def review() -> None:
+    """Radiologist review packets: bring filled answers back into the results database."""
+
+
+@review.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--db", type=click.Path(dir_okay=False), help=_DB_HELP)
+@click.option("--run", "run_id", help="Refuse files that are not packets of this run.")
+def review_import(files: tuple[str, ...], db: str | None, run_id: str | None) -> None:
+    """Import filled report PDFs and exported JSON answers into the `reviews` table.
+
+    All files or none: a file of another run, with unknown neurons or edited
+    field names is refused and nothing is imported.  A file imported before
+    (same content) is skipped.  `dissect-study report` then shows the agreement.
+    """
+    from dissect_study.engine.review.importer import import_reviews
+
+    res = import_reviews(_results_db(db), list(files), run=run_id)
+    click.echo(
+        f"imported {res.rows} answer(s) from {len(res.imported)} file(s)"
+        + (f"; {len(res.skipped)} file(s) imported before, skipped" if res.skipped else "")
+    )
 
 
 def main() -> None:

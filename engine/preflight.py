@@ -165,12 +165,16 @@ def _analysis_layers(ex: Executor) -> list[str]:
 
 
 def _neuron_units(ex: Executor) -> list[str]:
-    """`show neuron M.LAYER[UNIT]`: UNIT must be below the layer's width."""
+    """`show neuron M.LAYER[UNIT]` and `review M.LAYER[u, ...]`: every unit must be below the layer's width."""
     from dissect_study.engine.analyses.execute import _analysis_layers as resolve
 
     problems = []
     for a in ex.plan.analyses:
-        if a.kind != "neuron" or a.unit is None or not a.models:
+        if a.kind == "review" and a.options.get("select") == "units" and a.models:
+            units = [int(u) for u in a.options.get("units") or ()]
+        elif a.kind == "neuron" and a.unit is not None and a.models:
+            units = [a.unit]
+        else:
             continue
         model = a.models[0]
         try:
@@ -180,11 +184,12 @@ def _neuron_units(ex: Executor) -> list[str]:
         widths = {info.name: info.channels for info in ex.targets[model].layers()}
         for layer in layers:
             width = widths.get(layer, 0)
-            if width > 0 and a.unit >= width:
-                problems.append(
-                    f"line {a.span.line}: {a.text!r}: layer {layer} of {model} has {width} neurons "
-                    f"(units 0..{width - 1}), so there is no unit {a.unit}"
-                )
+            for unit in units:
+                if width > 0 and unit >= width:
+                    problems.append(
+                        f"line {a.span.line}: {a.text!r}: layer {layer} of {model} has {width} neurons "
+                        f"(units 0..{width - 1}), so there is no unit {unit}"
+                    )
     return problems
 
 

@@ -182,6 +182,7 @@ class Executor:
     def _execute(self) -> RunResult:
         from dissect_study.engine import preflight
         from dissect_study.engine.analyses.execute import analyses, calibration, sanity
+        from dissect_study.engine.analyses.label_checks import check_annotations, known_neurons, label_evidence
         from dissect_study.engine.build import build
         from dissect_study.engine.passes.execute import run_passes
         from dissect_study.engine.passes.neuron_maps import neuron_images
@@ -195,16 +196,12 @@ class Executor:
         preflight.before_build(self)
         build(self)
         preflight.after_build(self)
-        from dissect_study.engine.analyses.label_checks import check_annotations
-
         check_annotations(self)
         run_passes(self)
         score(self)
         describe_inputs(self)
         sanity(self)
         self._optional("calibration", lambda: calibration(self))
-        from dissect_study.engine.analyses.label_checks import known_neurons, label_evidence
-
         self._optional("label_evidence", lambda: label_evidence(self))
         self._optional("known_neurons", lambda: known_neurons(self))
         analyses(self)

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers.browser import chromium_browser, chromium_page  # noqa: F401 -- headless Chromium fixtures
 from helpers.tiny import tiny_models  # noqa: F401 -- the fixture, for every test that asks for it
 
 REPO = Path(__file__).resolve().parents[1]

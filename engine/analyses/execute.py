@@ -130,6 +130,8 @@ def analyses(ex: Executor) -> None:
         if kind == "show_neuron" and a.unit is not None and a.top is not None:
             options.update(unit=a.unit, top=a.top)
             ex.neuron_requests.extend((models[0], layer, a.unit, a.top) for layer in layers)
+        if kind == "review":
+            options["selected"] = [[layer, unit] for layer, unit in _review_packet(ex, a, models[0], layers)]
         ex.record.add(
             "analyses",
             dict(
@@ -176,3 +178,35 @@ def _analysis_layers(ex: Executor, a: CheckedAnalysis, models: list[str]) -> lis
             f"layer names {sorted(set(per_model[0]) - set(common))}; compare models of one architecture"
         )
     return common
+
+
+def _review_packet(ex: Executor, a: CheckedAnalysis, model: str, layers: list[str]) -> list[tuple[str, int]]:
+    """Pick a `review` statement's neurons from this run's labels and ask for their cards.
+
+    `labels supported/unsupported` on a run without label evidence is skipped with a
+    warning (the rest of the run is unaffected).
+    """
+    from dissect_study.engine.review.select import NoEvidenceError, ReviewSelectionError, ReviewSpec, select_neurons
+
+    neurons = ex.record.rows("neurons", model=model)
+    if neurons is None:
+        ex.log.warn("review", f"line {a.span.line}: {a.text!r} skipped: {model} has no labelled neurons in this run")
+        return []
+    x = next(d for d in ex.plan.dissections if d.target == model)
+    concepts = ex.concept_sets[x.concepts].to_frame()
+    evidence = ex.record.rows("label_evidence", model=model)
+    flt = a.filter
+    spec = ReviewSpec.from_options(a.options, flt.level if flt else None, flt.name if flt else None)
+    try:
+        picked = select_neurons(neurons, concepts, layers, spec, evidence)
+    except NoEvidenceError as e:
+        ex.log.warn("review", f"line {a.span.line}: {a.text!r} skipped: {e}")
+        return []
+    except ReviewSelectionError as e:
+        raise RunError(f"line {a.span.line}: {a.text!r}: {e}") from None
+    if not picked:
+        ex.log.warn("review", f"line {a.span.line}: {a.text!r} selects no neuron; its packet is empty")
+    asked = {(m, ly, u) for m, ly, u, _ in ex.neuron_requests}
+    top = int(a.top or 5)
+    ex.neuron_requests.extend((model, ly, u, top) for ly, u in picked if (model, ly, u) not in asked)
+    return picked

@@ -65,6 +65,7 @@ SECTION_TITLES = {
     "neurons": "Neuron cards",
     "keywords": "Keyword-dominated neurons",
     "evidence": "Label evidence",
+    "reviews": "Radiologist review and agreement",
     "calibration": "Calibration bench",
     "appendix": "Appendix: parameters and reproduction",
 }
@@ -1097,8 +1098,7 @@ def _neurons(c: _Ctx) -> Section | None:
     s.blocks.append(
         _para(
             "Each card shows a neuron's five best-matching concepts with their similarity scores, and the probe images that "
-            "activate it most, with the neuron's activation map overlaid (red = strongest). Reviewers: tick one box per "
-            "card and add a comment."
+            "activate it most, with the neuron's activation map overlaid (red = strongest)."
         )
     )
     probe_of = {r.model: r.probe for r in c.dissections.itertuples()}
@@ -1346,6 +1346,13 @@ def _appendix(c: _Ctx) -> Section:
     return s
 
 
+def _reviews(c: _Ctx) -> Section | None:
+    """Answers imported with `dissect-study review import` (engine/review/section.py)."""
+    from dissect_study.engine.review.section import reviews_section
+
+    return reviews_section(c)
+
+
 BUILDERS: dict[str, Callable[[_Ctx], Section | None]] = {
     "summary": _summary,
     "sanity": _sanity,
@@ -1362,6 +1369,7 @@ BUILDERS: dict[str, Callable[[_Ctx], Section | None]] = {
     "keywords": _keywords,
     "evidence": _evidence,
     "calibration": _calibration,
+    "reviews": _reviews,
     "appendix": _appendix,
 }
 assert tuple(BUILDERS) == REPORT_SECTIONS, "report sections must follow registry.REPORT_SECTIONS"

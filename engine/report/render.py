@@ -25,6 +25,7 @@ from markupsafe import Markup, escape
 
 from dissect_study.engine.atomic import atomic_path
 from dissect_study.engine.report.model import ReportError, ReportModel, build_report_model
+from dissect_study.engine.review.fields import card_field, doc_field
 from dissect_study.errors import DissectStudyError
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "report_templates"
@@ -48,6 +49,8 @@ def _env() -> jinja2.Environment:
     )
     env.filters["wbr"] = wbr
     env.filters["svg_named"] = svg_named
+    env.globals["review_field"] = card_field  # review form field names (engine/review/fields.py)
+    env.globals["review_doc_field"] = doc_field
     return env
 
 

@@ -565,6 +565,13 @@ class Spill:
             self._con.execute("BEGIN TRANSACTION")
             self._pending = 0
 
+    def read(self, table: str, where: Mapping[str, Any]) -> pd.DataFrame | None:
+        """Rows of `table` appended so far that match `where` (column = value), or None if none were."""
+        if self._con is None or table not in self.tables:
+            return None
+        cond = " AND ".join(f"{c} = ?" for c in where) or "TRUE"
+        return self._con.execute(f"SELECT * FROM {table} WHERE {cond}", list(where.values())).df()
+
     def close(self) -> None:
         if self._con is not None:
             try:
@@ -644,6 +651,21 @@ class RunRecord:
             self.spill.append(table, df, self.run_id)
         else:
             self.frames.setdefault(table, []).append(df)
+
+    def rows(self, table: str, **where: Any) -> pd.DataFrame | None:
+        """What the run has recorded in `table` so far, matching `where` (column = value); None if nothing.
+
+        Why: a later stage (a review packet picks neurons by their labels) must see
+        rows an earlier stage recorded, wherever they went (memory or the spill).
+        """
+        parts = [df for df in self.frames.get(table, [])]
+        if self.spill is not None:
+            spilled = self.spill.read(table, where)
+            if spilled is not None and len(spilled):
+                parts.append(spilled.drop(columns=["run_id"], errors="ignore"))
+        parts = [df.loc[(df[list(where)] == pd.Series(where)).all(axis=1)] if where else df for df in parts]
+        parts = [df for df in parts if len(df)]
+        return pd.concat(parts, ignore_index=True) if parts else None
 
 
 def _jsonify(df: pd.DataFrame, con: duckdb.DuckDBPyConnection, table: str) -> pd.DataFrame:

@@ -1,22 +1,33 @@
-"""Headless Chromium for report tests: the system browser driven by Python playwright.
+"""Headless Chromium for the tests that must see a report the way a reader does.
 
-Why the system browser: the suite runs offline and must never download one
-(playwright's own `install` fetches a build).  The Debian `chromium` package is
-driven over CDP by playwright's `executable_path`; when it (or playwright) is
-missing the test skips with a message saying what to install.
+Why the system browser: the Debian `chromium` package is installed by `.ci/run`
+(`apt-get install chromium`), and Python `playwright` drives it through
+`executable_path`, so no browser is ever downloaded.  Tests skip, with the reason,
+only when no browser binary can be found.
+
+Usage (the fixtures are exported by tests/conftest.py):
+
+    def test_x(chromium_page):
+        page = chromium_page(390)          # a fresh page 390 px wide, offline
+        page.goto(path.as_uri())
+
+The JavaScript checks below measure layout facts in the loaded page (overflow,
+chart text size, axis-label clashes, controls sticking out of a card).
 """
 
 from __future__ import annotations
 
-import atexit
+import os
 import shutil
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
-CHROMIUM_ARGS = [
+#: where the Debian/Ubuntu packages put the browser; $DISSECT_STUDY_CHROMIUM overrides
+CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
+#: no sandbox (containers), no GPU, and nothing that reaches the network by itself
+ARGS = [
     "--no-sandbox",
     "--disable-gpu",
     "--disable-background-networking",
@@ -26,34 +37,47 @@ CHROMIUM_ARGS = [
 ]
 
 
-def chromium_path() -> str | None:
-    for p in CHROMIUM_CANDIDATES:
-        if Path(p).exists():
-            return p
-    found = shutil.which("chromium")
-    return found
+def find_chromium() -> str | None:
+    """The browser binary to drive, or None when this machine has none."""
+    env = os.environ.get("DISSECT_STUDY_CHROMIUM")
+    for c in ((env,) if env else ()) + CANDIDATES:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
 
 
-_playwright: Any = None  # one driver per test process, stopped at exit
-
-
-def launch_chromium() -> Any:
-    """A playwright Browser on the system Chromium (close it when done); skips the calling test when there is none."""
-    global _playwright
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("python playwright is not installed (pip install playwright; no browser download needed)")
-    exe = chromium_path()
+@pytest.fixture(scope="module")
+def chromium_browser() -> Iterator[Any]:
+    exe = find_chromium()
     if exe is None:
-        pytest.skip("no Chromium found (apt-get install chromium); the browser test needs a system browser")
-    if _playwright is None:
-        _playwright = sync_playwright().start()
-        atexit.register(_playwright.stop)
-    try:
-        return _playwright.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
-    except Exception as e:  # noqa: BLE001 - any launch failure means "no usable browser here": skip, say why
-        pytest.skip(f"Chromium at {exe} does not start headless: {e}")
+        pytest.skip("no Chromium found (install the `chromium` package or set $DISSECT_STUDY_CHROMIUM)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright is not installed (dev extra)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def chromium_page(chromium_browser: Any) -> Iterator[Callable[..., Any]]:
+    """A factory: `chromium_page(width, height=800, **context_options)` -> a new page, offline."""
+    contexts: list[Any] = []
+
+    def make(width: int = 1280, height: int = 800, **options: Any) -> Any:
+        ctx = chromium_browser.new_context(viewport={"width": width, "height": height}, **options)
+        ctx.set_offline(True)
+        contexts.append(ctx)
+        return ctx.new_page()
+
+    yield make
+    for ctx in contexts:
+        ctx.close()
 
 
 #: JavaScript: elements whose right edge passes the viewport, outside any horizontal scroll box

@@ -137,3 +137,20 @@ def test_driver_sigkilled_while_layers_stream_leaves_the_database_as_it_was(tmp_
 def _count(db: Path, table: str) -> int:
     with duckdb.connect(str(db), read_only=True) as con:
         return int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def test_a_later_stage_reads_back_what_the_run_recorded_wherever_it_went(tmp_path: Path) -> None:
+    """`RunRecord.rows` sees spilled rows (before any commit) and in-memory rows alike, filtered."""
+    db = tmp_path / "r.duckdb"
+    rec, parts = _record(db, "run-r", layers=2)
+    rec.add("similarities", _sims("G", "l0", 7, 40, 9))
+    got = rec.rows("similarities", model="M", layer="l1")
+    assert got is not None
+    want = parts[1].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got[want.columns.tolist()].reset_index(drop=True), want, check_dtype=False)
+    assert len(rec.rows("similarities", model="G")) == 7 * 40
+    layers = rec.rows("layers", model="M")  # not streamed: read from memory
+    assert layers is not None and layers["layer"].tolist() == ["l0", "l1"]
+    assert rec.rows("similarities", model="nobody") is None
+    assert rec.rows("warnings") is None
+    rec.spill.discard()
