@@ -228,15 +228,44 @@ def density_keys() -> list[Key]:
 # ----------------------------------------------------------------------------- user CSV
 
 
+def attribute_names() -> dict[str, Key]:
+    """The shipped annotations by the name a user CSV gives them (`density=A`, `mass`, `findings=Mass`)."""
+    return {_norm(annotation_name(k)): k for k in STRICT_CONCEPTS}
+
+
+def _row_phrases(row: dict[str, str], where: str, pos: dict[str, str], attrs: dict[str, Key]) -> list[str]:
+    """The concept phrases one CSV row speaks of: its `concept`, or every phrase naming its `attribute`."""
+    concept, attribute = row.get("concept", ""), row.get("attribute", "")
+    if bool(concept) == bool(attribute):
+        raise AnnotationError(f"{where}: give a concept or an attribute in each row (exactly one of the two)")
+    if concept:
+        if _norm(concept) not in pos:
+            near = difflib.get_close_matches(_norm(concept), list(pos), n=1)
+            hint = f"; did you mean '{pos[near[0]]}'?" if near else "; use a phrase of the study's concept set"
+            raise AnnotationError(f"{where}: concept '{concept}' is not in the concept set{hint}")
+        return [pos[_norm(concept)]]
+    key = attrs.get(_norm(attribute))
+    if key is None:
+        near = difflib.get_close_matches(_norm(attribute), list(attrs), n=1)
+        hint = f"did you mean '{near[0]}'?" if near else f"known: {', '.join(sorted(attrs)[:12])}, ..."
+        raise AnnotationError(f"{where}: attribute '{attribute}' is not a shipped annotation; {hint}")
+    phrases = [t for t in pos.values() if _norm(t) in {_norm(x) for x in concept_group(key, lenient=True)}]
+    if not phrases:
+        raise AnnotationError(f"{where}: attribute '{attribute}' names no phrase of the study's concept set")
+    return phrases
+
+
 def load_annotation_csv(
     path: str | Path, image_ids: Sequence[str], concept_texts: Sequence[str]
 ) -> dict[str, np.ndarray]:
-    """Concept vectors from a user CSV with columns image_id, concept[, present].
+    """Concept vectors from a user CSV with columns image_id, concept and/or attribute[, present].
 
     Each row says an image shows a concept (`present` 1/true/yes, the default) or
-    does not (0/false/no).  An image listed anywhere in the file is fully
-    annotated: concepts the file never names for it are absent; images not listed
-    are unknown (NaN).  Concepts must be phrases of the concept set.
+    does not (0/false/no).  A row may name a shipped annotation (`attribute`, e.g.
+    `density=A`) instead of a phrase: it then speaks for every phrase of the concept
+    set that names it, synonyms included.  An image listed anywhere in the file is
+    fully annotated: concepts the file never names for it are absent; images not
+    listed are unknown (NaN).
     """
     p = Path(path)
     try:
@@ -245,22 +274,19 @@ def load_annotation_csv(
         raise AnnotationError(f"{p}: cannot read the annotation CSV ({e.strerror or e})") from None
     reader = csv.DictReader(text.splitlines())
     cols = [c.strip() for c in reader.fieldnames or []]
-    if "image_id" not in cols or "concept" not in cols:
+    if "image_id" not in cols or not ({"concept", "attribute"} & set(cols)):
         raise AnnotationError(
-            f"{p}:1:1: an annotation CSV needs the columns image_id and concept (and optionally present); "
-            f"this one has {', '.join(cols) or 'none'}"
+            f"{p}:1:1: an annotation CSV needs the columns image_id and concept or attribute (and optionally "
+            f"present); this one has {', '.join(cols) or 'none'}"
         )
     pos = {_norm(t): t for t in concept_texts}
+    attrs = attribute_names()
     index = {str(i): n for n, i in enumerate(image_ids)}
     listed: set[int] = set()
     marks: dict[str, dict[int, float]] = {}
     for line, row in enumerate(reader, start=2):
         row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
-        concept = _norm(row["concept"])
-        if concept not in pos:
-            near = difflib.get_close_matches(concept, list(pos), n=1)
-            hint = f"; did you mean '{pos[near[0]]}'?" if near else "; use a phrase of the study's concept set"
-            raise AnnotationError(f"{p}:{line}:1: concept '{row['concept']}' is not in the concept set{hint}")
+        phrases = _row_phrases(row, f"{p}:{line}:1", pos, attrs)
         flag = row.get("present", "1").lower() or "1"
         if flag not in ("1", "0", "true", "false", "yes", "no"):
             raise AnnotationError(f"{p}:{line}:1: present must be 1/0, true/false or yes/no, got '{row['present']}'")
@@ -268,7 +294,8 @@ def load_annotation_csv(
         if i is None:
             continue  # an image the probe does not hold: not this probe's business
         listed.add(i)
-        marks.setdefault(pos[concept], {})[i] = 1.0 if flag in ("1", "true", "yes") else 0.0
+        for phrase in phrases:
+            marks.setdefault(phrase, {})[i] = 1.0 if flag in ("1", "true", "yes") else 0.0
     out = {}
     for phrase, m in marks.items():
         v = np.full(len(image_ids), np.nan)

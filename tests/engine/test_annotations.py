@@ -86,8 +86,29 @@ def test_user_csv_errors_name_the_line(tmp_path):
         ann.load_annotation_csv(f, ["img1"], ["mass"])
     g = tmp_path / "cols.csv"
     g.write_text("id,label\n")
-    with pytest.raises(ann.AnnotationError, match="image_id and concept"):
+    with pytest.raises(ann.AnnotationError, match="image_id and concept or attribute"):
         ann.load_annotation_csv(g, ["img1"], ["mass"])
+    h = tmp_path / "attr.csv"
+    h.write_text("image_id,concept,attribute\nimg1,mass,mass\nimg1,,densty=A\n")
+    with pytest.raises(ann.AnnotationError, match=r"attr.csv:2:1: give a concept or an attribute"):
+        ann.load_annotation_csv(h, ["img1"], ["mass"])
+    h.write_text("image_id,attribute\nimg1,densty=A\n")
+    with pytest.raises(ann.AnnotationError, match=r"attr.csv:2:1: attribute 'densty=A' .*did you mean 'density=a'"):
+        ann.load_annotation_csv(h, ["img1"], ["mass"])
+
+
+def test_user_csv_attribute_rows_speak_for_every_synonym(tmp_path):
+    """`density=A` marks each phrase of the concept set naming density A, synonyms included, and only those."""
+    texts = ["almost entirely fatty", "fatty breast", "BI-RADS density A", "dense breast", "mass"]
+    want = {t for t in texts if t in ann.concept_group(("density", "A"), lenient=True)}
+    assert len(want) >= 3  # the check below means something
+    f = tmp_path / "ann.csv"
+    f.write_text("image_id,attribute,concept,present\nimg1,density=A,,1\nimg2,density=A,,0\nimg2,,mass,1\n")
+    out = ann.load_annotation_csv(f, ["img1", "img2", "img3"], texts)
+    assert set(out) == want | {"mass"}
+    for t in want:
+        assert np.array_equal(out[t], [1, 0, np.nan], equal_nan=True)
+    assert np.array_equal(out["mass"], [0, 1, np.nan], equal_nan=True)
 
 
 @pytest.mark.shared
