@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from dissect_study.engine.concepts import load_shipped
 from dissect_study.engine.models import demo
 from dissect_study.engine.models.base import BuildContext
 from dissect_study.engine.phantom.probe import PhantomProbe
@@ -31,6 +32,42 @@ FUNCTIONS = {
 }
 
 
+LESIONS = ("mass", "mass_", "calc", "architectural", "asymmetry", "lymph")
+
+
+def targets(ctx: BuildContext, x: torch.Tensor, attrs: list[dict]) -> dict:
+    """Held-out AUC of each C target and, per target, its units selective (AUC >= 0.8) for a lesion attribute."""
+    from dissect_study.engine.analyses.calibration import assign_ground_truth, neuron_selectivity
+
+    res: dict = {}
+    for variant in ("M", "C_density", "C_mass", "C_calcification"):
+        t0, c0 = time.time(), time.process_time()
+        t = demo.build_target(variant, {"variant": variant}, ctx)
+        held = t.training_report().get("heldout")
+        lesion_units = {}
+        for layer in ("blocks.2", "blocks.3", "blocks.4"):
+            got: dict = {}
+            h = t.module.get_submodule(layer).register_forward_hook(
+                lambda m, i, o, got=got: got.setdefault("o", []).append(o.mean((2, 3)))
+            )
+            for i in range(0, len(x), 100):
+                t.forward(x[i : i + 100])
+            h.remove()
+            acts = torch.cat(got["o"]).numpy()
+            truth = assign_ground_truth(neuron_selectivity(acts, attrs))
+            les = truth[truth["attribute"].astype(str).str.startswith(LESIONS)]
+            lesion_units[layer] = sorted({f"{a}={v}" for a, v in zip(les["attribute"], les["value"])})
+        res[variant] = {"heldout": held, "lesion_selective": lesion_units}
+        print(
+            variant,
+            "held-out",
+            held and {k: held[k] for k in ("auc", "accuracy")},
+            f"{time.time() - t0:.0f} s wall {time.process_time() - c0:.0f} s cpu",
+        )
+        print("   lesion-selective units' attributes:", json.dumps(lesion_units))
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", default="/tmp/i16-cache")
@@ -40,7 +77,14 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=None)
     ap.add_argument("--height", type=int, default=None)
     ap.add_argument("--pw", type=float, default=None)
+    ap.add_argument("--bs", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--targets", action="store_true", help="also train C_* and count lesion-selective units")
     a = ap.parse_args()
+    if a.bs:
+        demo.BATCH = a.bs
+    if a.lr:
+        demo.LEARNING_RATE = a.lr
     if a.n_train:
         demo.N_TRAIN = a.n_train
     if a.height:
@@ -55,7 +99,7 @@ def main() -> None:
     attrs = [it.attributes for it in probe.items]
     x = torch.stack([d.preprocess(probe.load(i)) for i in range(len(probe.items))])
     emb = torch.cat([d.encode_images(x[i : i + 100]) for i in range(0, len(x), 100)])
-    concepts = demo.concept_phrases()[:767]
+    concepts = list(load_shipped("mammo", {"name": "mammo_v1"}, ".").texts)
     P = concept_activation_matrix(emb, d.encode_texts(concepts))
     out: dict = {"zero_shot": {}, "perfect": {}}
     rows = zero_shot_aucs(emb, d.encode_texts, attrs)
@@ -75,6 +119,9 @@ def main() -> None:
         print(f"perfect-neuron top-1 {name}: {hit:.3f}")
         if name in ("soft_wpmi", "cos_cubed"):
             print("   labels:", json.dumps(labels))
+    if a.targets:
+        ctx.dissectors["demo"] = d
+        out["targets"] = targets(ctx, x, attrs)
     print(f"total {time.time() - t0:.0f} s wall, {time.process_time() - c0:.0f} s cpu")
     print("report seconds:", d.training_report().get("seconds"), "cpu", d.training_report().get("cpu_seconds"))
     if a.json:

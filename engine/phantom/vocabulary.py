@@ -95,7 +95,9 @@ def true_concepts(attributes: dict[str, Any]) -> set[str]:
 
 # --------------------------------------------------------------------------- demo dissector training text
 #: other wordings of an attribute value that the demo dissector is taught alongside its
-#: ground-truth phrases: the reports' and Mammo-CLIP's zero-shot prompts' words for it
+#: ground-truth phrases: Mammo-CLIP's zero-shot prompts' words for it.  A concept-set phrase
+#: listed here competes with the ground-truth phrase for the label, so only prompts are
+#: listed (not, say, "mlo view", which would then tie with "mediolateral oblique view")
 SYNONYMS: dict[tuple[str, Any], tuple[str, ...]] = {
     ("density", "A"): ("fatty", "the breast is almost entirely fatty"),
     ("density", "B"): ("scattered areas of fibroglandular density", "scattered fibroglandular density"),
@@ -103,8 +105,6 @@ SYNONYMS: dict[tuple[str, Any], tuple[str, ...]] = {
     ("density", "D"): ("extremely dense breast",),
     ("calcification", True): ("suspicious calcification",),
     ("benign_calcification", True): ("benign calcification",),
-    ("view", "CC"): ("cc view",),
-    ("view", "MLO"): ("mlo view",),
 }
 
 #: stated absences ("no mass"): true for an image exactly when the attribute is absent
