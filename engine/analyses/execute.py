@@ -7,7 +7,7 @@ stored (engine/analyses/macros.py); this stage records each statement's argument
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dissect_study.dsl.checker import CheckedAnalysis
 from dissect_study.dsl.vocabulary import SIMILARITIES
@@ -38,6 +38,7 @@ def sanity(ex: Executor) -> None:
         except Exception as e:  # noqa: BLE001 -- a sanity check must never sink a run
             ex.log.warn("sanity", f"zero-shot sanity check of {dname} on {pname} failed: {e}")
             continue
+        results += _phantom_zero_shot(ex, dname, pname, emb, attrs)
         for r in results:
             ex.record.add("sanity", dict(dissector=dname, probe=pname, **r))
             if r.get("value") is not None and r.get("chance") is not None and abs(r["value"] - r["chance"]) < 0.05:
@@ -46,6 +47,31 @@ def sanity(ex: Executor) -> None:
                     f"dissector {dname} is near chance on '{r['attribute']}' "
                     f"({r['metric']} {r['value']:.2f}); labels naming it are not trustworthy",
                 )
+
+
+def _phantom_zero_shot(ex: Executor, dname: str, pname: str, emb: Any, attrs: list[dict]) -> list[dict]:
+    """Per-attribute zero-shot AUC on a probe with full ground truth (the phantom): one row per value."""
+    if not ex.probes[pname].has_ground_truth:
+        return []
+    from dissect_study.engine.phantom.quality import zero_shot_aucs
+
+    try:
+        rows = zero_shot_aucs(emb, ex.dissectors[dname].encode_texts, attrs)
+    except Exception as e:  # noqa: BLE001 -- a sanity check must never sink a run
+        ex.log.warn("sanity", f"per-attribute zero-shot check of {dname} on {pname} failed: {e}")
+        return []
+    known = {"mass", "calcification", "density"}  # the Mammo-CLIP prompt rows above keep these names
+    return [
+        {
+            "attribute": r["attribute"] if r["attribute"] not in known else f"{r['attribute']} (phantom prompts)",
+            "metric": "auc",
+            "value": r["value"],
+            "n": r["n"],
+            "chance": 0.5,
+            "prompts": r["prompts"],
+        }
+        for r in rows
+    ]
 
 
 def calibration(ex: Executor) -> None:

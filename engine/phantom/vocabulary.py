@@ -91,3 +91,80 @@ def true_concepts(attributes: dict[str, Any]) -> set[str]:
         if attribute_matches(attributes, attr, value):
             out.update(phrases)
     return out
+
+
+# --------------------------------------------------------------------------- demo dissector training text
+#: other wordings of an attribute value that the demo dissector is taught alongside its
+#: ground-truth phrases: Mammo-CLIP's zero-shot prompts' words for it.  A concept-set phrase
+#: listed here competes with the ground-truth phrase for the label, so only prompts are
+#: listed (not, say, "mlo view", which would then tie with "mediolateral oblique view")
+SYNONYMS: dict[tuple[str, Any], tuple[str, ...]] = {
+    ("density", "A"): ("fatty", "the breast is almost entirely fatty"),
+    ("density", "B"): ("scattered areas of fibroglandular density", "scattered fibroglandular density"),
+    ("density", "C"): ("heterogeneously dense breast",),
+    ("density", "D"): ("extremely dense breast",),
+    ("calcification", True): ("suspicious calcification",),
+    ("benign_calcification", True): ("benign calcification",),
+}
+
+#: stated absences ("no mass"): true for an image exactly when the attribute is absent
+NEGATIONS: dict[str, tuple[str, ...]] = {
+    "mass": ("no mass",),
+    "calcification": ("no suspicious calcification", "no suspicious calcifications"),
+    "architectural_distortion": ("no architectural distortion",),
+    "implant": ("no breast implant",),
+    "skin_thickening": ("no skin thickening",),
+    "skin_marker": ("no skin marker",),
+    "asymmetry": ("no asymmetry",),
+    "lymph_node": ("no lymph node",),
+    "calc_morphology": ("no calcifications",),
+    "pectoral_muscle": ("no pectoral muscle",),
+    "nipple_in_profile": ("nipple not in profile",),
+}
+#: detail attributes whose absence is their parent finding's absence
+_PARENT = {
+    "mass_shape": "mass",
+    "mass_margin": "mass",
+    "mass_density": "mass",
+    "calc_distribution": "calc_morphology",
+    "benign_calcification": "calc_morphology",
+}
+
+
+def phrase_truth(attributes: dict[str, Any]) -> set[str]:
+    """Every phrase (ground truth, synonym or stated absence) that describes one phantom truly."""
+    out = true_concepts(attributes)
+    for (attr, value), phrases in SYNONYMS.items():
+        if attribute_matches(attributes, attr, value):
+            out.update(phrases)
+    for attr, phrases in NEGATIONS.items():
+        if not attributes.get(attr):
+            out.update(phrases)
+    return out
+
+
+#: every phrase the demo dissector is taught to tie to the phantom's attributes
+TAUGHT_PHRASES: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        list(ALL_PHRASES) + [p for ps in SYNONYMS.values() for p in ps] + [p for ps in NEGATIONS.values() for p in ps]
+    )
+)
+
+
+def zero_shot_groups() -> dict[str, list[tuple[Any, str]]]:
+    """Per attribute, its (value, prompt) pairs for a Mammo-CLIP-style zero-shot check.
+
+    A softmax over a group's prompts scores each value; `None` is the stated-absence
+    prompt of an attribute that a phantom may lack ("no mass").  Binary attributes
+    have one value, True.
+    """
+    groups: dict[str, list[tuple[Any, str]]] = {}
+    for (attr, value), phrases in GROUND_TRUTH_CONCEPTS.items():
+        members = groups.setdefault(attr, [])
+        if all(v != value for v, _ in members):
+            members.append((value, phrases[0]))
+    for attr, members in groups.items():
+        parent = _PARENT.get(attr, attr)
+        if parent in NEGATIONS:
+            members.append((None, NEGATIONS[parent][0]))
+    return groups

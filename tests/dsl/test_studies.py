@@ -85,7 +85,7 @@ def test_demo_study_resolves_what_the_engine_needs():
     assert checked.targets["Ccalc"].params["variant"] == "C_calcification"
     (d,) = checked.dissections
     assert d.targets == ["G", "M", "Cdensity", "Cmass", "Ccalc"]
-    assert d.similarity == "soft_wpmi" and d.similarity_params["lam"] == 1.0 and d.similarity_params["top_k"] == 100
+    assert d.similarity == "wpmi" and d.similarity_params["lam"] == 0.6 and d.similarity_params["top_k"] == 28
     assert d.options["pooling"] == "avg" and d.options["device"] == "auto"
     kinds = [a.kind for a in checked.analyses]
     assert kinds.count("neuron") == 2 and "compare" in kinds and "learned" in kinds

@@ -250,7 +250,7 @@ def _demo_state() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     net = demo.DemoNet(demo.PROJ_DIM)
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    proj = torch.nn.Linear(demo.TEXT_DIM, demo.PROJ_DIM)
+    proj = demo.TextHead()
     state.update({f"text_proj.{k}": v for k, v in proj.state_dict().items()})
     return state
 

@@ -1,0 +1,110 @@
+"""How well a dissector sees the phantom: per-attribute zero-shot AUC and the perfect-neuron test.
+
+Why: a dissector's labels can only be right for attributes its embedding space
+separates, and only if the *whole* concept set sits where it should (a concept
+never seen in training must not out-score the true one).  Two checks measure
+that on a probe with ground truth, independent of any target model:
+
+* `zero_shot_aucs` -- Mammo-CLIP-style: a softmax over each attribute group's
+  prompts (one per value, plus the stated absence "no mass"), ROC AUC of each
+  value's probability against its indicator.
+* `perfect_neuron_hits` -- one synthetic neuron per attribute value whose
+  activation *is* its indicator over the probe, scored through the dissector's
+  P over every concept by a similarity function; a hit is a top-1 label among
+  the value's ground-truth phrases.  A perfect target cannot be labelled better
+  than this, so it bounds what the calibration bench can show.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from dissect_study.engine.phantom.vocabulary import GROUND_TRUTH_CONCEPTS, attribute_matches, zero_shot_groups
+
+
+def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    from scipy.stats import rankdata
+
+    pos, neg = int(labels.sum()), int((~labels).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    r = rankdata(scores)
+    return float((r[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def zero_shot_aucs(
+    image_emb: torch.Tensor, encode_texts: Any, attributes: list[dict[str, Any]], min_positives: int = 3
+) -> list[dict[str, Any]]:
+    """One row per attribute value present at least `min_positives` times (and absent as often).
+
+    `image_emb` (N, d) unnormalised; `encode_texts(list[str]) -> (M, d)` the dissector's text side.
+    Rows: attribute ("mass_shape=oval", or the attribute alone for a binary one), value (AUC), n,
+    positives, prompts.
+    """
+    img = torch.nn.functional.normalize(image_emb.double(), dim=1)
+    rows: list[dict[str, Any]] = []
+    for attr, members in zero_shot_groups().items():
+        prompts = [p for _, p in members]
+        txt = torch.nn.functional.normalize(encode_texts(prompts).double(), dim=1)
+        probs = torch.softmax(img @ txt.T, dim=1).numpy()
+        for j, (value, _) in enumerate(members):
+            if value is None:
+                continue
+            y = np.array([attribute_matches(a, attr, value) for a in attributes], dtype=bool)
+            if min(int(y.sum()), int((~y).sum())) < min_positives:
+                continue
+            name = attr if value is True else f"{attr}={value}"
+            rows.append(
+                {
+                    "attribute": name,
+                    "value": _auc(probs[:, j], y),
+                    "n": len(y),
+                    "positives": int(y.sum()),
+                    "prompts": prompts,
+                }
+            )
+    return rows
+
+
+@dataclass
+class PerfectNeurons:
+    """Indicator neurons of a probe: X (N, K) and, per column, its attribute value and true phrases."""
+
+    X: torch.Tensor
+    names: list[str]
+    truth: list[set[str]]
+
+
+def perfect_neurons(attributes: list[dict[str, Any]], min_positives: int = 5) -> PerfectNeurons:
+    """One 0/1 column per ground-truth attribute value with `min_positives` positives and negatives."""
+    cols, names, truth = [], [], []
+    for (attr, value), phrases in GROUND_TRUTH_CONCEPTS.items():
+        y = np.array([attribute_matches(a, attr, value) for a in attributes], dtype=bool)
+        if min(int(y.sum()), int((~y).sum())) < min_positives:
+            continue
+        cols.append(y.astype(np.float32))
+        names.append(f"{attr}={value}")
+        truth.append(set(phrases))
+    return PerfectNeurons(torch.from_numpy(np.stack(cols, 1)), names, truth)
+
+
+def perfect_neuron_hits(
+    P: torch.Tensor,
+    concepts: list[str],
+    attributes: list[dict[str, Any]],
+    similarity: str,
+    params: dict[str, Any] | None = None,
+) -> tuple[float, dict[str, str]]:
+    """Top-1 hit rate of the perfect neurons under one similarity function, and each neuron's label."""
+    from dissect_study.engine.scores.similarity import compute_similarity
+
+    pn = perfect_neurons(attributes)
+    S = compute_similarity(similarity, P, pn.X, params or {}).S
+    top = S.argmax(dim=1).tolist()
+    labels = {n: concepts[i] for n, i in zip(pn.names, top)}
+    hits = [concepts[i] in t for i, t in zip(top, pn.truth)]
+    return float(np.mean(hits)), labels

@@ -1,0 +1,86 @@
+"""Phantom quality checks (zero-shot AUC per attribute, perfect-neuron test) on inputs with a known answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dissect_study.engine.phantom.generator import sample_scene, scene_attributes
+from dissect_study.engine.phantom.quality import perfect_neuron_hits, perfect_neurons, zero_shot_aucs
+from dissect_study.engine.phantom.vocabulary import (
+    ALL_PHRASES,
+    GROUND_TRUTH_CONCEPTS,
+    NEGATIONS,
+    TAUGHT_PHRASES,
+    phrase_truth,
+    true_concepts,
+    zero_shot_groups,
+)
+
+
+@pytest.fixture(scope="module")
+def attrs() -> list[dict]:
+    return [scene_attributes(sample_scene(0, i), 160) for i in range(300)]
+
+
+def _oracle(attrs: list[dict], phrases: list[str]) -> torch.Tensor:
+    """Embeddings where image i and phrase j are aligned exactly when the phrase is true of the image."""
+    truth = np.array([[p in phrase_truth(a) for p in phrases] for a in attrs], dtype=np.float64)
+    return torch.from_numpy(truth)
+
+
+def test_phrase_truth_adds_synonyms_and_absences_only_where_true(attrs):
+    for a in attrs[:50]:
+        t = phrase_truth(a)
+        assert true_concepts(a) <= t
+        assert ("no mass" in t) == (not a["mass"])
+        assert ("fatty" in t) == (a["density"] == "A")
+        assert ("no suspicious calcification" in t) == (not a["calcification"])
+    assert set(ALL_PHRASES) <= set(TAUGHT_PHRASES)
+    assert all(p in TAUGHT_PHRASES for ps in NEGATIONS.values() for p in ps)
+
+
+def test_zero_shot_groups_cover_every_attribute_once():
+    groups = zero_shot_groups()
+    assert set(groups) == {attr for attr, _ in GROUND_TRUTH_CONCEPTS}
+    assert [v for v, _ in groups["mass_shape"]] == ["oval", "round", "irregular", None]
+    assert groups["mass_shape"][-1][1] == "no mass"
+    assert [v for v, _ in groups["view"]] == ["CC", "MLO"]  # every view is one of the two: no absence prompt
+
+
+def test_zero_shot_auc_is_one_for_an_oracle_and_half_for_noise(attrs):
+    prompts = sorted({p for g in zero_shot_groups().values() for _, p in g})
+    col = {p: j for j, p in enumerate(prompts)}
+    img = _oracle(attrs, prompts)
+    eye = torch.eye(len(prompts), dtype=torch.float64)
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        return eye[[col[t] for t in texts]]
+
+    rows = zero_shot_aucs(img * 10, encode, attrs)
+    names = {r["attribute"] for r in rows}
+    assert {"mass", "view=CC", "density=A", "mass_margin=spiculated"} <= names
+    # a value whose prompt is also true of another value ("asymmetry" names focal ones too) is not separable
+    exact = [r for r in rows if not r["attribute"].startswith("asymmetry")]
+    assert min(r["value"] for r in exact) > 0.99
+    noise = torch.randn(len(attrs), len(prompts), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    noisy = zero_shot_aucs(noise, encode, attrs)
+    assert 0.35 < float(np.mean([r["value"] for r in noisy])) < 0.65
+
+
+def test_perfect_neurons_are_labelled_right_through_a_ground_truth_P(attrs):
+    concepts = list(ALL_PHRASES) + ["bicycle", "wolf", "boulder"]
+    truth = torch.tensor([[p in true_concepts(a) for p in concepts] for a in attrs], dtype=torch.float32)
+    P = 0.1 + 0.8 * truth  # a cosine matrix that is high exactly where a phrase is true
+    pn = perfect_neurons(attrs)
+    assert pn.X.shape == (len(attrs), len(pn.names)) and len(pn.names) >= 30
+    assert set(torch.unique(pn.X).tolist()) == {0.0, 1.0}
+    for fn in ("cos", "cos_cubed"):
+        hit, labels = perfect_neuron_hits(P, concepts, attrs, fn)
+        # values that share their only phrase with a broader value ("asymmetry") can tie: allow those
+        assert hit >= 0.9, labels
+    # the same P with its concept columns shuffled labels (almost) nothing right
+    perm = torch.randperm(len(concepts), generator=torch.Generator().manual_seed(1))
+    hit, _ = perfect_neuron_hits(P[:, perm], concepts, attrs, "cos")
+    assert hit < 0.3
