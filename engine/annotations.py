@@ -221,6 +221,26 @@ def attribute_matrix(attributes: Sequence[dict[str, Any]], keys: Iterable[Key]) 
     return kept, np.stack(cols, axis=1)
 
 
+def ground_truth_indicators(
+    attributes: Sequence[dict[str, Any]], concept_texts: Sequence[str] | None = None, min_positives: int = 5
+) -> tuple[list[Key], np.ndarray]:
+    """The probe's ground-truth attribute values with `min_positives` positives and negatives, as N x A 0/1.
+
+    With `concept_texts`, only values some phrase of that concept set names (strictly) are kept:
+    a value no label can name cannot be hit.  The perfect-neuron test's neurons.
+    """
+    keys = [k for k in GROUND_TRUTH_CONCEPTS if any(k[0] in d for d in attributes)]
+    keys, ind = attribute_matrix(attributes, keys)
+    n = len(attributes)
+    ok = [
+        j
+        for j, k in enumerate(keys)
+        if min_positives <= ind[:, j].sum() <= n - min_positives
+        and (concept_texts is None or group_ids(k, concept_texts, False))
+    ]
+    return [keys[j] for j in ok], ind[:, ok]
+
+
 def density_keys() -> list[Key]:
     return [("density", d) for d in DENSITIES]
 

@@ -288,13 +288,19 @@ def hit_rates(S: Any, groups: Sequence[set[int]], top_k: int = 5) -> dict[str, f
     return {"top1": float(np.mean(top1)), "top5": float(np.mean(topk)), "n": len(groups)}
 
 
-def perfect_neurons(indicators: Any) -> np.ndarray:
-    """Synthetic activations (N x A): neuron j fires exactly on the images with attribute j.
+def perfect_neuron_scores(P: Any, indicators: Any, similarity: str, params: dict[str, Any] | None = None) -> Any:
+    """S (A x M) of perfect neurons -- neuron j's activation *is* attribute j's 0/1 indicator -- through P.
 
-    A small deterministic jitter-free offset is not needed: functions that rank
-    images break ties by image index, the same for every neuron.
+    Why: a neuron that fires for exactly one attribute should be named by it; what
+    such neurons miss is lost by the dissector (P), not by the target.
     """
-    return np.asarray(indicators, dtype=np.float64)
+    import torch
+
+    from dissect_study.engine.scores.similarity import compute_similarity
+
+    X = torch.as_tensor(np.asarray(indicators, dtype=np.float64), dtype=torch.float32)
+    P = torch.as_tensor(P, dtype=torch.float32)
+    return compute_similarity(similarity, P, X, dict(params or {})).S
 
 
 def perfect_neuron_ceiling(
@@ -305,19 +311,8 @@ def perfect_neuron_ceiling(
     params: dict[str, Any] | None = None,
     top_k: int = 5,
 ) -> dict[str, float]:
-    """Hit rates of perfect neurons scored through the real image-concept matrix P.
-
-    Why: a neuron that fires for exactly one attribute should be named by it; what
-    such neurons miss is lost by the dissector (P), not by the target.  `groups[j]`
-    holds the concept ids that correctly name attribute j (strict or lenient).
-    """
-    import torch
-
-    from dissect_study.engine.scores.similarity import compute_similarity
-
-    X = torch.as_tensor(perfect_neurons(indicators), dtype=torch.float32)
-    S = compute_similarity(similarity, torch.as_tensor(np.asarray(P), dtype=torch.float32), X, dict(params or {})).S
-    return hit_rates(S.numpy(), groups, top_k)
+    """Hit rates of perfect neurons; `groups[j]` holds the concept ids that correctly name attribute j."""
+    return hit_rates(perfect_neuron_scores(P, indicators, similarity, params).numpy(), groups, top_k)
 
 
 def oracle_p(indicators: Any, groups: Sequence[set[int]], n_concepts: int) -> np.ndarray:

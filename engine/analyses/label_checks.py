@@ -281,17 +281,11 @@ def calibration_ceilings(ex: Executor, x: DissectionStep, P: torch.Tensor, attrs
     from dissect_study.engine.scores.similarity import compute_similarity
 
     cs = ex.concept_sets[x.concepts]
-    keys = [k for k in ann.GROUND_TRUTH_CONCEPTS if any(k[0] in d for d in attrs)]
-    keys, ind = ann.attribute_matrix(attrs, keys)
-    n = len(attrs)
-    ok = [j for j in range(len(keys)) if 5 <= ind[:, j].sum() <= n - 5 and ann.group_ids(keys[j], cs.texts, False)]
-    keys, ind = [keys[j] for j in ok], ind[:, ok]
+    keys, ind = ann.ground_truth_indicators(attrs, cs.texts)
     if not keys:
         return
     params = {k: v for k, v in x.similarity_params.items() if k != "template"}
-    S_perfect = compute_similarity(
-        x.similarity, P, torch.as_tensor(ev.perfect_neurons(ind), dtype=torch.float32), params
-    ).S
+    S_perfect = ev.perfect_neuron_scores(P, ind, x.similarity, params)
     row = cal.calibration_table(None, x.similarity, S_perfect, cs.texts, _ceiling_truth(keys))  # type: ignore[arg-type]
     row["model"], row["bench"] = x.target, "perfect_neurons"
     ex.record.add("calibration", row)

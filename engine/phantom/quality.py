@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dissect_study.engine.phantom.vocabulary import GROUND_TRUTH_CONCEPTS, attribute_matches, zero_shot_groups
+from dissect_study.engine import annotations as ann
+from dissect_study.engine.phantom.vocabulary import attribute_matches, zero_shot_groups
 
 
 def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -81,15 +82,12 @@ class PerfectNeurons:
 
 def perfect_neurons(attributes: list[dict[str, Any]], min_positives: int = 5) -> PerfectNeurons:
     """One 0/1 column per ground-truth attribute value with `min_positives` positives and negatives."""
-    cols, names, truth = [], [], []
-    for (attr, value), phrases in GROUND_TRUTH_CONCEPTS.items():
-        y = np.array([attribute_matches(a, attr, value) for a in attributes], dtype=bool)
-        if min(int(y.sum()), int((~y).sum())) < min_positives:
-            continue
-        cols.append(y.astype(np.float32))
-        names.append(f"{attr}={value}")
-        truth.append(set(phrases))
-    return PerfectNeurons(torch.from_numpy(np.stack(cols, 1)), names, truth)
+    keys, ind = ann.ground_truth_indicators(attributes, min_positives=min_positives)
+    return PerfectNeurons(
+        torch.from_numpy(ind.astype(np.float32)),
+        [ann.annotation_name(k) if k[1] is not True else f"{k[0]}=True" for k in keys],
+        [set(ann.concept_group(k, lenient=False)) for k in keys],
+    )
 
 
 def perfect_neuron_hits(
@@ -100,11 +98,10 @@ def perfect_neuron_hits(
     params: dict[str, Any] | None = None,
 ) -> tuple[float, dict[str, str]]:
     """Top-1 hit rate of the perfect neurons under one similarity function, and each neuron's label."""
-    from dissect_study.engine.scores.similarity import compute_similarity
+    from dissect_study.engine.analyses.evidence import perfect_neuron_scores
 
     pn = perfect_neurons(attributes)
-    S = compute_similarity(similarity, P, pn.X, params or {}).S
-    top = S.argmax(dim=1).tolist()
+    top = perfect_neuron_scores(P, pn.X.numpy(), similarity, params).argmax(dim=1).tolist()
     labels = {n: concepts[i] for n, i in zip(pn.names, top)}
     hits = [concepts[i] in t for i, t in zip(top, pn.truth)]
     return float(np.mean(hits)), labels
