@@ -20,7 +20,7 @@ import csv
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1137,11 +1137,13 @@ class _Checker:
         Which options a statement takes and their defaults are its analyses' specs
         (vocabulary.ANALYSES); the analyses' macros take the same defaults.
         """
-        where = s.verb or s.kind
-        allowed = R.statement_options(s.kind, s.name)
+        return self.check_options(s.verb or s.kind, R.statement_options(s.kind, s.name), s.options)
+
+    def check_options(self, where: str, allowed: Mapping[str, Any], given: Sequence[ast.Arg]) -> dict[str, Any]:
+        """Options `given` to a statement `where`, checked against `allowed` and completed with defaults."""
         options: dict[str, Any] = {}
         seen: dict[str, ast.Span] = {}
-        for opt in s.options:
+        for opt in given:
             assert opt.name is not None
             param = allowed.get(opt.name)
             if param is None:

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from dissect_study.dsl import ast
 from dissect_study.dsl import vocabulary as R
-from dissect_study.dsl.diagnostics import suggest_hint
 
 if TYPE_CHECKING:
     from dissect_study.dsl.checker import CheckedAnalysis, CheckedStudy, _Checker
@@ -97,27 +96,7 @@ def check_review(ck: _Checker, s: ast.Review, index: int, out: CheckedStudy, tex
 
 
 def _options(ck: _Checker, s: ast.Review) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for opt in s.options:
-        assert opt.name is not None
-        param = REVIEW_OPTIONS.get(opt.name)
-        if param is None:
-            ck.error(
-                "unknown-option",
-                f"unknown review option '{opt.name}'",
-                opt.name_span or opt.span,
-                suggest_hint(opt.name, REVIEW_OPTIONS) or "options: " + ", ".join(REVIEW_OPTIONS),
-            )
-            continue
-        if opt.name in options:
-            ck.error("duplicate-param", f"review option '{opt.name}' is given twice", opt.span)
-            continue
-        good, val = ck.coerce(param, opt.value, "review")
-        if good:
-            options[opt.name] = val
-    for name, p in REVIEW_OPTIONS.items():
-        options.setdefault(name, p.default)
-    return options
+    return ck.check_options("review", REVIEW_OPTIONS, s.options)
 
 
 def _check_explicit(ck: _Checker, s: ast.Review, layers: tuple[ast.LayerItem, ...], options: dict[str, Any]) -> None:

@@ -55,7 +55,7 @@ def test_filter_and_layers_are_kept():
         ("review M at layer blocks.4 top 3 sample 2", "`top N` or `sample N`, not both"),
         ("review M.blocks.4[3] top 2", "a list of units already picks the neurons"),
         ("review M.late[3]", "a list of units needs exactly one layer"),
-        ("review M at layer blocks.4 top 3 lables any", "unknown review option 'lables'"),
+        ("review M at layer blocks.4 top 3 lables any", "review has no option 'lables'"),
         ("review M at layer blocks.4 top 3 labels maybe", "cannot be 'maybe'"),
         ("review X at layer blocks.4 top 3", "X"),
         ("review M at layer blocks.4 top 0", "top"),
