@@ -13,6 +13,7 @@ never a truncated or half-updated set.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from collections.abc import Sequence
@@ -116,8 +117,37 @@ def render_pdf(model: ReportModel, path: str | Path, html: str | None = None) ->
     # self-contained: only inline data: URIs may be fetched, never a file or the network
     fetcher = URLFetcher(allowed_protocols={"data"})
     doc = weasyprint.HTML(string=html, base_url=str(TEMPLATE_DIR), url_fetcher=fetcher)
-    doc.write_pdf(str(path), pdf_forms=True)
+    pdf = doc.write_pdf(pdf_forms=True)
+    path.write_bytes(tidy_form_fields(pdf))
     return path
+
+
+def tidy_form_fields(pdf: bytes) -> bytes:
+    """Make each radio group one field, as the PDF spec has it (ISO 32000 §12.7.3.1).
+
+    Why: WeasyPrint gives every button of a group its parent's name (/T) and lists
+    the buttons among the form's root fields, so readers see each as its own field
+    named "verdict.verdict".  Here the buttons become plain widgets of their group.
+    """
+    import pypdf
+    from pypdf.generic import ArrayObject, NameObject
+
+    writer = pypdf.PdfWriter(clone_from=pypdf.PdfReader(io.BytesIO(pdf)))
+    form = writer._root_object.get("/AcroForm")
+    if form is None:
+        return pdf
+    form = form.get_object()
+    roots = ArrayObject(f for f in form["/Fields"] if "/Parent" not in f.get_object())
+    for field in roots:
+        for kid in field.get_object().get("/Kids", []):
+            kid = kid.get_object()
+            for key in ("/T", "/TU", "/FT"):
+                if key in kid:
+                    del kid[NameObject(key)]
+    form[NameObject("/Fields")] = roots
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
 
 
 def write_report(

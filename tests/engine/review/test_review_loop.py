@@ -83,7 +83,8 @@ def _reviews(db: Path) -> list[tuple]:
 
 def test_pdf_fields_name_run_model_layer_unit(packet):
     fields = pypdf.PdfReader(packet["pdf"]).get_fields() or {}
-    ours = {n for n in fields if n.startswith("dsr|") and "." not in n}
+    assert all("." not in n for n in fields)  # a group's buttons are its widgets, not fields named "x.x"
+    ours = set(fields)
     parsed = [parse_field(n) for n in ours]
     assert {(p.model, p.layer, p.unit) for p in parsed if p.part == "verdict"} == {
         (packet["model"], packet["layer"], u) for u in UNITS
@@ -94,6 +95,14 @@ def test_pdf_fields_name_run_model_layer_unit(packet):
     assert list(verdict["/Opt"]) == ["agree", "disagree", "unsure"]  # one radio group
     comment = fields[card_field(RUN, packet["model"], packet["layer"], 7, "comment")]
     assert int(comment["/Ff"]) & 4096  # multi-line
+    form = pypdf.PdfReader(packet["pdf"]).trailer["/Root"]["/AcroForm"]
+    roots = [f.get_object() for f in form["/Fields"]]
+    assert all("/Parent" not in f for f in roots)  # only root fields are listed (ISO 32000 12.7.3.1)
+    groups = [f for f in roots if "/Kids" in f]
+    assert len(groups) == len(UNITS)
+    for g in groups:
+        kids = [k.get_object() for k in g["/Kids"]]
+        assert len(kids) == 3 and all("/T" not in k for k in kids)
 
 
 def test_two_reviewers_round_trip_and_kappa(packet, tmp_path):
