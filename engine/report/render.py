@@ -123,7 +123,7 @@ def render_pdf(model: ReportModel, path: str | Path, html: str | None = None) ->
 
 
 def tidy_form_fields(pdf: bytes) -> bytes:
-    """Make each radio group one field, as the PDF spec has it (ISO 32000 §12.7.3.1).
+    """Make each radio group one field, as the PDF standard (ISO 32000-1, field hierarchies) has it.
 
     Why: WeasyPrint gives every button of a group its parent's name (/T) and lists
     the buttons among the form's root fields, so readers see each as its own field

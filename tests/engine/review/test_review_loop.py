@@ -97,7 +97,7 @@ def test_pdf_fields_name_run_model_layer_unit(packet):
     assert int(comment["/Ff"]) & 4096  # multi-line
     form = pypdf.PdfReader(packet["pdf"]).trailer["/Root"]["/AcroForm"]
     roots = [f.get_object() for f in form["/Fields"]]
-    assert all("/Parent" not in f for f in roots)  # only root fields are listed (ISO 32000 12.7.3.1)
+    assert all("/Parent" not in f for f in roots)  # only root fields are listed (ISO 32000-1, field hierarchies)
     groups = [f for f in roots if "/Kids" in f]
     assert len(groups) == len(UNITS)
     for g in groups:
