@@ -79,8 +79,10 @@ def calibration(ex: Executor) -> None:
     if not ex.opt.calibration:
         return
     from dissect_study.engine.analyses import calibration as cal
+    from dissect_study.engine.phantom.vocabulary import ALL_PHRASES
     from dissect_study.engine.scores.similarity import compute_similarity, concept_activation_matrix
 
+    phrases: dict[str, cal.PhraseEmbeddings] = {}
     for x in ex.plan.dissections:
         probe = ex.probes[x.probe]
         if not probe.has_ground_truth:
@@ -97,12 +99,17 @@ def calibration(ex: Executor) -> None:
         P = concept_activation_matrix(emb[[pos[r] for r in rows]], ex.text_emb[(x.dissector, x.concepts)])
         attrs = [probe.items[r].attributes for r in rows]
         dissector = ex.dissectors[x.dissector]
-        encoder = dissector.sentence_encoder if isinstance(dissector, HasSentenceEncoder) else None
+        encoder = phrases.get(x.dissector)
+        if encoder is None and isinstance(dissector, HasSentenceEncoder):
+            # each phrase embedded once per run, not once per (layer, function) table
+            encoder = phrases[x.dissector] = cal.PhraseEmbeddings(dissector.sentence_encoder)
+            encoder.prime(cal.bench_phrases(cs.texts, [ALL_PHRASES]))
         t0 = time.perf_counter()
         skipped: dict[str, str] = {}
+        truths = {}
         for layer, _ in ex.layer_names[x.target]:
             X = ex.acts[(x.target, x.probe)][layer].float()
-            truth = cal.ground_truth_by_lift(X, attrs)
+            truth = truths[layer] = cal.ground_truth_by_lift(X, attrs)
             for sim in SIMILARITIES:
                 if sim in skipped:
                     continue
@@ -130,7 +137,7 @@ def calibration(ex: Executor) -> None:
                 ex.record.add("calibration", df)
         from dissect_study.engine.analyses.label_checks import calibration_ceilings
 
-        calibration_ceilings(ex, x, P, attrs)
+        calibration_ceilings(ex, x, P, attrs, truths)
         ex.log.info(
             f"calibrate {x.target}: {len(SIMILARITIES) - len(skipped)} similarity functions x "
             f"{len(ex.layer_names[x.target])} layers ({time.perf_counter() - t0:.1f}s)"
