@@ -272,9 +272,10 @@ class PhraseEmbeddings:
 
     Why: the bench grades 6 functions x every layer x every model, and each table
     asks the encoder for the same few hundred phrases again (the MiniLM forward
-    passes were most of the bench's time).  `prime` embeds the likely phrases (the
-    concept set and the ground-truth groups) in one call up front; a phrase missed
-    there is embedded on first use.  A phrase's vector then no longer depends on
+    passes were most of the bench's time).  `prime` embeds every phrase a table
+    may ask for (the concept set, the ground-truth groups) in one call up front, so
+    the cost is bounded by the concept set; a phrase missed there is embedded on
+    first use, once.  A phrase's vector then no longer depends on
     which other phrases shared its batch (padding moves a float32 embedding by
     ~1e-7, nothing more).
     """
@@ -295,7 +296,8 @@ class PhraseEmbeddings:
 
 
 def bench_phrases(concept_texts: Iterable[str], truth_groups: Iterable[Iterable[str]] = ()) -> list[str]:
-    """The phrases the label cosine will ask for, normalised as `neuron_grades` writes them."""
+    """Every phrase a label cosine may ask for (labels, true groups, MAMMI's empty "none"), normalised
+    as `neuron_grades` writes them."""
     out = {_norm(t) for t in concept_texts} | {_norm(t) for g in truth_groups for t in g}
     return sorted(out | {"none"})
 
