@@ -31,6 +31,7 @@ Everything here is a pure function of arrays and tables.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -194,6 +195,12 @@ def _norm(s: str) -> str:
     return " ".join(str(s).lower().split())
 
 
+@functools.lru_cache(maxsize=8)
+def _norm_texts(concept_texts: tuple[str, ...]) -> list[str]:
+    """The concept set normalised once, not once per graded table."""
+    return [_norm(t) for t in concept_texts]
+
+
 def mammi_selection(scores: np.ndarray, beta: float = 0.95) -> np.ndarray:
     """Indices MAMMI selects: score > beta * max, best first; none when max <= 0 (docs/METHOD.md §3.6)."""
     mx = float(np.max(scores))
@@ -217,12 +224,15 @@ def neuron_grades(
         raise ValueError(
             f"calibration: S has shape {s.shape}, expected (K, {len(concept_texts)}) -- neurons x concepts"
         )
-    texts = [_norm(t) for t in concept_texts]
+    texts = _norm_texts(tuple(concept_texts))
+    # one stable sort over all the selective neurons' rows (row by row it is the same order)
+    block = s[np.asarray(truth["unit"], dtype=np.int64)] if len(truth) else np.zeros((0, s.shape[1]))
+    block = np.where(np.isfinite(block), block, -np.inf)
+    orders = np.argsort(-block, axis=1, kind="stable")[:, :top_k]
     rows = []
-    for unit, true in zip(truth["unit"], truth["true_concepts"]):
+    for n, (unit, true) in enumerate(zip(truth["unit"], truth["true_concepts"])):
         gt = {_norm(t) for t in true}
-        row = np.where(np.isfinite(s[int(unit)]), s[int(unit)], -np.inf)
-        order = np.argsort(-row, kind="stable")[:top_k]
+        row, order = block[n], orders[n]
         top = [texts[i] for i in order]
         if similarity_name in MAMMI_NAMES:
             pred = [texts[i] for i in mammi_selection(row, beta)]
