@@ -7,19 +7,43 @@ stored (engine/analyses/macros.py); this stage records each statement's argument
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 from dissect_study.dsl.checker import CheckedAnalysis
 from dissect_study.dsl.vocabulary import SIMILARITIES
 from dissect_study.engine.build import resolve_layers
-from dissect_study.engine.models.base import (
-    HasSentenceEncoder,
-)
 from dissect_study.engine.run import RunError
 from dissect_study.errors import DissectStudyError
 
 if TYPE_CHECKING:
     from dissect_study.engine.run import Executor
+
+
+@dataclass
+class CachedTextSide:
+    """A dissector's `encode_texts`, each prompt list's embedding cached with the passes.
+
+    Why: the zero-shot checks embed the same few dozen prompts every run; reading
+    them from the cache spares a warm run loading the text model at all.
+    """
+
+    ex: Executor
+    dissector: Any
+    _fingerprint: str | None = None
+
+    def encode_texts(self, texts: list[str]) -> Any:
+        if self._fingerprint is None:
+            fingerprint = getattr(self.dissector, "fingerprint", None)
+            if not callable(fingerprint):  # nothing to key a cache entry by
+                return self.dissector.encode_texts(list(texts))
+            self._fingerprint = str(fingerprint())
+        got, _ = self.ex.cache.get_or_compute(
+            "prompts",
+            dict(dissector=self._fingerprint, texts=list(texts)),
+            lambda: {"emb": self.dissector.encode_texts(list(texts)).detach().cpu().contiguous()},
+        )
+        return got["emb"]
 
 
 def sanity(ex: Executor) -> None:
@@ -34,7 +58,7 @@ def sanity(ex: Executor) -> None:
             emb, rows = emb[sel], [rows[i] for i in sel]
         attrs = [ex.probes[pname].items[r].attributes for r in rows]
         try:
-            results = zero_shot_sanity(ex.dissectors[dname], emb, attrs)
+            results = zero_shot_sanity(cast(Any, CachedTextSide(ex, ex.dissectors[dname])), emb, attrs)
         except Exception as e:  # noqa: BLE001 -- a sanity check must never sink a run
             ex.log.warn("sanity", f"zero-shot sanity check of {dname} on {pname} failed: {e}")
             continue
@@ -56,7 +80,7 @@ def _phantom_zero_shot(ex: Executor, dname: str, pname: str, emb: Any, attrs: li
     from dissect_study.engine.phantom.quality import zero_shot_aucs
 
     try:
-        rows = zero_shot_aucs(emb, ex.dissectors[dname].encode_texts, attrs)
+        rows = zero_shot_aucs(emb, CachedTextSide(ex, ex.dissectors[dname]).encode_texts, attrs)
     except Exception as e:  # noqa: BLE001 -- a sanity check must never sink a run
         ex.log.warn("sanity", f"per-attribute zero-shot check of {dname} on {pname} failed: {e}")
         return []
@@ -81,6 +105,7 @@ def calibration(ex: Executor) -> None:
     from dissect_study.engine.analyses import calibration as cal
     from dissect_study.engine.scores.similarity import compute_similarity, concept_activation_matrix
 
+    phrases: dict[str, cal.PhraseEmbeddings] = {}
     for x in ex.plan.dissections:
         probe = ex.probes[x.probe]
         if not probe.has_ground_truth:
@@ -97,12 +122,15 @@ def calibration(ex: Executor) -> None:
         P = concept_activation_matrix(emb[[pos[r] for r in rows]], ex.text_emb[(x.dissector, x.concepts)])
         attrs = [probe.items[r].attributes for r in rows]
         dissector = ex.dissectors[x.dissector]
-        encoder = dissector.sentence_encoder if isinstance(dissector, HasSentenceEncoder) else None
+        encoder = phrases.get(x.dissector)
+        if encoder is None and _has_sentence_encoder(dissector):
+            encoder = phrases[x.dissector] = _phrase_embeddings(ex, dissector, cs.texts)
         t0 = time.perf_counter()
         skipped: dict[str, str] = {}
+        truths = {}
         for layer, _ in ex.layer_names[x.target]:
             X = ex.acts[(x.target, x.probe)][layer].float()
-            truth = cal.ground_truth_by_lift(X, attrs)
+            truth = truths[layer] = cal.ground_truth_by_lift(X, attrs)
             for sim in SIMILARITIES:
                 if sim in skipped:
                     continue
@@ -130,11 +158,41 @@ def calibration(ex: Executor) -> None:
                 ex.record.add("calibration", df)
         from dissect_study.engine.analyses.label_checks import calibration_ceilings
 
-        calibration_ceilings(ex, x, P, attrs)
+        calibration_ceilings(ex, x, P, attrs, truths)
         ex.log.info(
             f"calibrate {x.target}: {len(SIMILARITIES) - len(skipped)} similarity functions x "
             f"{len(ex.layer_names[x.target])} layers ({time.perf_counter() - t0:.1f}s)"
         )
+
+
+def _has_sentence_encoder(dissector: Any) -> bool:
+    """`isinstance(dissector, HasSentenceEncoder)` without reading the property (which loads the model)."""
+    import inspect
+
+    return inspect.getattr_static(dissector, "sentence_encoder", None) is not None
+
+
+def _phrase_embeddings(ex: Executor, dissector: Any, concept_texts: list[str]) -> Any:
+    """The bench's sentence encoder, primed with every phrase a table may ask for (cached with the passes).
+
+    Why: each phrase is embedded once per run, not once per (layer, function)
+    table, and a warm run reads the vectors from the cache instead of running MiniLM.
+    """
+    import torch
+
+    from dissect_study.engine.analyses import calibration as cal
+    from dissect_study.engine.phantom.vocabulary import ALL_PHRASES
+
+    # the property loads the model: only reach for it on a cache miss
+    encoder = cal.PhraseEmbeddings(lambda texts: dissector.sentence_encoder(texts))
+    wanted = cal.bench_phrases(concept_texts, [ALL_PHRASES])
+    got, _ = ex.cache.get_or_compute(
+        "phrases",
+        dict(dissector=dissector.fingerprint(), encoder="sentence_encoder", texts=wanted),
+        lambda: {"emb": torch.as_tensor(encoder.encoder(wanted)).float()},
+    )
+    encoder.rows.update(zip(wanted, got["emb"].double().numpy()))
+    return encoder
 
 
 def analyses(ex: Executor) -> None:

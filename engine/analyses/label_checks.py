@@ -275,8 +275,18 @@ def _ceiling_truth(keys: list[ann.Key]) -> pd.DataFrame:
     )
 
 
-def calibration_ceilings(ex: Executor, x: DissectionStep, P: torch.Tensor, attrs: list[dict[str, Any]]) -> None:
-    """Perfect-neuron and oracle-P ceilings for the study's own similarity function."""
+def calibration_ceilings(
+    ex: Executor,
+    x: DissectionStep,
+    P: torch.Tensor,
+    attrs: list[dict[str, Any]],
+    truths: dict[str, pd.DataFrame] | None = None,
+) -> None:
+    """Perfect-neuron and oracle-P ceilings for the study's own similarity function.
+
+    `truths` holds each layer's `ground_truth_by_lift` when the measured bench has
+    already computed it (it is the same for every function).
+    """
     from dissect_study.engine.analyses import calibration as cal
     from dissect_study.engine.scores.similarity import compute_similarity
 
@@ -294,7 +304,7 @@ def calibration_ceilings(ex: Executor, x: DissectionStep, P: torch.Tensor, attrs
     per_layer = []
     for layer, _ in ex.layer_names[x.target]:
         X = ex.acts[(x.target, x.probe)][layer].float()
-        truth = cal.ground_truth_by_lift(X, attrs)
+        truth = truths[layer] if truths and layer in truths else cal.ground_truth_by_lift(X, attrs)
         S = compute_similarity(x.similarity, oracle, X, params).S
         df = cal.calibration_table(layer, x.similarity, S, cs.texts, truth)
         df["model"], df["bench"] = x.target, "oracle_p"

@@ -155,3 +155,37 @@ def test_ground_truth_by_lift_prefers_prevalence_aware_selectivity():
     lenient = truth.set_index("unit").loc[1, "lenient_concepts"]
     assert "breast implant" in lenient and "silicone implant" in lenient
     assert truth.set_index("unit").loc[1, "true_concepts"] == ("breast implant",)
+
+
+def test_phrase_embeddings_encode_each_phrase_once_and_keep_the_cosines():
+    """The run's cached encoder gives the same label cosines as the raw one, with one call per new phrase."""
+    import pandas as pd
+
+    from dissect_study.engine.analyses.calibration import PhraseEmbeddings, bench_phrases
+
+    vecs = {"mass": [1, 0, 0], "oval mass": [1, 1, 0], "nipple": [0, 0, 1], "none": [0, 1, 1], "skin": [2, 0, 1]}
+    asked: list[str] = []
+
+    def enc(texts):
+        asked.extend(texts)
+        return torch.tensor([vecs[t] for t in texts], dtype=torch.float32)
+
+    truth = pd.DataFrame(
+        [
+            {"unit": 0, "true_concepts": ("mass",)},
+            {"unit": 1, "true_concepts": ("nipple", "Oval  Mass")},
+        ]
+    )
+    concepts = ["mass", "oval mass", "nipple"]
+    cached = PhraseEmbeddings(enc)
+    cached.prime(bench_phrases(concepts, [("Oval  Mass",)]))
+    assert sorted(asked) == ["mass", "nipple", "none", "oval mass"]  # normalised, each once
+    for S in (np.array([[1.0, 0.2, 0.1], [0.0, 0.3, 0.9]]), np.array([[0.1, 0.9, 0.0], [0.5, 0.1, 0.2]])):
+        for sim in ("cos", "mammi"):
+            want = calibration_table("l", sim, S, concepts, truth, text_encoder=enc).iloc[0]
+            got = calibration_table("l", sim, S, concepts, truth, text_encoder=cached).iloc[0]
+            assert got["mean_label_cosine"] == pytest.approx(want["mean_label_cosine"], abs=1e-12)
+    n = len(asked)
+    assert cached(["skin", "mass", "skin"]).tolist() == [[2, 0, 1], [1, 0, 0], [2, 0, 1]]
+    assert asked[n:] == ["skin"]  # a phrase missed by `prime` is embedded once, on first use
+    assert cached(["skin"]).tolist() == [[2, 0, 1]] and len(asked) == n + 1
