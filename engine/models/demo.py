@@ -65,13 +65,13 @@ logger = logging.getLogger(__name__)
 #: bump when anything that changes trained weights changes (generator, reports, recipe)
 CODE_VERSION = "demo-v3"
 TRAIN_HEIGHT = 128
-#: the lesion C targets' input height (the others read TRAIN_HEIGHT).  A calcification speck is
-#: a pixel or two at 128 px and two or three at 192 px; fine-tuned from M at 192 px the lesion
-#: targets separate better (held-out AUC, benchmarks/bench_demo_quality.py --targets:
-#: C_calcification 0.871 -> 0.904 with 10 epochs, C_mass 0.910 -> 0.942; at 160 px 0.893 and
-#: 0.929) for about a minute more of CPU.  Density gains nothing (0.998 either way).  The
-#: dissector stays at 128 px: its 40 epochs dominate the cold run's budget.
-TASK_HEIGHT = {"C_mass": 192, "C_calcification": 192}
+#: a C target's input height where it differs from TRAIN_HEIGHT.  A calcification speck is a
+#: pixel or two at 128 px and two or three at 192 px; fine-tuned from M at 192 px, C_calcification
+#: reaches held-out AUC 0.904 (10 epochs; 0.871 at 128 px, 0.893 at 160 px;
+#: benchmarks/bench_demo_quality.py --targets) for ~45 s more of a cold run.  C_mass would gain
+#: too (0.910 -> 0.942) but costs as much again, and the cold run's budget is tight; density
+#: gains nothing (0.998 either way).  The dissector stays at 128 px: its 40 epochs dominate.
+TASK_HEIGHT = {"C_calcification": 192}
 #: training phantoms are painted at the phantom probe's default height, then resized like a probe
 RENDER_HEIGHT = 320
 N_TRAIN = 2000

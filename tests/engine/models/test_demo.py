@@ -15,7 +15,7 @@ def tiny(monkeypatch, tmp_path):
     monkeypatch.setattr(demo, "N_TRAIN", 24)
     monkeypatch.setattr(demo, "N_HELDOUT", 16)
     monkeypatch.setattr(demo, "TRAIN_HEIGHT", 64)
-    monkeypatch.setattr(demo, "TASK_HEIGHT", {"C_mass": 80})
+    monkeypatch.setattr(demo, "TASK_HEIGHT", {"C_mass": 80})  # as C_calcification is
     monkeypatch.setattr(demo, "CLASSIFIER_EPOCHS", 1)
     monkeypatch.setattr(demo, "_BUILT", {})
     monkeypatch.setattr(demo, "_DATA_MEMO", {})
