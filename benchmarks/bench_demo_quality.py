@@ -35,8 +35,11 @@ FUNCTIONS = {
 LESIONS = ("mass", "mass_", "calc", "architectural", "asymmetry", "lymph")
 
 
-def targets(ctx: BuildContext, x: torch.Tensor, attrs: list[dict]) -> dict:
-    """Held-out AUC of each C target and, per target, its units selective (AUC >= 0.8) for a lesion attribute."""
+def targets(ctx: BuildContext, probe: PhantomProbe, attrs: list[dict]) -> dict:
+    """Held-out AUC of each C target and, per target, its units selective (AUC >= 0.8) for a lesion attribute.
+
+    Each target reads the probe through its own preprocessing (the C targets' input height differs
+    from the dissector's)."""
     from dissect_study.engine.analyses.calibration import assign_ground_truth, neuron_selectivity
 
     res: dict = {}
@@ -44,6 +47,7 @@ def targets(ctx: BuildContext, x: torch.Tensor, attrs: list[dict]) -> dict:
         t0, c0 = time.time(), time.process_time()
         t = demo.build_target(variant, {"variant": variant}, ctx)
         held = t.training_report().get("heldout")
+        x = torch.stack([t.preprocess(probe.load(i)) for i in range(len(probe.items))])
         lesion_units = {}
         for layer in ("blocks.2", "blocks.3", "blocks.4"):
             got: dict = {}
@@ -121,7 +125,7 @@ def main() -> None:
             print("   labels:", json.dumps(labels))
     if a.targets:
         ctx.dissectors["demo"] = d
-        out["targets"] = targets(ctx, x, attrs)
+        out["targets"] = targets(ctx, probe, attrs)
     print(f"total {time.time() - t0:.0f} s wall, {time.process_time() - c0:.0f} s cpu")
     print("report seconds:", d.training_report().get("seconds"), "cpu", d.training_report().get("cpu_seconds"))
     if a.json:

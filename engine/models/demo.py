@@ -65,15 +65,25 @@ logger = logging.getLogger(__name__)
 #: bump when anything that changes trained weights changes (generator, reports, recipe)
 CODE_VERSION = "demo-v3"
 TRAIN_HEIGHT = 128
+#: a C target's input height where it differs from TRAIN_HEIGHT.  A calcification speck is a
+#: pixel or two at 128 px and two or three at 192 px; fine-tuned from M at 192 px, C_calcification
+#: reaches held-out AUC 0.904 (10 epochs; 0.871 at 128 px, 0.893 at 160 px;
+#: benchmarks/bench_demo_quality.py --targets) for ~45 s more of a cold run.  C_mass would gain
+#: too (0.910 -> 0.942) but costs as much again, and the cold run's budget is tight; density
+#: gains nothing (0.998 either way).  The dissector stays at 128 px: its 40 epochs dominate.
+TASK_HEIGHT = {"C_calcification": 192}
 #: training phantoms are painted at the phantom probe's default height, then resized like a probe
 RENDER_HEIGHT = 320
 N_TRAIN = 2000
 N_HELDOUT = 500
 DEFAULT_EPOCHS = 40
 CLASSIFIER_EPOCHS = 6
-#: per task, where it differs: density is learned in a few epochs (calcification: 10 epochs
-#: measured no better than 6, held-out AUC 0.873 vs 0.871)
-TASK_EPOCHS = {"C_density": 4}
+#: the C targets' fine-tuning batch and peak learning rate
+CLASSIFIER_BATCH = 50
+CLASSIFIER_LR = 1e-3
+#: per task, where it differs: density is learned in a few epochs; calcification gains from
+#: 10 at 192 px (held-out AUC 0.898 with 6, 0.904 with 10; at 128 px 10 were no better than 6)
+TASK_EPOCHS = {"C_density": 4, "C_calcification": 10}
 #: weight of the image-phrase loss against the image-report CLIP loss
 PHRASE_WEIGHT = 3.0
 #: cap on the positive-class weight of a rare phrase in the phrase loss
@@ -275,23 +285,31 @@ def _resize(image: np.ndarray, height: int) -> torch.Tensor:
     return t
 
 
-def _preprocess_fn(image: np.ndarray) -> torch.Tensor:
-    return normalise_uint8(_resize(image, TRAIN_HEIGHT)[None])[0]
+@dataclass(frozen=True)
+class _PreprocessFn:
+    """Resize to `height` then normalise (a picklable callable, one per input height)."""
+
+    height: int
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        return normalise_uint8(_resize(image, self.height)[None])[0]
 
 
-def demo_preprocess() -> Preprocess:
-    w = int(round(TRAIN_HEIGHT * 912 / 1520))
+def demo_preprocess(height: int | None = None) -> Preprocess:
+    """The demo models' preprocessing at `height` (default: the dissector's TRAIN_HEIGHT)."""
+    h = int(height or TRAIN_HEIGHT)
+    w = int(round(h * 912 / 1520))
     return Preprocess(
         describe={
             "kind": "demo",
-            "resize": [TRAIN_HEIGHT, w],
+            "resize": [h, w],
             "interp": "bilinear+antialias",
             "norm": "minmax+zscore",
             "mean": MEAN,
             "std": STD,
             "channels": 3,
         },
-        fn=_preprocess_fn,
+        fn=_PreprocessFn(h),
     )
 
 
@@ -303,6 +321,9 @@ class PhantomSet:
 
 
 _DATA_MEMO: dict[tuple[int, int, int, int], PhantomSet] = {}
+#: the painted phantoms (uint8 at RENDER_HEIGHT) per (stream, n, render height): the C targets
+#: read the dissector's training phantoms at another height, and painting is the slow part
+_RENDER_MEMO: dict[tuple[int, int, int], list[np.ndarray]] = {}
 
 
 def phantom_set(stream: int, n: int, height: int | None = None, desc: str = "phantoms") -> PhantomSet:
@@ -320,9 +341,12 @@ def phantom_set(stream: int, n: int, height: int | None = None, desc: str = "pha
         w = int(round(height * 912 / 1520))
         imgs = torch.empty((n, height, w), dtype=torch.float16)
         attrs = []
+        painted = _RENDER_MEMO.setdefault((stream, n, RENDER_HEIGHT), [])
         for i in tqdm(range(n), desc=f"render {desc}", unit="img", leave=False, mininterval=1.0):
             sc = sample_scene(stream, i)
-            imgs[i] = _resize(render(sc, RENDER_HEIGHT), height).half()
+            if i == len(painted):
+                painted.append(render(sc, RENDER_HEIGHT))
+            imgs[i] = _resize(painted[i], height).half()
             attrs.append(scene_attributes(sc, height))
         _DATA_MEMO[key] = PhantomSet(imgs, attrs)
     return _DATA_MEMO[key]
@@ -703,21 +727,28 @@ def evaluate_dissector(net: DemoNet, text_proj: TextHead, held: PhantomSet) -> d
 
 # --------------------------------------------------------------------------- classifiers
 def _train_classifier(
-    base: dict[str, torch.Tensor], task: str, n_out: int, seed: int, epochs: int, log: Callable[[str], None]
+    base: dict[str, torch.Tensor],
+    task: str,
+    n_out: int,
+    seed: int,
+    epochs: int,
+    log: Callable[[str], None],
+    height: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     t0 = time.time()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 1)
-    train = phantom_set(TRAIN_STREAM + seed, N_TRAIN, desc="training phantoms")
-    held = phantom_set(HELDOUT_STREAM + seed, N_HELDOUT, desc="held-out phantoms")
+    height = int(height or TRAIN_HEIGHT)
+    train = phantom_set(TRAIN_STREAM + seed, N_TRAIN, height, desc="training phantoms")
+    held = phantom_set(HELDOUT_STREAM + seed, N_HELDOUT, height, desc="held-out phantoms")
     net = DemoNet(PROJ_DIM)
     net.load_state_dict({k[4:]: v for k, v in base.items() if k.startswith("net.")})
     net.out = nn.Linear(FEATURE_DIM, n_out)
     y = torch.from_numpy(_task_labels(train.attributes, task))
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
-    bs = min(50, N_TRAIN)
+    opt = torch.optim.AdamW(net.parameters(), lr=CLASSIFIER_LR, weight_decay=1e-4)
+    bs = min(CLASSIFIER_BATCH, N_TRAIN)
     steps = epochs * (N_TRAIN // bs)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=CLASSIFIER_LR, total_steps=steps, pct_start=0.2)
     pos_weight = None
     if n_out == 1:
         p = float(y.float().mean())
@@ -761,6 +792,7 @@ def _train_classifier(
         "epochs": epochs,
         "seed": seed,
         "n_train": N_TRAIN,
+        "image_size": [height, int(round(height * 912 / 1520))],
         "heldout": metrics,
         "seconds": round(time.time() - t0, 1),
     }
@@ -773,13 +805,15 @@ class DemoTarget(Target):
 
     batch_size = 64
 
-    def __init__(self, net: DemoNet, variant: str, report: dict[str, Any], name: str | None = None):
+    def __init__(
+        self, net: DemoNet, variant: str, report: dict[str, Any], name: str | None = None, height: int | None = None
+    ):
         self.name = name or variant
         self.variant = variant
         self.net = net.eval()
         self._report = report
         self._fp: str | None = None
-        self._pre = demo_preprocess()
+        self._pre = demo_preprocess(height)
 
     @property
     def module(self) -> nn.Module:
@@ -900,14 +934,28 @@ def build_target(name: str, params: dict[str, Any], ctx: BuildContext) -> DemoTa
         return DemoTarget(net.eval(), "M", diss.training_report(), name)
     task, n_out = TASKS[variant]
     epochs = TASK_EPOCHS.get(variant, CLASSIFIER_EPOCHS)
-    key = _key({"v": CODE_VERSION, "what": variant, "base": diss.key, "seed": seed, "epochs": epochs})
+    height = TASK_HEIGHT.get(variant, TRAIN_HEIGHT)
+    key = _key(
+        {
+            "v": CODE_VERSION,
+            "what": variant,
+            "base": diss.key,
+            "seed": seed,
+            "epochs": epochs,
+            "h": height,
+            "lr": CLASSIFIER_LR,
+            "bs": CLASSIFIER_BATCH,
+        }
+    )
     path = _cache_root(ctx) / f"{variant}-{key}.safetensors"
     got = _load(path)
     if got is None:
-        ctx.log(f"demo {variant}: not cached; fine-tuning from M ({epochs} epochs on {N_TRAIN} phantoms)")
+        ctx.log(
+            f"demo {variant}: not cached; fine-tuning from M ({epochs} epochs on {N_TRAIN} phantoms at {height} px)"
+        )
         base = {f"net.{k}": v for k, v in diss.net.state_dict().items()}
         with _Threads():
-            state, report = _train_classifier(base, task, n_out, seed, epochs, ctx.log)
+            state, report = _train_classifier(base, task, n_out, seed, epochs, ctx.log, height)
         _save(path, state, report)
         ctx.log(
             f"demo {variant}: held-out accuracy {report['heldout']['accuracy']}, AUC {report['heldout']['auc']} ({report['seconds']} s)"
@@ -917,4 +965,4 @@ def build_target(name: str, params: dict[str, Any], ctx: BuildContext) -> DemoTa
     net = DemoNet(PROJ_DIM)
     net.out = nn.Linear(FEATURE_DIM, n_out)
     net.load_state_dict(state)
-    return DemoTarget(net.eval(), variant, report, name)
+    return DemoTarget(net.eval(), variant, report, name, height=height)

@@ -15,6 +15,7 @@ def tiny(monkeypatch, tmp_path):
     monkeypatch.setattr(demo, "N_TRAIN", 24)
     monkeypatch.setattr(demo, "N_HELDOUT", 16)
     monkeypatch.setattr(demo, "TRAIN_HEIGHT", 64)
+    monkeypatch.setattr(demo, "TASK_HEIGHT", {"C_mass": 80})  # as C_calcification is
     monkeypatch.setattr(demo, "CLASSIFIER_EPOCHS", 1)
     monkeypatch.setattr(demo, "_BUILT", {})
     monkeypatch.setattr(demo, "_DATA_MEMO", {})
@@ -91,6 +92,11 @@ def test_targets(tiny):
     assert torch.allclose(tower.forward(x), m.forward(x), atol=1e-6)
     assert tower.module is not ctx.dissectors["demo"].net  # a copy: hooks never touch the dissector
     assert c.forward(x).shape == (2, 1)
+    # the C targets read probes at their own (higher) height, M at the dissector's
+    img = np.full((160, 96), 30, np.uint8)
+    assert c.preprocess(img).shape == (3, 80, 48) and c.preprocess.describe["resize"] == [80, 48]
+    assert m.preprocess(img).shape == (3, 64, 38)
+    assert c.training_report()["image_size"] == [80, 48]
     assert c.training_report()["heldout"]["n"] == 16
     assert m.aliases() == {"early": "blocks.0", "middle": "blocks.2", "last": "blocks.4"}
     # every declared layer is hookable by name and has the declared channel count
