@@ -71,6 +71,32 @@ def test_training_is_reproducible(tiny, tmp_path):
     assert a.fingerprint() == b.fingerprint()
 
 
+def test_training_ignores_the_callers_thread_count(tiny, tmp_path, monkeypatch):
+    """Same weights whether the caller runs 1 or 3 threads: training always uses TRAIN_THREADS
+    (reductions split by thread give other bits), and the caller's count is restored."""
+    seen: list[int] = []
+    train = demo._train_dissector
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return train(*a, **k)
+
+    monkeypatch.setattr(demo, "_train_dissector", spy)
+    before = torch.get_num_threads()
+    prints = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            demo._BUILT.clear()
+            ctx = BuildContext(base_dir=str(tmp_path), cache_dir=str(tmp_path / f"t{threads}"), log=lambda m: None)
+            prints.append(demo.build_dissector("demo", {"seed": 1, "epochs": 2}, ctx).fingerprint())
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [demo.TRAIN_THREADS, demo.TRAIN_THREADS]
+    assert prints[0] == prints[1]
+
+
 def test_targets(tiny):
     ctx, _ = tiny
     ctx.dissectors["demo"] = demo.build_dissector("demo", {"seed": 0, "epochs": 1}, ctx)
