@@ -18,14 +18,14 @@ the same roles the paper uses:
   "mosaic", "2 o'clock") is a negative for every phantom.  Without it, the 700+
   concepts never met in training land anywhere in the embedding space, and some
   out-score the right label (the demo labelled units "ice" and "drum").
-  Resolution: 128 x 77 input, phantoms painted at the probe's 320 px and resized
-  exactly as a probe is: a calcification is then a pixel or two, still visible.  For
-  about the same CPU time, 40 epochs at 128 px taught masses and calcifications
-  better (zero-shot AUC 0.88 / 0.83) than 30 epochs at 160 px (0.85 / 0.83;
-  benchmarks/bench_demo_quality.py).  The tower underfits rather than overfits
-  (train and held-out AUC agree), so the epochs are where time buys quality: 80
-  rather than 40 lift every lesion group (mass 0.86 -> 0.90, focal asymmetry 0.60
-  -> 0.72 on the demo probe), and training on a fixed two threads pays for them.
+  Resolution: 160 x 96 input, phantoms painted at the probe's 320 px and resized
+  exactly as a probe is: a calcification is then a pixel or two, still visible.
+  The tower underfits rather than overfits (train and held-out AUC agree), so
+  epochs and pixels are where time buys quality: on the demo probe, 80 epochs
+  rather than 40 at 128 px lift every lesion group (mass 0.86 -> 0.90), and 160 px
+  rather than 128 at 80 epochs lifts them again (mean zero-shot AUC 0.86 -> 0.88,
+  perfect-neuron top-1 with cos 0.69 -> 0.76; benchmarks/bench_demo_quality.py).
+  Training on a fixed two threads, in bfloat16 where the CPU has it, pays for both.
 * **targets** -- `G`: the same CNN, seeded random init, never trained (the paper's
   "general" model, but without another domain's training); `M`: the dissector's
   image tower; `C_density` / `C_mass` / `C_calcification`: M fine-tuned as a
@@ -46,6 +46,7 @@ import io
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,13 +68,13 @@ logger = logging.getLogger(__name__)
 
 #: bump when anything that changes trained weights changes (generator, reports, recipe)
 CODE_VERSION = "demo-v4"
-TRAIN_HEIGHT = 128
+TRAIN_HEIGHT = 160
 #: a C target's input height where it differs from TRAIN_HEIGHT.  A calcification speck is a
 #: pixel or two at 128 px and two or three at 192 px; fine-tuned from M at 192 px, C_calcification
 #: reaches held-out AUC 0.904 (10 epochs; 0.871 at 128 px, 0.893 at 160 px;
 #: benchmarks/bench_demo_quality.py --targets) for ~45 s more of a cold run.  C_mass would gain
 #: too (0.910 -> 0.942) but costs as much again, and the cold run's budget is tight; density
-#: gains nothing (0.998 either way).  The dissector stays at 128 px: its epochs dominate.
+#: gains nothing (0.998 either way).  These were measured with the dissector at 128 px.
 TASK_HEIGHT = {"C_calcification": 192}
 #: training phantoms are painted at the phantom probe's default height, then resized like a probe
 RENDER_HEIGHT = 320
@@ -145,6 +146,33 @@ class _Threads:
 
     def __exit__(self, *exc: Any) -> None:
         torch.set_num_threads(self.saved)
+
+
+def _native_bf16() -> bool:
+    """Whether the CPU does bfloat16 arithmetic itself (AVX512-BF16 or AMX), per /proc/cpuinfo.
+
+    Why ask: where it does, autocast to bfloat16 trains the image tower faster with the same
+    held-out quality; elsewhere bfloat16 is emulated and slower than float32.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:  # not Linux: float32
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", text) is not None
+
+
+#: the image tower's training precision here, "bf16" or "fp32"; in the cache key, since the
+#: two train to different weights
+TRAIN_PRECISION = "bf16" if _native_bf16() else "fp32"
+
+
+def _autocast() -> torch.autocast:
+    """The autocast a training forward pass of the image tower runs under.
+
+    Only the CNN's forward goes to bfloat16: weights, optimiser state, losses and every
+    inference pass (the study's passes included) stay float32.
+    """
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=TRAIN_PRECISION == "bf16")
 
 
 def _offline() -> None:
@@ -651,7 +679,9 @@ def _train_dissector(
             x = _shift(normalise_uint8(train.images[ids]), g)
             v = torch.randint(0, variants.shape[1], (len(ids),), generator=g)
             t = variants[ids, v]
-            zi = F.normalize(net(x), dim=-1)
+            with _autocast():
+                zi = net(x)
+            zi = F.normalize(zi.float(), dim=-1)
             zt = F.normalize(text_proj(t), dim=-1)
             zc = F.normalize(text_proj(phrase_emb), dim=-1)
             l_clip = _clip_loss(zi, zt, t, logit_scale.clamp(max=np.log(100)).exp())
@@ -681,6 +711,8 @@ def _train_dissector(
         "n_train": N_TRAIN,
         "n_heldout": N_HELDOUT,
         "image_size": [TRAIN_HEIGHT, int(round(TRAIN_HEIGHT * 912 / 1520))],
+        "threads": TRAIN_THREADS,
+        "precision": TRAIN_PRECISION,
         "final_loss": round(float(lc), 4),
         "final_phrase_loss": round(float(lp), 4),
         "seconds": {"render": round(t_render, 1), "text": round(t_text, 1), "train": round(t_train, 1)},
@@ -765,7 +797,9 @@ def _train_classifier(
         perm = torch.randperm(N_TRAIN, generator=g)
         for b in range(N_TRAIN // bs):
             ids = perm[b * bs : (b + 1) * bs]
-            out = net(_shift(normalise_uint8(train.images[ids]), g))
+            with _autocast():
+                out = net(_shift(normalise_uint8(train.images[ids]), g))
+            out = out.float()
             if n_out == 1:
                 loss = F.binary_cross_entropy_with_logits(out[:, 0], y[ids].float(), pos_weight=pos_weight)
             else:
@@ -799,6 +833,8 @@ def _train_classifier(
         "seed": seed,
         "n_train": N_TRAIN,
         "image_size": [height, int(round(height * 912 / 1520))],
+        "threads": TRAIN_THREADS,
+        "precision": TRAIN_PRECISION,
         "heldout": metrics,
         "seconds": round(time.time() - t0, 1),
     }
@@ -881,6 +917,7 @@ def get_dissector(ctx: BuildContext, seed: int = 0, epochs: int | None = None, n
             "bs": BATCH,
             "lr": LEARNING_RATE,
             "threads": TRAIN_THREADS,
+            "precision": TRAIN_PRECISION,
             "phrases": hashlib.sha256("\n".join(concept_phrases()).encode()).hexdigest()[:16],
         }
     )
@@ -953,6 +990,7 @@ def build_target(name: str, params: dict[str, Any], ctx: BuildContext) -> DemoTa
             "lr": CLASSIFIER_LR,
             "bs": CLASSIFIER_BATCH,
             "threads": TRAIN_THREADS,
+            "precision": TRAIN_PRECISION,
         }
     )
     path = _cache_root(ctx) / f"{variant}-{key}.safetensors"

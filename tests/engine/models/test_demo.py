@@ -97,6 +97,20 @@ def test_training_ignores_the_callers_thread_count(tiny, tmp_path, monkeypatch):
     assert prints[0] == prints[1]
 
 
+def test_precision_is_part_of_the_recipe(tiny, monkeypatch):
+    """bfloat16 and float32 training give different weights, so each has its own cache entry,
+    and the report says which one trained the model (both paths run on any machine here)."""
+    ctx, _ = tiny
+    reports = {}
+    for precision in ("fp32", "bf16"):
+        monkeypatch.setattr(demo, "TRAIN_PRECISION", precision)
+        demo._BUILT.clear()
+        reports[precision] = demo.build_dissector("demo", {"seed": 2, "epochs": 1}, ctx).training_report()
+    assert {r["precision"] for r in reports.values()} == {"fp32", "bf16"}
+    cached = sorted((__import__("pathlib").Path(ctx.cache_dir) / "demo").glob("dissector-*.safetensors"))
+    assert len(cached) == 2
+
+
 def test_targets(tiny):
     ctx, _ = tiny
     ctx.dissectors["demo"] = demo.build_dissector("demo", {"seed": 0, "epochs": 1}, ctx)
