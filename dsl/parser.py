@@ -14,12 +14,13 @@ import dataclasses
 import functools
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
+from lark.tree import Meta
 
 from dissect_study.dsl import ast
 from dissect_study.dsl.diagnostics import ERROR, Diagnostic, StudyError
@@ -134,7 +135,7 @@ class _ToAst(Transformer):
         self.problems: list[Diagnostic] = []
 
     # -- helpers
-    def _span(self, meta: Any) -> ast.Span:
+    def _span(self, meta: Meta) -> ast.Span:
         if getattr(meta, "empty", True):
             return ast.Span(self.path, 1, 1, 1, 2)
         return ast.Span(self.path, meta.line, meta.column, meta.end_line, meta.end_column)
@@ -177,7 +178,7 @@ class _ToAst(Transformer):
         return ast.Ident(str(tok), self._ts(tok))
 
     # -- values
-    def string(self, meta, children):
+    def string(self, meta: Meta, children: list[Any]) -> ast.Str:
         (tok,) = children
         value = _unescape(str(tok))
         if len(value) > MAX_STRING_CHARS:  # `${...}` expansions are bounded by `_string_growth`
@@ -185,53 +186,53 @@ class _ToAst(Transformer):
             value = value[:0]
         return ast.Str(value, self._ts(tok))
 
-    def number(self, meta, children):
+    def number(self, meta: Meta, children: list[Any]) -> ast.Num:
         (tok,) = children
         return ast.Num(self._num(tok), self._ts(tok))
 
-    def true(self, meta, children):
+    def true(self, meta: Meta, children: list[Any]) -> ast.Bool:
         return ast.Bool(True, self._span(meta))
 
-    def false(self, meta, children):
+    def false(self, meta: Meta, children: list[Any]) -> ast.Bool:
         return ast.Bool(False, self._span(meta))
 
-    def ident(self, meta, children):
+    def ident(self, meta: Meta, children: list[Any]) -> ast.Ident:
         return self._ident(children[0])
 
-    def env_call(self, meta, children):
+    def env_call(self, meta: Meta, children: list[Any]) -> ast.Env:
         var, default = children
         return ast.Env(var.value, default, self._span(meta), var.span)
 
-    def arg_name(self, meta, children):
+    def arg_name(self, meta: Meta, children: list[Any]) -> Token:
         return children[0]
 
-    def section_name(self, meta, children):
+    def section_name(self, meta: Meta, children: list[Any]) -> ast.Ident:
         return self._ident(children[0])
 
-    def kwarg(self, meta, children):
+    def kwarg(self, meta: Meta, children: list[Any]) -> ast.Arg:
         name, value = children
         return ast.Arg(str(name), value, self._span(meta), self._ts(name))
 
-    def posarg(self, meta, children):
+    def posarg(self, meta: Meta, children: list[Any]) -> ast.Arg:
         (value,) = children
         return ast.Arg(None, value, self._span(meta), None)
 
-    def call(self, meta, children):
+    def call(self, meta: Meta, children: list[Any]) -> ast.Call:
         name, *args = children
         return ast.Call(str(name), tuple(a for a in args if a is not None), self._span(meta), self._ts(name))
 
-    def option(self, meta, children):
+    def option(self, meta: Meta, children: list[Any]) -> ast.Arg:
         name, value = children
         return ast.Arg(str(name), value, self._span(meta), self._ts(name))
 
     # -- small pieces
-    def name_list(self, meta, children):
+    def name_list(self, meta: Meta, children: list[Any]) -> tuple[ast.Ident, ...]:
         return tuple(self._ident(t) for t in children)
 
-    def layer_name(self, meta, children):
+    def layer_name(self, meta: Meta, children: list[Any]) -> ast.LayerName:
         return ast.LayerName(str(children[0]), self._ts(children[0]))
 
-    def layer_range(self, meta, children):
+    def layer_range(self, meta: Meta, children: list[Any]) -> ast.LayerRange:
         tok = children[0]
         return self._range(str(tok), self._ts(tok))
 
@@ -257,39 +258,39 @@ class _ToAst(Transformer):
             return ast.LayerRange(m.group(1), 0, 0, span)
         return ast.LayerRange(m.group(1), start, end, span)
 
-    def layer_all(self, meta, children):
+    def layer_all(self, meta: Meta, children: list[Any]) -> ast.LayerAll:
         return ast.LayerAll(self._span(meta))
 
-    def layer_list(self, meta, children):
+    def layer_list(self, meta: Meta, children: list[Any]) -> tuple[ast.LayerItem, ...]:
         return tuple(children)
 
-    def layer_kw(self, meta, children):
+    def layer_kw(self, meta: Meta, children: list[Any]) -> type[_Missing]:
         return _Missing
 
-    def decl_kind(self, meta, children):
+    def decl_kind(self, meta: Meta, children: list[Any]) -> str:
         return str(children[0])
 
-    def learned_verb(self, meta, children):
+    def learned_verb(self, meta: Meta, children: list[Any]) -> str:
         return str(children[0])
 
     gained_verb = learned_verb
 
-    def op(self, meta, children):
+    def op(self, meta: Meta, children: list[Any]) -> str:
         return str(children[0])
 
-    def count_unit(self, meta, children):
+    def count_unit(self, meta: Meta, children: list[Any]) -> tuple[str, ast.Span]:
         return (str(children[0]), self._ts(children[0]))
 
-    def count_clause(self, meta, children):
+    def count_clause(self, meta: Meta, children: list[Any]) -> tuple[str, tuple[str, ast.Span]]:
         return ("count", children[0])
 
-    def filter_name(self, meta, children):
+    def filter_name(self, meta: Meta, children: list[Any]) -> tuple[str, ast.Span]:
         c = children[0]
         if isinstance(c, ast.Str):
             return (c.value, c.span)
         return (str(c), self._ts(c))
 
-    def sample_clause(self, meta, children):
+    def sample_clause(self, meta: Meta, children: list[Any]) -> ast.Sample:
         n, by, seed = children
         return ast.Sample(
             self._int(n, "the sample size", 1),
@@ -299,11 +300,11 @@ class _ToAst(Transformer):
             self._ts(by) if by is not None else None,
         )
 
-    def using_clause(self, meta, children):
+    def using_clause(self, meta: Meta, children: list[Any]) -> ast.Call:
         return children[0]
 
     # -- threshold rules
-    def named_rule(self, meta, children):
+    def named_rule(self, meta: Meta, children: list[Any]) -> dict[str, Any]:
         first, second = children
         if second is not None:
             return dict(
@@ -319,7 +320,7 @@ class _ToAst(Transformer):
             )
         return dict(combine="max", statistic=str(first), value=None, combine_span=None, statistic_span=self._ts(first))
 
-    def fixed_rule(self, meta, children):
+    def fixed_rule(self, meta: Meta, children: list[Any]) -> dict[str, Any]:
         (tok,) = children
         return dict(
             combine="fixed",
@@ -329,40 +330,40 @@ class _ToAst(Transformer):
             statistic_span=None,
         )
 
-    def threshold_clause(self, meta, children):
+    def threshold_clause(self, meta: Meta, children: list[Any]) -> tuple[str, ast.ThresholdRule]:
         head, op = children
         return ("threshold", ast.ThresholdRule(op=op or ">=", span=self._span(meta), **head))
 
-    def at_clause(self, meta, children):
+    def at_clause(self, meta: Meta, children: list[Any]) -> tuple[str, tuple[ast.LayerItem, ...]]:
         return ("at", children[-1])
 
-    def on_clause(self, meta, children):
+    def on_clause(self, meta: Meta, children: list[Any]) -> tuple[str, ast.Filter]:
         level, (name, name_span) = children
         return ("on", ast.Filter(str(level), name, self._span(meta), self._ts(level), name_span))
 
-    def top_clause(self, meta, children):
+    def top_clause(self, meta: Meta, children: list[Any]) -> tuple[str, tuple[int, ast.Span]]:
         return ("top", (self._int(children[0], "top", 1), self._span(meta)))
 
     # -- statements
-    def start(self, meta, children):
+    def start(self, meta: Meta, children: list[Any]) -> tuple[Any, ...]:
         return tuple(children)
 
-    def study_stmt(self, meta, children):
+    def study_stmt(self, meta: Meta, children: list[Any]) -> ast.StudyTitle:
         return ast.StudyTitle(children[0].value, self._span(meta))
 
-    def let_stmt(self, meta, children):
+    def let_stmt(self, meta: Meta, children: list[Any]) -> ast.Let:
         name, value = children
         return ast.Let(str(name), value, self._span(meta), self._ts(name))
 
-    def decl_stmt(self, meta, children):
+    def decl_stmt(self, meta: Meta, children: list[Any]) -> ast.Decl:
         kind, name, call, sample = children
         return ast.Decl(kind, str(name), call, sample, self._span(meta), self._ts(name))
 
-    def layer_alias_stmt(self, meta, children):
+    def layer_alias_stmt(self, meta: Meta, children: list[Any]) -> ast.LayerAliasDef:
         name, layers = children
         return ast.LayerAliasDef(str(name), layers, self._span(meta), self._ts(name))
 
-    def dissect_stmt(self, meta, children):
+    def dissect_stmt(self, meta: Meta, children: list[Any]) -> ast.Dissect:
         targets, _kw, layers, dissector, probe, concepts, similarity, *options = children
         return ast.Dissect(
             targets,
@@ -375,12 +376,21 @@ class _ToAst(Transformer):
             self._span(meta),
         )
 
-    def threshold_stmt(self, meta, children):
+    def threshold_stmt(self, meta: Meta, children: list[Any]) -> ast.DefaultThreshold:
         (_, rule), count = children
         unit, unit_span = count[1] if count else (None, None)
         return ast.DefaultThreshold(rule, unit, self._span(meta), unit_span)
 
-    def _analysis(self, meta, kind: str, verb: str, models, tails, name=None, name_span=None):
+    def _analysis(
+        self,
+        meta: Meta,
+        kind: str,
+        verb: str,
+        models: Sequence[ast.Ident],
+        tails: list[Any],
+        name: str | None = None,
+        name_span: ast.Span | None = None,
+    ) -> ast.Analysis:
         layers = filt = rule = count = count_span = None
         options: list[ast.Arg] = []
         seen: dict[str, ast.Span] = {}
@@ -429,32 +439,32 @@ class _ToAst(Transformer):
             count_span,
         )
 
-    def compare_stmt(self, meta, children):
+    def compare_stmt(self, meta: Meta, children: list[Any]) -> ast.Analysis:
         models = [c for c in children if isinstance(c, Token)]
         tails = [c for c in children if not isinstance(c, Token)]
         return self._analysis(meta, "compare", "compare", [self._ident(m) for m in models], tails)
 
-    def learned_stmt(self, meta, children):
+    def learned_stmt(self, meta: Meta, children: list[Any]) -> ast.Analysis:
         verb, models, *tails = children
         return self._analysis(meta, "learned", verb, models, tails)
 
-    def gained_stmt(self, meta, children):
+    def gained_stmt(self, meta: Meta, children: list[Any]) -> ast.Analysis:
         verb, a, b, *tails = children
         return self._analysis(meta, "gained", verb, [self._ident(a), self._ident(b)], tails)
 
-    def thresholds_stmt(self, meta, children):
+    def thresholds_stmt(self, meta: Meta, children: list[Any]) -> ast.Analysis:
         models, *tails = children
         return self._analysis(meta, "thresholds", "thresholds", models, tails)
 
-    def keywords_stmt(self, meta, children):
+    def keywords_stmt(self, meta: Meta, children: list[Any]) -> ast.Analysis:
         models, *tails = children
         return self._analysis(meta, "keywords", "keywords", models, tails)
 
-    def analyze_stmt(self, meta, children):
+    def analyze_stmt(self, meta: Meta, children: list[Any]) -> ast.Analysis:
         name, models, *tails = children
         return self._analysis(meta, "analyze", "analyze", models, tails, str(name), self._ts(name))
 
-    def show_stmt(self, meta, children):
+    def show_stmt(self, meta: Meta, children: list[Any]) -> ast.ShowNeuron:
         ref, unit, top = children
         model, _, layer = str(ref).partition(".")
         s = self._ts(ref)
@@ -474,7 +484,7 @@ class _ToAst(Transformer):
         )
 
     # -- review packets (engine/review/select.py picks the neurons at run time)
-    def review_sample(self, meta, children):
+    def review_sample(self, meta: Meta, children: list[Any]) -> tuple[str, tuple[int, int | None], ast.Span]:
         n, seed = children
         return (
             "sample",
@@ -482,7 +492,9 @@ class _ToAst(Transformer):
             self._span(meta),
         )
 
-    def _review(self, meta, model: ast.Ident, layers: tuple, units: tuple[int, ...], tails) -> ast.Review:
+    def _review(
+        self, meta: Meta, model: ast.Ident, layers: tuple[ast.LayerItem, ...], units: tuple[int, ...], tails: list[Any]
+    ) -> ast.Review:
         filt = top = sample = seed = size_span = None
         options: list[ast.Arg] = []
         seen: dict[str, ast.Span] = {}
@@ -513,11 +525,11 @@ class _ToAst(Transformer):
                 (sample, seed), size_span = val, span
         return ast.Review(model, layers, units, filt, top, sample, seed, tuple(options), self._span(meta), size_span)
 
-    def review_select(self, meta, children):
+    def review_select(self, meta: Meta, children: list[Any]) -> ast.Review:
         model, _kw, layers, *tails = children
         return self._review(meta, self._ident(model), layers, (), tails)
 
-    def review_units(self, meta, children):
+    def review_units(self, meta: Meta, children: list[Any]) -> ast.Review:
         ref, *rest = children
         units = tuple(self._int(u, "the unit index") for u in rest if isinstance(u, Token))
         tails = [t for t in rest if not isinstance(t, Token)]
@@ -530,7 +542,7 @@ class _ToAst(Transformer):
         )
         return self._review(meta, ast.Ident(model, mspan), (item,), units, tails)
 
-    def report_stmt(self, meta, children):
+    def report_stmt(self, meta: Meta, children: list[Any]) -> ast.Report:
         out, formats, sections = children
         return ast.Report(
             out,
@@ -541,10 +553,10 @@ class _ToAst(Transformer):
             tuple(s.span for s in sections) if sections else (),
         )
 
-    def format_clause(self, meta, children):
+    def format_clause(self, meta: Meta, children: list[Any]) -> tuple[ast.Ident, ...]:
         return children[0]
 
-    def sections_clause(self, meta, children):
+    def sections_clause(self, meta: Meta, children: list[Any]) -> tuple[ast.Ident, ...]:
         return tuple(children)
 
 
