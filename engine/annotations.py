@@ -132,14 +132,15 @@ def concept_group(key: Key, lenient: bool) -> tuple[str, ...]:
     return phrases
 
 
-def _norm(s: str) -> str:
+def normalise_phrase(s: str) -> str:
+    """A phrase as concept matching compares it: lower case, runs of white space as one space."""
     return " ".join(str(s).lower().split())
 
 
 def group_ids(key: Key, concept_texts: Sequence[str], lenient: bool) -> set[int]:
     """Concept ids (columns of S) of the phrases naming `key` that the concept set holds."""
-    want = {_norm(p) for p in concept_group(key, lenient)}
-    return {i for i, t in enumerate(concept_texts) if _norm(t) in want}
+    want = {normalise_phrase(p) for p in concept_group(key, lenient)}
+    return {i for i, t in enumerate(concept_texts) if normalise_phrase(t) in want}
 
 
 def indicator(attributes: Sequence[dict[str, Any]], key: Key, complete: bool) -> np.ndarray:
@@ -188,12 +189,12 @@ def concept_vectors(
     `extra` maps a concept phrase to a user vector (CSV annotations), which wins.
     """
     keys = probe_keys(attributes)
-    pos = {_norm(t): i for i, t in enumerate(concept_texts)}
+    pos = {normalise_phrase(t): i for i, t in enumerate(concept_texts)}
     linked: dict[int, list[Key]] = {}
     for key in keys:
         for p in concept_group(key, lenient):
-            if _norm(p) in pos:
-                linked.setdefault(pos[_norm(p)], []).append(key)
+            if normalise_phrase(p) in pos:
+                linked.setdefault(pos[normalise_phrase(p)], []).append(key)
     out: dict[int, tuple[str, np.ndarray]] = {}
     for cid, ks in linked.items():
         vecs = np.stack([indicator(attributes, k, complete) for k in ks])
@@ -202,7 +203,7 @@ def concept_vectors(
         v = np.where(any_pos, 1.0, np.where(all_known, 0.0, np.nan))
         out[cid] = (" | ".join(annotation_name(k) for k in ks), v)
     for phrase, v in (extra or {}).items():
-        out[pos[_norm(phrase)]] = (f"csv:{phrase}", np.asarray(v, dtype=np.float64))
+        out[pos[normalise_phrase(phrase)]] = (f"csv:{phrase}", np.asarray(v, dtype=np.float64))
     return out
 
 
@@ -250,7 +251,7 @@ def density_keys() -> list[Key]:
 
 def attribute_names() -> dict[str, Key]:
     """The shipped annotations by the name a user CSV gives them (`density=A`, `mass`, `findings=Mass`)."""
-    return {_norm(annotation_name(k)): k for k in STRICT_CONCEPTS}
+    return {normalise_phrase(annotation_name(k)): k for k in STRICT_CONCEPTS}
 
 
 def _row_phrases(row: dict[str, str], where: str, pos: dict[str, str], attrs: dict[str, Key]) -> list[str]:
@@ -259,17 +260,21 @@ def _row_phrases(row: dict[str, str], where: str, pos: dict[str, str], attrs: di
     if bool(concept) == bool(attribute):
         raise AnnotationError(f"{where}: give a concept or an attribute in each row (exactly one of the two)")
     if concept:
-        if _norm(concept) not in pos:
-            near = difflib.get_close_matches(_norm(concept), list(pos), n=1)
+        if normalise_phrase(concept) not in pos:
+            near = difflib.get_close_matches(normalise_phrase(concept), list(pos), n=1)
             hint = f"; did you mean '{pos[near[0]]}'?" if near else "; use a phrase of the study's concept set"
             raise AnnotationError(f"{where}: concept '{concept}' is not in the concept set{hint}")
-        return [pos[_norm(concept)]]
-    key = attrs.get(_norm(attribute))
+        return [pos[normalise_phrase(concept)]]
+    key = attrs.get(normalise_phrase(attribute))
     if key is None:
-        near = difflib.get_close_matches(_norm(attribute), list(attrs), n=1)
+        near = difflib.get_close_matches(normalise_phrase(attribute), list(attrs), n=1)
         hint = f"did you mean '{near[0]}'?" if near else f"known: {', '.join(sorted(attrs)[:12])}, ..."
         raise AnnotationError(f"{where}: attribute '{attribute}' is not a shipped annotation; {hint}")
-    phrases = [t for t in pos.values() if _norm(t) in {_norm(x) for x in concept_group(key, lenient=True)}]
+    phrases = [
+        t
+        for t in pos.values()
+        if normalise_phrase(t) in {normalise_phrase(x) for x in concept_group(key, lenient=True)}
+    ]
     if not phrases:
         raise AnnotationError(f"{where}: attribute '{attribute}' names no phrase of the study's concept set")
     return phrases
@@ -299,7 +304,7 @@ def load_annotation_csv(
             f"{p}:1:1: an annotation CSV needs the columns image_id and concept or attribute (and optionally "
             f"present); this one has {', '.join(cols) or 'none'}"
         )
-    pos = {_norm(t): t for t in concept_texts}
+    pos = {normalise_phrase(t): t for t in concept_texts}
     attrs = attribute_names()
     index = {str(i): n for n, i in enumerate(image_ids)}
     listed: set[int] = set()

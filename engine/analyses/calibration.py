@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dissect_study.engine.annotations import normalise_phrase
 from dissect_study.engine.phantom.vocabulary import GROUND_TRUTH_CONCEPTS, attribute_matches
 
 #: columns of the DuckDB `calibration` table, minus run_id
@@ -191,14 +192,10 @@ def ground_truth_by_lift(
     return pd.DataFrame(rows, columns=cols)
 
 
-def _norm(s: str) -> str:
-    return " ".join(str(s).lower().split())
-
-
 @functools.lru_cache(maxsize=8)
 def _norm_texts(concept_texts: tuple[str, ...]) -> list[str]:
     """The concept set normalised once, not once per graded table."""
-    return [_norm(t) for t in concept_texts]
+    return [normalise_phrase(t) for t in concept_texts]
 
 
 def mammi_selection(scores: np.ndarray, beta: float = 0.95) -> np.ndarray:
@@ -231,7 +228,7 @@ def neuron_grades(
     orders = np.argsort(-block, axis=1, kind="stable")[:, :top_k]
     rows = []
     for n, (unit, true) in enumerate(zip(truth["unit"], truth["true_concepts"])):
-        gt = {_norm(t) for t in true}
+        gt = {normalise_phrase(t) for t in true}
         row, order = block[n], orders[n]
         top = [texts[i] for i in order]
         if similarity_name in MAMMI_NAMES:
@@ -308,7 +305,7 @@ class PhraseEmbeddings:
 def bench_phrases(concept_texts: Iterable[str], truth_groups: Iterable[Iterable[str]] = ()) -> list[str]:
     """Every phrase a label cosine may ask for (labels, true groups, MAMMI's empty "none"), normalised
     as `neuron_grades` writes them."""
-    out = {_norm(t) for t in concept_texts} | {_norm(t) for g in truth_groups for t in g}
+    out = {normalise_phrase(t) for t in concept_texts} | {normalise_phrase(t) for g in truth_groups for t in g}
     return sorted(out | {"none"})
 
 

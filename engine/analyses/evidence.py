@@ -50,24 +50,8 @@ ALPHA = 0.05
 
 
 def average_precision(scores: Any, y: Any) -> float:
-    """AUPRC as average precision: sum over distinct thresholds of (R_n - R_{n-1}) * P_n.
-
-    Tied scores form one threshold (no optimistic ordering inside a tie).  NaN
-    without positives.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    t = np.asarray(y, dtype=bool)
-    n_pos = int(t.sum())
-    if n_pos == 0:
-        return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    s, t = s[order], t[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last index of each distinct score
-    tp = np.cumsum(t)[last]
-    fp = (last + 1) - tp
-    precision = tp / (tp + fp)
-    recall = tp / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    """AUPRC of one score vector: `auprc_columns` for a single column."""
+    return float(auprc_columns(np.asarray(scores, dtype=np.float64)[:, None], y)[0])
 
 
 def _ranked(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +73,12 @@ def _ap_ranked(order: np.ndarray, ends: np.ndarray, y: np.ndarray) -> np.ndarray
 
 
 def auprc_columns(acts: Any, y: Any) -> np.ndarray:
-    """Average precision of every column of `acts` (N x K) for boolean `y` (N,), vectorised."""
+    """AUPRC of every column of `acts` (N x K) for boolean `y` (N,), as average precision:
+    the sum over distinct thresholds of (R_n - R_{n-1}) * P_n.
+
+    Tied scores form one threshold (no optimistic ordering inside a tie).  NaN
+    without positives.
+    """
     a = np.asarray(acts, dtype=np.float64)
     t = np.asarray(y, dtype=bool)
     if not t.any():

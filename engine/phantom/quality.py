@@ -24,17 +24,8 @@ import numpy as np
 import torch
 
 from dissect_study.engine import annotations as ann
+from dissect_study.engine.analyses.calibration import auc_columns
 from dissect_study.engine.phantom.vocabulary import attribute_matches, zero_shot_groups
-
-
-def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    from scipy.stats import rankdata
-
-    pos, neg = int(labels.sum()), int((~labels).sum())
-    if pos == 0 or neg == 0:
-        return float("nan")
-    r = rankdata(scores)
-    return float((r[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
 def zero_shot_aucs(
@@ -62,7 +53,7 @@ def zero_shot_aucs(
             rows.append(
                 {
                     "attribute": name,
-                    "value": _auc(probs[:, j], y),
+                    "value": float(auc_columns(probs[:, j : j + 1], y)[0]),
                     "n": len(y),
                     "positives": int(y.sum()),
                     "prompts": prompts,
