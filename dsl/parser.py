@@ -381,6 +381,20 @@ class _ToAst(Transformer):
         unit, unit_span = count[1] if count else (None, None)
         return ast.DefaultThreshold(rule, unit, self._span(meta), unit_span)
 
+    def _repeated_clause(self, tag: str, span: ast.Span, first: ast.Span) -> None:
+        """A clause given twice in one statement (the grammar allows clauses in any order)."""
+        word = {"at": "at layer(s)"}.get(tag, tag)
+        self.problems.append(
+            Diagnostic(
+                ERROR,
+                "repeated-clause",
+                f"'{word}' is given twice in this statement",
+                span,
+                "keep one of them",
+                [("first given", first)],
+            )
+        )
+
     def _analysis(
         self,
         meta: Meta,
@@ -401,17 +415,7 @@ class _ToAst(Transformer):
             tag, val = t
             span = val[1] if tag in ("count", "top") else (val[0].span if tag == "at" else val.span)
             if tag in seen:
-                word = {"at": "at layer(s)", "on": "on"}.get(tag, tag)
-                self.problems.append(
-                    Diagnostic(
-                        ERROR,
-                        "repeated-clause",
-                        f"'{word}' is given twice in this statement",
-                        span,
-                        "keep one of them",
-                        [("first given", seen[tag])],
-                    )
-                )
+                self._repeated_clause(tag, span, seen[tag])
             seen[tag] = span
             if tag == "at":
                 layers = val
@@ -505,16 +509,7 @@ class _ToAst(Transformer):
             tag, val = t[0], t[1]
             span = t[2] if tag == "sample" else (val[1] if tag == "top" else val.span)
             if tag in seen:
-                self.problems.append(
-                    Diagnostic(
-                        ERROR,
-                        "repeated-clause",
-                        f"'{tag}' is given twice in this statement",
-                        span,
-                        "keep one of them",
-                        [("first given", seen[tag])],
-                    )
-                )
+                self._repeated_clause(tag, span, seen[tag])
                 continue
             seen[tag] = span
             if tag == "on":

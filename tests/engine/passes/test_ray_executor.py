@@ -101,10 +101,12 @@ def test_missing_ray_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_pat
 # ----------------------------------------------------------------------------- on a Ray cluster
 
 
-@pytest.mark.slow
-def test_ray_executor_gives_the_local_results_bit_for_bit(
-    tmp_path: Path, tiny_models, ray_cluster, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _local_run_then_marking_targets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **marking: float
+) -> tuple[Path, Path]:
+    """Run the study locally into `local/`, then make every target built afterwards a
+    MarkingTarget (same results) that leaves its process id in `marks/`; `ray/` is made for
+    the Ray run.  Returns the local database and the marks folder."""
     from helpers.ray_cluster import MarkingTarget
 
     (tmp_path / "local").mkdir()
@@ -115,8 +117,16 @@ def test_ray_executor_gives_the_local_results_bit_for_bit(
     monkeypatch.setattr(
         model_factories,
         "build_target",
-        lambda name, func, params, ctx: MarkingTarget(name, {"G": 1, "M": 2}[params["variant"]], str(marks), 0.0),
+        lambda name, func, params, ctx: MarkingTarget(name, {"G": 1, "M": 2}[params["variant"]], str(marks), **marking),
     )
+    return local_db, marks
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_local_results_bit_for_bit(
+    tmp_path: Path, tiny_models, ray_cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local_db, marks = _local_run_then_marking_targets(tmp_path, monkeypatch, pause=0.0)
     _, ray_db = _run(tmp_path / "ray", STUDY_NO_REPORT, executor="ray")  # its own, empty cache: passes run on Ray
     pids = {int(p.name) for p in marks.iterdir()}
     assert pids - {os.getpid()}  # the target passes ran on Ray workers (neuron maps draw here, on the driver)
@@ -127,18 +137,7 @@ def test_ray_executor_gives_the_local_results_bit_for_bit(
 def test_a_killed_worker_has_its_shard_retried_and_the_run_is_identical(
     tmp_path: Path, tiny_models, ray_cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from helpers.ray_cluster import MarkingTarget
-
-    (tmp_path / "local").mkdir()
-    (tmp_path / "ray").mkdir()
-    _, local_db = _run(tmp_path / "local", STUDY_NO_REPORT)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-
-    def build_target(name, func, params, ctx):
-        return MarkingTarget(name, {"G": 1, "M": 2}[params["variant"]], str(marks))
-
-    monkeypatch.setattr(model_factories, "build_target", build_target)
+    local_db, marks = _local_run_then_marking_targets(tmp_path, monkeypatch)
     outcome: list[object] = []
 
     def go() -> None:
