@@ -3,11 +3,17 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+#: the venv takes about 7 GB; a full disk would otherwise fail half-way through pip
+MIN_FREE_GB ?= 8
 
 .PHONY: demo test lint install check bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "error: $(PY) not found; install Python 3.11 or run 'make PY=python3 ...'"; exit 2; }
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	if [ "$$free" -lt $(MIN_FREE_GB) ]; then \
+		echo "error: $$free GB free here; the install needs about $(MIN_FREE_GB) GB (torch with its CUDA libraries)."; \
+		echo "       Free some space, or run 'make MIN_FREE_GB=0 ...' to try anyway."; exit 2; fi
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
