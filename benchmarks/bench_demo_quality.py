@@ -90,7 +90,7 @@ def main() -> None:
     if a.lr:
         demo.LEARNING_RATE = a.lr
     if a.n_train:
-        demo.N_TRAIN = a.n_train
+        demo.N_TRAIN_DISSECTOR = a.n_train
     if a.height:
         demo.TRAIN_HEIGHT = a.height
     if a.pw is not None:

