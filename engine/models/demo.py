@@ -85,7 +85,7 @@ N_TRAIN_DISSECTOR = 12000
 #: training phantoms of the C targets (the first of the dissector's)
 N_TRAIN_TARGETS = 2000
 N_HELDOUT = 500
-DEFAULT_EPOCHS = 16
+DEFAULT_EPOCHS = 12
 CLASSIFIER_EPOCHS = 6
 #: the C targets' fine-tuning batch and peak learning rate
 CLASSIFIER_BATCH = 50
@@ -301,15 +301,24 @@ def demo_layers() -> list[LayerInfo]:
     return [LayerInfo(name=f"blocks.{i}", channels=c, index=i) for i, (c, _) in enumerate(BLOCKS)]
 
 
-def normalise_uint8(batch: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) raw pixels -> (B, 3, H, W): per-image min-max then Mammo-CLIP's z-score."""
+def normalise_grey(batch: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) raw pixels -> (B, H, W) float: per-image min-max then Mammo-CLIP's z-score."""
     x = batch.float()
     flat = x.flatten(1)
     lo = flat.min(1).values.view(-1, 1, 1)
     hi = flat.max(1).values.view(-1, 1, 1)
     x = (x - lo) / (hi - lo).clamp(min=1e-6)
-    x = (x - MEAN) / STD
-    return x.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    return (x - MEAN) / STD
+
+
+def three_channels(batch: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) normalised grey -> (B, 3, H, W) float32, the grey repeated as Mammo-CLIP reads it."""
+    return batch.float().unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+
+
+def normalise_uint8(batch: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) raw pixels -> (B, 3, H, W): the demo models' input."""
+    return three_channels(normalise_grey(batch))
 
 
 def _resize(image: np.ndarray, height: int) -> torch.Tensor:
@@ -355,7 +364,9 @@ def demo_preprocess(height: int | None = None) -> Preprocess:
 # --------------------------------------------------------------------------- data
 @dataclass
 class PhantomSet:
-    images: torch.Tensor  # (N, H, W) grey levels 0..255 (float16)
+    #: (N, H, W) float16, already normalised (normalise_grey): training steps then only add
+    #: channels, since a shift moves no pixel's value and so leaves min-max unchanged
+    images: torch.Tensor
     attributes: list[dict[str, Any]]
 
 
@@ -409,7 +420,7 @@ def phantom_set(stream: int, n: int, height: int | None = None, desc: str = "pha
         imgs = torch.empty((n, height, width_for(height)), dtype=torch.float16)
         painted = _painted(stream, n)
         for i in tqdm(range(n), desc=f"render {desc}", unit="img", leave=False, mininterval=1.0):
-            imgs[i] = _resize(next(painted), height).half()
+            imgs[i] = normalise_grey(_resize(next(painted), height)[None])[0].half()
         attrs = [scene_attributes(sample_scene(stream, i), height) for i in range(n)]
         _DATA_MEMO[key] = PhantomSet(imgs, attrs)
     return _DATA_MEMO[key]
@@ -496,7 +507,7 @@ def _multi_metrics(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
 @torch.no_grad()
 def _embed_images(net: nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
     net.eval()
-    return torch.cat([net(normalise_uint8(images[i : i + batch])) for i in range(0, len(images), batch)])
+    return torch.cat([net(three_channels(images[i : i + batch])) for i in range(0, len(images), batch)])
 
 
 # --------------------------------------------------------------------------- dissector
@@ -703,7 +714,7 @@ def _train_dissector(
         perm = torch.randperm(N_TRAIN_DISSECTOR, generator=g)
         for b in range(per_epoch):
             ids = perm[b * bs : (b + 1) * bs]
-            x = _shift(normalise_uint8(train.images[ids]), g)
+            x = _shift(three_channels(train.images[ids]), g)
             v = torch.randint(0, variants.shape[1], (len(ids),), generator=g)
             t = variants[ids, v]
             with _autocast():
@@ -825,7 +836,7 @@ def _train_classifier(
         for b in range(N_TRAIN_TARGETS // bs):
             ids = perm[b * bs : (b + 1) * bs]
             with _autocast():
-                out = net(_shift(normalise_uint8(train.images[ids]), g))
+                out = net(_shift(three_channels(train.images[ids]), g))
             out = out.float()
             if n_out == 1:
                 loss = F.binary_cross_entropy_with_logits(out[:, 0], y[ids].float(), pos_weight=pos_weight)
