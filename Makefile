@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_similarity.py
 	$(BIN)/python benchmarks/bench_activations.py
 	$(BIN)/python benchmarks/bench_cheapest_pass.py
+	$(BIN)/python benchmarks/bench_painting.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -3,7 +3,7 @@
 Painting is the part of a cold demo that grows with the dissector's training set, so it
 runs on TRAIN_THREADS threads (numpy and PIL release the GIL).
 
-    PYTHONPATH=.mypy_root python benchmarks/bench_painting.py [--n 600]
+    .venv/bin/python benchmarks/bench_painting.py [--n 2400]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dissect_study.engine.phantom.generator import render, sample_scene
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=600)
+    ap.add_argument("--n", type=int, default=2400)
     ap.add_argument("--stream", type=int, default=demo.TRAIN_STREAM)
     a = ap.parse_args()
     t0 = time.perf_counter()
