@@ -66,8 +66,8 @@ from dissect_study.engine.registry import DISSECTORS, TARGETS
 
 logger = logging.getLogger(__name__)
 
-#: bump when anything that changes trained weights changes (generator, reports, recipe)
-CODE_VERSION = "demo-v5"
+#: bump when anything that changes trained weights changes (generator, reports, phrase truth, recipe)
+CODE_VERSION = "demo-v6"
 TRAIN_HEIGHT = 160
 #: a C target's input height where it differs from TRAIN_HEIGHT.  A calcification speck is a
 #: pixel or two at 128 px and two or three at 192 px; fine-tuned from M at 192 px, C_calcification

@@ -54,7 +54,7 @@ GROUND_TRUTH_CONCEPTS: dict[tuple[str, Any], tuple[str, ...]] = {
     **{("calc_distribution", d): (f"{d} calcifications",) for d in CALC_DISTRIBUTIONS},
     ("architectural_distortion", True): ("architectural distortion",),
     ("asymmetry", "focal"): ("focal asymmetry", "asymmetry"),
-    ("asymmetry", "global"): ("asymmetry",),
+    ("asymmetry", "global"): ("global asymmetry", "asymmetry"),
     ("lymph_node", "intramammary"): ("intramammary lymph node",),
     ("lymph_node", "axillary"): ("axillary lymph node",),
     ("skin_thickening", True): ("skin thickening",),
@@ -121,6 +121,13 @@ NEGATIONS: dict[str, tuple[str, ...]] = {
     "pectoral_muscle": ("no pectoral muscle",),
     "nipple_in_profile": ("nipple not in profile",),
 }
+#: concept-set phrases the phantom's reports use for facts outside the ground-truth map: taught
+#: true where they apply.  Left out, the phrase loss would call them false for every phantom
+#: while the CLIP loss pairs them with the images they describe, teaching the dissector both ways.
+REPORT_FACTS: dict[tuple[str, Any], tuple[str, ...]] = {("birads", n): (f"BI-RADS {n}",) for n in range(7)}
+#: stated normality: true of a phantom with no finding
+NORMAL_PHRASES: tuple[str, ...] = ("no suspicious findings", "normal mammogram")
+
 #: detail attributes whose absence is their parent finding's absence
 _PARENT = {
     "mass_shape": "mass",
@@ -137,16 +144,25 @@ def phrase_truth(attributes: dict[str, Any]) -> set[str]:
     for (attr, value), phrases in SYNONYMS.items():
         if attribute_matches(attributes, attr, value):
             out.update(phrases)
+    for (attr, value), phrases in REPORT_FACTS.items():
+        if attribute_matches(attributes, attr, value):
+            out.update(phrases)
     for attr, phrases in NEGATIONS.items():
         if not attributes.get(attr):
             out.update(phrases)
+    if attributes.get("findings") == ["No Finding"]:
+        out.update(NORMAL_PHRASES)
     return out
 
 
 #: every phrase the demo dissector is taught to tie to the phantom's attributes
 TAUGHT_PHRASES: tuple[str, ...] = tuple(
     dict.fromkeys(
-        list(ALL_PHRASES) + [p for ps in SYNONYMS.values() for p in ps] + [p for ps in NEGATIONS.values() for p in ps]
+        list(ALL_PHRASES)
+        + [p for ps in SYNONYMS.values() for p in ps]
+        + [p for ps in NEGATIONS.values() for p in ps]
+        + [p for ps in REPORT_FACTS.values() for p in ps]
+        + list(NORMAL_PHRASES)
     )
 )
 

@@ -158,7 +158,7 @@ def test_report_sentences_name_exactly_the_present_findings():
 
 def test_vocabulary_phrases_and_truth():
     assert "spiculated margin" in ALL_PHRASES and "popcorn calcifications" in ALL_PHRASES
-    assert len(ALL_PHRASES) == len(set(ALL_PHRASES)) == 50
+    assert len(ALL_PHRASES) == len(set(ALL_PHRASES)) == 51
     a = {"view": "MLO", "laterality": "R", "density": "C", "mass": True, "mass_shape": "oval", "calcification": False}
     tc = true_concepts(a)
     assert {

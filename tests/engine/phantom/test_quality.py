@@ -41,6 +41,27 @@ def test_phrase_truth_adds_synonyms_and_absences_only_where_true(attrs):
     assert all(p in TAUGHT_PHRASES for ps in NEGATIONS.values() for p in ps)
 
 
+def test_every_concept_phrase_a_report_uses_is_taught_true_where_it_is_used(attrs):
+    """The demo dissector's phrase loss calls every untaught concept phrase false for every
+    phantom; a report sentence that is such a phrase ("BI-RADS 4", "global asymmetry" before
+    they were taught) would then be paired with its image by the CLIP loss and pushed away
+    from it by the phrase loss."""
+    from dissect_study.engine.concepts import load_shipped
+    from dissect_study.engine.phantom.reports import report_parts
+
+    concepts = {p.lower() for p in load_shipped("mammo", {"name": "mammo_v1"}, ".").texts}
+    used = set()
+    for a in attrs:
+        truth = {p.lower() for p in phrase_truth(a)}
+        for variant in range(3):
+            for part in report_parts(a, seed=1, variant=variant):
+                if part.lower() in concepts:
+                    used.add(part.lower())
+                    assert part.lower() in truth, (part, a["findings"], a.get("birads"))
+    assert {"global asymmetry", "normal mammogram"} <= used  # the check saw the phrases it is about
+    assert any(p.startswith("bi-rads ") for p in used)
+
+
 def test_zero_shot_groups_cover_every_attribute_once():
     groups = zero_shot_groups()
     assert set(groups) == {attr for attr, _ in GROUND_TRUTH_CONCEPTS}
