@@ -397,12 +397,15 @@ def _painted(stream: int, n: int) -> Iterator[np.ndarray]:
     chunks = [(a, min(a + _PAINT_CHUNK, n)) for a in range(len(memo), n, _PAINT_CHUNK)]
     if not chunks:
         return
-    with ThreadPoolExecutor(TRAIN_THREADS, thread_name_prefix="paint") as pool:
+    pool = ThreadPoolExecutor(TRAIN_THREADS, thread_name_prefix="paint")
+    try:
         for (a, _), images in zip(chunks, pool.map(lambda c: _paint_chunk(stream, *c), chunks)):
             for i, image in enumerate(images, start=a):
                 if i == len(memo) and i < N_TRAIN_TARGETS:
                     memo.append(image)
                 yield image
+    finally:  # interrupted (Ctrl-C, an error): drop the chunks not yet started, whatever the GC does
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def phantom_set(stream: int, n: int, height: int | None = None, desc: str = "phantoms") -> PhantomSet:

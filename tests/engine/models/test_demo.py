@@ -60,6 +60,19 @@ def test_threaded_painting_matches_painting_one_by_one(monkeypatch):
     assert big.attributes[:4] == small.attributes
 
 
+def test_painting_stops_promptly_when_its_consumer_stops(monkeypatch):
+    """An interrupted run (Ctrl-C while painting) must not wait for every phantom still queued."""
+    calls = []
+    real = demo._paint_chunk
+    monkeypatch.setattr(demo, "_RENDER_MEMO", {})
+    monkeypatch.setattr(demo, "_PAINT_CHUNK", 2)
+    monkeypatch.setattr(demo, "_paint_chunk", lambda *a: calls.append(a) or real(*a))
+    painted = demo._painted(78, 200)  # 100 chunks
+    next(painted)
+    painted.close()  # what an exception in the consumer does to the generator
+    assert len(calls) < 10, len(calls)
+
+
 def test_dissector_trains_caches_and_reloads(tiny, monkeypatch):
     ctx, logs = tiny
     d = demo.build_dissector("demo", {"seed": 0, "epochs": 1}, ctx)
