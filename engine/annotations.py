@@ -270,11 +270,8 @@ def _row_phrases(row: dict[str, str], where: str, pos: dict[str, str], attrs: di
         near = difflib.get_close_matches(normalise_phrase(attribute), list(attrs), n=1)
         hint = f"did you mean '{near[0]}'?" if near else f"known: {', '.join(sorted(attrs)[:12])}, ..."
         raise AnnotationError(f"{where}: attribute '{attribute}' is not a shipped annotation; {hint}")
-    phrases = [
-        t
-        for t in pos.values()
-        if normalise_phrase(t) in {normalise_phrase(x) for x in concept_group(key, lenient=True)}
-    ]
+    group = {normalise_phrase(x) for x in concept_group(key, lenient=True)}
+    phrases = [t for norm, t in pos.items() if norm in group]
     if not phrases:
         raise AnnotationError(f"{where}: attribute '{attribute}' names no phrase of the study's concept set")
     return phrases

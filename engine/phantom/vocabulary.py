@@ -141,10 +141,7 @@ _PARENT = {
 def phrase_truth(attributes: dict[str, Any]) -> set[str]:
     """Every phrase (ground truth, synonym or stated absence) that describes one phantom truly."""
     out = true_concepts(attributes)
-    for (attr, value), phrases in SYNONYMS.items():
-        if attribute_matches(attributes, attr, value):
-            out.update(phrases)
-    for (attr, value), phrases in REPORT_FACTS.items():
+    for (attr, value), phrases in [*SYNONYMS.items(), *REPORT_FACTS.items()]:
         if attribute_matches(attributes, attr, value):
             out.update(phrases)
     for attr, phrases in NEGATIONS.items():
