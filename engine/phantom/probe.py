@@ -8,11 +8,12 @@ see identical images without storing them.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
 
-from dissect_study.engine.phantom.generator import render, sample_scene, scene_attributes, width_for
+from dissect_study.engine.phantom.generator import RENDER_VERSION, render, sample_scene, scene_attributes, width_for
 from dissect_study.engine.phantom.reports import make_report
 from dissect_study.engine.probes.base import Probe, ProbeItem
 from dissect_study.engine.registry import PROBES
@@ -51,6 +52,11 @@ class PhantomProbe(Probe):
 
     def load(self, index: int) -> np.ndarray:
         return render(self._scenes[index], self.height)
+
+    def manifest_sha256(self) -> str:
+        """The items' hash and the renderer's version: a rendering change keeps every id,
+        path and attribute, yet activations cached from the old pixels must not be reused."""
+        return hashlib.sha256(f"{super().manifest_sha256()} render {RENDER_VERSION}".encode()).hexdigest()
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -152,8 +152,11 @@ def _image_sentences(attrs: dict[str, Any], rng: np.random.Generator) -> list[st
     s: list[str] = []
     if attrs["pectoral_muscle"] and rng.random() < 0.5:
         s.append(_pick(rng, ["pectoral muscle is visible", "pectoral muscle included"]))
-    if attrs["nipple_in_profile"] and rng.random() < 0.3:
-        s.append("nipple in profile")
+    if attrs["nipple_in_profile"]:
+        if rng.random() < 0.5:
+            s.append("nipple in profile")
+    elif rng.random() < 0.7:
+        s.append(_pick(rng, ["nipple not in profile", "the nipple is not in profile"]))
     if attrs["findings"] == ["No Finding"] and rng.random() < 0.6:
         s.append(_pick(rng, ["no significant finding", "no suspicious findings", "normal mammogram"]))
     return s
