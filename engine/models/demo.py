@@ -23,7 +23,8 @@ the same roles the paper uses:
   Unique phantoms and steps are where time buys quality.  At 160 px rather than
   128, mean zero-shot AUC on the demo probe rose 0.86 -> 0.88; in as many steps,
   12,000 training phantoms rather than 2,000 lift it 0.88 -> 0.91 and the
-  perfect-neuron top-1 with cos 0.76 -> 0.87 (benchmarks/bench_demo_quality.py).
+  perfect-neuron top-1 with cos 0.76 -> 0.87, and 16 epochs over them rather than
+  12 lift it 0.90 -> 0.92 (benchmarks/bench_demo_quality.py).
   Painting them on two threads (benchmarks/bench_painting.py) pays for part of that.
   Training on a fixed two threads, in bfloat16 where the CPU has it, pays for the rest.
 * **targets** -- `G`: the same CNN, seeded random init, never trained (the paper's
