@@ -106,6 +106,9 @@ def test_every_readme_command_runs_after_the_demo(
     demo = root / "studies" / "demo.study"
     text = demo.read_text(encoding="utf-8")
     assert text.count(DEMO_PROBE) == 1, "the demo's probe changed; update DEMO_PROBE"
+    # the tiny stand-in models have two units a layer: the cards show unit 0
+    text, cards = re.subn(r"(show neuron \w+\.last)\[\d+\]", r"\1[0]", text)
+    assert cards == 2, "the demo's neuron cards changed; update this substitution"
     demo.write_text(text.replace(DEMO_PROBE, SMALL_PROBE), encoding="utf-8")
     (root / ".venv").symlink_to(sys.prefix, target_is_directory=True)
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "VIRTUAL_ENV")}
