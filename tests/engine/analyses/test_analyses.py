@@ -579,7 +579,7 @@ def test_a_rule_without_tau_fails_the_run_and_writes_nothing(tmp_path):
 
 STUDY = """study "analysis defaults"
 concepts c = csv("concepts.csv")
-probe p = phantom(n=40, seed=3, height=64)
+probe p = phantom(n=40, seed=5, height=64)
 dissector d = demo()
 target A = demo("G")
 target B = demo("M")
@@ -668,7 +668,9 @@ def test_stored_tables_equal_the_macros_called_with_no_arguments(study_run):
             assert stored, (s["kind"], name)
             checked += 1
     assert checked == 10
-    # the defaults matter on this data: other values give other tables
+    # the defaults matter on this data: other values give other tables.  Whether they do
+    # depends on the phantoms' pixels through the tiny models' labels: after the renderer
+    # changed (nipple, asymmetry) seed 3 no longer told the de-dup modes apart, seed 5 does
     assert _rows(con, "SELECT * EXCLUDE (run_id, analysis_id) FROM captured_concepts WHERE analysis_id = 0") != _rows(
         con, f"FROM captured_concepts({sql_literal(run)}, combine := 'own')"
     )
