@@ -11,7 +11,9 @@ that on a probe with ground truth, independent of any target model:
 * `perfect_neuron_hits` -- one synthetic neuron per attribute value whose
   activation *is* its indicator over the probe, scored through the dissector's
   P over every concept by a similarity function; a hit is a top-1 label among
-  the value's ground-truth phrases.  A perfect target cannot be labelled better
+  the value's ground-truth phrases (strict), or among those and the synonyms the
+  concept set holds for it (lenient: "scattered areas of fibroglandular density"
+  names density B as well as "scattered fibroglandular densities" does).  A perfect target cannot be labelled better
   than this, so it bounds what the calibration bench can show.
 """
 
@@ -64,11 +66,13 @@ def zero_shot_aucs(
 
 @dataclass
 class PerfectNeurons:
-    """Indicator neurons of a probe: X (N, K) and, per column, its attribute value and true phrases."""
+    """Indicator neurons of a probe: X (N, K) and, per column, its attribute value and true phrases
+    (strict, and with the concept set's synonyms)."""
 
     X: torch.Tensor
     names: list[str]
     truth: list[set[str]]
+    lenient_truth: list[set[str]]
 
 
 def perfect_neurons(attributes: list[dict[str, Any]], min_positives: int = 5) -> PerfectNeurons:
@@ -78,6 +82,7 @@ def perfect_neurons(attributes: list[dict[str, Any]], min_positives: int = 5) ->
         torch.from_numpy(ind.astype(np.float32)),
         [ann.annotation_name(k) if k[1] is not True else f"{k[0]}=True" for k in keys],
         [set(ann.concept_group(k, lenient=False)) for k in keys],
+        [set(ann.concept_group(k, lenient=True)) for k in keys],
     )
 
 
@@ -87,6 +92,7 @@ def perfect_neuron_hits(
     attributes: list[dict[str, Any]],
     similarity: str,
     params: dict[str, Any] | None = None,
+    lenient: bool = False,
 ) -> tuple[float, dict[str, str]]:
     """Top-1 hit rate of the perfect neurons under one similarity function, and each neuron's label."""
     from dissect_study.engine.analyses.evidence import perfect_neuron_scores
@@ -94,5 +100,5 @@ def perfect_neuron_hits(
     pn = perfect_neurons(attributes)
     top = perfect_neuron_scores(P, pn.X.numpy(), similarity, params).argmax(dim=1).tolist()
     labels = {n: concepts[i] for n, i in zip(pn.names, top)}
-    hits = [concepts[i] in t for i, t in zip(top, pn.truth)]
+    hits = [concepts[i] in t for i, t in zip(top, pn.lenient_truth if lenient else pn.truth)]
     return float(np.mean(hits)), labels

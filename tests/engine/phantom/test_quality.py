@@ -105,3 +105,23 @@ def test_perfect_neurons_are_labelled_right_through_a_ground_truth_P(attrs):
     perm = torch.randperm(len(concepts), generator=torch.Generator().manual_seed(1))
     hit, _ = perfect_neuron_hits(P[:, perm], concepts, attrs, "cos")
     assert hit < 0.3
+
+
+def test_a_synonym_label_is_a_hit_only_when_lenient(attrs):
+    """Through a P where density B's concept-set synonym, not its strict phrase, is true of
+    exactly the density-B images, the density-B neuron takes the synonym: a miss strictly,
+    a hit leniently; every other neuron is graded alike both ways."""
+    from dissect_study.engine.concepts import load_shipped
+
+    concepts = list(load_shipped("mammo", {"name": "mammo_v1"}, ".").texts)
+    strict, synonym = "scattered fibroglandular densities", "scattered areas of fibroglandular density"
+    truth = torch.tensor([[p in true_concepts(a) for p in concepts] for a in attrs], dtype=torch.float32)
+    is_b = torch.tensor([a["density"] == "B" for a in attrs], dtype=torch.float32)
+    truth[:, concepts.index(strict)] = 0.0
+    truth[:, concepts.index(synonym)] = is_b
+    P = 0.1 + 0.8 * truth
+    hit, labels = perfect_neuron_hits(P, concepts, attrs, "cos")
+    lenient, lenient_labels = perfect_neuron_hits(P, concepts, attrs, "cos", lenient=True)
+    assert labels == lenient_labels and labels["density=B"] == synonym
+    n = len(perfect_neurons(attrs).names)
+    assert lenient * n == pytest.approx(hit * n + 1)
