@@ -13,8 +13,9 @@ that on a probe with ground truth, independent of any target model:
   P over every concept by a similarity function; a hit is a top-1 label among
   the value's ground-truth phrases (strict), or among those and the synonyms the
   concept set holds for it (lenient: "scattered areas of fibroglandular density"
-  names density B as well as "scattered fibroglandular densities" does).  A perfect target cannot be labelled better
-  than this, so it bounds what the calibration bench can show.
+  names density B as well as "scattered fibroglandular densities" does).  A
+  perfect target cannot be labelled better than this, so it bounds what the
+  calibration bench can show.
 """
 
 from __future__ import annotations
