@@ -62,7 +62,7 @@ from tqdm.auto import tqdm
 from dissect_study.engine.atomic import write_bytes_atomic
 from dissect_study.engine.cache import read_entry, write_entry
 from dissect_study.engine.models.base import BuildContext, Dissector, LayerInfo, Preprocess, Target
-from dissect_study.engine.phantom.generator import RENDER_VERSION, width_for
+from dissect_study.engine.phantom.generator import RENDER_VERSION, render, sample_scene, scene_attributes, width_for
 from dissect_study.engine.registry import DISSECTORS, TARGETS
 
 logger = logging.getLogger(__name__)
@@ -385,8 +385,6 @@ _PAINT_CHUNK = 50
 
 
 def _paint_chunk(stream: int, start: int, stop: int) -> list[np.ndarray]:
-    from dissect_study.engine.phantom.generator import render, sample_scene
-
     return [render(sample_scene(stream, i), RENDER_HEIGHT) for i in range(start, stop)]
 
 
@@ -421,8 +419,6 @@ def phantom_set(stream: int, n: int, height: int | None = None, desc: str = "pha
     models' own preprocessing, so training sees exactly what a study's probe feeds the models
     (a phantom painted small directly has other noise and edges than one downsampled).
     """
-    from dissect_study.engine.phantom.generator import sample_scene, scene_attributes
-
     height = int(height or TRAIN_HEIGHT)
     key = (stream, n, height, RENDER_HEIGHT)
     if key not in _DATA_MEMO:
